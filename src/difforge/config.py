@@ -1,0 +1,201 @@
+"""Typed run configuration: dataclasses, YAML loading, CLI overrides, validation.
+
+A run's full resolved config is written to `runs/NAME/config.yaml`; loading that file
+with `load_config` rebuilds the same config, so a run can be reproduced from it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, get_type_hints
+
+DATASETS = ("fashion-mnist", "digits", "folder")
+PRECISIONS = ("fp32", "bf16", "fp16")
+LR_SCHEDULES = ("onecycle", "cosine", "constant")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Where images come from and how they are shaped for the model."""
+
+    dataset: str = "fashion-mnist"  # fashion-mnist | digits | folder
+    path: str | None = None  # idx folder for fashion-mnist; image folder for `folder`
+    image_size: int | None = None  # model input size; None: native size rounded up
+    channels: int | None = None  # 1 or 3 for image folders; None: as the data has it
+    val_fraction: float = 0.1  # held out of the training split for validation loss
+    split_seed: int = 0  # the validation split depends only on this seed
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Which network, and how it is conditioned."""
+
+    preset: str = "unet"  # see `difforge.models.PRESETS`
+    conditional: bool = True  # class-conditional when the data has labels
+    label_dropout: float = 0.1  # per-sample probability of the null label (for CFG)
+
+
+@dataclass(frozen=True)
+class DiffusionConfig:
+    """The discrete DDPM forward process."""
+
+    timesteps: int = 1000
+    schedule: str = "linear"  # linear | cosine
+    beta_start: float = 1e-4
+    beta_end: float = 0.02
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Optimisation, precision, logging and checkpointing."""
+
+    max_steps: int | None = None  # wins over epochs when both are given
+    epochs: int | None = None  # default when neither is given: 1 epoch
+    batch_size: int = 128
+    lr: float = 2e-3  # peak learning rate
+    weight_decay: float = 1e-3
+    lr_schedule: str = "onecycle"  # onecycle | cosine | constant
+    warmup_steps: int = 100  # for cosine; onecycle warms up over its first 30%
+    grad_clip: float = 1.0  # max global grad norm; 0 disables
+    precision: str = "fp32"  # fp32 | bf16 | fp16 (fp16 needs CUDA)
+    ema_decay: float = 0.995
+    ema_warmup: int = 2000  # EMA is a plain copy of the weights for this many steps
+    log_every: int = 10
+    sample_every: int = 500  # 0 disables intermediate sample grids
+    checkpoint_every: int = 1000  # 0: only at the end
+    keep_checkpoints: int = 3
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    wandb: bool = False
+    tensorboard: bool = False
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    out: str = "runs/default"
+
+
+SECTIONS = {"data": DataConfig, "model": ModelConfig, "diffusion": DiffusionConfig, "train": TrainConfig}
+
+
+class ConfigError(ValueError):
+    """A user-facing configuration problem (unknown key, wrong type, bad value)."""
+
+
+def _check_type(where: str, value: Any, hint: Any) -> Any:
+    """Validate (and lightly coerce: int -> float) one value against its annotation."""
+    allowed = getattr(hint, "__args__", None) or (hint,)
+    if value is None:
+        if type(None) in allowed:
+            return None
+        raise ConfigError(f"{where} must not be null")
+    for typ in allowed:
+        if typ is type(None):
+            continue
+        if typ is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if typ is int and isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if typ in (str, bool) and isinstance(value, typ):
+            return value
+    names = " or ".join("null" if t is type(None) else t.__name__ for t in allowed)
+    raise ConfigError(f"{where} must be {names}, got {value!r} ({type(value).__name__})")
+
+
+def _build_section(name: str, cls: type, values: dict[str, Any], base: Any) -> Any:
+    hints = get_type_hints(cls)
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ConfigError(f"unknown key(s) {unknown} in section {name!r}; expected {sorted(known)}")
+    checked = {k: _check_type(f"{name}.{k}", v, hints[k]) for k, v in values.items()}
+    return dataclasses.replace(base, **checked)
+
+
+def config_from_dict(d: dict[str, Any], base: RunConfig | None = None) -> RunConfig:
+    """Build a RunConfig from nested dicts (as in YAML), on top of `base` (default: defaults)."""
+    base = base or RunConfig()
+    if not isinstance(d, dict):
+        raise ConfigError(f"config must be a mapping of sections, got {type(d).__name__}")
+    unknown = sorted(set(d) - set(SECTIONS) - {"out"})
+    if unknown:
+        raise ConfigError(
+            f"unknown config section(s) {unknown}; expected {sorted(SECTIONS) + ['out']}"
+        )
+    updates: dict[str, Any] = {}
+    for name, cls in SECTIONS.items():
+        if name in d:
+            section = d[name] or {}
+            if not isinstance(section, dict):
+                raise ConfigError(f"section {name!r} must be a mapping, got {section!r}")
+            updates[name] = _build_section(name, cls, section, getattr(base, name))
+    if "out" in d:
+        updates["out"] = _check_type("out", d["out"], str)
+    return validate(dataclasses.replace(base, **updates))
+
+
+def config_to_dict(cfg: RunConfig) -> dict[str, Any]:
+    return dataclasses.asdict(cfg)
+
+
+def load_config(path: str | Path, base: RunConfig | None = None) -> RunConfig:
+    import yaml
+
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        d = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"cannot parse {path}: {e}".splitlines()[0]) from None
+    return config_from_dict(d, base)
+
+
+def save_config(cfg: RunConfig, path: str | Path) -> None:
+    import yaml
+
+    Path(path).write_text(yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
+
+
+def validate(cfg: RunConfig) -> RunConfig:
+    """Reject impossible values before any work starts."""
+    d, m, f, t = cfg.data, cfg.model, cfg.diffusion, cfg.train
+
+    def need(ok: bool, msg: str) -> None:
+        if not ok:
+            raise ConfigError(msg)
+
+    need(d.dataset in DATASETS, f"unknown dataset {d.dataset!r}; expected one of {sorted(DATASETS)}")
+    need(d.dataset != "folder" or d.path is not None, "dataset 'folder' needs a path (--data PATH)")
+    need(d.channels in (None, 1, 3), f"data.channels must be 1 or 3, got {d.channels}")
+    need(d.image_size is None or d.image_size >= 4, f"data.image_size must be >= 4, got {d.image_size}")
+    need(0 <= d.val_fraction < 1, f"data.val_fraction must be in [0, 1), got {d.val_fraction}")
+    need(0 <= m.label_dropout < 1, f"model.label_dropout must be in [0, 1), got {m.label_dropout}")
+    need(f.timesteps >= 2, f"diffusion.timesteps must be >= 2, got {f.timesteps}")
+    need(t.precision in PRECISIONS, f"unknown precision {t.precision!r}; expected one of {sorted(PRECISIONS)}")
+    need(
+        t.lr_schedule in LR_SCHEDULES,
+        f"unknown lr schedule {t.lr_schedule!r}; expected one of {sorted(LR_SCHEDULES)}",
+    )
+    need(t.max_steps is None or t.max_steps >= 1, f"train.max_steps must be >= 1, got {t.max_steps}")
+    need(t.epochs is None or t.epochs >= 1, f"train.epochs must be >= 1, got {t.epochs}")
+    need(t.batch_size >= 1, f"train.batch_size must be >= 1, got {t.batch_size}")
+    need(t.lr > 0, f"train.lr must be > 0, got {t.lr}")
+    need(0 <= t.ema_decay < 1, f"train.ema_decay must be in [0, 1), got {t.ema_decay}")
+    need(t.ema_warmup >= 0, f"train.ema_warmup must be >= 0, got {t.ema_warmup}")
+    need(t.grad_clip >= 0, f"train.grad_clip must be >= 0, got {t.grad_clip}")
+    for k in ("log_every", "sample_every", "checkpoint_every"):
+        need(getattr(t, k) >= 0, f"train.{k} must be >= 0, got {getattr(t, k)}")
+    need(t.keep_checkpoints >= 1, f"train.keep_checkpoints must be >= 1, got {t.keep_checkpoints}")
+    from difforge.diffusion.schedules import SCHEDULES
+    from difforge.models.registry import PRESETS
+
+    need(f.schedule in SCHEDULES, f"unknown schedule {f.schedule!r}; expected one of {sorted(SCHEDULES)}")
+    need(m.preset in PRESETS, f"unknown model {m.preset!r}; expected one of {sorted(PRESETS)}")
+    return cfg
