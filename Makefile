@@ -1,0 +1,42 @@
+# difforge: `make run` trains the quick-start model and writes its samples; `make test` runs the tests.
+PY ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+FMNIST := /usr/share/datasets/fashion-mnist
+RUN := runs/quickstart
+
+.PHONY: run test install data bench clean-venv
+
+install: $(VENV)/.installed
+
+# torch is installed first and pinned: an unpinned torch lets pip pick a multi-GB CUDA build.
+$(VENV)/.installed: pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet torch==2.13.0
+	$(BIN)/pip install --quiet -e '.[test]'
+	touch $@
+
+# Fashion-MNIST from Debian's dataset-fashion-mnist package, when apt is available.
+data:
+	@if [ -d $(FMNIST) ]; then echo "Fashion-MNIST: $(FMNIST)"; \
+	elif command -v apt-get >/dev/null 2>&1; then \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq dataset-fashion-mnist; \
+	else echo "apt-get not found: put the four Fashion-MNIST idx files in a folder and pass --data PATH"; fi
+
+# Trains the default model (about 10 minutes on a 2-core CPU) and writes
+# $(RUN)/samples/final.png, one row per class. Run again to resume or redo the samples.
+run: install data
+	@if [ -f $(RUN)/config.yaml ]; then \
+	  $(BIN)/difforge train --out $(RUN) --resume; \
+	else \
+	  $(BIN)/difforge train --config configs/quickstart.yaml; \
+	fi
+	@echo "samples: $(RUN)/samples/final.png"
+
+test: install
+	$(BIN)/python -m pytest
+
+bench: install
+	$(BIN)/python benchmarks/train_throughput.py

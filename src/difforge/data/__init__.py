@@ -1,0 +1,39 @@
+"""Image data: loaders (IDX / Fashion-MNIST, scikit-learn digits, image folders), the
+validation split, and the uint8 <-> model-range mapping. Everything is held in memory
+as uint8 tensors (N, C, H, W)."""
+
+from difforge.data.dataset import (
+    DatasetBundle,
+    ImageDataset,
+    from_model_output,
+    load_dataset,
+    split_validation,
+    to_model_input,
+)
+from difforge.data.digits import DIGITS_CLASSES, load_digits
+from difforge.data.folder import IMAGE_EXTENSIONS, load_image_folder
+from difforge.data.idx import (
+    FASHION_MNIST_CLASSES,
+    FASHION_MNIST_ROOT,
+    load_fashion_mnist,
+    read_idx,
+    write_idx,
+)
+
+__all__ = [
+    "DIGITS_CLASSES",
+    "FASHION_MNIST_CLASSES",
+    "FASHION_MNIST_ROOT",
+    "IMAGE_EXTENSIONS",
+    "DatasetBundle",
+    "ImageDataset",
+    "from_model_output",
+    "load_dataset",
+    "load_digits",
+    "load_fashion_mnist",
+    "load_image_folder",
+    "read_idx",
+    "split_validation",
+    "to_model_input",
+    "write_idx",
+]

@@ -1,0 +1,228 @@
+"""In-memory uint8 image datasets, the validation split, and the pixel <-> model mapping.
+
+Every dataset is held in memory as one uint8 tensor (N, C, H, W) with square images;
+conversion to the model's float range [-1, 1] happens per batch (`to_model_input`), so a
+loader can move uint8 (4x smaller) to the device first.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from difforge.config import DATASETS, DataConfig
+
+
+@dataclass(frozen=True, eq=False, repr=False)
+class ImageDataset:
+    """Images as uint8 (N, C, H, W), optional int64 labels (N,) and their class names.
+
+    `labels` and `class_names` are both given (labelled) or both None (unlabelled);
+    labels index `class_names`.
+    """
+
+    images: torch.Tensor
+    labels: torch.Tensor | None = None
+    class_names: list[str] | None = None
+    name: str = "images"
+
+    def __post_init__(self) -> None:
+        x, y = self.images, self.labels
+        if not isinstance(x, torch.Tensor) or x.dtype != torch.uint8 or x.ndim != 4:
+            got = f"{x.dtype} {tuple(x.shape)}" if isinstance(x, torch.Tensor) else type(x).__name__
+            raise ValueError(f"images must be a uint8 tensor (N, C, H, W), got {got}")
+        if x.shape[1] not in (1, 3):
+            raise ValueError(f"images must have 1 or 3 channels, got {x.shape[1]}")
+        if (y is None) != (self.class_names is None):
+            raise ValueError("labels and class_names must both be given or both be None")
+        if y is not None:
+            if y.dtype != torch.int64 or y.shape != (x.shape[0],):
+                raise ValueError(f"labels must be int64 ({x.shape[0]},), got {y.dtype} {tuple(y.shape)}")
+            if len(y) and (int(y.min()) < 0 or int(y.max()) >= len(self.class_names)):
+                raise ValueError(
+                    f"labels must lie in 0..{len(self.class_names) - 1}, "
+                    f"got {int(y.min())}..{int(y.max())}"
+                )
+            object.__setattr__(self, "class_names", list(self.class_names))
+
+    def __len__(self) -> int:
+        return self.images.shape[0]
+
+    def __repr__(self) -> str:
+        return (
+            f"ImageDataset(name={self.name!r}, n={len(self)}, channels={self.channels}, "
+            f"size={self.images.shape[2]}x{self.images.shape[3]}, num_classes={self.num_classes})"
+        )
+
+    @property
+    def num_classes(self) -> int | None:
+        return None if self.class_names is None else len(self.class_names)
+
+    @property
+    def channels(self) -> int:
+        return self.images.shape[1]
+
+    @property
+    def size(self) -> int:
+        return self.images.shape[2]
+
+    def subset(self, indices: Sequence[int] | np.ndarray | torch.Tensor) -> ImageDataset:
+        """The images (and labels) at `indices`, in that order; copies."""
+        idx = torch.as_tensor(np.asarray(indices) if not isinstance(indices, torch.Tensor) else indices)
+        idx = idx.to(torch.int64).reshape(-1)
+        return ImageDataset(
+            images=self.images.index_select(0, idx),
+            labels=None if self.labels is None else self.labels.index_select(0, idx),
+            class_names=self.class_names,
+            name=self.name,
+        )
+
+
+def _val_count(fraction: float, n: int) -> int:
+    """round(fraction * n) (halves up); >= 1 when fraction > 0 and n >= 2; <= n - 1."""
+    if n < 2 or fraction <= 0:
+        return 0
+    return min(n - 1, max(1, math.floor(fraction * n + 0.5)))
+
+
+def split_validation(ds: ImageDataset, fraction: float, seed: int) -> tuple[ImageDataset, ImageDataset]:
+    """Split `ds` into (train, val), deterministic given `seed`, disjoint and covering `ds`.
+
+    Labelled data is stratified: each class gives round(fraction * count) of its images to
+    val, at least 1 when fraction > 0 and the class has >= 2 images, and always keeps at
+    least one in train. Unlabelled data follows the same rule over the whole set.
+    Both parts keep the original order; fraction 0 gives an empty val.
+    """
+    if not 0 <= fraction < 1:
+        raise ValueError(f"validation fraction must be in [0, 1), got {fraction}")
+    g = torch.Generator().manual_seed(seed)
+    if ds.labels is None:
+        groups = [torch.arange(len(ds))]
+    else:
+        groups = [torch.nonzero(ds.labels == c).flatten() for c in range(ds.num_classes)]
+    val_parts, train_parts = [], []
+    for idx in groups:
+        perm = idx[torch.randperm(len(idx), generator=g)]
+        k = _val_count(fraction, len(idx))
+        val_parts.append(perm[:k])
+        train_parts.append(perm[k:])
+    train_idx = torch.cat(train_parts).sort().values
+    val_idx = torch.cat(val_parts).sort().values
+    return ds.subset(train_idx), ds.subset(val_idx)
+
+
+def to_model_input(
+    batch: torch.Tensor, image_size: int, *, dtype: torch.dtype = torch.float32
+) -> torch.Tensor:
+    """uint8 (N, C, h, w) -> float (N, C, S, S) in [-1, 1], S = image_size.
+
+    x / 127.5 - 1; a smaller image is padded symmetrically with -1 (black), the extra
+    pixel of an odd difference going right/bottom (28 -> 32: 2 px each side); a larger
+    one is resized (bilinear, antialiased). `from_model_output` inverts this exactly.
+    """
+    if batch.dtype != torch.uint8 or batch.ndim != 4:
+        raise ValueError(f"expected a uint8 batch (N, C, H, W), got {batch.dtype} {tuple(batch.shape)}")
+    x = batch.to(dtype) / 127.5 - 1
+    h, w = x.shape[-2:]
+    if h <= image_size and w <= image_size:
+        top, left = (image_size - h) // 2, (image_size - w) // 2
+        pad = (left, image_size - w - left, top, image_size - h - top)
+        return F.pad(x, pad, value=-1.0) if any(pad) else x
+    if h != w:
+        raise ValueError(f"cannot resize non-square images {h}x{w} to {image_size}")
+    return F.interpolate(
+        x.float(), size=(image_size, image_size), mode="bilinear", antialias=True, align_corners=False
+    ).to(dtype)
+
+
+def from_model_output(x: torch.Tensor, native_size: int) -> torch.Tensor:
+    """Model-space float (N, C, S, S) -> uint8 (N, C, native_size, native_size).
+
+    Inverse of `to_model_input`: the padding is center-cropped away (S > native) or the
+    image resized back (S < native, bilinear); values clamped to [-1, 1], then
+    round((x + 1) * 127.5).
+    """
+    if x.ndim != 4:
+        raise ValueError(f"expected a batch (N, C, H, W), got shape {tuple(x.shape)}")
+    x = x.float()
+    h, w = x.shape[-2:]
+    if h >= native_size and w >= native_size:
+        top, left = (h - native_size) // 2, (w - native_size) // 2
+        x = x[..., top : top + native_size, left : left + native_size]
+    else:
+        x = F.interpolate(x, size=(native_size, native_size), mode="bilinear", align_corners=False)
+    return ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+
+
+@dataclass(frozen=True, eq=False)
+class DatasetBundle:
+    """What `load_dataset` returns: the splits and their shared shape facts."""
+
+    train: ImageDataset
+    val: ImageDataset | None  # None when val_fraction is 0
+    test: ImageDataset | None  # only Fashion-MNIST ships a test split
+    native_size: int  # side of the stored images (28 for Fashion-MNIST)
+    channels: int
+    class_names: list[str] | None
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (path, reason), folders only
+
+    @property
+    def num_classes(self) -> int | None:
+        return None if self.class_names is None else len(self.class_names)
+
+
+def _with_channels(ds: ImageDataset, channels: int | None) -> ImageDataset:
+    """Grayscale -> RGB by repeating the channel when 3 channels are asked for."""
+    if channels is None or channels == ds.channels:
+        return ds
+    if channels == 3 and ds.channels == 1:
+        return ImageDataset(ds.images.repeat(1, 3, 1, 1), ds.labels, ds.class_names, ds.name)
+    raise ValueError(f"dataset {ds.name!r} has {ds.channels} channel(s); cannot give {channels}")
+
+
+def load_dataset(cfg: DataConfig) -> DatasetBundle:
+    """Load the configured data into memory and split off validation (`cfg.val_fraction`).
+
+    fashion-mnist: train/val from the 60k train part, test = the 10k t10k part;
+      `cfg.path` overrides the folder.
+    digits: train/val from all 1797 images; test None (too few to spare; val is held out).
+    folder: train/val from the images under `cfg.path`; test None; `cfg.image_size`,
+      when given, is the load size, else see `load_image_folder`.
+    `cfg.channels` = 3 on a grayscale set repeats the channel. Labels are always kept.
+    """
+    from difforge.data.digits import load_digits
+    from difforge.data.folder import load_image_folder
+    from difforge.data.idx import load_fashion_mnist
+
+    skipped: list[tuple[str, str]] = []
+    test = None
+    if cfg.dataset == "fashion-mnist":
+        full, test = load_fashion_mnist(cfg.path)
+    elif cfg.dataset == "digits":
+        full = load_digits()
+    elif cfg.dataset == "folder":
+        if cfg.path is None:
+            raise ValueError("dataset 'folder' needs a path (--data PATH)")
+        full, skipped = load_image_folder(cfg.path, channels=cfg.channels, size=cfg.image_size)
+    else:
+        raise ValueError(f"unknown dataset {cfg.dataset!r}; expected one of {sorted(DATASETS)}")
+    full = _with_channels(full, cfg.channels)
+    test = None if test is None else _with_channels(test, cfg.channels)
+    if cfg.val_fraction > 0:
+        train, val = split_validation(full, cfg.val_fraction, cfg.split_seed)
+    else:
+        train, val = full, None
+    return DatasetBundle(
+        train=train,
+        val=val,
+        test=test,
+        native_size=train.size,
+        channels=train.channels,
+        class_names=train.class_names,
+        skipped=skipped,
+    )

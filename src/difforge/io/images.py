@@ -1,0 +1,73 @@
+"""Write images: grids and GIFs as PNG/GIF files, sample sets as .npz."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+
+def to_uint8(x: torch.Tensor) -> torch.Tensor:
+    """Model-space images in [-1, 1] (N, C, H, W) -> uint8 (N, C, H, W)."""
+    return ((x.detach().float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).cpu()
+
+
+def make_grid(images: torch.Tensor, nrow: int, pad: int = 2, pad_value: int = 255) -> np.ndarray:
+    """uint8 (N, C, H, W) -> one uint8 (H', W', C) array with `nrow` images per row."""
+    if images.dtype != torch.uint8 or images.ndim != 4:
+        raise ValueError(f"expected uint8 images of shape (N, C, H, W), got {images.dtype} {tuple(images.shape)}")
+    n, c, h, w = images.shape
+    ncol = max(1, min(nrow, n))
+    rows = (n + ncol - 1) // ncol
+    grid = np.full((rows * (h + pad) + pad, ncol * (w + pad) + pad, c), pad_value, dtype=np.uint8)
+    arr = images.permute(0, 2, 3, 1).numpy()  # (N, H, W, C)
+    for i in range(n):
+        r, k = divmod(i, ncol)
+        y, x = pad + r * (h + pad), pad + k * (w + pad)
+        grid[y : y + h, x : x + w] = arr[i]
+    return grid
+
+
+def _to_pil(arr: np.ndarray, scale: int = 1):
+    from PIL import Image
+
+    img = Image.fromarray(arr[..., 0] if arr.shape[-1] == 1 else arr)
+    if scale > 1:
+        img = img.resize((img.width * scale, img.height * scale), Image.NEAREST)
+    return img
+
+
+def save_grid(images: torch.Tensor, path: str | Path, nrow: int = 10, scale: int = 1) -> Path:
+    """Save uint8 images (N, C, H, W) as one PNG grid; `scale` enlarges pixels (nearest)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _to_pil(make_grid(images, nrow), scale).save(path)
+    return path
+
+
+def save_gif(
+    frames: Sequence[torch.Tensor], path: str | Path, nrow: int = 10, scale: int = 2, ms: int = 80, hold_ms: int = 1500
+) -> Path:
+    """Save a sequence of uint8 image batches as an animated GIF of grids, looping,
+    the last frame held for `hold_ms`."""
+    if not frames:
+        raise ValueError("no frames to write")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pics = [_to_pil(make_grid(f, nrow), scale) for f in frames]
+    durations = [ms] * (len(pics) - 1) + [hold_ms]
+    pics[0].save(path, save_all=True, append_images=pics[1:], duration=durations, loop=0)
+    return path
+
+
+def save_npz(path: str | Path, images: torch.Tensor, labels: torch.Tensor | None = None) -> Path:
+    """Save uint8 images (N, C, H, W) as `images` (N, H, W, C) and, when given, int64 `labels`."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    arrays = {"images": images.permute(0, 2, 3, 1).contiguous().numpy().astype(np.uint8)}
+    if labels is not None:
+        arrays["labels"] = labels.cpu().numpy().astype(np.int64)
+    np.savez_compressed(path, **arrays)
+    return path

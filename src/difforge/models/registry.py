@@ -1,0 +1,76 @@
+"""The one name -> model registry: presets and `build_model`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any, Mapping
+
+import torch
+from torch import nn
+
+from difforge.models.unet import UNet
+from difforge.models.unet_seed import SeedUNet
+
+
+@dataclass(frozen=True)
+class Preset:
+    """A model class with its architecture keyword arguments and a one-line description.
+
+    `in_channels`, `out_channels` and `num_classes` come from the data, not the preset.
+    """
+
+    cls: type[nn.Module]
+    kwargs: Mapping[str, Any] = field(default_factory=dict)
+    description: str = ""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "kwargs", MappingProxyType(dict(self.kwargs)))
+
+
+PRESETS: dict[str, Preset] = {
+    "unet": Preset(
+        UNet,
+        dict(base_channels=32, channel_mults=(1, 2, 2), num_res_blocks=1, attention_levels=(2,)),
+        "efficient UNet, the CPU default: ~200 img/s fp32 training at 28x28 on 2 cores",
+    ),
+    "unet-large": Preset(
+        UNet,
+        dict(
+            base_channels=128, channel_mults=(1, 2, 2, 2), num_res_blocks=2,
+            attention_levels=(2,), dropout=0.1,
+        ),
+        "DDPM CIFAR-10-sized UNet (~36M params) for GPUs",
+    ),
+    "unet-seed": Preset(
+        SeedUNet,
+        dict(base_channels=64, time_dim=256),
+        "the seed article's UNet: DoubleConv blocks, attention after every block",
+    ),
+    "tiny": Preset(
+        UNet,
+        dict(base_channels=8, channel_mults=(1, 2), num_res_blocks=1, attention_levels=(1,), num_heads=2),
+        "a very small UNet for fast tests",
+    ),
+}
+
+
+def _preset(name: str) -> Preset:
+    if name not in PRESETS:
+        raise ValueError(f"unknown model {name!r}; expected one of {sorted(PRESETS)}")
+    return PRESETS[name]
+
+
+def build_model(
+    preset: str, *, in_channels: int, num_classes: int | None, out_channels: int | None = None
+) -> nn.Module:
+    """Build the preset's model; `out_channels` defaults to `in_channels`."""
+    p = _preset(preset)
+    out = in_channels if out_channels is None else out_channels
+    return p.cls(in_channels, out, num_classes, **p.kwargs)
+
+
+def size_multiple(preset: str) -> int:
+    """The number that the preset's input height and width must be divisible by."""
+    with torch.device("meta"):  # builds the module structure without allocating weights
+        return build_model(preset, in_channels=1, num_classes=None).size_multiple

@@ -1,0 +1,190 @@
+"""A trained model ready to sample: load from a run or an exported model, generate.
+
+Loading needs only `difforge.models`, `difforge.diffusion` and `difforge.sampling`
+(no training code): a model directory is `model.safetensors` + `config.json`.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from difforge.diffusion import DiscreteSchedule, make_schedule
+from difforge.diffusion.grids import discrete_sigmas
+from difforge.models import build_model
+from difforge.models.denoiser import EpsDenoiser
+from difforge.sampling import CFGDenoiser, ClampDenoiser, get_sampler, per_sample_generators, randn_like
+
+DEFAULT_STEPS = {"ddpm": None, "ddim": 50}  # None: every timestep of the schedule
+DEFAULT_CFG = 3.0
+
+
+class ModelLoadError(ValueError):
+    """A run or model directory that cannot be loaded."""
+
+
+class Pipeline:
+    """A network + its schedule + what it was trained on; generates uint8 images."""
+
+    def __init__(self, net: nn.Module, schedule: DiscreteSchedule, info: dict, device: torch.device | str = "cpu"):
+        self.net, self.schedule, self.info = net, schedule, info
+        self.device = torch.device(device)
+
+    @property
+    def num_classes(self) -> int | None:
+        return self.info["model"]["num_classes"]
+
+    @property
+    def class_names(self) -> list[str] | None:
+        return self.info.get("class_names")
+
+    def parse_class(self, value: str | int) -> int:
+        """A class index from an index or a class name; clear error otherwise."""
+        if not self.num_classes:
+            raise ValueError("this model is unconditional: it takes no class")
+        names = self.class_names or []
+        s = str(value).strip()
+        if s.lstrip("-").isdigit():
+            k = int(s)
+            if not 0 <= k < self.num_classes:
+                raise ValueError(f"class {k} out of range: this model has classes 0..{self.num_classes - 1}")
+            return k
+        lowered = [n.lower() for n in names]
+        if s.lower() in lowered:
+            return lowered.index(s.lower())
+        raise ValueError(f"unknown class {s!r}; expected 0..{self.num_classes - 1} or one of {names}")
+
+    def default_labels(self, per_class: int = 1, classes: Sequence[int] | None = None) -> torch.Tensor | None:
+        """`per_class` images of each class in order (one grid row per class); None if unconditional."""
+        if not self.num_classes:
+            return None
+        classes = list(range(self.num_classes)) if classes is None else list(classes)
+        return torch.tensor(classes, dtype=torch.long).repeat_interleave(per_class)
+
+    def denoiser(self, cfg: float | None = None, clip: bool = True) -> nn.Module:
+        """D(x, sigma, cond) with guidance (conditional models; default scale
+        DEFAULT_CFG) and static clipping of x0 to [-1, 1]."""
+        d: nn.Module = EpsDenoiser(self.net, self.schedule)
+        if self.num_classes:
+            d = CFGDenoiser(d, DEFAULT_CFG if cfg is None else cfg, null_label=self.num_classes)
+        elif cfg is not None and cfg != 1.0:
+            raise ValueError("a CFG scale needs a class-conditional model; this one is unconditional")
+        return ClampDenoiser(d) if clip else d
+
+    def sigmas(self, sampler: str, steps: int | None, spacing: str = "trailing") -> torch.Tensor:
+        steps = steps if steps is not None else DEFAULT_STEPS.get(sampler)
+        if sampler == "ddpm" and steps is None:
+            return discrete_sigmas(self.schedule)
+        return discrete_sigmas(self.schedule, steps or 50, spacing)
+
+    @torch.no_grad()
+    def generate(
+        self,
+        n: int | None = None,
+        labels: torch.Tensor | None = None,
+        *,
+        cfg: float | None = None,
+        sampler: str = "ddim",
+        steps: int | None = None,
+        spacing: str = "trailing",
+        seed: int = 0,
+        batch_size: int = 100,
+        clip: bool = True,
+        callback: Callable[[dict], None] | None = None,
+        **options,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Sample images; image i uses seed `seed + i`, whatever the batch size.
+
+        Returns uint8 images (N, C, h, w) at the data's native size, and the labels.
+        """
+        from difforge.data import from_model_output
+
+        sample_fn = get_sampler(sampler)
+        if labels is not None:
+            if not self.num_classes:
+                raise ValueError("this model is unconditional: it takes no class labels")
+            n = len(labels)
+        if n is None or n < 1:
+            raise ValueError(f"number of images must be >= 1, got {n}")
+        den = self.denoiser(cfg, clip).to(self.device)
+        sigmas = self.sigmas(sampler, steps, spacing)
+        size, c = self.info["image_size"], self.info["channels"]
+        out = []
+        for start in range(0, n, batch_size):
+            stop = min(n, start + batch_size)
+            gens = per_sample_generators(range(seed + start, seed + stop))
+            x = randn_like(torch.empty(stop - start, c, size, size), gens)
+            x = (x * EpsDenoiser(self.net, self.schedule).prior_std(float(sigmas[0]))).to(self.device)
+            cond = labels[start:stop].to(self.device) if labels is not None else None
+            x = sample_fn(den, x, sigmas, generator=gens, callback=callback, cond=cond, **options)
+            out.append(from_model_output(x.float().cpu(), self.info["native_size"]))
+        return torch.cat(out), labels
+
+    def save_grid(self, images: torch.Tensor, path: str | Path, labels: torch.Tensor | None = None) -> Path:
+        """One grid row per class when labelled in class blocks, else rows of 10."""
+        from difforge.io import save_grid
+
+        nrow = 10
+        if labels is not None and self.num_classes:
+            per = int((labels == labels[0]).sum())
+            nrow = per if per > 1 else min(10, len(labels))
+        return save_grid(images, path, nrow=nrow, scale=2 if images.shape[-1] <= 32 else 1)
+
+
+def load_pipeline(path: str | Path, ema: bool = True, device: str | torch.device = "cpu") -> Pipeline:
+    """Load a run directory (its newest valid checkpoint) or an exported model directory."""
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    if not path.is_dir():
+        raise ModelLoadError(f"no such run or model directory: {path}")
+    if (path / "config.json").is_file() and (path / "model.safetensors").is_file():
+        info = json.loads((path / "config.json").read_text())
+        weights = path / "model.safetensors"
+    elif (path / "model.json").is_file():
+        from difforge.train.checkpoint import find_resumable, weights_file  # reads files only
+
+        info = json.loads((path / "model.json").read_text())
+        ckpt, problems = find_resumable(path / "checkpoints")
+        if ckpt is None:
+            detail = f" ({'; '.join(problems)})" if problems else ""
+            raise ModelLoadError(f"{path} has no valid checkpoint yet{detail}")
+        weights = weights_file(ckpt, ema)
+    else:
+        raise ModelLoadError(f"{path} is neither a run directory (model.json) nor a model directory (config.json + model.safetensors)")
+    if info.get("format") != "difforge-model":
+        raise ModelLoadError(f"{path}: not a difforge model description")
+    m = info["model"]
+    try:
+        net = build_model(m["preset"], in_channels=m["in_channels"], num_classes=m["num_classes"])
+        net.load_state_dict(load_file(weights))
+    except (RuntimeError, OSError, ValueError) as e:
+        raise ModelLoadError(f"cannot load weights {weights}: {str(e).splitlines()[0]}") from None
+    d = info["diffusion"]
+    schedule = make_schedule(d["schedule"], d["timesteps"], d["beta_start"], d["beta_end"])
+    return Pipeline(net.to(device).eval(), schedule, info, device)
+
+
+def export_model(run_dir: str | Path, out: str | Path, ema: bool = True) -> Path:
+    """Write `out/model.safetensors` + `out/config.json` from a run's newest checkpoint."""
+    import shutil
+
+    from difforge.train.checkpoint import find_resumable, weights_file
+
+    run_dir, out = Path(run_dir), Path(out)
+    if not (run_dir / "model.json").is_file():
+        raise ModelLoadError(f"{run_dir} is not a run directory (no model.json)")
+    ckpt, problems = find_resumable(run_dir / "checkpoints")
+    if ckpt is None:
+        raise ModelLoadError(f"{run_dir} has no valid checkpoint to export" + (f" ({'; '.join(problems)})" if problems else ""))
+    info = json.loads((run_dir / "model.json").read_text())
+    info["weights"] = "ema" if ema else "raw"
+    info["step"] = int(json.loads((ckpt / "meta.json").read_text())["step"])
+    out.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(weights_file(ckpt, ema), out / "model.safetensors")
+    (out / "config.json").write_text(json.dumps(info, indent=2))
+    return out

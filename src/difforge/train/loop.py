@@ -1,0 +1,301 @@
+"""The training loop: data -> loss -> AdamW step -> EMA, with logging, samples,
+validation and checkpoints that resume bit for bit."""
+
+from __future__ import annotations
+
+import json
+import math
+import signal
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from difforge.config import ConfigError, RunConfig, config_to_dict, load_config, save_config
+from difforge.data import load_dataset, to_model_input
+from difforge.data.batches import EpochBatches
+from difforge.diffusion import make_schedule
+from difforge.models import build_model, size_multiple
+from difforge.train.checkpoint import find_resumable, load_checkpoint, save_checkpoint, step_dirs
+from difforge.train.ema import EMA
+from difforge.train.objective import ddpm_loss, drop_labels
+from difforge.train.optim import build_optimizer, build_scheduler
+
+VAL_MAX_IMAGES = 2000  # validation loss is measured on at most this many held-out images
+MAX_BAD_STEPS = 20  # consecutive non-finite losses before the run stops
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    step: int
+    stopped_early: bool
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(name)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device {name!r} requested but CUDA is not available")
+    return dev
+
+
+def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    if precision == "fp32":
+        return None
+    if precision == "bf16":
+        return torch.bfloat16
+    if device.type != "cuda":
+        raise ConfigError("precision fp16 needs a CUDA device; use bf16 on the CPU")
+    return torch.float16
+
+
+def model_info(cfg: RunConfig, bundle, image_size: int, num_classes: int | None) -> dict:
+    """What a sampler needs to rebuild the model: written as model.json / config.json."""
+    return {
+        "format": "difforge-model",
+        "version": 1,
+        "model": {"preset": cfg.model.preset, "in_channels": bundle.channels, "num_classes": num_classes},
+        "diffusion": config_to_dict(cfg)["diffusion"],
+        "prediction": "eps",
+        "image_size": image_size,
+        "native_size": bundle.native_size,
+        "channels": bundle.channels,
+        "class_names": bundle.class_names if num_classes else None,
+        "dataset": cfg.data.dataset,
+    }
+
+
+def _prepare_run_dir(cfg: RunConfig, resume: bool) -> tuple[RunConfig, Path]:
+    run_dir = Path(cfg.out)
+    if resume:
+        saved = run_dir / "config.yaml"
+        if not saved.is_file():
+            raise ConfigError(f"cannot resume: {run_dir} has no config.yaml (no run there yet)")
+        cfg = load_config(saved)
+        return cfg, run_dir
+    if step_dirs(run_dir / "checkpoints"):
+        raise ConfigError(
+            f"{run_dir} already holds a run with checkpoints; pass --resume to continue it or choose another --out"
+        )
+    (run_dir / "samples").mkdir(parents=True, exist_ok=True)
+    save_config(cfg, run_dir / "config.yaml")
+    return cfg, run_dir
+
+
+class _StopFlag:
+    """Set by SIGTERM/SIGINT so the loop finishes its step and checkpoints."""
+
+    def __init__(self):
+        self.signum: int | None = None
+        self._old = {}
+
+    def __enter__(self):
+        for s in (signal.SIGTERM, signal.SIGINT):
+            try:
+                self._old[s] = signal.signal(s, self._handle)
+            except ValueError:  # not the main thread: leave signals alone
+                pass
+        return self
+
+    def _handle(self, signum, frame):
+        if self.signum is not None:  # second signal: stop now
+            raise KeyboardInterrupt
+        self.signum = signum
+
+    def __exit__(self, *exc):
+        for s, h in self._old.items():
+            signal.signal(s, h)
+
+
+def train(
+    cfg: RunConfig, *, resume: bool = False, progress: bool = True, stop_after: int | None = None
+) -> TrainResult:
+    """Train (or resume) the run described by `cfg`; returns where it ended.
+
+    `stop_after` stops (with a checkpoint) once that many steps are done in total, as a
+    preemption would, without changing the run's schedule.
+    """
+    cfg, run_dir = _prepare_run_dir(cfg, resume)
+    t = cfg.train
+    device = resolve_device(t.device)
+    amp_dtype = autocast_dtype(t.precision, device)
+
+    bundle = load_dataset(cfg.data)
+    train_set = bundle.train
+    num_classes = train_set.num_classes if cfg.model.conditional else None
+    mult = size_multiple(cfg.model.preset)
+    image_size = cfg.data.image_size or math.ceil(bundle.native_size / mult) * mult
+    if image_size % mult:
+        raise ConfigError(f"image size {image_size} is not a multiple of {mult}, as model {cfg.model.preset!r} needs")
+    if t.batch_size > len(train_set):
+        raise ConfigError(f"batch size {t.batch_size} is larger than the training set ({len(train_set)} images)")
+    info = model_info(cfg, bundle, image_size, num_classes)
+    (run_dir / "model.json").write_text(json.dumps(info, indent=2))
+
+    torch.manual_seed(t.seed)
+    model = build_model(cfg.model.preset, in_channels=bundle.channels, num_classes=num_classes).to(device)
+    ema = EMA(model, t.ema_decay, t.ema_warmup)
+    schedule = make_schedule(cfg.diffusion.schedule, cfg.diffusion.timesteps, cfg.diffusion.beta_start, cfg.diffusion.beta_end)
+    batches = EpochBatches(len(train_set), t.batch_size, seed=t.seed)
+    total = t.max_steps or (t.epochs or 1) * batches.steps_per_epoch
+    optimizer = build_optimizer(model, t)
+    scheduler = build_scheduler(optimizer, t, total)
+    scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
+    gen = torch.Generator().manual_seed(t.seed + 1)
+
+    step = 0
+    if resume:
+        ckpt, problems = find_resumable(run_dir / "checkpoints")
+        for p in problems:
+            print(f"warning: skipping checkpoint: {p}")
+        if ckpt is not None:
+            m_sd, e_sd, state = load_checkpoint(ckpt)
+            model.load_state_dict(m_sd)
+            ema.shadow.load_state_dict(e_sd)
+            ema.load_state_dict(state["ema"])
+            optimizer.load_state_dict(state["optimizer"])
+            scheduler.load_state_dict(state["scheduler"])
+            scaler.load_state_dict(state["scaler"])
+            gen.set_state(state["rng"]["train"])
+            torch.set_rng_state(state["rng"]["torch"])
+            if device.type == "cuda" and "cuda" in state["rng"]:
+                torch.cuda.set_rng_state(state["rng"]["cuda"], device)
+            step = int(state["step"])
+            print(f"resuming {run_dir} from {ckpt.name} (step {step} of {total})")
+        else:
+            print(f"no checkpoint in {run_dir}; starting from step 0")
+
+    from difforge.train.logging import MetricsLogger  # optional backends load lazily
+
+    logger = MetricsLogger(run_dir, config_to_dict(cfg), wandb=t.wandb, tensorboard=t.tensorboard)
+
+    def checkpoint() -> Path:
+        rng = {"train": gen.get_state(), "torch": torch.get_rng_state()}
+        if device.type == "cuda":
+            rng["cuda"] = torch.cuda.get_rng_state(device)
+        state = {
+            "step": step,
+            "ema": ema.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "scaler": scaler.state_dict(),
+            "rng": rng,
+        }
+        return save_checkpoint(
+            run_dir / "checkpoints", step, model.state_dict(), ema.shadow.state_dict(), state, keep=t.keep_checkpoints
+        )
+
+    def sample_grids(name: str, per_class: int = 1) -> None:
+        from difforge.pipeline import Pipeline  # sampling code, shared with `difforge sample`
+
+        for tag, net in (("", model), ("-ema", ema.shadow)):
+            was_training = net.training
+            net.eval()
+            pipe = Pipeline(net, schedule, info, device)
+            labels = pipe.default_labels(per_class=per_class)
+            images, _ = pipe.generate(labels=labels, n=None if labels is not None else 10 * per_class, seed=0)
+            net.train(was_training)
+            path = pipe.save_grid(images, run_dir / "samples" / f"{name}{tag}.png", labels)
+            logger.log_image(step, f"samples{tag}", path)
+
+    val_images = bundle.val.images[:VAL_MAX_IMAGES] if bundle.val is not None and len(bundle.val) else None
+    val_labels = None
+    if val_images is not None and num_classes:
+        val_labels = bundle.val.labels[:VAL_MAX_IMAGES]
+
+    @torch.no_grad()
+    def validation_loss(net) -> float:
+        g = torch.Generator().manual_seed(12345)  # same t and noise every time: comparable
+        was_training = net.training
+        net.eval()
+        total_loss, count = 0.0, 0
+        for i in range(0, len(val_images), 256):
+            x0 = to_model_input(val_images[i : i + 256], image_size).to(device)
+            cond = val_labels[i : i + 256].to(device) if val_labels is not None else None
+            loss = ddpm_loss(net, schedule, x0, cond, g, amp_dtype)
+            total_loss += loss.item() * len(x0)
+            count += len(x0)
+        net.train(was_training)
+        return total_loss / count
+
+    def run_validation() -> None:
+        if val_images is None:
+            return
+        logger.log(step, {"epoch": step / batches.steps_per_epoch, "val_loss": validation_loss(model),
+                          "val_loss_ema": validation_loss(ema.shadow)})
+
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=total, initial=step, disable=not progress, desc="train", dynamic_ncols=True, mininterval=1.0)
+    model.train()
+    bad_in_a_row = 0
+    stopped = False
+    t_last, imgs_since = time.perf_counter(), 0
+    end = min(total, stop_after) if stop_after is not None else total
+    with _StopFlag() as stop:
+        while step < end:
+            idx = batches.batch(step)
+            x0 = to_model_input(train_set.images[idx], image_size).to(device)
+            cond = None
+            if num_classes:
+                cond = drop_labels(train_set.labels[idx], cfg.model.label_dropout, num_classes, gen).to(device)
+            loss = ddpm_loss(model, schedule, x0, cond, gen, amp_dtype)
+            optimizer.zero_grad(set_to_none=True)
+            if not torch.isfinite(loss):
+                bad_in_a_row += 1
+                logger.log(step, {"skipped_nonfinite_loss": 1})
+                if bad_in_a_row >= MAX_BAD_STEPS:
+                    bar.close()
+                    logger.close()
+                    hint = "try a lower --lr" + ("" if amp_dtype != torch.float16 else " or --precision bf16 (fp16 overflow)")
+                    raise RuntimeError(f"{bad_in_a_row} non-finite losses in a row at step {step}: {hint}")
+                step += 1
+                scheduler.step()
+                continue
+            bad_in_a_row = 0
+            scaler.scale(loss).backward()
+            if t.grad_clip > 0:
+                scaler.unscale_(optimizer)
+                torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip)
+            scaler.step(optimizer)
+            scaler.update()
+            scheduler.step()
+            ema.update(model)
+            step += 1
+            imgs_since += len(idx)
+            bar.update(1)
+
+            if t.log_every and step % t.log_every == 0:
+                now = time.perf_counter()
+                ips = imgs_since / max(now - t_last, 1e-9)
+                t_last, imgs_since = now, 0
+                lr = scheduler.get_last_lr()[0]
+                bar.set_postfix(loss=f"{loss.item():.4f}", lr=f"{lr:.2e}", img_s=f"{ips:.0f}")
+                logger.log(step, {"epoch": step / batches.steps_per_epoch, "loss": loss.item(), "lr": lr, "img_per_s": ips})
+            if step % batches.steps_per_epoch == 0:
+                run_validation()
+            if t.sample_every and step % t.sample_every == 0 and step < total:
+                sample_grids(f"step-{step:07d}")
+            if t.checkpoint_every and step % t.checkpoint_every == 0 and step < total:
+                checkpoint()
+            if stop.signum is not None:
+                stopped = True
+                break
+    bar.close()
+    if step < total:  # preempted or asked to stop early: save where we are
+        path = checkpoint()
+        why = f"signal {stop.signum}" if stopped else f"stop_after={stop_after}"
+        print(f"stopped at step {step} of {total} ({why}); checkpoint {path}; continue with --resume")
+        logger.close()
+        return TrainResult(run_dir, step, True)
+
+    if step % batches.steps_per_epoch != 0:
+        run_validation()
+    path = checkpoint()
+    sample_grids("final", per_class=10)
+    logger.log_artifact(path)
+    logger.close()
+    return TrainResult(run_dir, step, False)
