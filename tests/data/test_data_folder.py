@@ -172,9 +172,9 @@ def test_class_with_only_bad_files_is_dropped(tmp_path):
 
 
 def test_empty_and_unreadable_and_missing_folders(tmp_path):
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "readme.txt").write_text("x")
     with pytest.raises(ValueError, match="no images found in .*empty"):
-        (tmp_path / "empty").mkdir()
-        (tmp_path / "empty" / "readme.txt").write_text("x")
         load_image_folder(tmp_path / "empty")
     (tmp_path / "bad").mkdir()
     (tmp_path / "bad" / "x.png").write_text("not a png")

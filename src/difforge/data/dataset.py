@@ -127,17 +127,18 @@ def to_model_input(
     """
     if batch.dtype != torch.uint8 or batch.ndim != 4:
         raise ValueError(f"expected a uint8 batch (N, C, H, W), got {batch.dtype} {tuple(batch.shape)}")
-    x = batch.to(dtype) / 127.5 - 1
+    x = batch.float() / 127.5 - 1  # float32 maths, cast once at the end
     h, w = x.shape[-2:]
     if h <= image_size and w <= image_size:
         top, left = (image_size - h) // 2, (image_size - w) // 2
         pad = (left, image_size - w - left, top, image_size - h - top)
-        return F.pad(x, pad, value=-1.0) if any(pad) else x
-    if h != w:
+        x = F.pad(x, pad, value=-1.0) if any(pad) else x
+    elif h == w:
+        size = (image_size, image_size)
+        x = F.interpolate(x, size=size, mode="bilinear", antialias=True, align_corners=False)
+    else:
         raise ValueError(f"cannot resize non-square images {h}x{w} to {image_size}")
-    return F.interpolate(
-        x.float(), size=(image_size, image_size), mode="bilinear", antialias=True, align_corners=False
-    ).to(dtype)
+    return x.to(dtype)
 
 
 def from_model_output(x: torch.Tensor, native_size: int) -> torch.Tensor:
