@@ -268,7 +268,7 @@ def train(
             imgs_since += len(idx)
             bar.update(1)
 
-            if t.log_every and step % t.log_every == 0:
+            if t.log_every and (step % t.log_every == 0 or step == total):
                 now = time.perf_counter()
                 ips = imgs_since / max(now - t_last, 1e-9)
                 t_last, imgs_since = now, 0
