@@ -104,9 +104,9 @@ class SeedUNet(nn.Module):
         self.up1, self.sa4 = Up(2 * c3, c2, time_dim), _attention(c2)
         self.up2, self.sa5 = Up(2 * c2, c1, time_dim), _attention(c1)
         self.up3, self.sa6 = Up(2 * c1, c1, time_dim), _attention(c1)
-        self.outc = nn.Conv2d(c1, out_channels, 1)
-        nn.init.zeros_(self.outc.weight)
-        nn.init.zeros_(self.outc.bias)
+        self.out_conv = nn.Conv2d(c1, out_channels, 1)
+        nn.init.zeros_(self.out_conv.weight)
+        nn.init.zeros_(self.out_conv.bias)
 
     def forward(self, x: torch.Tensor, c_noise: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
         check_size(x, self.size_multiple)
@@ -119,4 +119,4 @@ class SeedUNet(nn.Module):
         h = self.sa4(self.up1(x4, x3, emb))
         h = self.sa5(self.up2(h, x2, emb))
         h = self.sa6(self.up3(h, x1, emb))
-        return self.outc(h)
+        return self.out_conv(h)
