@@ -1,0 +1,37 @@
+"""The import boundaries of DESIGN.md, checked in fresh interpreters."""
+
+import subprocess
+import sys
+
+
+def _modules_after(stmt: str) -> set[str]:
+    code = f"import sys; {stmt}; print('\\n'.join(sorted(sys.modules)))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    return set(out.split())
+
+
+def _tops(mods: set[str]) -> set[str]:
+    return {m.split(".")[0] for m in mods}
+
+
+def _difforge_parts(mods: set[str]) -> set[str]:
+    return {m.split(".")[1] for m in mods if m.startswith("difforge.")}
+
+
+def test_import_difforge_is_light():
+    tops = _tops(_modules_after("import difforge"))
+    for heavy in ("torch", "click", "yaml", "PIL", "safetensors", "tqdm", "sklearn", "diffusers", "wandb"):
+        assert heavy not in tops, heavy
+
+
+def test_maths_and_samplers_import_only_torch():
+    mods = _modules_after("import difforge.diffusion, difforge.sampling")
+    # (tqdm is not listed: torch itself imports it.)
+    for other in ("click", "yaml", "PIL", "safetensors", "sklearn", "wandb", "tensorboard"):
+        assert other not in _tops(mods), other
+    assert _difforge_parts(mods) <= {"diffusion", "sampling"}
+
+
+def test_models_do_not_import_training_serving_or_cli():
+    parts = _difforge_parts(_modules_after("import difforge.models"))
+    assert parts <= {"models", "diffusion"}, parts
