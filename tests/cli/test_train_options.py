@@ -41,6 +41,8 @@ def test_rgb_folder_trains_class_conditional(tmp_path):
     info = json.loads((out / "model.json").read_text())
     assert info["channels"] == 3 and info["class_names"] == ["cat", "dog"] and info["image_size"] == 8
     assert list((out / "tensorboard").glob("events.out.tfevents.*"))
+    skipped = (out / "skipped_files.txt").read_text()
+    assert "broken.png" in skipped and len(skipped.splitlines()) == 1
     assert run(["sample", str(out), "--class", "dog", "--n", "2", "--steps", "3",
                 "--out", str(tmp_path / "d.png"), "--npz", str(tmp_path / "d.npz")]) == 0
     d = np.load(tmp_path / "d.npz")

@@ -124,6 +124,10 @@ def train(
     amp_dtype = autocast_dtype(t.precision, device)
 
     bundle = load_dataset(cfg.data)
+    if bundle.skipped:
+        report = run_dir / "skipped_files.txt"
+        report.write_text("".join(f"{path}\t{reason}\n" for path, reason in bundle.skipped))
+        print(f"warning: skipped {len(bundle.skipped)} unusable file(s); list in {report}")
     train_set = bundle.train
     num_classes = train_set.num_classes if cfg.model.conditional else None
     mult = size_multiple(cfg.model.preset)
