@@ -9,7 +9,11 @@ import click
 
 from difforge import __version__
 
-SAMPLER_NAMES = ("ddpm", "ddim")
+# Copies of difforge.sampling.SAMPLERS and difforge.diffusion.grids.GRIDS, so that
+# `difforge --help` does not import torch; tests/cli checks that they agree.
+SAMPLER_NAMES = ("ddpm", "ddim", "euler", "euler-a", "heun", "dpmpp-2m", "dpmpp-3m")
+GRID_NAMES = ("leading", "trailing", "linspace", "karras", "log-snr")
+GIF_FRAMES = 16  # at most this many frames of the denoising, plus the final images
 
 
 class UserError(click.ClickException):
@@ -92,6 +96,10 @@ def train(config_file, dataset, data_path, out, preset, max_steps, epochs, batch
             overrides[section][key] = value
     if out is not None:
         overrides["out"] = out
+    ignored = [k for section in ("data", "model", "diffusion", "train") for k in overrides[section]]
+    if resume and (ignored or config_file):
+        click.echo(f"note: --resume continues with the run's own config.yaml; ignoring "
+                   f"{', '.join(ignored + (['--config'] if config_file else []))}", err=True)
     try:
         base = load_config(config_file) if config_file else RunConfig()
         cfg = config_from_dict(overrides, base)
@@ -117,13 +125,29 @@ def _is_idx_folder(path: Path) -> bool:
 @click.option("--class", "klass", help="Sample only this class (index or name).")
 @click.option("--classes", help="Comma-separated classes (indices or names), one grid row each.")
 @click.option("--cfg", type=float, help="Classifier-free guidance scale (1: none). [default: 3]")
-@click.option("--sampler", type=click.Choice(SAMPLER_NAMES), default="ddim", show_default=True)
-@click.option("--steps", type=int, help="Denoiser calls. [default: 50 for ddim, 1000 for ddpm]")
+@click.option("--cfg-rescale", type=float, default=0.0, help="Guidance rescale phi in [0, 1] (Lin et al. 2024; 0.7 is "
+              "typical): pulls the guided prediction's spread back to the conditional one's. [default: 0, off]")
+@click.option("--threshold", type=float, help="Dynamic thresholding of x0 at this percentile of |x0| (Imagen; e.g. "
+              "0.995) instead of clipping to [-1, 1]; helps at high --cfg.")
+@click.option("--sampler", type=click.Choice(SAMPLER_NAMES), default="ddim", show_default=True,
+              help="ddpm: ancestral (Ho et al. 2020); ddim (Song et al. 2021); euler, euler-a (ancestral), heun "
+              "(Karras et al. 2022); dpmpp-2m, dpmpp-3m: DPM-Solver++ multistep (Lu et al. 2022).")
+@click.option("--steps", type=int, help="Sampler steps; heun makes 2 denoiser calls per step, the others 1. "
+              "[default: every timestep (1000) for ddpm, 50 for ddim, euler and euler-a, 25 for heun, dpmpp-2m "
+              "and dpmpp-3m]")
+@click.option("--schedule", "--grid", "grid", type=click.Choice(GRID_NAMES), help="Noise levels the steps visit: "
+              "leading / trailing / linspace subsets of the training timesteps, karras (rho = 7), or log-snr "
+              "(uniform). [default: trailing for ddpm and ddim, karras for the others]")
+@click.option("--eta", type=float, help="Fresh noise per step, for ddim (default 0: deterministic) and euler-a "
+              "(default 1: full ancestral noise).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Image i uses seed + i.")
 @click.option("--ema/--no-ema", default=True, show_default=True, help="Use the EMA weights of a run.")
 @click.option("--npz", type=click.Path(dir_okay=False), help="Also write images (N,H,W,C uint8) and labels to this .npz.")
+@click.option("--gif", type=click.Path(dir_okay=False), help=f"Also write an animated GIF of the denoised estimate "
+              f"over the steps (at most {GIF_FRAMES} frames, then the result).")
 @click.option("--device", default="auto", show_default=True)
-def sample(model_dir, out, n, klass, classes, cfg, sampler, steps, seed, ema, npz, device) -> None:
+def sample(model_dir, out, n, klass, classes, cfg, cfg_rescale, threshold, sampler, steps, grid, eta, seed, ema, npz,
+           gif, device) -> None:
     """Generate images from a run directory or an exported model directory."""
     from difforge.pipeline import load_pipeline
     from difforge.train.loop import resolve_device
@@ -144,14 +168,33 @@ def sample(model_dir, out, n, klass, classes, cfg, sampler, steps, seed, ema, np
             labels = pipe.default_labels(per_class=per, classes=chosen)
         elif klass is not None or classes is not None:
             raise ValueError("this model is unconditional: --class/--classes do not apply")
+        from difforge.sampling import sampler_options
+
+        options = {}
+        if eta is not None:
+            if "eta" not in sampler_options(sampler):
+                takers = " and ".join(k for k in SAMPLER_NAMES if "eta" in sampler_options(k))
+                raise ValueError(f"--eta applies to {takers}, not to {sampler}")
+            options["eta"] = eta
         from tqdm.auto import tqdm
 
-        sigmas = pipe.sigmas(sampler, steps)
+        sigmas = pipe.sigmas(sampler, steps, grid)
+        n_steps = len(sigmas) - 1
+        every = -(-n_steps // GIF_FRAMES)
+        frames: dict[int, list] = {}
         total_n = len(labels) if labels is not None else (n or 64)
         batches = -(-total_n // 100)
-        with tqdm(total=(len(sigmas) - 1) * batches, desc=f"sample ({sampler})", dynamic_ncols=True) as bar:
-            images, labels = pipe.generate(n=total_n, labels=labels, cfg=cfg, sampler=sampler, steps=steps,
-                                           seed=seed, callback=lambda d: bar.update(1))
+
+        with tqdm(total=n_steps * batches, desc=f"sample ({sampler})", unit="step", dynamic_ncols=True) as bar:
+            def on_step(d: dict) -> None:  # once per step (heun: per step, not per denoiser call)
+                bar.update(1)
+                # the last step's estimate is the result itself, added at the end
+                if gif and d["i"] % every == 0 and d["i"] < n_steps - 1:
+                    frames.setdefault(d["i"], []).append(pipe.to_images(d["denoised"]))
+
+            images, labels = pipe.generate(n=total_n, labels=labels, cfg=cfg, sampler=sampler, steps=steps, grid=grid,
+                                           seed=seed, cfg_rescale=cfg_rescale, threshold=threshold,
+                                           callback=on_step, **options)
     except (ValueError, FileNotFoundError) as e:
         _fail(e)
     path = pipe.save_grid(images, out, labels)
@@ -160,6 +203,11 @@ def sample(model_dir, out, n, klass, classes, cfg, sampler, steps, seed, ema, np
         from difforge.io import save_npz
 
         click.echo(f"wrote {save_npz(npz, images, labels)}")
+    if gif:
+        import torch
+
+        gif_frames = [torch.cat(frames[i]) for i in sorted(frames)] + [images]
+        click.echo(f"wrote {pipe.save_gif(gif_frames, gif, labels)} ({len(gif_frames)} frames)")
 
 
 # ---------------------------------------------------------------- export
@@ -176,6 +224,135 @@ def export(run_dir, out, ema) -> None:
     except (ValueError, FileNotFoundError) as e:
         _fail(e)
     click.echo(f"wrote {path / 'model.safetensors'} and {path / 'config.json'}")
+
+
+# ---------------------------------------------------------------- train-classifier
+def _data_config(dataset, data_path):
+    """A DataConfig from --dataset / --data, or None when neither is given."""
+    from difforge.config import DataConfig
+
+    if data_path is not None:
+        if not Path(data_path).exists():
+            raise FileNotFoundError(f"--data {data_path}: no such file or directory")
+        if dataset is None:
+            dataset = "fashion-mnist" if _is_idx_folder(Path(data_path)) else "folder"
+        return DataConfig(dataset=dataset, path=str(data_path))
+    return DataConfig(dataset=dataset) if dataset is not None else None
+
+
+@cli.command("train-classifier")
+@click.option("--dataset", type=click.Choice(["fashion-mnist", "digits"]), help="Built-in dataset. [default: fashion-mnist]")
+@click.option("--data", "data_path", type=click.Path(), help="Labelled image folder (sub-folders = classes), or a folder of Fashion-MNIST idx files.")
+@click.option("--out", help="Directory for model.safetensors + classifier.json. [default: $DIFFORGE_CACHE/classifiers/"
+              "<dataset-key>, DIFFORGE_CACHE defaulting to ~/.cache/difforge; `evaluate` looks there]")
+@click.option("--epochs", type=int, help="Passes over the training split. [default: 5, more on small sets (>= 1200 steps, <= 100 epochs)]")
+@click.option("--batch-size", type=int, default=128, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--device", default="auto", show_default=True)
+def train_classifier(dataset, data_path, out, epochs, batch_size, seed, device) -> None:
+    """Train the domain classifier that `evaluate` measures samples with.
+
+    A small CNN on the training split; its accuracy is measured on the test split (else
+    the validation split). `evaluate` trains one by itself when none is cached.
+    """
+    from difforge.config import ConfigError, DataConfig
+
+    try:
+        from difforge.data import load_dataset
+        from difforge.eval.classifier import ClassifierConfig, classifier_dir, dataset_key
+        from difforge.eval.classifier import train_classifier as train_clf
+        from difforge.train.loop import resolve_device
+
+        data = _data_config(dataset, data_path) or DataConfig()
+        if epochs is not None and epochs < 1:
+            raise ValueError(f"--epochs must be >= 1, got {epochs}")
+        cfg = ClassifierConfig(epochs=epochs, batch_size=batch_size, seed=seed)
+        clf = train_clf(load_dataset(data), cfg, dataset_key=dataset_key(data), data=data,
+                        device=resolve_device(device), log=click.echo)
+        path = clf.save(Path(out) if out else classifier_dir(data))
+    except (ConfigError, ValueError, FileNotFoundError, ImportError) as e:
+        _fail(e)
+    m = clf.meta
+    click.echo(f"{m['test_accuracy']:.2%} accuracy on {m['eval_images']} {m['eval_split']} images after {m['epochs']} "
+               f"epochs ({m['train_seconds']:g} s); wrote {path}")
+
+
+# ---------------------------------------------------------------- evaluate
+def _float_list(text: str) -> tuple[float, ...]:
+    try:
+        values = tuple(float(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise ValueError(f"--cfg-sweep must be comma-separated numbers, got {text!r}") from None
+    if not values:
+        raise ValueError("--cfg-sweep is empty")
+    return values
+
+
+@cli.command()
+@click.argument("model_dir", type=click.Path(), required=False)
+@click.option("--out", help="Report directory. [default: MODEL_DIR/eval]")
+@click.option("--n", "n", type=int, default=1000, show_default=True, help="Images to generate (class-balanced for a "
+              "conditional model); the real-vs-real floor uses as many training images.")
+@click.option("--npz", type=click.Path(dir_okay=False), help="Score these samples (images N,H,W,C uint8 and optional "
+              "labels, as `sample --npz` writes) instead of sampling.")
+@click.option("--cfg", type=float, help="Classifier-free guidance scale. [default: 3]")
+@click.option("--cfg-sweep", help="Also sample and score N images at each of these guidance scales, e.g. 1,2,3,5.")
+@click.option("--sampler", type=click.Choice(SAMPLER_NAMES), default="ddim", show_default=True)
+@click.option("--steps", type=int, help="Sampler steps. [default: as for `sample`]")
+@click.option("--schedule", "--grid", "grid", type=click.Choice(GRID_NAMES), help="Noise levels the steps visit. "
+              "[default: as for `sample`]")
+@click.option("--eta", type=float, help="Fresh noise per step, for ddim and euler-a.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Image i uses seed + i.")
+@click.option("--ema/--no-ema", default=True, show_default=True, help="Use the EMA weights of a run.")
+@click.option("--dataset", type=click.Choice(["fashion-mnist", "digits"]), help="Real data to compare with. "
+              "[default: the model's training data]")
+@click.option("--data", "data_path", type=click.Path(), help="Real images to compare with (folder or idx folder).")
+@click.option("--classifier", "classifier_path", type=click.Path(file_okay=False), help="Domain classifier directory. "
+              "[default: the cached one for the data, trained on first use]")
+@click.option("--inception", type=click.Path(dir_okay=False), help="TorchScript Inception-v3 (NVIDIA's "
+              "inception-2015-12-05.pt) for the standard FID; never downloaded. [default: "
+              "$DIFFORGE_CACHE/inception-2015-12-05.pt when present]")
+@click.option("--k", "k", type=int, default=3, show_default=True, help="Neighbours for precision/recall radii.")
+@click.option("--device", default="auto", show_default=True)
+@click.option("--no-progress", is_flag=True, help="No progress bars.")
+def evaluate(model_dir, out, n, npz, cfg, cfg_sweep, sampler, steps, grid, eta, seed, ema, dataset, data_path,
+             classifier_path, inception, k, device, no_progress) -> None:
+    """Measure a model: FD, KID, precision/recall, classifier score, conditional accuracy,
+    per-class FD, each next to its real-vs-real floor at the same N.
+
+    Writes report.json, report.md, samples.png and charts to --out. MODEL_DIR is a run or
+    an exported model directory; with --npz and --dataset/--data it may be left out.
+    """
+    from difforge.config import ConfigError
+
+    try:
+        from difforge.eval.evaluate import EvalConfig, evaluate as run_eval
+        from difforge.train.loop import resolve_device
+
+        if out is None:
+            if model_dir is None:
+                raise ValueError("give --out DIR when there is no MODEL_DIR")
+            out = str(Path(model_dir) / "eval")
+        if inception is not None and not Path(inception).is_file():
+            raise FileNotFoundError(f"--inception {inception}: no such file (difforge never downloads weights)")
+        if k < 1:
+            raise ValueError(f"--k must be >= 1, got {k}")
+        sweep = _float_list(cfg_sweep) if cfg_sweep is not None else ()
+        ecfg = EvalConfig(n=n, sampler=sampler, steps=steps, grid=grid, cfg=cfg, eta=eta, seed=seed, ema=ema,
+                          cfg_sweep=sweep, k=k)
+        report = run_eval(model_dir, out, ecfg, data=_data_config(dataset, data_path), npz=npz,
+                          classifier=classifier_path, inception=inception, device=resolve_device(device),
+                          progress=not no_progress, log=click.echo)
+    except (ConfigError, ValueError, FileNotFoundError, ImportError) as e:
+        _fail(e)
+    for space, m in report["metrics"].items():
+        f = report["floor"][space]
+        click.echo(f"{space}: FD {m['fd']:.4g} (floor {f['fd']:.4g}), KID {m['kid']:.3g} (floor {f['kid']:.3g}), "
+                   f"precision {m['precision']:.3f}, recall {m['recall']:.3f}"
+                   + (f", accuracy {m['conditional_accuracy']:.3f}" if "conditional_accuracy" in m else ""))
+    if report["inception"]["status"] != "computed":
+        click.echo(f"inception: {report['inception']['status']}")
+    click.echo(f"wrote {Path(out) / 'report.md'} and report.json (N = {report['n']})")
 
 
 def main(argv: list[str] | None = None) -> None:

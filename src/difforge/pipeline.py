@@ -14,13 +14,32 @@ import torch
 from torch import nn
 
 from difforge.diffusion import DiscreteSchedule, make_schedule
-from difforge.diffusion.grids import discrete_sigmas
+from difforge.diffusion.grids import sigma_grid
 from difforge.models import build_model
 from difforge.models.denoiser import EpsDenoiser
-from difforge.sampling import CFGDenoiser, ClampDenoiser, get_sampler, per_sample_generators, randn_like
+from difforge.sampling import (
+    CFGDenoiser,
+    ClampDenoiser,
+    DynamicThresholdDenoiser,
+    get_sampler,
+    per_sample_generators,
+    randn_like,
+    sampler_options,
+)
 
-DEFAULT_STEPS = {"ddpm": None, "ddim": 50}  # None: every timestep of the schedule
+# Steps per sampler when not given (None: every timestep of the schedule). Heun makes two
+# denoiser calls per step (2N - 1 in all), so 25 Heun steps cost about 50 Euler steps.
+DEFAULT_STEPS = {"ddpm": None, "ddim": 50, "euler": 50, "euler-a": 50, "heun": 25, "dpmpp-2m": 25, "dpmpp-3m": 25}
+# Sigma grid per sampler when not given: the discrete samplers step through the training
+# timesteps ("trailing" starts at the last one, Lin et al. 2024); the ODE/SDE solvers use
+# Karras et al. (2022)'s rho = 7 grid, which they were tuned with.
+DEFAULT_GRID = {"ddpm": "trailing", "ddim": "trailing"}
+DEFAULT_GRID_OTHERS = "karras"
 DEFAULT_CFG = 3.0
+
+
+def default_grid(sampler: str) -> str:
+    return DEFAULT_GRID.get(sampler, DEFAULT_GRID_OTHERS)
 
 
 class ModelLoadError(ValueError):
@@ -65,21 +84,37 @@ class Pipeline:
         classes = list(range(self.num_classes)) if classes is None else list(classes)
         return torch.tensor(classes, dtype=torch.long).repeat_interleave(per_class)
 
-    def denoiser(self, cfg: float | None = None, clip: bool = True) -> nn.Module:
-        """D(x, sigma, cond) with guidance (conditional models; default scale
-        DEFAULT_CFG) and static clipping of x0 to [-1, 1]."""
+    def denoiser(
+        self, cfg: float | None = None, clip: bool = True, cfg_rescale: float = 0.0, threshold: float | None = None
+    ) -> nn.Module:
+        """D(x, sigma, cond) with guidance (conditional models; default scale DEFAULT_CFG,
+        optional guidance rescale phi = `cfg_rescale`) and x0 kept in [-1, 1]: by static
+        clipping (`clip`), or by dynamic thresholding at percentile `threshold` (Imagen)."""
         d: nn.Module = EpsDenoiser(self.net, self.schedule)
         if self.num_classes:
-            d = CFGDenoiser(d, DEFAULT_CFG if cfg is None else cfg, null_label=self.num_classes)
+            d = CFGDenoiser(d, DEFAULT_CFG if cfg is None else cfg, null_label=self.num_classes, rescale=cfg_rescale)
         elif cfg is not None and cfg != 1.0:
             raise ValueError("a CFG scale needs a class-conditional model; this one is unconditional")
+        elif cfg_rescale:
+            raise ValueError("guidance rescale needs a class-conditional model; this one is unconditional")
+        if threshold is not None:
+            return DynamicThresholdDenoiser(d, threshold)
         return ClampDenoiser(d) if clip else d
 
-    def sigmas(self, sampler: str, steps: int | None, spacing: str = "trailing") -> torch.Tensor:
-        steps = steps if steps is not None else DEFAULT_STEPS.get(sampler)
-        if sampler == "ddpm" and steps is None:
-            return discrete_sigmas(self.schedule)
-        return discrete_sigmas(self.schedule, steps or 50, spacing)
+    def sigmas(self, sampler: str, steps: int | None = None, grid: str | None = None) -> torch.Tensor:
+        """The sigma grid a sampler runs on: `steps` (default DEFAULT_STEPS) on grid `grid`
+        (default `default_grid(sampler)`); float64, decreasing, ending in 0."""
+        get_sampler(sampler)  # a clear error for unknown names
+        if steps is not None and steps < 1:
+            raise ValueError(f"steps must be >= 1, got {steps}")
+        steps = steps if steps is not None else DEFAULT_STEPS.get(sampler, 50)
+        return sigma_grid(self.schedule, steps or self.schedule.timesteps, grid or default_grid(sampler))
+
+    def to_images(self, x: torch.Tensor) -> torch.Tensor:
+        """Model-space images (N, C, S, S) -> uint8 at the data's native size."""
+        from difforge.data import from_model_output
+
+        return from_model_output(x.float().cpu(), self.info["native_size"])
 
     @torch.no_grad()
     def generate(
@@ -90,28 +125,35 @@ class Pipeline:
         cfg: float | None = None,
         sampler: str = "ddim",
         steps: int | None = None,
-        spacing: str = "trailing",
+        grid: str | None = None,
         seed: int = 0,
         batch_size: int = 100,
         clip: bool = True,
+        cfg_rescale: float = 0.0,
+        threshold: float | None = None,
         callback: Callable[[dict], None] | None = None,
         **options,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Sample images; image i uses seed `seed + i`, whatever the batch size.
 
-        Returns uint8 images (N, C, h, w) at the data's native size, and the labels.
+        `sampler` names one of `difforge.sampling.SAMPLERS`, `steps` and `grid` pick its
+        sigma grid (`sigmas`), `options` go to the sampler (e.g. eta for ddim and euler-a).
+        The callback runs once per sampler step and batch. Returns uint8 images
+        (N, C, h, w) at the data's native size, and the labels.
         """
-        from difforge.data import from_model_output
-
         sample_fn = get_sampler(sampler)
+        known = sampler_options(sampler)
+        unknown = sorted(set(options) - set(known))
+        if unknown:
+            raise ValueError(f"sampler {sampler!r} takes no option {unknown[0]!r}; its options: {sorted(known)}")
         if labels is not None:
             if not self.num_classes:
                 raise ValueError("this model is unconditional: it takes no class labels")
             n = len(labels)
         if n is None or n < 1:
             raise ValueError(f"number of images must be >= 1, got {n}")
-        den = self.denoiser(cfg, clip).to(self.device)
-        sigmas = self.sigmas(sampler, steps, spacing)
+        den = self.denoiser(cfg, clip, cfg_rescale, threshold).to(self.device)
+        sigmas = self.sigmas(sampler, steps, grid)
         size, c = self.info["image_size"], self.info["channels"]
         out = []
         for start in range(0, n, batch_size):
@@ -121,18 +163,27 @@ class Pipeline:
             x = (x * EpsDenoiser(self.net, self.schedule).prior_std(float(sigmas[0]))).to(self.device)
             cond = labels[start:stop].to(self.device) if labels is not None else None
             x = sample_fn(den, x, sigmas, generator=gens, callback=callback, cond=cond, **options)
-            out.append(from_model_output(x.float().cpu(), self.info["native_size"]))
+            out.append(self.to_images(x))
         return torch.cat(out), labels
 
-    def save_grid(self, images: torch.Tensor, path: str | Path, labels: torch.Tensor | None = None) -> Path:
+    def _layout(self, images: torch.Tensor, labels: torch.Tensor | None) -> dict:
         """One grid row per class when labelled in class blocks, else rows of 10."""
-        from difforge.io import save_grid
-
         nrow = 10
         if labels is not None and self.num_classes:
             per = int((labels == labels[0]).sum())
             nrow = per if per > 1 else min(10, len(labels))
-        return save_grid(images, path, nrow=nrow, scale=2 if images.shape[-1] <= 32 else 1)
+        return {"nrow": nrow, "scale": 2 if images.shape[-1] <= 32 else 1}
+
+    def save_grid(self, images: torch.Tensor, path: str | Path, labels: torch.Tensor | None = None) -> Path:
+        from difforge.io import save_grid
+
+        return save_grid(images, path, **self._layout(images, labels))
+
+    def save_gif(self, frames: Sequence[torch.Tensor], path: str | Path, labels: torch.Tensor | None = None) -> Path:
+        """uint8 image batches, one per frame, as an animated GIF of grids laid out as `save_grid`."""
+        from difforge.io import save_gif
+
+        return save_gif(frames, path, **self._layout(frames[-1], labels))
 
 
 def load_pipeline(path: str | Path, ema: bool = True, device: str | torch.device = "cpu") -> Pipeline:

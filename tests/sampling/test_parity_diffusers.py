@@ -1,4 +1,5 @@
-"""Step-for-step parity of the DDPM and DDIM samplers with diffusers' schedulers.
+"""Step-for-step parity of the DDPM, DDIM and DPM-Solver++ (2M, 3M) samplers with
+diffusers' schedulers.
 
 Both sides run the same fixed eps-model in float64 with the same betas and the same
 random draws; every intermediate x_t (converted to the VP frame) must agree to 1e-5.
@@ -9,9 +10,9 @@ import torch
 from torch import nn
 
 from difforge.diffusion import make_schedule
-from difforge.diffusion.grids import discrete_sigmas, timestep_subset
+from difforge.diffusion.grids import discrete_sigmas, sigma_grid, timestep_subset
 from difforge.models.denoiser import EpsDenoiser
-from difforge.sampling import sample_ddim, sample_ddpm
+from difforge.sampling import sample_ddim, sample_ddpm, sample_dpmpp_2m, sample_dpmpp_3m
 
 diffusers = pytest.importorskip("diffusers")
 
@@ -37,8 +38,8 @@ class FixedEps(nn.Module):
         return torch.tanh(0.8 * x + 0.002 * t) + 0.1 * torch.sin(3 * x)
 
 
-def _run_ours(sampler, sched, sigmas, x_T, seed, **opts):
-    den = EpsDenoiser(FixedEps(), sched)
+def _run_ours(sampler, sched, sigmas, x_T, seed, eps_model=None, **opts):
+    den = EpsDenoiser(eps_model or FixedEps(), sched)
     trace = []
 
     def cb(d):
@@ -114,3 +115,96 @@ def test_ddim_matches_diffusers(spacing, eta):
     for a, b in zip(trace, trace_ref):
         assert (a - b).abs().max() < 1e-5
     assert (out - x).abs().max() < 1e-5
+
+
+class GaussianishEps(nn.Module):
+    """eps-model with O(1) x0 estimates at every noise level, so that float32 rounding on
+    diffusers' side stays far below the tolerance: the exact eps of N(0, 0.5^2) data plus
+    a smooth nonlinear, timestep-dependent term (scaled by sqrt(alpha_bar) so that its
+    effect on x0 = (x - sqrt(1 - ab) eps) / sqrt(ab) stays below 0.1)."""
+
+    def __init__(self, sched, sd: float = 0.5):
+        super().__init__()
+        self.w = nn.Parameter(torch.tensor(0.0, dtype=torch.float64))  # sets net dtype
+        self.sched, self.sd = sched, sd
+
+    def forward(self, x, t, cond=None):
+        sigma = self.sched.t_to_sigma(t).view(-1, 1, 1, 1)
+        ab = 1 / (1 + sigma**2)
+        exact = (1 - ab).sqrt() * x / (ab * self.sd**2 + 1 - ab)
+        return exact + 0.1 * ab.sqrt() * torch.sin(3 * x + 0.01 * t.view(-1, 1, 1, 1))
+
+
+# DPMSolverMultistepScheduler picks its timesteps differently from DDIMScheduler:
+#   trailing: round(arange(T, 0, -T / n)) - 1              (= our timestep_subset "trailing")
+#   linspace: round(linspace(0, T - 1, n + 1))[::-1][:-1]  (n + 1 points, the 0 dropped:
+#             not our "linspace"; we give ours the same timesteps through the sigmas)
+#   karras:   Karras rho = 7 between the training sigma_min and sigma_max (= our "karras"),
+#             but it hands the network round(t(sigma)) where ours hands it the fractional
+#             t(sigma); both loops here call the network with t(sigma), which is the
+#             integer timestep on the other grids (asserted), so they compare the solver.
+# final_sigmas_type="zero" ends the grid at sigma = 0 like ours (its default, "sigma_min",
+# stops at the smallest training sigma and returns a slightly noisy x); with it the last
+# step is first order, and lower_order_final lowers the order of the last two steps on
+# grids shorter than 15 (ours: `lower_order_final=True`). diffusers stores sigmas in
+# float32: we check they agree with ours and swap ours (float64) in. Its step() still
+# rounds the running sample to float32 (6e-8 relative), about 1e-7 absolute here.
+# diffusers reads our float64 alphas_cumprod through np.array: a harmless numpy 2 warning
+@pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
+@pytest.mark.parametrize("order", [2, 3])
+@pytest.mark.parametrize("grid, steps", [("trailing", 25), ("trailing", 10), ("linspace", 20), ("karras", 12)])
+def test_dpmpp_multistep_matches_diffusers(order, grid, steps):
+    sched = make_schedule("linear", 1000)
+    ref = _float64(diffusers.DPMSolverMultistepScheduler(
+        num_train_timesteps=1000,
+        trained_betas=sched.betas.numpy(),
+        algorithm_type="dpmsolver++",
+        solver_order=order,
+        solver_type="midpoint",
+        lower_order_final=True,
+        final_sigmas_type="zero",
+        timestep_spacing="linspace" if grid == "linspace" else "trailing",
+        use_karras_sigmas=grid == "karras",
+    ), sched)
+    ref.set_timesteps(steps)
+    if grid == "linspace":
+        sigmas = torch.cat([sched.sigmas[ref.timesteps], torch.zeros(1, dtype=torch.float64)])
+    else:
+        sigmas = sigma_grid(sched, steps, grid)
+    if grid == "trailing":
+        assert torch.equal(ref.timesteps, timestep_subset(1000, steps, "trailing"))
+    assert len(ref.sigmas) == len(sigmas) == steps + 1 and ref.sigmas[-1] == 0
+    assert torch.allclose(ref.sigmas.double(), sigmas, rtol=1e-6, atol=0)
+    ref.sigmas = sigmas.clone()
+    t_net = sched.sigma_to_t(sigmas[:-1])
+    if grid != "karras":
+        assert torch.equal(t_net, ref.timesteps.double())
+
+    x_T = torch.randn(3, 2, 4, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    eps = GaussianishEps(sched)
+    trace_ref = []
+    x = x_T.clone()
+    for i, t in enumerate(ref.timesteps):
+        trace_ref.append(x.clone())
+        x = ref.step(eps(x, t_net[i].expand(3)), t, x).prev_sample
+
+    sampler = sample_dpmpp_2m if order == 2 else sample_dpmpp_3m
+    trace, out = _run_ours(sampler, sched, sigmas, x_T, 0, eps_model=eps)
+    assert len(trace) == len(trace_ref) == steps
+    for a, b in zip(trace, trace_ref):
+        assert (a - b).abs().max() < 1e-5
+    assert (out - x).abs().max() < 1e-5
+    assert out.abs().max() < 5  # O(1) values: the 1e-5 is a tight bound
+
+
+@pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
+@pytest.mark.parametrize("grid, flag", [("karras", "use_karras_sigmas"), ("log-snr", "use_lu_lambdas")])
+def test_karras_and_log_snr_grids_match_diffusers(grid, flag):
+    sched = make_schedule("linear", 1000)
+    ref = _float64(diffusers.DPMSolverMultistepScheduler(
+        num_train_timesteps=1000, trained_betas=sched.betas.numpy(), final_sigmas_type="zero", **{flag: True}
+    ), sched)
+    for steps in (1, 7, 50):
+        ref.set_timesteps(steps)
+        ours = sigma_grid(sched, steps, grid)
+        assert torch.allclose(ref.sigmas.double(), ours, rtol=1e-6, atol=0)  # theirs is float32

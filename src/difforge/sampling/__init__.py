@@ -1,15 +1,32 @@
-"""Samplers: plain functions `sample_xxx(denoiser, x, sigmas, *, generator, callback, **options)`.
+"""Samplers: plain functions `sample_xxx(denoiser, x, sigmas, *, generator, callback, cond, **options)`.
 
 Every sampler works with every denoiser D(x, sigma, cond); guidance and clipping are
-wrappers around D (`guidance.py`), not forks of the loop.
+wrappers around D (`guidance.py`), not forks of the loop. `sigmas` is a float64 grid of
+decreasing noise levels ending in 0 (`difforge.diffusion.grids.sigma_grid`). The callback
+gets {"i", "x", "sigma", "sigma_next", "denoised"} once per step.
 """
+
+import inspect
 
 from difforge.sampling.ddim import sample_ddim
 from difforge.sampling.ddpm import sample_ddpm
-from difforge.sampling.guidance import CFGDenoiser, ClampDenoiser
+from difforge.sampling.dpmpp import sample_dpmpp_2m, sample_dpmpp_3m
+from difforge.sampling.euler import sample_euler, sample_euler_ancestral
+from difforge.sampling.guidance import CFGDenoiser, ClampDenoiser, DynamicThresholdDenoiser
+from difforge.sampling.heun import sample_heun
 from difforge.sampling.noise import per_sample_generators, randn_like
 
-SAMPLERS = {"ddpm": sample_ddpm, "ddim": sample_ddim}
+SAMPLERS = {
+    "ddpm": sample_ddpm,
+    "ddim": sample_ddim,
+    "euler": sample_euler,
+    "euler-a": sample_euler_ancestral,
+    "heun": sample_heun,
+    "dpmpp-2m": sample_dpmpp_2m,
+    "dpmpp-3m": sample_dpmpp_3m,
+}
+
+_COMMON = {"denoiser", "x", "sigmas", "generator", "callback", "cond"}
 
 
 def get_sampler(name: str):
@@ -18,13 +35,26 @@ def get_sampler(name: str):
     return SAMPLERS[name]
 
 
+def sampler_options(name: str) -> dict[str, object]:
+    """The sampler's own options (beyond the common signature) and their defaults."""
+    params = inspect.signature(get_sampler(name)).parameters
+    return {k: p.default for k, p in params.items() if k not in _COMMON}
+
+
 __all__ = [
     "SAMPLERS",
     "get_sampler",
+    "sampler_options",
     "sample_ddpm",
     "sample_ddim",
+    "sample_euler",
+    "sample_euler_ancestral",
+    "sample_heun",
+    "sample_dpmpp_2m",
+    "sample_dpmpp_3m",
     "CFGDenoiser",
     "ClampDenoiser",
+    "DynamicThresholdDenoiser",
     "per_sample_generators",
     "randn_like",
 ]

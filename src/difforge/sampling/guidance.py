@@ -1,9 +1,31 @@
-"""Wrappers around a denoiser: classifier-free guidance and clipping of x0."""
+"""Wrappers around a denoiser: classifier-free guidance (with guidance rescale), static
+clipping and dynamic thresholding of x0."""
 
 from __future__ import annotations
 
 import torch
 from torch import nn
+
+
+def _per_sample_std(v: torch.Tensor) -> torch.Tensor:
+    return v.std(dim=tuple(range(1, v.ndim)), keepdim=True)  # (B, 1, ..., 1)
+
+
+def rescale_guidance(x: torch.Tensor, guided: torch.Tensor, d_cond: torch.Tensor, phi: float) -> torch.Tensor:
+    """Guidance rescale (Lin et al. 2024, "Common diffusion noise schedules and sample
+    steps are flawed", Section 3.4) of a guided x0 estimate, applied to eps.
+
+    With eps = (x - D) / sigma at the same x and sigma for every branch:
+    eps_rescaled = eps_cfg * std(eps_cond) / std(eps_cfg) (std per sample, over all other
+    dims, unbiased), eps_final = phi * eps_rescaled + (1 - phi) * eps_cfg, and
+    D_final = x - sigma * eps_final. This is diffusers' `rescale_noise_cfg`. The 1/sigma
+    cancels in the ratio, so it is computed on x - D and works at any sigma.
+    """
+    e_cfg, e_cond = x - guided, x - d_cond  # sigma * eps
+    std_cfg = _per_sample_std(e_cfg)
+    ratio = torch.where(std_cfg > 0, _per_sample_std(e_cond) / std_cfg.clamp_min(torch.finfo(std_cfg.dtype).tiny), 1.0)
+    factor = phi * ratio + (1 - phi)
+    return x - e_cfg * factor
 
 
 class CFGDenoiser(nn.Module):
@@ -12,13 +34,18 @@ class CFGDenoiser(nn.Module):
     D = D(x, sigma, null) + scale * (D(x, sigma, cond) - D(x, sigma, null)), both halves
     in one batched forward pass. scale = 1 is the plain conditional model, 0 the
     unconditional one. `cond=None` samples unconditionally (the null label).
+    `rescale` = phi in [0, 1] applies guidance rescale (`rescale_guidance`, on eps);
+    Lin et al. suggest phi = 0.7. 0 (default) is plain CFG.
     """
 
-    def __init__(self, denoiser: nn.Module, scale: float, null_label: int):
+    def __init__(self, denoiser: nn.Module, scale: float, null_label: int, rescale: float = 0.0):
         super().__init__()
+        if not 0.0 <= rescale <= 1.0:
+            raise ValueError(f"guidance rescale must be in [0, 1], got {rescale}")
         self.inner = denoiser
         self.scale = float(scale)
         self.null_label = int(null_label)
+        self.rescale = float(rescale)
 
     def forward(self, x: torch.Tensor, sigma, cond: torch.Tensor | None = None) -> torch.Tensor:
         if cond is None:
@@ -30,7 +57,10 @@ class CFGDenoiser(nn.Module):
         sigma2 = sigma.expand(x.shape[0]).repeat(2) if sigma.ndim == 0 else sigma.repeat(2)
         both = self.inner(torch.cat([x, x]), sigma2, torch.cat([cond, null]))
         d_cond, d_null = both.chunk(2)
-        return d_null + self.scale * (d_cond - d_null)
+        guided = d_null + self.scale * (d_cond - d_null)
+        if self.rescale > 0:
+            guided = rescale_guidance(x, guided, d_cond, self.rescale)
+        return guided
 
 
 class ClampDenoiser(nn.Module):
@@ -42,3 +72,37 @@ class ClampDenoiser(nn.Module):
 
     def forward(self, x: torch.Tensor, sigma, cond: torch.Tensor | None = None) -> torch.Tensor:
         return self.inner(x, sigma, cond).clamp(self.lo, self.hi)
+
+
+def dynamic_threshold(x0: torch.Tensor, p: float = 0.995, max_value: float | None = None) -> torch.Tensor:
+    """Imagen's dynamic thresholding (Saharia et al. 2022, Section 2.3) of x0 in [-1, 1] data.
+
+    Per sample: s = the p-quantile of |x0| (linear interpolation, as torch.quantile),
+    s = max(s, 1) (and min(s, max_value) when given, as diffusers' sample_max_value);
+    x0 = clamp(x0, -s, s) / s. With s = 1 this is static clipping to [-1, 1].
+    """
+    if not 0.0 < p <= 1.0:
+        raise ValueError(f"dynamic-threshold percentile must be in (0, 1], got {p}")
+    b = x0.shape[0]
+    flat = x0.reshape(b, -1).abs().to(torch.float32 if x0.dtype in (torch.float16, torch.bfloat16) else x0.dtype)
+    srt = flat.sort(dim=1).values  # (B, N); torch.quantile refuses inputs over 2^24 values
+    pos = p * (srt.shape[1] - 1)
+    lo = int(pos)
+    hi = min(lo + 1, srt.shape[1] - 1)
+    s = srt[:, lo] + (pos - lo) * (srt[:, hi] - srt[:, lo])  # (B,)
+    s = s.clamp(min=1.0, max=max_value).to(x0.dtype).view((b,) + (1,) * (x0.ndim - 1))
+    return torch.maximum(torch.minimum(x0, s), -s) / s
+
+
+class DynamicThresholdDenoiser(nn.Module):
+    """Dynamic thresholding of the x0 estimate (`dynamic_threshold`); use instead of
+    ClampDenoiser with strong guidance, where static clipping saturates."""
+
+    def __init__(self, denoiser: nn.Module, p: float = 0.995, max_value: float | None = None):
+        super().__init__()
+        if not 0.0 < p <= 1.0:
+            raise ValueError(f"dynamic-threshold percentile must be in (0, 1], got {p}")
+        self.inner, self.p, self.max_value = denoiser, float(p), max_value
+
+    def forward(self, x: torch.Tensor, sigma, cond: torch.Tensor | None = None) -> torch.Tensor:
+        return dynamic_threshold(self.inner(x, sigma, cond), self.p, self.max_value)

@@ -18,15 +18,16 @@ def randn_like(x: torch.Tensor, generator: Generators = None) -> torch.Tensor:
     """Standard normal noise shaped like `x`.
 
     With a list of generators, image i draws from generator i, so the same seed gives
-    the same image whatever batch it is sampled in.
+    the same image whatever batch it is sampled in. Noise is drawn on the generator's
+    device and moved to x's (CPU generators with CUDA samples give the CPU's numbers).
     """
     if generator is None or isinstance(generator, torch.Generator):
-        return torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+        return _randn(tuple(x.shape), generator, x)
     if len(generator) != x.shape[0]:
         raise ValueError(f"got {len(generator)} generators for a batch of {x.shape[0]}")
-    return torch.cat(
-        [
-            torch.randn((1,) + tuple(x.shape[1:]), generator=g, device=x.device, dtype=x.dtype)
-            for g in generator
-        ]
-    )
+    return torch.cat([_randn((1,) + tuple(x.shape[1:]), g, x) for g in generator])
+
+
+def _randn(shape: tuple[int, ...], g: torch.Generator | None, x: torch.Tensor) -> torch.Tensor:
+    device = x.device if g is None else g.device
+    return torch.randn(shape, generator=g, device=device, dtype=x.dtype).to(x.device)
