@@ -203,3 +203,10 @@ def test_seed_independent_of_batch_size_stochastic_sampler(tiny_run):
     c, _ = pipe.generate(labels=labels[2:], batch_size=2, **{**kw, "seed": 5})
     assert (a.int() - b.int()).abs().max() <= 1  # batched convolutions may differ in the last bit
     assert (a[2:].int() - c.int()).abs().max() <= 1
+
+
+def test_n_is_the_total_even_below_the_class_count(tiny_run, tmp_path):
+    npz = tmp_path / "few.npz"
+    assert run(["sample", str(tiny_run), "--n", "4", "--steps", "2", "--out", str(tmp_path / "few.png"),
+                "--npz", str(npz)]) == 0
+    assert np.load(npz)["labels"].tolist() == [0, 1, 2, 3]

@@ -1,0 +1,48 @@
+"""Evaluation: a domain classifier and Inception-v3 as feature extractors, FD / KID /
+precision-recall / classifier score / conditional accuracy, and the `evaluate` report."""
+
+from difforge.eval.classifier import (
+    ClassifierConfig,
+    DomainClassifier,
+    cache_root,
+    classifier_dir,
+    dataset_key,
+    load_classifier,
+    load_or_train_classifier,
+    train_classifier,
+)
+from difforge.eval.evaluate import EvalConfig, evaluate, read_npz
+from difforge.eval.metrics import (
+    classifier_score,
+    conditional_accuracy,
+    feature_stats,
+    frechet_distance,
+    frechet_distance_features,
+    kernel_inception_distance,
+    mmd2_unbiased,
+    per_class_fd,
+    precision_recall,
+)
+
+__all__ = [
+    "ClassifierConfig",
+    "DomainClassifier",
+    "EvalConfig",
+    "cache_root",
+    "classifier_dir",
+    "classifier_score",
+    "conditional_accuracy",
+    "dataset_key",
+    "evaluate",
+    "feature_stats",
+    "frechet_distance",
+    "frechet_distance_features",
+    "kernel_inception_distance",
+    "load_classifier",
+    "load_or_train_classifier",
+    "mmd2_unbiased",
+    "per_class_fd",
+    "precision_recall",
+    "read_npz",
+    "train_classifier",
+]

@@ -1,0 +1,307 @@
+"""How good is a model, honestly: sample N images (or read them from an .npz), compare them
+with the real held-out split, and put every number next to its real-vs-real floor.
+
+Protocol (`evaluate`):
+- reference set: the dataset's test split (Fashion-MNIST), else its validation split;
+- generated set: N images, class-balanced for a conditional model, image i seeded seed + i;
+- floor: N *real* training images with the same class counts, scored exactly as the
+  generated ones: what a perfect generator would get at this N (FD is biased upwards at
+  small N, so only the gap to the floor means something);
+- feature spaces: the domain classifier (`eval.classifier`, trained once per dataset) and,
+  when weights are at hand, Inception-v3 (`eval.inception`, the standard FID protocol);
+- FD uses the whole reference set; precision/recall a random reference subset of N
+  (k-NN radii depend on the set size); KID random subsets of min(1000, N).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from difforge.config import DataConfig
+from difforge.data import load_dataset
+from difforge.eval import metrics as M
+
+REPORT_FORMAT = "difforge-eval"
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """What to sample and how to score it."""
+
+    n: int = 1000  # generated images (and floor images)
+    sampler: str = "ddim"
+    steps: int | None = None  # None: the sampler's default (difforge.pipeline.DEFAULT_STEPS)
+    grid: str | None = None  # None: the sampler's default grid
+    cfg: float | None = None  # guidance scale; None: the pipeline's default for conditional models
+    eta: float | None = None
+    seed: int = 0  # image i uses seed + i; the floor and reference subsets use `seed` too
+    ema: bool = True
+    cfg_sweep: tuple[float, ...] = ()  # guidance scales to sample and score, N images each
+    k: int = 3  # neighbours for the precision/recall radii
+    kid_subsets: int = 100
+    kid_subset_size: int = 1000
+    batch_size: int = 100
+
+
+def class_balanced_labels(n: int, num_classes: int) -> torch.Tensor:
+    """n labels, each class n // K or n // K + 1 times, sorted (one grid row per class)."""
+    return (torch.arange(n) % num_classes).sort().values
+
+
+def read_npz(path: str | Path) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Images (N, H, W, C) uint8 under `images` (or `arr_0`), optional int `labels` (or
+    `arr_1`), as written by `difforge sample --npz`; returned as (N, C, H, W)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"--npz {path}: no such file")
+    try:
+        data = np.load(path, allow_pickle=False)
+    except (ValueError, OSError) as e:
+        raise ValueError(f"{path}: not a readable .npz ({str(e).splitlines()[0]})") from None
+    key = next((k for k in ("images", "arr_0") if k in data), None)
+    if key is None:
+        raise ValueError(f"{path}: no 'images' (or 'arr_0') array; found {sorted(data.files)}")
+    x = data[key]
+    if x.dtype != np.uint8 or x.ndim != 4 or x.shape[-1] not in (1, 3):
+        raise ValueError(f"{path}: images must be uint8 (N, H, W, C) with C = 1 or 3, got {x.dtype} {x.shape}")
+    labels = None
+    lkey = next((k for k in ("labels", "arr_1") if k in data), None)
+    if lkey is not None:
+        y = data[lkey]
+        if y.shape != (len(x),) or not np.issubdtype(y.dtype, np.integer):
+            raise ValueError(f"{path}: labels must be integers of shape ({len(x)},), got {y.dtype} {y.shape}")
+        labels = torch.from_numpy(y.astype(np.int64))
+    return torch.from_numpy(x).permute(0, 3, 1, 2).contiguous(), labels
+
+
+def data_config_for(model_dir: Path, info: dict) -> DataConfig:
+    """The data a model was trained on: the run's config.yaml, else the model's config.json."""
+    from difforge.config import load_config
+
+    if (model_dir / "config.yaml").is_file():
+        return load_config(model_dir / "config.yaml").data
+    dataset = info.get("dataset")
+    if dataset in (None, "folder"):
+        raise ValueError(f"{model_dir} does not say where its training images are; give --data PATH")
+    return DataConfig(dataset=dataset)
+
+
+def _sample(pipe, n: int, cfg: EvalConfig, scale: float | None, progress: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+    from tqdm.auto import tqdm
+
+    labels = class_balanced_labels(n, pipe.num_classes) if pipe.num_classes else None
+    options = {} if cfg.eta is None else {"eta": cfg.eta}
+    batches = -(-n // cfg.batch_size)
+    total = (len(pipe.sigmas(cfg.sampler, cfg.steps, cfg.grid)) - 1) * batches
+    desc = f"sample {n} ({cfg.sampler}" + (f", cfg {scale:g})" if scale is not None else ")")
+    with tqdm(total=total, desc=desc, unit="step", disable=not progress, dynamic_ncols=True) as bar:
+        return pipe.generate(n=n, labels=labels, cfg=scale, sampler=cfg.sampler, steps=cfg.steps, grid=cfg.grid,
+                             seed=cfg.seed, batch_size=cfg.batch_size, callback=lambda d: bar.update(1), **options)
+
+
+def _matched_indices(pool_labels: torch.Tensor | None, pool_size: int, labels: torch.Tensor | None, n: int,
+                     rng: np.random.Generator) -> np.ndarray:
+    """Indices into a pool: per class as many as `labels` holds (capped by the pool), else
+    min(n, pool_size) at random."""
+    if labels is None or pool_labels is None:
+        return np.sort(rng.choice(pool_size, min(n, pool_size), replace=False))
+    pool = pool_labels.numpy()
+    parts = []
+    for c, count in zip(*np.unique(labels.numpy(), return_counts=True)):
+        idx = np.flatnonzero(pool == c)
+        parts.append(rng.choice(idx, min(count, len(idx)), replace=False))
+    return np.concatenate(parts)
+
+
+def _suite(ref: np.ndarray, ref_sub: np.ndarray, x: np.ndarray, cfg: EvalConfig) -> dict:
+    kid = M.kernel_inception_distance(x, ref, cfg.kid_subsets, cfg.kid_subset_size, seed=cfg.seed)
+    pr = M.precision_recall(ref_sub, x, k=cfg.k)
+    return {"fd": M.frechet_distance_features(ref, x), "kid": kid.mean, "kid_std": kid.std, "kid_sem": kid.sem,
+            "kid_subset_size": kid.subset_size, "precision": pr.precision, "recall": pr.recall}
+
+
+# A feature space: its name and images -> (features (N, D), class probabilities (N, K) or None).
+Extractor = tuple[str, Callable[[torch.Tensor], tuple[np.ndarray, np.ndarray | None]]]
+
+
+def _extractors(data: DataConfig, bundle, classifier, inception, device, log) -> tuple[list[Extractor], dict]:
+    from difforge.eval.classifier import load_or_train_classifier
+    from difforge.eval.inception import InceptionFeatures, default_inception_path
+
+    found, info = [], {"classifier": None, "inception": None}
+    if bundle.class_names is not None:
+        clf = load_or_train_classifier(data, classifier, bundle=bundle, device=device, log=log)
+        shape = (clf.meta["channels"], clf.meta["image_size"])
+        if clf.class_names != bundle.class_names or shape != (bundle.channels, bundle.native_size):
+            raise ValueError(f"classifier {classifier} was trained on other data ({clf.meta['dataset']})")
+
+        def by_classifier(images):
+            f, z = clf.features_and_logits(images)
+            return f, M.softmax(z)
+
+        found.append(("classifier", by_classifier))
+        info["classifier"] = {k: clf.meta.get(k) for k in ("dataset", "test_accuracy", "eval_split", "eval_images",
+                                                          "feature_dim", "class_names", "epochs", "train_seconds")}
+        info["classifier"]["dir"] = str(classifier) if classifier else None
+    path = inception if inception is not None else default_inception_path()
+    if path is not None:
+        net = InceptionFeatures(path, device)
+        found.append(("inception", lambda images: (net.features(images), net.probs(images))))
+        info["inception"] = {"status": "computed", "path": str(path)}
+    else:
+        info["inception"] = {"status": "skipped: no Inception-v3 weights (offline); give --inception PATH to a "
+                                       "TorchScript inception-2015-12-05.pt for the standard FID"}
+    if not found:
+        raise ValueError("nothing to measure with: the data has no labels for a domain classifier and no "
+                         "Inception weights were given (--inception PATH)")
+    return found, info
+
+
+def evaluate(
+    model_dir: str | Path | None,
+    out: str | Path,
+    cfg: EvalConfig = EvalConfig(),
+    *,
+    data: DataConfig | None = None,
+    npz: str | Path | None = None,
+    classifier: str | Path | None = None,
+    inception: str | Path | None = None,
+    device: torch.device | str = "cpu",
+    progress: bool = False,
+    log: Callable[[str], None] | None = None,
+) -> dict:
+    """Score a model (or an .npz of samples) and write out/report.json, report.md and plots.
+    Returns the report dict (see the module docstring for the protocol)."""
+    from difforge.eval.report import write_report
+
+    t0 = time.perf_counter()
+    if model_dir is None and npz is None:
+        raise ValueError("give a run or model directory, or --npz FILE with --dataset/--data")
+    if cfg.cfg_sweep and model_dir is None:
+        raise ValueError("--cfg-sweep needs a model to sample from")
+    pipe = None
+    if model_dir is not None:
+        from difforge.pipeline import load_pipeline
+
+        pipe = load_pipeline(model_dir, ema=cfg.ema, device=device)
+        if cfg.cfg_sweep and not pipe.num_classes:
+            raise ValueError("--cfg-sweep needs a class-conditional model; this one is unconditional")
+    if data is None:
+        if pipe is None:
+            raise ValueError("with --npz and no model, say which data to compare with (--dataset or --data)")
+        data = data_config_for(Path(model_dir), pipe.info)
+    if npz is not None:
+        images, labels = read_npz(npz)
+    elif cfg.n < 2:
+        raise ValueError(f"need at least 2 images to compare distributions, got --n {cfg.n}")
+    bundle = load_dataset(data)
+    ref, ref_split = (bundle.test, "test") if bundle.test is not None else (bundle.val, "val")
+    if ref is None or len(ref) < 2:
+        raise ValueError("the data has no test split and no validation split to compare with")
+    extractors, ext_info = _extractors(data, bundle, classifier, inception, device, log)
+
+    t_sample = time.perf_counter()
+    if npz is None:
+        scale = (cfg.cfg if cfg.cfg is not None else _default_cfg()) if pipe.num_classes else None
+        images, labels = _sample(pipe, cfg.n, cfg, scale, progress)
+    n = len(images)
+    if n < 2:
+        raise ValueError(f"need at least 2 images to compare distributions, got {n}")
+    if tuple(images.shape[1:]) != tuple(ref.images.shape[1:]):
+        raise ValueError(f"generated images are {'x'.join(map(str, images.shape[1:]))} but the real ones "
+                         f"{'x'.join(map(str, ref.images.shape[1:]))}")
+    if labels is not None and bundle.num_classes and not 0 <= int(labels.min()) <= int(labels.max()) < bundle.num_classes:
+        raise ValueError(f"labels {int(labels.min())}..{int(labels.max())} out of range 0..{bundle.num_classes - 1}")
+    sample_seconds = time.perf_counter() - t_sample
+    if bundle.class_names is None:
+        labels = None
+
+    rng = np.random.default_rng(cfg.seed)
+    floor = bundle.train.subset(_matched_indices(bundle.train.labels, len(bundle.train), labels, n, rng))
+    ref_sub = np.sort(rng.choice(len(ref), min(n, len(ref)), replace=False))
+    metrics, floors, feats = {}, {}, {}
+    for name, fn in extractors:
+        if log:
+            log(f"scoring in the {name} feature space")
+        (ref_f, _), (fake_f, fake_p), (floor_f, floor_p) = fn(ref.images), fn(images), fn(floor.images)
+        feats[name] = (ref_f, fake_f, floor_f, fake_p)
+        metrics[name] = _suite(ref_f, ref_f[ref_sub], fake_f, cfg)
+        floors[name] = _suite(ref_f, ref_f[ref_sub], floor_f, cfg)
+        if fake_p is not None:
+            key = "classifier_score" if name == "classifier" else "inception_score"
+            metrics[name][key] = M.classifier_score(fake_p)[0]
+            floors[name][key] = M.classifier_score(floor_p)[0]
+        if name == "classifier":
+            if labels is not None:
+                metrics[name]["conditional_accuracy"] = M.conditional_accuracy(fake_p, labels.numpy())
+            floors[name]["conditional_accuracy"] = M.conditional_accuracy(floor_p, floor.labels.numpy())
+    per_class = _per_class(feats["classifier"], ref, floor, labels, bundle.class_names) \
+        if labels is not None and "classifier" in feats else []
+
+    sweep = []
+    main_scale = cfg.cfg if cfg.cfg is not None else _default_cfg()
+    for s in cfg.cfg_sweep:
+        imgs = images if npz is None and s == main_scale else _sample(pipe, cfg.n, cfg, s, progress)[0]
+        row: dict = {"cfg": s}
+        for name, fn in extractors:
+            ref_f = feats[name][0]
+            f, p = fn(imgs)
+            suite = _suite(ref_f, ref_f[ref_sub], f, cfg)
+            prefix = "" if name == "classifier" else "inception_"
+            row.update({prefix + key: v for key, v in suite.items() if key in ("fd", "kid", "precision", "recall")})
+            if name == "classifier":
+                row["conditional_accuracy"] = M.conditional_accuracy(p, labels.numpy())
+                row["classifier_score"] = M.classifier_score(p)[0]
+        sweep.append(row)
+
+    report = {
+        "format": REPORT_FORMAT,
+        "version": 1,
+        "model": None if model_dir is None else str(model_dir),
+        "npz": None if npz is None else str(npz),
+        "n": n,
+        "floor_n": len(floor),
+        "data": {**asdict(data), "reference_split": ref_split, "reference_count": len(ref),
+                 "train_count": len(bundle.train), "class_names": bundle.class_names},
+        "sampling": None if npz is not None else {
+            "sampler": cfg.sampler, "steps": len(pipe.sigmas(cfg.sampler, cfg.steps, cfg.grid)) - 1,
+            "grid": cfg.grid, "cfg": main_scale if pipe.num_classes else None, "eta": cfg.eta, "seed": cfg.seed,
+            "ema": cfg.ema, "conditional": bool(pipe.num_classes), "seconds": round(sample_seconds, 1)},
+        "protocol": {"k": cfg.k, "kid_subsets": cfg.kid_subsets, "kid_subset_size": min(cfg.kid_subset_size, n, len(ref)),
+                     "precision_recall_reference": len(ref_sub), "fd_reference": len(ref)},
+        "classifier": ext_info["classifier"],
+        "inception": ext_info["inception"],
+        "metrics": metrics,
+        "floor": floors,
+        "per_class": per_class,
+        "cfg_sweep": sweep,
+        "seconds": None,
+    }
+    report["seconds"] = round(time.perf_counter() - t0, 1)
+    write_report(report, Path(out), images, labels)
+    return report
+
+
+def _per_class(feats: tuple, ref, floor, labels: torch.Tensor, class_names: list[str]) -> list[dict]:
+    """FD per class (generated and floor vs the reference images of that class) and the
+    share of generated images the classifier puts in their requested class."""
+    ref_f, fake_f, floor_f, fake_p = feats
+    y = labels.numpy()
+    fd = M.per_class_fd(ref_f, ref.labels.numpy(), fake_f, y, len(class_names))
+    fd_floor = M.per_class_fd(ref_f, ref.labels.numpy(), floor_f, floor.labels.numpy(), len(class_names))
+    pred = fake_p.argmax(1)
+    return [{"class": c, "name": name, "n": int((y == c).sum()), "fd": fd[c], "floor_fd": fd_floor[c],
+             "accuracy": float((pred[y == c] == c).mean()) if (y == c).any() else None}
+            for c, name in enumerate(class_names)]
+
+
+def _default_cfg() -> float:
+    from difforge.pipeline import DEFAULT_CFG
+
+    return DEFAULT_CFG

@@ -1,0 +1,130 @@
+"""Write an evaluation: report.json (every number), report.md (tables + what they mean),
+samples.png, per_class_fd.png and cfg_sweep.png (Pillow charts, `difforge.io.charts`)."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import torch
+
+ROWS = [  # (key, label, scale): the metrics table, in order
+    ("fd", "FD (lower is better)", 1.0),
+    ("kid", "KID x 1e3 (lower is better)", 1e3),
+    ("precision", "precision (higher is better)", 1.0),
+    ("recall", "recall (higher is better)", 1.0),
+    ("classifier_score", "classifier score (higher is better, <= classes)", 1.0),
+    ("inception_score", "Inception Score (higher is better)", 1.0),
+    ("conditional_accuracy", "conditional accuracy (higher is better)", 1.0),
+]
+
+
+def _f(v, scale: float = 1.0, digits: int = 4) -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "-"
+    return f"{v * scale:.{digits}g}"
+
+
+def _metrics_table(model: dict, floor: dict) -> list[str]:
+    lines = ["| metric | model | real-vs-real floor |", "|---|---:|---:|"]
+    for key, label, scale in ROWS:
+        if key not in model and key not in floor:
+            continue
+        m, f = _f(model.get(key), scale), _f(floor.get(key), scale)
+        if key == "kid":
+            m += f" ± {_f(model.get('kid_std'), scale, 2)}"
+            f += f" ± {_f(floor.get('kid_std'), scale, 2)}"
+        lines.append(f"| {label} | {m} | {f} |")
+    return lines
+
+
+def _sample_grid(images: torch.Tensor, labels: torch.Tensor | None, path: Path) -> Path:
+    """Up to 10 images per class, one row per class (or the first 100)."""
+    from difforge.io import save_grid
+
+    nrow = 10
+    if labels is not None:
+        rows = [images[torch.nonzero(labels == c).flatten()[:10]] for c in labels.unique()]
+        nrow = max(len(r) for r in rows)
+        blank = torch.full((1, *images.shape[1:]), 255, dtype=torch.uint8)  # pads short rows (the grid's colour)
+        images = torch.cat([torch.cat([r, blank.expand(nrow - len(r), -1, -1, -1)]) for r in rows])
+    else:
+        images = images[:100]
+    return save_grid(images, path, nrow=nrow, scale=min(4, max(1, 64 // images.shape[-1])))
+
+
+def _markdown(r: dict) -> str:
+    n, d = r["n"], r["data"]
+    src = f"`{r['model']}`" if r["model"] else f"the samples in `{r['npz']}`"
+    lines = [f"# Evaluation of {src}", ""]
+    s = r["sampling"]
+    how = (f" ({s['sampler']}, {s['steps']} steps"
+           + (f", guidance {s['cfg']:g}" if s["cfg"] is not None else "")
+           + f", seed {s['seed']}, {'EMA' if s['ema'] else 'raw'} weights, {s['seconds']:g} s)") if s else ""
+    lines.append(f"**N = {n}** generated images{how}, against the real **{d['reference_split']}** split of "
+                 f"{d['dataset']} ({d['reference_count']} images).")
+    c = r["classifier"]
+    if c:
+        lines.append(f"Domain classifier: **{c['test_accuracy']:.2%} accuracy** on the {c['eval_images']} "
+                     f"{c['eval_split']} images, {c['feature_dim']}-d penultimate features.")
+    lines.append(f"Inception-v3: {r['inception']['status']}.")
+    lines += ["", f"FD is biased upwards at small N: compare every number with the **real-vs-real floor**, "
+                  f"{r['floor_n']} real training images (same class counts) scored exactly like the generated ones. "
+                  f"Only the gap to the floor measures the model.", ""]
+    for space, title in (("classifier", "Classifier features"), ("inception", "Inception-v3 features (FID)")):
+        if space in r["metrics"]:
+            lines += [f"## {title}", "", *_metrics_table(r["metrics"][space], r["floor"][space]), ""]
+    if r["per_class"]:
+        lines += ["## Per class (classifier features)", "", "| class | n | FD | floor FD | accuracy |",
+                  "|---|---:|---:|---:|---:|"]
+        for row in r["per_class"]:
+            lines.append(f"| {row['class']} {row['name']} | {row['n']} | {_f(row['fd'])} | {_f(row['floor_fd'])} | "
+                         f"{_f(row['accuracy'], 1.0, 3)} |")
+        lines += ["", "![FD per class, model and floor](per_class_fd.png)", ""]
+    if r["cfg_sweep"]:
+        extra = "inception_fd" in r["cfg_sweep"][0]
+        lines += ["## Guidance sweep", "", "| cfg | FD | KID x 1e3 | precision | recall | accuracy | classifier score |"
+                  + (" Inception FD |" if extra else ""), "|---:|---:|---:|---:|---:|---:|---:|" + ("---:|" if extra else "")]
+        for row in r["cfg_sweep"]:
+            lines.append(f"| {row['cfg']:g} | {_f(row['fd'])} | {_f(row['kid'], 1e3)} | {_f(row['precision'], 1.0, 3)} | "
+                         f"{_f(row['recall'], 1.0, 3)} | {_f(row['conditional_accuracy'], 1.0, 3)} | "
+                         f"{_f(row['classifier_score'])} |" + (f" {_f(row['inception_fd'])} |" if extra else ""))
+        lines += ["", "![metrics against the guidance scale](cfg_sweep.png)", ""]
+    p = r["protocol"]
+    lines += ["## Samples", "", "![generated samples](samples.png)", "", "## Protocol", "",
+              f"- FD: Frechet distance between Gaussians fitted to the features; reference: all {p['fd_reference']} "
+              f"real images.",
+              f"- KID: unbiased MMD^2, cubic polynomial kernel, {p['kid_subsets']} random subsets of "
+              f"{p['kid_subset_size']}; mean ± std over subsets.",
+              f"- Precision/recall: Kynkaanniemi et al. 2019, k = {p['k']} nearest-neighbour radii, against "
+              f"{p['precision_recall_reference']} random reference images.",
+              "- Classifier score: exp E[KL(p(y|x) || p(y))] with the domain classifier (the Inception Score's "
+              "formula); at most the number of classes.",
+              "- The floor uses training images, which the domain classifier was trained on: its accuracy and "
+              "score there are slightly optimistic.",
+              f"- Took {r['seconds']:g} s.", ""]
+    return "\n".join(lines)
+
+
+def write_report(report: dict, out: Path, images: torch.Tensor, labels: torch.Tensor | None) -> Path:
+    """Write report.json, report.md and the PNGs into `out`; returns the report.md path."""
+    from difforge.io.charts import bar_chart, line_panels
+
+    out.mkdir(parents=True, exist_ok=True)
+    _sample_grid(images, labels, out / "samples.png")
+    if report["per_class"]:
+        rows = report["per_class"]
+        bar_chart([r["name"] for r in rows], {"model": [r["fd"] for r in rows], "real floor": [r["floor_fd"] for r in rows]},
+                  out / "per_class_fd.png", title=f"FD per class (classifier features, N = {report['n']})", ylabel="FD")
+    if report["cfg_sweep"]:
+        rows, floor = report["cfg_sweep"], report["floor"].get("classifier", {})
+        panels = [(title, {"model": [r[key] * scale for r in rows],
+                           "real floor": [floor[key] * scale] if key in floor else []})
+                  for key, title, scale in (("fd", "FD", 1.0), ("kid", "KID x 1e3", 1e3), ("precision", "precision", 1.0),
+                                            ("recall", "recall", 1.0), ("conditional_accuracy", "accuracy", 1.0))]
+        line_panels([r["cfg"] for r in rows], panels, out / "cfg_sweep.png", xlabel="guidance scale")
+    (out / "report.json").write_text(json.dumps(report, indent=2))
+    path = out / "report.md"
+    path.write_text(_markdown(report))
+    return path
