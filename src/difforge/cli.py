@@ -164,8 +164,8 @@ def sample(model_dir, out, n, klass, classes, cfg, cfg_rescale, threshold, sampl
             elif classes is not None:
                 chosen = [pipe.parse_class(c) for c in classes.split(",") if c.strip()]
             k = len(chosen) if chosen else pipe.num_classes
-            per = max(1, (n or 10 * k) // k)
-            labels = pipe.default_labels(per_class=per, classes=chosen)
+            total = n or 10 * k
+            labels = pipe.default_labels(per_class=-(-total // k), classes=chosen)[:total]
         elif klass is not None or classes is not None:
             raise ValueError("this model is unconditional: --class/--classes do not apply")
         from difforge.sampling import sampler_options

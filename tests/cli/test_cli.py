@@ -29,7 +29,9 @@ def test_run_directory_layout(tiny_run):
     assert (tiny_run / "config.yaml").is_file()
     assert (tiny_run / "model.json").is_file()
     assert (tiny_run / "samples" / "final.png").is_file()
-    assert (tiny_run / "samples" / "step-0000004-ema.png").is_file()
+    assert (tiny_run / "samples" / "step-0000004.png").is_file()
+    assert (tiny_run / "samples" / "step-0000004-raw.png").is_file()
+    assert (tiny_run / "samples" / "final-raw.png").is_file()
     assert sorted(p.name for p in (tiny_run / "checkpoints").iterdir()) == ["latest", "step-4", "step-8"]
     rows = [json.loads(line) for line in (tiny_run / "metrics.jsonl").read_text().splitlines()]
     assert any("val_loss" in r for r in rows) and any("loss" in r and "lr" in r for r in rows)

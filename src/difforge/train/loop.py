@@ -195,7 +195,7 @@ def train(
     def sample_grids(name: str, per_class: int = 1) -> None:
         from difforge.pipeline import Pipeline  # sampling code, shared with `difforge sample`
 
-        for tag, net in (("", model), ("-ema", ema.shadow)):
+        for tag, net in (("-raw", model), ("", ema.shadow)):  # NAME.png: EMA weights
             was_training = net.training
             net.eval()
             pipe = Pipeline(net, schedule, info, device)
