@@ -156,11 +156,12 @@ class Pipeline:
         sigmas = self.sigmas(sampler, steps, grid)
         size, c = self.info["image_size"], self.info["channels"]
         out = []
+        prior_std = EpsDenoiser(self.net, self.schedule).prior_std(float(sigmas[0]))
         for start in range(0, n, batch_size):
             stop = min(n, start + batch_size)
             gens = per_sample_generators(range(seed + start, seed + stop))
             x = randn_like(torch.empty(stop - start, c, size, size), gens)
-            x = (x * EpsDenoiser(self.net, self.schedule).prior_std(float(sigmas[0]))).to(self.device)
+            x = (x * prior_std).to(self.device)
             cond = labels[start:stop].to(self.device) if labels is not None else None
             x = sample_fn(den, x, sigmas, generator=gens, callback=callback, cond=cond, **options)
             out.append(self.to_images(x))
