@@ -132,9 +132,10 @@ class Pipeline:
         cfg_rescale: float = 0.0,
         threshold: float | None = None,
         callback: Callable[[dict], None] | None = None,
+        seeds: Sequence[int] | None = None,
         **options,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Sample images; image i uses seed `seed + i`, whatever the batch size.
+        """Sample images; image i uses seed `seed + i` (or `seeds[i]` when given), whatever the batch size.
 
         `sampler` names one of `difforge.sampling.SAMPLERS`, `steps` and `grid` pick its
         sigma grid (`sigmas`), `options` go to the sampler (e.g. eta for ddim and euler-a).
@@ -152,6 +153,8 @@ class Pipeline:
             n = len(labels)
         if n is None or n < 1:
             raise ValueError(f"number of images must be >= 1, got {n}")
+        if seeds is not None and len(seeds) != n:
+            raise ValueError(f"got {len(seeds)} seeds for {n} images")
         den = self.denoiser(cfg, clip, cfg_rescale, threshold).to(self.device)
         sigmas = self.sigmas(sampler, steps, grid)
         size, c = self.info["image_size"], self.info["channels"]
@@ -159,7 +162,7 @@ class Pipeline:
         prior_std = EpsDenoiser(self.net, self.schedule).prior_std(float(sigmas[0]))
         for start in range(0, n, batch_size):
             stop = min(n, start + batch_size)
-            gens = per_sample_generators(range(seed + start, seed + stop))
+            gens = per_sample_generators(seeds[start:stop] if seeds is not None else range(seed + start, seed + stop))
             x = randn_like(torch.empty(stop - start, c, size, size), gens)
             x = (x * prior_std).to(self.device)
             cond = labels[start:stop].to(self.device) if labels is not None else None
