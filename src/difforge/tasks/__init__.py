@@ -1,0 +1,23 @@
+"""One model, many image tasks: inpainting, restoration, denoising, super-resolution,
+interpolation. Each is a thin layer over `difforge.sampling`: a wrapper around the
+denoiser, a truncated sigma grid, or a per-step hook between sampler steps.
+
+Images are float (N, C, H, W) in [-1, 1] at the model's native size (what
+`Pipeline.generate` returns, before uint8), masks (N, 1, H, W) with 1 = fill.
+"""
+
+from difforge.tasks.inpaint import METHODS, inpaint, repaint_path
+from difforge.tasks.masks import PRESETS as MASK_PRESETS
+from difforge.tasks.masks import make_mask, mask_from_array
+from difforge.tasks.restore import denoise, restore
+
+__all__ = [
+    "METHODS",
+    "MASK_PRESETS",
+    "denoise",
+    "inpaint",
+    "make_mask",
+    "mask_from_array",
+    "repaint_path",
+    "restore",
+]

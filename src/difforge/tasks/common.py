@@ -1,0 +1,163 @@
+"""What every image task shares: checking inputs, moving images between the data's native
+size and the model's input size, the sampler set-up, and a step-by-step driver.
+
+The driver (`run_steps`) calls a sampler from `difforge.sampling` on one sigma interval
+at a time and lets the task change x between intervals (paste the known pixels, keep the
+low frequencies, jump back up in noise). It never re-implements a sampler step. A
+multistep solver (dpmpp-2m/3m) restarted on every interval keeps no history, so under a
+per-step hook it runs as its first-order (DDIM) step.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+
+import torch
+import torch.nn.functional as F
+
+from difforge.sampling import get_sampler, per_sample_generators, randn_like, sampler_options
+
+Hook = Callable[[torch.Tensor, int, torch.Tensor], torch.Tensor]
+
+
+def check_images(pipe, image: torch.Tensor, what: str = "image") -> torch.Tensor:
+    """A float (N, C, H, W) batch at the model's native size and channels; clear errors."""
+    if not isinstance(image, torch.Tensor):
+        raise ValueError(f"{what} must be a tensor, got {type(image).__name__}")
+    if image.ndim != 4:
+        raise ValueError(f"{what} must be a batch (N, C, H, W), got shape {tuple(image.shape)}")
+    c, size = pipe.info["channels"], pipe.info["native_size"]
+    if image.shape[1] != c:
+        raise ValueError(f"{what} has {image.shape[1]} channels; this model takes {c}")
+    if tuple(image.shape[-2:]) != (size, size):
+        raise ValueError(f"{what} is {image.shape[-2]}x{image.shape[-1]}; this model works at {size}x{size}")
+    if image.shape[0] < 1:
+        raise ValueError(f"{what} is an empty batch")
+    if not image.is_floating_point():
+        raise ValueError(f"{what} must be float in [-1, 1], got {image.dtype}")
+    if not torch.isfinite(image).all():
+        raise ValueError(f"{what} has NaN or infinite values")
+    return image.float()
+
+
+def check_labels(pipe, labels: torch.Tensor | None, n: int) -> torch.Tensor | None:
+    if labels is None:
+        return None
+    if not pipe.num_classes:
+        raise ValueError("this model is unconditional: it takes no class labels")
+    labels = torch.as_tensor(labels, dtype=torch.long).reshape(-1)
+    if len(labels) == 1 and n > 1:
+        labels = labels.expand(n)
+    if len(labels) != n:
+        raise ValueError(f"got {len(labels)} labels for {n} images")
+    if labels.min() < 0 or labels.max() >= pipe.num_classes:
+        raise ValueError(f"labels must be in 0..{pipe.num_classes - 1}")
+    return labels
+
+
+def to_model(pipe, x: torch.Tensor, fill: float = -1.0) -> torch.Tensor:
+    """Native-size float images -> the model's input size: padded with `fill` (the data's
+    black, as `difforge.data.to_model_input`), or resized (bilinear) for a smaller model."""
+    size, native = pipe.info["image_size"], pipe.info["native_size"]
+    if size == native:
+        return x
+    if size > native:
+        top = (size - native) // 2
+        return F.pad(x, (top, size - native - top, top, size - native - top), value=fill)
+    return F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+
+
+def from_model(pipe, x: torch.Tensor) -> torch.Tensor:
+    """Model-size images -> native size (inverse of `to_model`), float in [-1, 1]."""
+    size, native = pipe.info["image_size"], pipe.info["native_size"]
+    if size > native:
+        top = (size - native) // 2
+        x = x[..., top : top + native, top : top + native]
+    elif size < native:
+        x = F.interpolate(x, size=(native, native), mode="bilinear", align_corners=False)
+    return x.clamp(-1, 1)
+
+
+def native_view(pipe, x: torch.Tensor) -> torch.Tensor:
+    """The native-size region of a model-size tensor, as a view (writes go through)."""
+    size, native = pipe.info["image_size"], pipe.info["native_size"]
+    if size < native:
+        raise ValueError(f"this task needs a model input size >= the data's size ({size} < {native})")
+    top = (size - native) // 2
+    return x[..., top : top + native, top : top + native]
+
+
+def setup(pipe, n: int, labels, cfg, sampler: str, options: dict, clip: bool = True):
+    """(denoiser, sample_fn, cond, generators-for-seed) with the pipeline's guidance and
+    clipping. A class-conditional model without labels runs unconditionally (the null
+    label, no guidance unless `cfg` is given)."""
+    sample_fn = get_sampler(sampler)
+    known = sampler_options(sampler)
+    unknown = sorted(set(options) - set(known))
+    if unknown:
+        raise ValueError(f"sampler {sampler!r} takes no option {unknown[0]!r}; its options: {sorted(known)}")
+    labels = check_labels(pipe, labels, n)
+    if pipe.num_classes and labels is None and cfg is None:
+        cfg = 1.0
+    den = pipe.denoiser(cfg, clip).to(pipe.device)
+    cond = labels.to(pipe.device) if labels is not None else None
+    return den, sample_fn, cond
+
+
+def generators(seed: int, n: int) -> list[torch.Generator]:
+    """Image i draws its noise from seed + i, whatever the batch."""
+    return per_sample_generators(range(seed, seed + n))
+
+
+def prior_std(pipe, sigma: float) -> float:
+    """Standard deviation of pure noise at level `sigma` for the pipeline's model."""
+    from difforge.models.denoiser import EpsDenoiser
+
+    return EpsDenoiser(pipe.net, pipe.schedule).prior_std(sigma)
+
+
+def grid_from(pipe, sampler: str, steps: int | None, sigma_start: float) -> torch.Tensor:
+    """The sampler's grid (as `Pipeline.sigmas`) started at `sigma_start`: sigma_start
+    followed by the grid's levels below it, ending in 0 (SDEdit's truncated reverse process)."""
+    if not 0 < sigma_start <= pipe.schedule.sigma_max * (1 + 1e-9):
+        raise ValueError(f"noise level {sigma_start:.4g} outside the model's range (0, {pipe.schedule.sigma_max:.4g}]")
+    full = pipe.sigmas(sampler, steps)
+    below = full[full < sigma_start * (1 - 1e-6)]
+    return torch.cat([torch.tensor([sigma_start], dtype=torch.float64), below])
+
+
+def _renumbered(callback, offset: int, extra: dict | None = None):
+    if callback is None:
+        return None
+
+    def cb(d: dict) -> None:
+        callback({**d, "i": offset + d["i"], **(extra or {})})
+
+    return cb
+
+
+def run_steps(
+    sample_fn, den, x: torch.Tensor, sigmas: torch.Tensor, path: Iterable[tuple[int, int]], *,
+    gens, cond, callback=None, options: dict | None = None, after_step: Hook | None = None,
+) -> torch.Tensor:
+    """Walk `path`, pairs (a, b) of indices into `sigmas`. b = a + 1: one sampler step
+    from sigmas[a] to sigmas[b], then `after_step(x, b, sigmas[b])`. b < a: jump back up
+    by forward diffusion, x + sqrt(sigma_b^2 - sigma_a^2) * z (the VE frame's q(x_b | x_a)),
+    as RePaint's resampling does. The callback sees the sampler's dicts, numbered by move."""
+    options = options or {}
+    for k, (a, b) in enumerate(path):
+        if b == a + 1:
+            x = sample_fn(den, x, sigmas[a : b + 1], generator=gens, callback=_renumbered(callback, k), cond=cond, **options)
+            if after_step is not None:
+                x = after_step(x, b, sigmas[b])
+        elif b < a:
+            lo, hi = float(sigmas[a]), float(sigmas[b])
+            x = x + (hi * hi - lo * lo) ** 0.5 * randn_like(x, gens)
+        else:
+            raise ValueError(f"bad step ({a}, {b}) in the sampling path")
+    return x
+
+
+def straight(n: int) -> list[tuple[int, int]]:
+    """The plain path 0 -> 1 -> ... -> n."""
+    return [(i, i + 1) for i in range(n)]
