@@ -11,7 +11,7 @@ from difforge import __version__
 
 # Copies of difforge.sampling.SAMPLERS and difforge.diffusion.grids.GRIDS, so that
 # `difforge --help` does not import torch; tests/cli checks that they agree.
-SAMPLER_NAMES = ("ddpm", "ddim", "euler", "euler-a", "heun", "dpmpp-2m", "dpmpp-3m")
+SAMPLER_NAMES = ("ddpm", "ddim", "euler", "euler-a", "heun", "dpmpp-2m", "dpmpp-2m-sde", "dpmpp-3m")
 GRID_NAMES = ("leading", "trailing", "linspace", "karras", "log-snr")
 GIF_FRAMES = 16  # at most this many frames of the denoising, plus the final images
 
@@ -131,15 +131,16 @@ def _is_idx_folder(path: Path) -> bool:
               "0.995) instead of clipping to [-1, 1]; helps at high --cfg.")
 @click.option("--sampler", type=click.Choice(SAMPLER_NAMES), default="ddim", show_default=True,
               help="ddpm: ancestral (Ho et al. 2020); ddim (Song et al. 2021); euler, euler-a (ancestral), heun "
-              "(Karras et al. 2022); dpmpp-2m, dpmpp-3m: DPM-Solver++ multistep (Lu et al. 2022).")
+              "(Karras et al. 2022); dpmpp-2m, dpmpp-3m: DPM-Solver++ multistep (Lu et al. 2022); dpmpp-2m-sde: "
+              "its stochastic variant, best at 15-30 steps on a briefly trained model.")
 @click.option("--steps", type=int, help="Sampler steps; heun makes 2 denoiser calls per step, the others 1. "
-              "[default: every timestep (1000) for ddpm, 50 for ddim, euler and euler-a, 25 for heun, dpmpp-2m "
-              "and dpmpp-3m]")
+              "[default: every timestep (1000) for ddpm, 50 for ddim, euler and euler-a, 25 for heun and the dpmpp "
+              "samplers]")
 @click.option("--schedule", "--grid", "grid", type=click.Choice(GRID_NAMES), help="Noise levels the steps visit: "
               "leading / trailing / linspace subsets of the training timesteps, karras (rho = 7), or log-snr "
               "(uniform). [default: trailing for ddpm and ddim, karras for the others]")
-@click.option("--eta", type=float, help="Fresh noise per step, for ddim (default 0: deterministic) and euler-a "
-              "(default 1: full ancestral noise).")
+@click.option("--eta", type=float, help="Fresh noise per step, for ddim (default 0: deterministic), euler-a and "
+              "dpmpp-2m-sde (default 1: full ancestral / SDE noise).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Image i uses seed + i.")
 @click.option("--ema/--no-ema", default=True, show_default=True, help="Use the EMA weights of a run.")
 @click.option("--npz", type=click.Path(dir_okay=False), help="Also write images (N,H,W,C uint8) and labels to this .npz.")
@@ -173,7 +174,7 @@ def sample(model_dir, out, n, klass, classes, cfg, cfg_rescale, threshold, sampl
         options = {}
         if eta is not None:
             if "eta" not in sampler_options(sampler):
-                takers = " and ".join(k for k in SAMPLER_NAMES if "eta" in sampler_options(k))
+                takers = ", ".join(k for k in SAMPLER_NAMES if "eta" in sampler_options(k))
                 raise ValueError(f"--eta applies to {takers}, not to {sampler}")
             options["eta"] = eta
         from tqdm.auto import tqdm
@@ -301,7 +302,7 @@ def _float_list(text: str) -> tuple[float, ...]:
 @click.option("--steps", type=int, help="Sampler steps. [default: as for `sample`]")
 @click.option("--schedule", "--grid", "grid", type=click.Choice(GRID_NAMES), help="Noise levels the steps visit. "
               "[default: as for `sample`]")
-@click.option("--eta", type=float, help="Fresh noise per step, for ddim and euler-a.")
+@click.option("--eta", type=float, help="Fresh noise per step, for ddim, euler-a and dpmpp-2m-sde.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Image i uses seed + i.")
 @click.option("--ema/--no-ema", default=True, show_default=True, help="Use the EMA weights of a run.")
 @click.option("--dataset", type=click.Choice(["fashion-mnist", "digits"]), help="Real data to compare with. "

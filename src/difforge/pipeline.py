@@ -29,7 +29,8 @@ from difforge.sampling import (
 
 # Steps per sampler when not given (None: every timestep of the schedule). Heun makes two
 # denoiser calls per step (2N - 1 in all), so 25 Heun steps cost about 50 Euler steps.
-DEFAULT_STEPS = {"ddpm": None, "ddim": 50, "euler": 50, "euler-a": 50, "heun": 25, "dpmpp-2m": 25, "dpmpp-3m": 25}
+DEFAULT_STEPS = {"ddpm": None, "ddim": 50, "euler": 50, "euler-a": 50, "heun": 25, "dpmpp-2m": 25, "dpmpp-2m-sde": 25,
+                 "dpmpp-3m": 25}
 # Sigma grid per sampler when not given: the discrete samplers step through the training
 # timesteps ("trailing" starts at the last one, Lin et al. 2024); the ODE/SDE solvers use
 # Karras et al. (2022)'s rho = 7 grid, which they were tuned with.

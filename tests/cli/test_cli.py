@@ -163,7 +163,7 @@ def test_gif_frames_stay_few_for_long_runs(tiny_run, tmp_path):
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["--sampler", "heun", "--eta", "0.5"], "--eta applies to ddim and euler-a, not to heun"),
+    (["--sampler", "heun", "--eta", "0.5"], "--eta applies to ddim, euler-a, dpmpp-2m-sde, not to heun"),
     (["--sampler", "plms"], "'plms' is not one of"),
     (["--schedule", "cosine"], "'cosine' is not one of"),
     (["--steps", "0"], "steps must be >= 1"),

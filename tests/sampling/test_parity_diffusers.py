@@ -1,4 +1,4 @@
-"""Step-for-step parity of the DDPM, DDIM and DPM-Solver++ (2M, 3M) samplers with
+"""Step-for-step parity of the DDPM, DDIM and DPM-Solver++ (2M, 3M, 2M SDE) samplers with
 diffusers' schedulers.
 
 Both sides run the same fixed eps-model in float64 with the same betas and the same
@@ -12,7 +12,7 @@ from torch import nn
 from difforge.diffusion import make_schedule
 from difforge.diffusion.grids import discrete_sigmas, sigma_grid, timestep_subset
 from difforge.models.denoiser import EpsDenoiser
-from difforge.sampling import sample_ddim, sample_ddpm, sample_dpmpp_2m, sample_dpmpp_3m
+from difforge.sampling import sample_ddim, sample_ddpm, sample_dpmpp_2m, sample_dpmpp_2m_sde, sample_dpmpp_3m
 
 diffusers = pytest.importorskip("diffusers")
 
@@ -195,6 +195,43 @@ def test_dpmpp_multistep_matches_diffusers(order, grid, steps):
         assert (a - b).abs().max() < 1e-5
     assert (out - x).abs().max() < 1e-5
     assert out.abs().max() < 5  # O(1) values: the 1e-5 is a tight bound
+
+
+@pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
+@pytest.mark.parametrize("grid, steps", [("trailing", 20), ("karras", 12)])
+def test_dpmpp_2m_sde_matches_diffusers(grid, steps):
+    """SDE-DPM-Solver++(2M) against diffusers' algorithm_type="sde-dpmsolver++", both fed
+    the same fresh noise: ours draws it from one generator, one x-shaped draw per step
+    except the last (into sigma = 0, noise-free); diffusers gets those draws as
+    `variance_noise`."""
+    sched = make_schedule("linear", 1000)
+    ref = _float64(diffusers.DPMSolverMultistepScheduler(
+        num_train_timesteps=1000, trained_betas=sched.betas.numpy(), algorithm_type="sde-dpmsolver++",
+        solver_order=2, solver_type="midpoint", lower_order_final=True, final_sigmas_type="zero",
+        timestep_spacing="trailing", use_karras_sigmas=grid == "karras",
+    ), sched)
+    ref.set_timesteps(steps)
+    sigmas = sigma_grid(sched, steps, grid)
+    assert torch.allclose(ref.sigmas.double(), sigmas, rtol=1e-6, atol=0)
+    ref.sigmas = sigmas.clone()
+    t_net = sched.sigma_to_t(sigmas[:-1])
+
+    x_T = torch.randn(3, 2, 4, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    g = torch.Generator().manual_seed(7)
+    noise = [torch.randn(x_T.shape, generator=g, dtype=torch.float64) for _ in range(steps - 1)]
+    noise.append(torch.zeros_like(x_T))  # the step into sigma = 0 adds none
+    eps = GaussianishEps(sched)
+    trace_ref, x = [], x_T.clone()
+    for i, t in enumerate(ref.timesteps):
+        trace_ref.append(x.clone())
+        x = ref.step(eps(x, t_net[i].expand(3)), t, x, variance_noise=noise[i]).prev_sample
+
+    trace, out = _run_ours(sample_dpmpp_2m_sde, sched, sigmas, x_T, 7, eps_model=eps)
+    assert len(trace) == len(trace_ref) == steps
+    for a, b in zip(trace, trace_ref):
+        assert (a - b).abs().max() < 1e-5
+    assert (out - x).abs().max() < 1e-5
+    assert out.abs().max() < 5
 
 
 @pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")

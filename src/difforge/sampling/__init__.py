@@ -10,7 +10,7 @@ import inspect
 
 from difforge.sampling.ddim import sample_ddim
 from difforge.sampling.ddpm import sample_ddpm
-from difforge.sampling.dpmpp import sample_dpmpp_2m, sample_dpmpp_3m
+from difforge.sampling.dpmpp import sample_dpmpp_2m, sample_dpmpp_2m_sde, sample_dpmpp_3m
 from difforge.sampling.euler import sample_euler, sample_euler_ancestral
 from difforge.sampling.guidance import CFGDenoiser, ClampDenoiser, DynamicThresholdDenoiser
 from difforge.sampling.heun import sample_heun
@@ -23,6 +23,7 @@ SAMPLERS = {
     "euler-a": sample_euler_ancestral,
     "heun": sample_heun,
     "dpmpp-2m": sample_dpmpp_2m,
+    "dpmpp-2m-sde": sample_dpmpp_2m_sde,
     "dpmpp-3m": sample_dpmpp_3m,
 }
 
@@ -51,6 +52,7 @@ __all__ = [
     "sample_euler_ancestral",
     "sample_heun",
     "sample_dpmpp_2m",
+    "sample_dpmpp_2m_sde",
     "sample_dpmpp_3m",
     "CFGDenoiser",
     "ClampDenoiser",
