@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import pickle
 import shutil
 import tempfile
 from pathlib import Path
@@ -136,8 +137,32 @@ def load_checkpoint(path: str | Path) -> tuple[dict, dict, dict]:
     verify_checkpoint(path)
     model = load_file(path / FILES[0])
     ema = load_file(path / FILES[1])
-    state = torch.load(path / FILES[2], map_location="cpu", weights_only=True)
+    try:
+        state = torch.load(path / FILES[2], map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:  # weights_only refuses any global it does not allow
+        reason = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
+        raise CheckpointError(
+            f"refusing to load {path / FILES[2]}: it holds pickled objects that could run code when loaded "
+            f"({reason[:160]}); if you do not trust it, delete {path} and resume from an older checkpoint"
+        ) from None
     return model, ema, state
+
+
+def clean_stale(root: str | Path) -> list[str]:
+    """Remove what a process killed in the middle of `save_checkpoint` leaves behind:
+    `.tmp-step-*` directories and a `.latest.tmp` pointer. Returns their names."""
+    root = Path(root)
+    if not root.is_dir():
+        return []
+    removed = []
+    for stale in sorted(root.glob(".tmp-step-*")):
+        shutil.rmtree(stale, ignore_errors=True)
+        removed.append(stale.name)
+    pointer = root / ".latest.tmp"
+    if pointer.exists():
+        pointer.unlink()
+        removed.append(pointer.name)
+    return removed
 
 
 def find_resumable(root: str | Path) -> tuple[Path | None, list[str]]:

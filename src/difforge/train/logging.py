@@ -84,3 +84,19 @@ class MetricsLogger:
             self._tb.close()
         if self._wandb is not None:
             self._wandb.finish()
+
+
+class NullLogger:
+    """What ranks other than 0 log to under torchrun: nothing."""
+
+    def log(self, step: int, metrics: dict[str, Any]) -> None:
+        pass
+
+    def log_image(self, step: int, name: str, path: Path) -> None:
+        pass
+
+    def log_artifact(self, directory: Path, name: str = "model") -> None:
+        pass
+
+    def close(self) -> None:
+        pass

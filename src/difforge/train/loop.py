@@ -1,5 +1,12 @@
 """The training loop: data -> loss -> AdamW step -> EMA, with logging, samples,
-validation and checkpoints that resume bit for bit."""
+validation and checkpoints that resume bit for bit.
+
+Faults it survives (docs/training.md): SIGTERM/Ctrl-C (finish the step, checkpoint,
+exit), kill -9 (resume from the newest complete checkpoint), non-finite losses or
+gradients (skip the step; after MAX_BAD_STEPS in a row roll back to the last checkpoint
+once, then stop naming the likely cause). Under torchrun every process runs `train`
+(data parallel, train/distributed.py); rank 0 alone writes the run directory.
+"""
 
 from __future__ import annotations
 
@@ -17,13 +24,18 @@ from difforge.data import load_dataset, to_model_input
 from difforge.data.batches import EpochBatches
 from difforge.diffusion import make_schedule
 from difforge.models import build_model, size_multiple
-from difforge.train.checkpoint import find_resumable, load_checkpoint, save_checkpoint, step_dirs
+from difforge.train import distributed
+from difforge.train.checkpoint import clean_stale, find_resumable, load_checkpoint, save_checkpoint, step_dirs
 from difforge.train.ema import EMA
 from difforge.train.objective import ddpm_loss, drop_labels
 from difforge.train.optim import build_optimizer, build_scheduler
 
 VAL_MAX_IMAGES = 2000  # validation loss is measured on at most this many held-out images
-MAX_BAD_STEPS = 20  # consecutive non-finite losses before the run stops
+MAX_BAD_STEPS = 20  # consecutive non-finite steps before a rollback (once), then a stop
+
+
+class TrainingError(RuntimeError):
+    """Training cannot go on (e.g. non-finite losses persist after a rollback)."""
 
 
 @dataclass
@@ -68,7 +80,8 @@ def model_info(cfg: RunConfig, bundle, image_size: int, num_classes: int | None)
     }
 
 
-def _prepare_run_dir(cfg: RunConfig, resume: bool) -> tuple[RunConfig, Path]:
+def _resolve_run(cfg: RunConfig, resume: bool) -> tuple[RunConfig, Path]:
+    """The config to train with (a resumed run's own config.yaml); writes nothing."""
     run_dir = Path(cfg.out)
     if resume:
         saved = run_dir / "config.yaml"
@@ -80,9 +93,38 @@ def _prepare_run_dir(cfg: RunConfig, resume: bool) -> tuple[RunConfig, Path]:
         raise ConfigError(
             f"{run_dir} already holds a run with checkpoints; pass --resume to continue it or choose another --out"
         )
-    (run_dir / "samples").mkdir(parents=True, exist_ok=True)
-    save_config(cfg, run_dir / "config.yaml")
     return cfg, run_dir
+
+
+def _create_run_dir(cfg: RunConfig, run_dir: Path, resume: bool) -> None:
+    if not resume:
+        (run_dir / "samples").mkdir(parents=True, exist_ok=True)
+        save_config(cfg, run_dir / "config.yaml")
+    for name in clean_stale(run_dir / "checkpoints"):
+        print(f"removed {name}: an incomplete checkpoint left by an interrupted write")
+
+
+def _rng_state(device: torch.device) -> dict:
+    rng = {"torch": torch.get_rng_state()}
+    if device.type == "cuda":
+        rng["cuda"] = torch.cuda.get_rng_state(device)
+    return rng
+
+
+def _restore_rng(rng: dict, world: distributed.World, device: torch.device, seed: int, step: int) -> None:
+    """This rank's global RNG (dropout) from a checkpoint. A checkpoint from another
+    number of processes has no stream for this rank: ranks > 0 then start a fresh one."""
+    ranks = rng.get("ranks")
+    if ranks is not None and len(ranks) == world.size:
+        mine = ranks[world.rank]
+    elif world.main:
+        mine = rng
+    else:
+        torch.manual_seed(seed + 7919 * world.rank + 104729 * step)
+        return
+    torch.set_rng_state(mine["torch"])
+    if device.type == "cuda" and "cuda" in mine:
+        torch.cuda.set_rng_state(mine["cuda"], device)
 
 
 class _StopFlag:
@@ -116,18 +158,34 @@ def train(
     """Train (or resume) the run described by `cfg`; returns where it ended.
 
     `stop_after` stops (with a checkpoint) once that many steps are done in total, as a
-    preemption would, without changing the run's schedule.
+    preemption would, without changing the run's schedule. Under torchrun every process
+    calls this with the same arguments (train/distributed.py).
     """
-    cfg, run_dir = _prepare_run_dir(cfg, resume)
+    world = distributed.world_from_env()
+    cfg, run_dir = _resolve_run(cfg, resume)
     t = cfg.train
-    device = resolve_device(t.device)
+    device = distributed.check_world(world, resolve_device(t.device), t.batch_size)
     amp_dtype = autocast_dtype(t.precision, device)
+    created = distributed.init(world, device)
+    try:
+        return _train(cfg, run_dir, world, device, amp_dtype, resume, progress and world.main, stop_after)
+    finally:
+        distributed.shutdown(created)
 
+
+def _train(
+    cfg: RunConfig,
+    run_dir: Path,
+    world: distributed.World,
+    device: torch.device,
+    amp_dtype: torch.dtype | None,
+    resume: bool,
+    progress: bool,
+    stop_after: int | None,
+) -> TrainResult:
+    t = cfg.train
+    say = print if world.main else (lambda *a, **k: None)
     bundle = load_dataset(cfg.data)
-    if bundle.skipped:
-        report = run_dir / "skipped_files.txt"
-        report.write_text("".join(f"{path}\t{reason}\n" for path, reason in bundle.skipped))
-        print(f"warning: skipped {len(bundle.skipped)} unusable file(s); list in {report}")
     train_set = bundle.train
     num_classes = train_set.num_classes if cfg.model.conditional else None
     mult = size_multiple(cfg.model.preset)
@@ -137,11 +195,20 @@ def train(
     if t.batch_size > len(train_set):
         raise ConfigError(f"batch size {t.batch_size} is larger than the training set ({len(train_set)} images)")
     info = model_info(cfg, bundle, image_size, num_classes)
-    (run_dir / "model.json").write_text(json.dumps(info, indent=2))
+    if world.main:  # every check has passed: now the run directory is written
+        _create_run_dir(cfg, run_dir, resume)
+        if bundle.skipped:
+            report = run_dir / "skipped_files.txt"
+            report.write_text("".join(f"{path}\t{reason}\n" for path, reason in bundle.skipped))
+            print(f"warning: skipped {len(bundle.skipped)} unusable file(s); list in {report}")
+        (run_dir / "model.json").write_text(json.dumps(info, indent=2))
 
     torch.manual_seed(t.seed)
     model = build_model(cfg.model.preset, in_channels=bundle.channels, num_classes=num_classes).to(device)
     ema = EMA(model, t.ema_decay, t.ema_warmup)
+    net = distributed.wrap(model, world, device)  # the loss runs through `net` (DDP syncs gradients)
+    if world.rank:  # in-model randomness (dropout): a distinct stream on each rank
+        torch.manual_seed(t.seed + 7919 * world.rank)
     schedule = make_schedule(cfg.diffusion.schedule, cfg.diffusion.timesteps, cfg.diffusion.beta_start, cfg.diffusion.beta_end)
     batches = EpochBatches(len(train_set), t.batch_size, seed=t.seed)
     total = t.max_steps or (t.epochs or 1) * batches.steps_per_epoch
@@ -150,49 +217,72 @@ def train(
     scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
     gen = torch.Generator().manual_seed(t.seed + 1)
 
-    step = 0
+    def newest_checkpoint() -> Path | None:
+        """The newest checkpoint that verifies, as rank 0 sees it, on every rank."""
+        found = None
+        if world.main:
+            found, problems = find_resumable(run_dir / "checkpoints")
+            for p in problems:
+                print(f"warning: skipping checkpoint: {p}")
+        return distributed.broadcast(found, world)
+
+    def load_weights_and_optimizer(ckpt: Path) -> dict:
+        m_sd, e_sd, state = load_checkpoint(ckpt)
+        model.load_state_dict(m_sd)
+        ema.shadow.load_state_dict(e_sd)
+        ema.load_state_dict(state["ema"])
+        optimizer.load_state_dict(state["optimizer"])
+        scaler.load_state_dict(state["scaler"])
+        return state
+
+    step, rollbacks, last_saved = 0, 0, None
     if resume:
-        ckpt, problems = find_resumable(run_dir / "checkpoints")
-        for p in problems:
-            print(f"warning: skipping checkpoint: {p}")
+        ckpt = newest_checkpoint()
         if ckpt is not None:
-            m_sd, e_sd, state = load_checkpoint(ckpt)
-            model.load_state_dict(m_sd)
-            ema.shadow.load_state_dict(e_sd)
-            ema.load_state_dict(state["ema"])
-            optimizer.load_state_dict(state["optimizer"])
+            state = load_weights_and_optimizer(ckpt)
             scheduler.load_state_dict(state["scheduler"])
-            scaler.load_state_dict(state["scaler"])
             gen.set_state(state["rng"]["train"])
-            torch.set_rng_state(state["rng"]["torch"])
-            if device.type == "cuda" and "cuda" in state["rng"]:
-                torch.cuda.set_rng_state(state["rng"]["cuda"], device)
-            step = int(state["step"])
-            print(f"resuming {run_dir} from {ckpt.name} (step {step} of {total})")
+            step = last_saved = int(state["step"])
+            rollbacks = int(state.get("rollbacks", 0))
+            _restore_rng(state["rng"], world, device, t.seed, step)
+            say(f"resuming {run_dir} from {ckpt.name} (step {step} of {total})")
         else:
-            print(f"no checkpoint in {run_dir}; starting from step 0")
+            say(f"no checkpoint in {run_dir}; starting from step 0")
 
-    from difforge.train.logging import MetricsLogger  # optional backends load lazily
+    from difforge.train.logging import MetricsLogger, NullLogger  # optional backends load lazily
 
-    logger = MetricsLogger(run_dir, config_to_dict(cfg), wandb=t.wandb, tensorboard=t.tensorboard)
+    if world.main:
+        logger = MetricsLogger(run_dir, config_to_dict(cfg), wandb=t.wandb, tensorboard=t.tensorboard)
+    else:
+        logger = NullLogger()
 
     def checkpoint() -> Path:
-        rng = {"train": gen.get_state(), "torch": torch.get_rng_state()}
-        if device.type == "cuda":
-            rng["cuda"] = torch.cuda.get_rng_state(device)
-        state = {
-            "step": step,
-            "ema": ema.state_dict(),
-            "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(),
-            "scaler": scaler.state_dict(),
-            "rng": rng,
-        }
-        return save_checkpoint(
-            run_dir / "checkpoints", step, model.state_dict(), ema.shadow.state_dict(), state, keep=t.keep_checkpoints
-        )
+        """Every rank calls this (their RNG streams are gathered); rank 0 writes."""
+        nonlocal last_saved
+        ranks = distributed.gather(_rng_state(device), world)
+        path = run_dir / "checkpoints" / f"step-{step}"
+        if world.main:
+            state = {
+                "step": step,
+                "ema": ema.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "scaler": scaler.state_dict(),
+                "rng": {"train": gen.get_state(), **ranks[0], "ranks": ranks},
+                "rollbacks": rollbacks,
+                "world_size": world.size,
+            }
+            path = save_checkpoint(
+                run_dir / "checkpoints", step, model.state_dict(), ema.shadow.state_dict(), state,
+                keep=t.keep_checkpoints,
+            )
+        distributed.barrier(world)
+        last_saved = step
+        return path
 
     def sample_grids(name: str, per_class: int = 1) -> None:
+        if not world.main:
+            return
         from difforge.pipeline import Pipeline  # sampling code, shared with `difforge sample`
 
         for tag, net in (("-raw", model), ("", ema.shadow)):  # NAME.png: EMA weights
@@ -226,7 +316,7 @@ def train(
         return total_loss / count
 
     def run_validation() -> None:
-        if val_images is None:
+        if val_images is None or not world.main:
             return
         logger.log(step, {"epoch": step / batches.steps_per_epoch, "val_loss": validation_loss(model),
                           "val_loss_ema": validation_loss(ema.shadow)})
@@ -237,69 +327,109 @@ def train(
     model.train()
     bad_in_a_row = 0
     stopped = False
+    rows = world.share(t.batch_size)  # this rank's rows of every global batch
     t_last, imgs_since = time.perf_counter(), 0
     end = min(total, stop_after) if stop_after is not None else total
-    with _StopFlag() as stop:
-        while step < end:
-            idx = batches.batch(step)
-            x0 = to_model_input(train_set.images[idx], image_size).to(device)
-            cond = None
-            if num_classes:
-                cond = drop_labels(train_set.labels[idx], cfg.model.label_dropout, num_classes, gen).to(device)
-            loss = ddpm_loss(model, schedule, x0, cond, gen, amp_dtype)
-            optimizer.zero_grad(set_to_none=True)
-            if not torch.isfinite(loss):
-                bad_in_a_row += 1
-                logger.log(step, {"skipped_nonfinite_loss": 1})
-                if bad_in_a_row >= MAX_BAD_STEPS:
-                    bar.close()
-                    logger.close()
-                    hint = "try a lower --lr" + ("" if amp_dtype != torch.float16 else " or --precision bf16 (fp16 overflow)")
-                    raise RuntimeError(f"{bad_in_a_row} non-finite losses in a row at step {step}: {hint}")
-                step += 1
-                scheduler.step()
-                continue
-            bad_in_a_row = 0
-            scaler.scale(loss).backward()
-            if t.grad_clip > 0:
-                scaler.unscale_(optimizer)
-                torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip)
-            scaler.step(optimizer)
-            scaler.update()
-            scheduler.step()
-            ema.update(model)
-            step += 1
-            imgs_since += len(idx)
-            bar.update(1)
 
-            if t.log_every and (step % t.log_every == 0 or step == total):
-                now = time.perf_counter()
-                ips = imgs_since / max(now - t_last, 1e-9)
-                t_last, imgs_since = now, 0
-                lr = scheduler.get_last_lr()[0]
-                bar.set_postfix(loss=f"{loss.item():.4f}", lr=f"{lr:.2e}", img_s=f"{ips:.0f}")
-                logger.log(step, {"epoch": step / batches.steps_per_epoch, "loss": loss.item(), "lr": lr, "img_per_s": ips})
-            if step % batches.steps_per_epoch == 0:
-                run_validation()
-            if t.sample_every and step % t.sample_every == 0 and step < total:
-                sample_grids(f"step-{step:07d}")
-            if t.checkpoint_every and step % t.checkpoint_every == 0 and step < total:
-                checkpoint()
-            if stop.signum is not None:
-                stopped = True
-                break
+    def non_finite_streak() -> None:
+        """MAX_BAD_STEPS non-finite steps in a row: roll back once, else stop."""
+        nonlocal bad_in_a_row, rollbacks
+        ckpt = newest_checkpoint() if rollbacks == 0 else None
+        if ckpt is not None:
+            load_weights_and_optimizer(ckpt)
+            rollbacks += 1
+            bad_in_a_row = 0
+            logger.log(step, {"rollback_to": int(ckpt.name[5:])})
+            say(f"warning: {MAX_BAD_STEPS} non-finite steps in a row at step {step}: rolled weights, EMA and "
+                f"optimizer back to {ckpt.name}; going on from step {step} with the following batches")
+            return
+        if amp_dtype == torch.float16:
+            hint = "fp16 overflow is the likely cause: train with --precision bf16 (or fp32)"
+        else:
+            hint = f"the learning rate ({t.lr:g}) is the likely cause: try a lower --lr"
+        when = "again after rolling back to the last checkpoint" if rollbacks else "and no checkpoint to roll back to"
+        raise TrainingError(f"{MAX_BAD_STEPS} non-finite losses or gradients in a row at step {step}, {when}; {hint}")
+
+    try:
+        with _StopFlag() as stop:
+            while step < end:
+                idx = batches.batch(step)  # the global batch: the same on every rank
+                x0 = to_model_input(train_set.images[idx[rows]], image_size).to(device)
+                cond = None
+                if num_classes:  # labels dropped per sample of the global batch, then sliced
+                    cond = drop_labels(train_set.labels[idx], cfg.model.label_dropout, num_classes, gen)[rows]
+                    cond = cond.to(device)
+                loss = ddpm_loss(net, schedule, x0, cond, gen, amp_dtype, rows=rows, global_batch=len(idx))
+                optimizer.zero_grad(set_to_none=True)
+                finite, loss_value = bool(torch.isfinite(loss)), loss.item()
+                signalled = stop.signum is not None
+                if world.distributed:  # one collective: mean loss; any rank non-finite; any rank signalled
+                    flags = torch.tensor([loss_value if finite else 0.0, not finite, signalled], dtype=torch.float64)
+                    flags = distributed.sum_all(flags.to(device), world).tolist()
+                    loss_value, finite, signalled = flags[0] / world.size, flags[1] == 0, flags[2] > 0
+                ok = finite
+                if finite:
+                    scaler.scale(loss).backward()
+                    if scaler.is_enabled():  # fp16: the scaler skips overflowing steps and lowers its scale
+                        if t.grad_clip > 0:
+                            scaler.unscale_(optimizer)
+                            torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip)
+                    else:  # gradients are identical on every rank after DDP's all-reduce: so is this test
+                        if t.grad_clip > 0:
+                            norm = torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip)
+                        else:
+                            norm = torch.nn.utils.get_total_norm([p.grad for p in model.parameters() if p.grad is not None])
+                        ok = bool(torch.isfinite(norm))
+                    if ok:
+                        scaler.step(optimizer)
+                        scaler.update()
+                scheduler.step()
+                if ok:
+                    ema.update(model)
+                    bad_in_a_row = 0
+                    imgs_since += len(idx)
+                else:
+                    bad_in_a_row += 1
+                    logger.log(step, {"skipped_nonfinite": "loss" if not finite else "gradients"})
+                step += 1
+                bar.update(1)
+                if bad_in_a_row >= MAX_BAD_STEPS:
+                    non_finite_streak()
+
+                if ok and t.log_every and (step % t.log_every == 0 or step == total):
+                    now = time.perf_counter()
+                    ips = imgs_since / max(now - t_last, 1e-9)
+                    t_last, imgs_since = now, 0
+                    lr = scheduler.get_last_lr()[0]
+                    bar.set_postfix(loss=f"{loss_value:.4f}", lr=f"{lr:.2e}", img_s=f"{ips:.0f}")
+                    logger.log(step, {"epoch": step / batches.steps_per_epoch, "loss": loss_value, "lr": lr,
+                                      "img_per_s": ips})
+                if step % batches.steps_per_epoch == 0:
+                    run_validation()
+                if t.sample_every and step % t.sample_every == 0 and step < total:
+                    sample_grids(f"step-{step:07d}")
+                if t.checkpoint_every and step % t.checkpoint_every == 0 and step < total:
+                    checkpoint()
+                if signalled if world.distributed else stop.signum is not None:
+                    stopped = True
+                    break
+    except BaseException:
+        bar.close()
+        logger.close()
+        raise
     bar.close()
     if step < total:  # preempted or asked to stop early: save where we are
-        path = checkpoint()
-        why = f"signal {stop.signum}" if stopped else f"stop_after={stop_after}"
-        print(f"stopped at step {step} of {total} ({why}); checkpoint {path}; continue with --resume")
+        path = checkpoint() if last_saved != step else run_dir / "checkpoints" / f"step-{step}"
+        why = (f"signal {stop.signum}" if stop.signum else "a signal to another rank") if stopped else f"stop_after={stop_after}"
+        say(f"stopped at step {step} of {total} ({why}); checkpoint {path}; continue with --resume")
         logger.close()
         return TrainResult(run_dir, step, True)
 
     if step % batches.steps_per_epoch != 0:
         run_validation()
-    path = checkpoint()
+    path = checkpoint() if last_saved != step else run_dir / "checkpoints" / f"step-{step}"
     sample_grids("final", per_class=10)
     logger.log_artifact(path)
     logger.close()
+    distributed.barrier(world)  # the other ranks wait for rank 0's final samples
     return TrainResult(run_dir, step, False)
