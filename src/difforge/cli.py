@@ -72,6 +72,8 @@ def train(config_file, dataset, data_path, out, preset, max_steps, epochs, batch
     checkpoints/. With --resume the run's own config.yaml is used.
     """
     from difforge.config import ConfigError, RunConfig, config_from_dict, load_config
+    from difforge.train.checkpoint import CheckpointError
+    from difforge.train.loop import TrainingError
 
     overrides: dict = {"data": {}, "model": {}, "diffusion": {}, "train": {}}
     if dataset is not None:
@@ -106,7 +108,7 @@ def train(config_file, dataset, data_path, out, preset, max_steps, epochs, batch
         from difforge.train.loop import train as run_training
 
         result = run_training(cfg, resume=resume, progress=not no_progress)
-    except (ConfigError, FileNotFoundError, ValueError) as e:
+    except (ConfigError, FileNotFoundError, ValueError, CheckpointError, TrainingError) as e:
         _fail(e)
     if not result.stopped_early:
         click.echo(f"done: {result.step} steps; samples in {result.run_dir / 'samples'}, "
