@@ -91,6 +91,8 @@ def denoise(
         raise ValueError(f"noise sigma must be > 0, got {sigma}")
     sampler = sampler or "ddim"
     s = pixel_sigma_to_model(sigma)
+    if s > pipe.schedule.sigma_max:
+        raise ValueError(f"noise sigma {sigma} is above this model's largest, {pipe.schedule.sigma_max / 2:.4g} (pixel units)")
     den, sample_fn, cond = setup(pipe, len(image), labels, cfg, sampler, options)
     if steps is None or steps == 1:
         sigmas = torch.tensor([s, 0.0], dtype=torch.float64)
