@@ -1,0 +1,257 @@
+"""The device worker: a bounded queue of jobs and one thread that runs them.
+
+Generation never runs on the event loop: handlers put a `Job` on the queue and await its
+future, so health checks stay fast under load. Requests whose sampler settings agree
+(sampler, steps, grid, guidance, options) and that arrive while the worker is busy, or
+within `batch_window_s` of each other, are merged into one batch on the device (dynamic
+batching) up to `max_batch` images. Every image keeps its own seed (per-sample
+generators), so a result does not depend on what it was batched with.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import queue
+import threading
+import time
+from concurrent.futures import Future, InvalidStateError
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+
+from difforge.serve.codec import png_b64
+
+
+class QueueFull(RuntimeError):
+    """The queue holds `queue_size` jobs: come back later (503)."""
+
+
+class Cancelled(RuntimeError):
+    """Every request of a batch gave up (timeout or disconnect): the work was dropped."""
+
+
+@dataclass(eq=False)
+class Job:
+    """One request's work. `kind` is "generate", "inpaint" or "restore"; `params` go to
+    `Pipeline.generate` or the task; `labels` are per image (None: unconditional)."""
+
+    kind: str
+    params: dict
+    seeds: list[int]
+    labels: list[int] | None = None
+    inputs: dict = field(default_factory=dict)  # tensors for tasks: image, mask
+    key: tuple | None = None  # equal keys may share a batch; None runs alone
+    on_progress: Callable[[dict], None] | None = None
+    future: Future = field(default_factory=Future)
+    cancelled: threading.Event = field(default_factory=threading.Event)
+    enqueued: float = field(default_factory=time.monotonic)
+
+    @property
+    def n(self) -> int:
+        return len(self.seeds)
+
+    def cancel(self) -> None:
+        self.cancelled.set()
+        self.future.cancel()  # only succeeds while still queued
+
+    def resolve(self, result: Any = None, error: BaseException | None = None) -> None:
+        try:
+            if error is not None:
+                self.future.set_exception(error)
+            else:
+                self.future.set_result(result)
+        except InvalidStateError:  # cancelled while queued
+            pass
+
+
+def progress_to_loop(loop: asyncio.AbstractEventLoop, q: asyncio.Queue) -> Callable[[dict], None]:
+    """A thread-safe progress callback that puts events on an asyncio queue."""
+    return lambda event: loop.call_soon_threadsafe(q.put_nowait, event)
+
+
+class Engine:
+    """Runs jobs on the pipeline's device in one worker thread; see the module docstring."""
+
+    def __init__(self, pipe, config, metrics=None):
+        self.pipe, self.config, self.metrics = pipe, config, metrics
+        self._queue: queue.Queue[Job] = queue.Queue(maxsize=config.queue_size)
+        self._held: Job | None = None  # taken while filling a batch it did not fit
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.ready = threading.Event()
+        self.error: str | None = None  # why the worker is not ready, if it failed
+        self.running = 0  # images in the batch on the device now
+
+    # ------------------------------------------------------------ control
+    def start(self, warmup: bool = True) -> None:
+        self._thread = threading.Thread(target=self._loop, args=(warmup,), name="difforge-serve", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 30.0) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+        while True:  # answer whatever is still waiting
+            job = self._next(0)
+            if job is None:
+                break
+            job.resolve(error=Cancelled("the server is shutting down"))
+
+    @property
+    def alive(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def depth(self) -> int:
+        """Jobs waiting for the device (not counting the batch running now)."""
+        return self._queue.qsize() + (self._held is not None)
+
+    def submit(self, job: Job) -> Job:
+        if self._stop.is_set():
+            raise QueueFull("the server is shutting down")
+        try:
+            self._queue.put_nowait(job)
+        except queue.Full:
+            raise QueueFull(f"{self.config.queue_size} requests are already waiting") from None
+        return job
+
+    # ------------------------------------------------------------ worker
+    def _next(self, timeout: float) -> Job | None:
+        if self._held is not None:
+            job, self._held = self._held, None
+            return job
+        try:
+            return self._queue.get(timeout=timeout) if timeout > 0 else self._queue.get_nowait()
+        except queue.Empty:
+            return None
+
+    def _loop(self, warmup: bool) -> None:
+        try:
+            if warmup:  # build kernels and caches before saying ready
+                labels = torch.zeros(1, dtype=torch.long) if self.pipe.num_classes else None
+                self.pipe.generate(n=1, labels=labels, sampler="ddim", steps=1, seed=0)
+        except Exception as e:  # noqa: BLE001 - reported by /readyz
+            self.error = f"warm-up failed: {type(e).__name__}: {e}"
+            return
+        self.ready.set()
+        while not self._stop.is_set():
+            job = self._next(0.05)
+            if job is None or not self._claim(job):
+                continue
+            batch = [job]
+            if job.key is not None:
+                self._fill(batch)
+            self._run(batch)
+
+    @staticmethod
+    def _claim(job: Job) -> bool:
+        """Mark a queued job running; False if it was cancelled while waiting."""
+        if job.cancelled.is_set() or not job.future.set_running_or_notify_cancel():
+            job.resolve(error=Cancelled("the request gave up before it ran"))
+            return False
+        return True
+
+    def _fill(self, batch: list[Job]) -> None:
+        """Add queued jobs with the same key until max_batch images or the window closes."""
+        key, total = batch[0].key, batch[0].n
+        deadline = time.monotonic() + self.config.batch_window_s
+        while total < self.config.max_batch:
+            job = self._next(max(0.0, deadline - time.monotonic()))
+            if job is None:
+                return
+            if job.key != key or total + job.n > self.config.max_batch:
+                self._held = job
+                return
+            if self._claim(job):
+                batch.append(job)
+                total += job.n
+
+    def _run(self, batch: list[Job]) -> None:
+        n = sum(j.n for j in batch)
+        self.running = n
+        m = self.metrics
+        if m is not None:
+            m.batch_size.observe(n)
+            m.sampler_runs.labels(kind=batch[0].kind).inc()
+            for j in batch:
+                m.queue_wait.observe(time.monotonic() - j.enqueued)
+        try:
+            results = self._generate(batch) if batch[0].kind == "generate" else [self._task(batch[0])]
+        except BaseException as e:  # noqa: BLE001 - every error goes back to its request
+            for j in batch:
+                j.resolve(error=e)
+        else:
+            if m is not None:
+                m.images.labels(kind=batch[0].kind).inc(n)
+            for j, r in zip(batch, results):
+                j.resolve(r)
+        finally:
+            self.running = 0
+
+    def _callback(self, batch: list[Job], spans: list[tuple[int, int]], steps: int) -> Callable[[dict], None]:
+        """Per sampler step: count it, stop if every request gave up, stream previews.
+
+        The preview is the current noisy state x scaled back to the data's range,
+        x / sqrt(1 + sigma^2) (the VP x_t of the variance-exploding x = x0 + sigma n),
+        so the page shows the image emerging from noise."""
+        every = max(1, math.ceil(steps / self.config.preview_frames))
+        streams = [(j, s) for j, s in zip(batch, spans) if j.on_progress is not None]
+
+        def on_step(d: dict) -> None:
+            if self.metrics is not None:
+                self.metrics.sampler_steps.inc()
+            if all(j.cancelled.is_set() for j in batch):
+                raise Cancelled("every request in the batch gave up")
+            i = int(d.get("i", 0))
+            if not streams or (i % every and i != steps - 1) or "x" not in d:
+                return
+            sigma = float(d.get("sigma", 0.0))
+            x = d["x"].float() / math.sqrt(1.0 + sigma**2)
+            images = self.pipe.to_images(x)
+            for j, (a, b) in streams:
+                if not j.cancelled.is_set():
+                    j.on_progress({"step": i + 1, "steps": steps, "images": [png_b64(im) for im in images[a:b]]})
+
+        return on_step
+
+    def _generate(self, batch: list[Job]) -> list[torch.Tensor]:
+        p = batch[0].params
+        spans, start = [], 0
+        for j in batch:
+            spans.append((start, start + j.n))
+            start += j.n
+        labels = None
+        if self.pipe.num_classes:
+            null = self.pipe.num_classes  # CFGDenoiser's null label: no class
+            labels = torch.tensor([k for j in batch for k in (j.labels or [null] * j.n)], dtype=torch.long)
+        seeds = [s for j in batch for s in j.seeds]
+        steps = len(self.pipe.sigmas(p["sampler"], p.get("steps"), p.get("grid"))) - 1
+        images, _ = self.pipe.generate(n=len(seeds), labels=labels, seeds=seeds, batch_size=len(seeds),
+                                       callback=self._callback(batch, spans, steps), **p)
+        return [images[a:b] for a, b in spans]
+
+    def _task(self, job: Job) -> torch.Tensor:
+        import difforge.tasks as tasks
+
+        p = dict(job.params)
+        steps = self._task_moves(job)
+        labels = torch.tensor(job.labels, dtype=torch.long) if job.labels is not None else None
+        cb = self._callback([job], [(0, job.n)], steps)
+        fn = tasks.inpaint if job.kind == "inpaint" else tasks.restore
+        x = fn(self.pipe, *job.inputs["args"], labels=labels, seed=job.seeds[0], callback=cb, **p)
+        return self.pipe.to_images(x)
+
+    def _task_moves(self, job: Job) -> int:
+        """Sampler steps a task takes in all (its callback's count), for the preview cadence."""
+        from difforge.tasks import repaint_path
+        from difforge.tasks.common import grid_from
+        from difforge.tasks.restore import strength_sigma
+
+        p = job.params
+        n = len(self.pipe.sigmas(p["sampler"], p["steps"])) - 1
+        if job.kind == "inpaint" and p.get("method") == "repaint":
+            return len(repaint_path(n, p.get("jump_length", 5), p.get("resample", 5)))
+        if job.kind == "restore":
+            return len(grid_from(self.pipe, p["sampler"], p["steps"], strength_sigma(self.pipe, job.inputs["args"][1]))) - 1
+        return n

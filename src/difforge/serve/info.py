@@ -1,0 +1,72 @@
+"""What GET /v1/model reports: the model, how it was trained, and what it scored."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+EVAL_KEYS = ("fd", "kid", "precision", "recall", "classifier_score", "conditional_accuracy")
+
+
+def _last_metrics(path: Path) -> dict:
+    """The newest value of each training metric in metrics.jsonl (loss, val_loss, ...)."""
+    out: dict = {}
+    if not path.is_file():
+        return out
+    for line in path.read_text().splitlines():
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue  # a line cut short by a crash
+        for k in ("loss", "val_loss", "val_loss_ema", "step"):
+            if isinstance(row.get(k), (int, float)):
+                out[k] = row[k]
+    return out
+
+
+def _eval_metrics(path: Path) -> dict | None:
+    try:
+        report = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    spaces = report.get("metrics", {})
+    return {"n": report.get("n"), **{space: {k: m[k] for k in EVAL_KEYS if k in m} for space, m in spaces.items()}}
+
+
+def describe_model(path: str | Path, pipe) -> dict:
+    """A JSON-able description of the loaded model and where it came from."""
+    from difforge.pipeline import DEFAULT_CFG, DEFAULT_STEPS, default_grid
+    from difforge.sampling import SAMPLERS, sampler_options
+
+    path = Path(path)
+    info = pipe.info
+    step, weights = info.get("step"), info.get("weights")
+    if (path / "model.json").is_file():  # a run directory: the checkpoint load_pipeline picks
+        from difforge.train.checkpoint import find_resumable
+
+        ckpt, _ = find_resumable(path / "checkpoints")
+        if ckpt is not None:
+            step = json.loads((ckpt / "meta.json").read_text()).get("step", step)
+    metrics = _last_metrics(path / "metrics.jsonl")
+    evaluation = _eval_metrics(path / "eval" / "report.json")
+    return {
+        "name": path.resolve().name,
+        "preset": info["model"]["preset"],
+        "parameters": sum(p.numel() for p in pipe.net.parameters()),
+        "image_size": info["native_size"],
+        "model_size": info["image_size"],
+        "channels": info["channels"],
+        "num_classes": pipe.num_classes,
+        "class_names": pipe.class_names,
+        "dataset": info.get("dataset"),
+        "diffusion": info["diffusion"],
+        "prediction": info.get("prediction", "eps"),
+        "training_steps": step,
+        "weights": weights,
+        "metrics": {"training": metrics or None, "evaluation": evaluation},
+        "device": str(pipe.device),
+        "default_cfg": DEFAULT_CFG if pipe.num_classes else None,
+        "samplers": {name: {"default_steps": DEFAULT_STEPS.get(name, 50) or pipe.schedule.timesteps,
+                            "default_grid": default_grid(name), "options": sorted(sampler_options(name))}
+                     for name in SAMPLERS},
+    }

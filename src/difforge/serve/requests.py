@@ -1,0 +1,136 @@
+"""Checking requests against the model and the server's limits, and turning them into jobs.
+
+Everything is checked before a job is queued, so a bad request costs no device time and
+gets one line naming the problem (422).
+"""
+
+from __future__ import annotations
+
+import secrets
+
+import torch
+
+from difforge.serve.codec import BadInput, check_size, decode_image, decode_mask
+from difforge.serve.engine import Job
+from difforge.serve.limits import HTTPError
+
+
+class Validator:
+    def __init__(self, pipe, config):
+        self.pipe, self.config = pipe, config
+
+    def _fail(self, message: str) -> HTTPError:
+        return HTTPError(422, message)
+
+    def _common(self, req, n: int, default_steps: int | None = None) -> tuple[dict, list[int], list[int] | None]:
+        """Sampler, steps, guidance and seeds of any request; raises HTTPError(422)."""
+        from difforge.pipeline import DEFAULT_CFG, DEFAULT_STEPS
+        from difforge.sampling import SAMPLERS, sampler_options
+
+        pipe, cfg = self.pipe, self.config
+        if n > cfg.max_n:
+            raise self._fail(f"n = {n} is over this server's maximum of {cfg.max_n} images per request")
+        if req.sampler not in SAMPLERS:
+            raise self._fail(f"unknown sampler {req.sampler!r}; expected one of {sorted(SAMPLERS)}")
+        steps = req.steps if req.steps is not None else (
+            default_steps or DEFAULT_STEPS.get(req.sampler, 50) or pipe.schedule.timesteps)
+        if steps > cfg.max_steps:
+            raise self._fail(f"steps = {steps} is over this server's maximum of {cfg.max_steps}"
+                             + ("" if req.steps is not None else f" (the default for {req.sampler}; give steps)"))
+        if not pipe.num_classes and req.cfg is not None and req.cfg != 1.0:
+            raise self._fail("cfg needs a class-conditional model; this one is unconditional")
+        options = {}
+        if req.eta is not None:
+            if "eta" not in sampler_options(req.sampler):
+                raise self._fail(f"eta does not apply to sampler {req.sampler!r}")
+            options["eta"] = req.eta
+        label = None
+        if req.klass is not None:
+            try:
+                label = pipe.parse_class(req.klass)
+            except ValueError as e:
+                raise self._fail(f"class: {e}") from None
+        seed = req.seed if req.seed is not None else secrets.randbelow(2**31)
+        guidance = (req.cfg if req.cfg is not None else DEFAULT_CFG) if pipe.num_classes else None
+        params = {"sampler": req.sampler, "steps": steps, "cfg": guidance, **options}
+        labels = [label] * n if label is not None else None
+        return params, list(range(seed, seed + n)), labels
+
+    def _meta(self, params: dict, seeds: list[int], labels: list[int] | None) -> dict:
+        return {"seeds": seeds, "labels": labels or [None] * len(seeds), "sampler": params["sampler"],
+                "steps": params["steps"], "cfg": params["cfg"]}
+
+    def generate(self, req) -> tuple[Job, dict]:
+        pipe = self.pipe
+        if req.labels is not None and req.klass is not None:
+            raise self._fail("give `class` or `labels`, not both")
+        if req.labels is not None:
+            if not req.labels:
+                raise self._fail("labels: empty list")
+            if req.n is not None and req.n != len(req.labels):
+                raise self._fail(f"n = {req.n} but {len(req.labels)} labels were given")
+        n = len(req.labels) if req.labels is not None else (req.n or 1)
+        params, seeds, labels = self._common(req, n)
+        if req.labels is not None:
+            try:
+                labels = [pipe.parse_class(k) for k in req.labels]
+            except ValueError as e:
+                raise self._fail(f"labels: {e}") from None
+        if req.grid is not None:
+            params["grid"] = req.grid
+        try:  # grid names and step counts the schedule cannot give
+            pipe.sigmas(params["sampler"], params["steps"], params.get("grid"))
+        except ValueError as e:
+            raise self._fail(str(e).splitlines()[0]) from None
+        key = ("generate",) + tuple(sorted((k, v) for k, v in params.items()))
+        return Job("generate", params, seeds, labels, key=key), self._meta(params, seeds, labels)
+
+    def _image(self, uploads: dict, name: str = "image") -> torch.Tensor:
+        """The uploaded image as float (1, C, S, S) in [-1, 1] at the model's native size."""
+        try:
+            img = decode_image(uploads[name], name, self.pipe.info["channels"])
+            check_size(img, name, self.pipe.info["native_size"])
+        except BadInput as e:
+            raise self._fail(str(e)) from None
+        return img.float() / 127.5 - 1
+
+    def _task_common(self, req, default_steps: int | None = None) -> tuple[dict, list[int], list[int] | None]:
+        params, seeds, labels = self._common(req, req.n, default_steps)
+        try:
+            self.pipe.sigmas(params["sampler"], params["steps"])
+        except ValueError as e:
+            raise self._fail(str(e).splitlines()[0]) from None
+        return params, seeds, labels
+
+    def inpaint(self, req, uploads: dict) -> tuple[Job, dict]:
+        from difforge.tasks import METHODS
+        from difforge.tasks.inpaint import DEFAULT_STEPS
+
+        if req.method not in METHODS:
+            raise self._fail(f"unknown inpainting method {req.method!r}; expected one of {sorted(METHODS)}")
+        params, seeds, labels = self._task_common(req, DEFAULT_STEPS)
+        params.update({k: v for k, v in (("jump_length", req.jump_length), ("resample", req.resample)) if v is not None})
+        image = self._image(uploads)
+        try:
+            mask = decode_mask(uploads["mask"], "mask")
+        except BadInput as e:
+            raise self._fail(str(e)) from None
+        if mask.shape[-2:] != image.shape[-2:]:
+            raise self._fail(f"mask is {mask.shape[-1]}x{mask.shape[-2]} but the image is "
+                             f"{image.shape[-1]}x{image.shape[-2]}; they must match")
+        if not mask.any():
+            raise self._fail("mask is empty: paint (white) the region to fill")
+        params["method"] = req.method
+        n = req.n
+        job = Job("inpaint", params, seeds, labels,
+                  inputs={"args": (image.expand(n, -1, -1, -1).clone(), mask.expand(n, -1, -1, -1).clone())})
+        return job, self._meta(params, seeds, labels)
+
+    def restore(self, req, uploads: dict) -> tuple[Job, dict]:
+        if req.eta is not None:
+            raise self._fail("eta does not apply to restore")
+        params, seeds, labels = self._task_common(req)
+        image = self._image(uploads)
+        n = req.n
+        job = Job("restore", params, seeds, labels, inputs={"args": (image.expand(n, -1, -1, -1).clone(), req.strength)})
+        return job, self._meta(params, seeds, labels)

@@ -1,0 +1,74 @@
+"""Request and response bodies of the HTTP API (pydantic models; they make the OpenAPI schema)."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field
+
+ClassValue = int | str
+
+
+class SamplingOptions(BaseModel):
+    """Sampler settings shared by every route."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    klass: ClassValue | None = Field(None, alias="class", description="Class index or name for every image; "
+                                     "none: unconditional (the model's null label).")
+    sampler: str = Field("ddim", description="ddpm, ddim, euler, euler-a, heun, dpmpp-2m, dpmpp-3m (see GET /v1/model).")
+    steps: int | None = Field(None, ge=1, description="Sampler steps. Default: the sampler's own (GET /v1/model).")
+    cfg: float | None = Field(None, ge=0, le=100, description="Classifier-free guidance scale (1: none). Default 3.")
+    seed: int | None = Field(None, ge=0, le=2**53, description="Image i uses seed + i. Default: a random seed, "
+                             "returned in the response.")
+    eta: float | None = Field(None, ge=0, le=10, description="Fresh noise per step (ddim, euler-a).")
+
+
+class GenerateRequest(SamplingOptions):
+    """POST /v1/generate."""
+
+    n: int | None = Field(None, ge=1, description="Number of images (default 1, or len(labels)).")
+    labels: list[ClassValue] | None = Field(None, description="One class per image (index or name); "
+                                            "instead of `class`.")
+    grid: str | None = Field(None, description="Noise levels the steps visit: leading, trailing, linspace, karras, "
+                             "log-snr. Default: the sampler's own.")
+
+
+class InpaintRequest(SamplingOptions):
+    """POST /v1/inpaint: `image` and `mask` are base64 PNGs (or files in multipart/form-data)."""
+
+    image: str | None = Field(None, description="Base64 PNG at the model's native size.")
+    mask: str | None = Field(None, description="Base64 PNG of the same size: white (or opaque) = fill, black = keep.")
+    n: int = Field(1, ge=1, description="Variations, seeds seed .. seed + n - 1.")
+    method: str = Field("repaint", description="repaint (Lugmayr et al. 2022: resampling jumps) or blend "
+                        "(replace the known pixels after every step).")
+    sampler: str = Field("ddpm", description="Sampler of the descent; RePaint's own is ddpm.")
+    steps: int | None = Field(None, ge=1, description="Steps of the descent (default 50); RePaint's jumps add more.")
+    jump_length: int | None = Field(None, ge=1, le=100, description="RePaint: levels jumped back up (default 5).")
+    resample: int | None = Field(None, ge=1, le=20, description="RePaint: passes over each jump (default 5).")
+
+
+class RestoreRequest(SamplingOptions):
+    """POST /v1/restore (SDEdit): `image` is a base64 PNG (or a file in multipart/form-data)."""
+
+    image: str | None = Field(None, description="Base64 PNG at the model's native size.")
+    strength: float = Field(0.5, gt=0, le=1, description="How far to noise the image before denoising it: "
+                            "0 keeps it, 1 starts from pure noise.")
+    n: int = Field(1, ge=1, description="Variations, seeds seed .. seed + n - 1.")
+
+
+class ImagesResponse(BaseModel):
+    """Images as base64 PNGs, with what reproduces each one."""
+
+    images: list[str] = Field(description="Base64 PNGs at the model's native size.")
+    seeds: list[int] = Field(description="Seed of each image: the same request with this seed and n = 1 gives it again.")
+    labels: list[int | None] = Field(description="Class of each image (None: unconditional).")
+    width: int
+    height: int
+    channels: int
+    sampler: str
+    steps: int = Field(description="Sampler steps taken.")
+    cfg: float | None
+    seconds: float = Field(description="Time from arrival to answer.")
+
+
+class ErrorResponse(BaseModel):
+    detail: str

@@ -1,0 +1,58 @@
+"""A tiny randomly initialised model directory and a TestClient serving it."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+SIZE, CLASSES = 8, ("zero", "one", "two")
+
+
+def make_model_dir(path, num_classes: int | None = len(CLASSES), channels: int = 1, size: int = SIZE, seed: int = 0):
+    """model.safetensors + config.json of an untrained `tiny` UNet (what `difforge export` writes)."""
+    from safetensors.torch import save_file
+
+    from difforge.models import build_model
+
+    torch.manual_seed(seed)
+    net = build_model("tiny", in_channels=channels, num_classes=num_classes)
+    path.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.contiguous() for k, v in net.state_dict().items()}, path / "model.safetensors")
+    info = {
+        "format": "difforge-model", "version": 1,
+        "model": {"preset": "tiny", "in_channels": channels, "num_classes": num_classes},
+        "diffusion": {"timesteps": 1000, "schedule": "linear", "beta_start": 1e-4, "beta_end": 0.02},
+        "prediction": "eps", "image_size": size, "native_size": size, "channels": channels,
+        "class_names": list(CLASSES[:num_classes]) if num_classes else None, "dataset": "synthetic",
+        "step": 0, "weights": "ema",
+    }
+    (path / "config.json").write_text(json.dumps(info))
+    return path
+
+
+@pytest.fixture(scope="session")
+def model_dir(tmp_path_factory):
+    return make_model_dir(tmp_path_factory.mktemp("serve") / "model")
+
+
+@pytest.fixture(scope="session")
+def pipe(model_dir):
+    from difforge.pipeline import load_pipeline
+
+    return load_pipeline(model_dir)
+
+
+def make_client(pipe, model_dir, **limits):
+    from fastapi.testclient import TestClient
+
+    from difforge.serve import ServeConfig, create_app
+
+    return TestClient(create_app(pipe, model_dir, ServeConfig(**limits)))
+
+
+@pytest.fixture(scope="module")
+def client(pipe, model_dir):
+    with make_client(pipe, model_dir, max_n=8, max_steps=50, max_body_bytes=64 * 1024) as c:
+        yield c
