@@ -6,7 +6,7 @@ difforge's domain classifier (`difforge train-classifier`) against N test images
 reference is DDPM ancestral sampling on all 1000 timesteps. Also: wall time per image.
 The real-vs-real floor (N train images vs N test images) is printed: FD below it is noise.
 
-    python benchmarks/sampling.py runs/quickstart --n 500 --cfg 1
+    python benchmarks/sampling.py runs/quickstart --n 300 --cfg 1
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ PLAN = {  # sampler -> step counts to try
     "heun": [5, 10, 25],
     "dpmpp-2m": [10, 20, 50],
     "dpmpp-3m": [10, 20, 50],
+    "dpmpp-2m-sde": [10, 20, 50],
 }
 
 
