@@ -1,0 +1,222 @@
+// difforge web page: no build step, no libraries. Talks to the JSON API of this server;
+// progress arrives as server-sent events (POST + `Accept: text/event-stream`, read with fetch).
+"use strict";
+
+const $ = (id) => document.getElementById(id);
+const imageCanvas = $("image"), maskCanvas = $("mask");
+const imageCtx = imageCanvas.getContext("2d"), maskCtx = maskCanvas.getContext("2d");
+let model = null;        // GET /v1/model
+let current = null;      // base64 PNG of the image shown (the result to edit or download)
+let maskPixels = 0;      // painted mask pixels
+let busy = false;
+
+function setState(state, text, isError = false) {
+  document.body.dataset.state = state;
+  const status = $("status");
+  status.textContent = text;
+  status.className = isError ? "error" : "muted";
+}
+
+function headers(extra = {}) {
+  const token = $("token").value.trim();
+  return token ? { ...extra, Authorization: `Bearer ${token}` } : extra;
+}
+
+async function loadModel() {
+  const res = await fetch("/v1/model", { headers: headers() });
+  if (res.status === 401) {
+    $("token-row").hidden = false;
+    setState("locked", "This server needs a token: enter it, then press Generate.", true);
+    return false;
+  }
+  if (!res.ok) throw new Error(`GET /v1/model: ${res.status}`);
+  model = await res.json();
+  const size = model.image_size;
+  for (const c of [imageCanvas, maskCanvas]) { c.width = size; c.height = size; }
+  $("model-name").textContent = `${model.name}: ${model.preset}, ${size}×${size}×${model.channels}` +
+    (model.training_steps != null ? `, ${model.training_steps} training steps` : "");
+  const klass = $("klass");
+  klass.innerHTML = "";
+  klass.add(new Option("none (unconditional)", ""));
+  (model.class_names || []).forEach((name, i) => klass.add(new Option(`${i}: ${name}`, String(i))));
+  if (model.num_classes) klass.value = "0";
+  klass.disabled = !model.num_classes;
+  $("cfg").disabled = !model.num_classes;
+  if (model.default_cfg != null) $("cfg").value = model.default_cfg;
+  const sampler = $("sampler");
+  sampler.innerHTML = "";
+  for (const name of Object.keys(model.samplers)) sampler.add(new Option(name, name));
+  sampler.value = "dpmpp-2m" in model.samplers ? "dpmpp-2m" : "ddim";
+  sampler.onchange = () => { $("steps").value = Math.min(model.samplers[sampler.value].default_steps, model.limits.max_steps); };
+  sampler.onchange();
+  $("steps").max = model.limits.max_steps;
+  setState("idle", "Choose settings and press Generate.");
+  return true;
+}
+
+function settings() {
+  const body = { sampler: $("sampler").value, steps: Number($("steps").value), seed: Number($("seed").value) };
+  if ($("klass").value !== "") body.class = Number($("klass").value);
+  if (model.num_classes) body.cfg = Number($("cfg").value);
+  return body;
+}
+
+async function drawB64(b64) {
+  const img = new Image();
+  img.src = `data:image/png;base64,${b64}`;
+  await img.decode();
+  imageCtx.clearRect(0, 0, imageCanvas.width, imageCanvas.height);
+  imageCtx.drawImage(img, 0, 0, imageCanvas.width, imageCanvas.height);
+}
+
+// POST a request and read its server-sent events: `progress` (intermediate images), then
+// `result` (the final response) or `error`.
+async function stream(path, body, onProgress) {
+  const res = await fetch(path, {
+    method: "POST",
+    headers: headers({ "Content-Type": "application/json", Accept: "text/event-stream" }),
+    body: JSON.stringify(body),
+  });
+  if (!res.ok) {
+    const err = await res.json().catch(() => ({ detail: res.statusText }));
+    throw new Error(`${res.status}: ${err.detail}`);
+  }
+  const reader = res.body.getReader();
+  const decoder = new TextDecoder();
+  let buffer = "", result = null;
+  for (;;) {
+    const { value, done } = await reader.read();
+    if (done) break;
+    buffer += decoder.decode(value, { stream: true });
+    let cut;
+    while ((cut = buffer.indexOf("\n\n")) >= 0) {
+      const chunk = buffer.slice(0, cut);
+      buffer = buffer.slice(cut + 2);
+      const event = /^event: (.*)$/m.exec(chunk)?.[1];
+      const data = JSON.parse(/^data: (.*)$/m.exec(chunk)?.[1] || "null");
+      if (event === "progress") await onProgress(data);
+      else if (event === "result") result = data;
+      else if (event === "error") throw new Error(`${data.status}: ${data.detail}`);
+    }
+  }
+  if (!result) throw new Error("the server closed the stream without a result");
+  return result;
+}
+
+async function run(label, path, body) {
+  if (busy) return;
+  if (!model && !(await loadModel())) return;
+  busy = true;
+  updateButtons();
+  const started = performance.now();
+  let frames = 0;
+  setState("running", `${label}…`);
+  $("progress").value = 0;
+  try {
+    const result = await stream(path, body, async (p) => {
+      frames += 1;
+      imageCanvas.dataset.frames = String(frames);
+      $("progress").value = p.step / p.steps;
+      setState("running", `${label}: step ${p.step} / ${p.steps}`);
+      await drawB64(p.images[0]);
+    });
+    current = result.images[0];
+    await drawB64(current);
+    $("progress").value = 1;
+    const link = $("download");
+    link.href = `data:image/png;base64,${current}`;
+    link.download = `difforge-${path.split("/").pop()}-seed${result.seeds[0]}.png`;
+    link.hidden = false;
+    $("seed-used").textContent = `seed ${result.seeds[0]}, ${result.sampler}, ${result.steps} steps` +
+      (result.cfg != null ? `, cfg ${result.cfg}` : "");
+    const secs = ((performance.now() - started) / 1000).toFixed(1);
+    imageCanvas.dataset.frames = String(frames);
+    setState("done", `${label}: done in ${secs} s (${frames} intermediate images).`);
+  } catch (e) {
+    setState("error", `${label} failed: ${e.message}`, true);
+  } finally {
+    busy = false;
+    updateButtons();
+  }
+}
+
+function updateButtons() {
+  $("generate").disabled = busy;
+  $("inpaint").disabled = busy || !current || maskPixels === 0;
+  $("restore").disabled = busy || !current;
+}
+
+// ---------------------------------------------------------------- the mask
+function maskPNG() {
+  return maskCanvas.toDataURL("image/png").split(",")[1];
+}
+
+function countMask() {
+  const data = maskCtx.getImageData(0, 0, maskCanvas.width, maskCanvas.height).data;
+  let n = 0;
+  for (let i = 3; i < data.length; i += 4) if (data[i] >= 128) n += 1;
+  return n;
+}
+
+function paint(ev) {
+  const r = maskCanvas.getBoundingClientRect();
+  const x = ((ev.clientX - r.left) / r.width) * maskCanvas.width;
+  const y = ((ev.clientY - r.top) / r.height) * maskCanvas.height;
+  const radius = Number($("brush").value) / 2;
+  maskCtx.fillStyle = "#ff2a2a";
+  maskCtx.fillRect(Math.round(x - radius), Math.round(y - radius), Math.max(1, Math.round(2 * radius)),
+                   Math.max(1, Math.round(2 * radius)));
+}
+
+let drawing = false;
+maskCanvas.addEventListener("pointerdown", (ev) => { drawing = true; maskCanvas.setPointerCapture(ev.pointerId); paint(ev); });
+maskCanvas.addEventListener("pointermove", (ev) => { if (drawing) paint(ev); });
+for (const type of ["pointerup", "pointercancel"]) {
+  maskCanvas.addEventListener(type, () => {
+    drawing = false;
+    maskPixels = countMask();
+    maskCanvas.dataset.pixels = String(maskPixels);
+    updateButtons();
+  });
+}
+
+function clearMask() {
+  maskCtx.clearRect(0, 0, maskCanvas.width, maskCanvas.height);
+  maskPixels = 0;
+  maskCanvas.dataset.pixels = "0";
+  updateButtons();
+}
+
+// ---------------------------------------------------------------- wiring
+$("generate").onclick = () => run("Generate", "/v1/generate", settings());
+$("inpaint").onclick = () => {
+  const body = { ...settings(), image: current, mask: maskPNG(), method: $("method").value };
+  body.sampler = "ddpm";  // RePaint's stochastic steps
+  body.steps = Math.min(body.steps, 50);
+  run("Inpaint", "/v1/inpaint", body);
+};
+$("restore").onclick = () => run("Restore", "/v1/restore", { ...settings(), image: current, strength: Number($("strength").value) });
+$("dice").onclick = () => { $("seed").value = Math.floor(Math.random() * 2 ** 31); };
+$("clear-mask").onclick = clearMask;
+$("strength").oninput = () => { $("strength-value").textContent = $("strength").value; };
+$("token").onchange = () => loadModel().catch((e) => setState("error", e.message, true));
+$("upload").onchange = async () => {
+  const file = $("upload").files[0];
+  if (!file || !model) return;
+  const img = new Image();
+  img.src = URL.createObjectURL(file);
+  try {
+    await img.decode();
+  } catch {
+    setState("error", `${file.name} is not an image this browser can read`, true);
+    return;
+  }
+  imageCtx.fillStyle = "#000";
+  imageCtx.fillRect(0, 0, imageCanvas.width, imageCanvas.height);
+  imageCtx.drawImage(img, 0, 0, imageCanvas.width, imageCanvas.height);
+  current = imageCanvas.toDataURL("image/png").split(",")[1];
+  setState("idle", `Opened ${file.name}, scaled to ${imageCanvas.width}×${imageCanvas.height}.`);
+  updateButtons();
+};
+
+loadModel().catch((e) => setState("error", `cannot reach the server: ${e.message}`, true));
