@@ -1,0 +1,132 @@
+"""The web page in real headless Chromium: open it, generate an image and watch it appear
+from streamed intermediate images, draw a mask with the mouse, inpaint, download."""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import threading
+import time
+
+import pytest
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+DRIVER = shutil.which("chromedriver")
+pytestmark = pytest.mark.skipif(not (CHROMIUM and DRIVER), reason="needs Debian's chromium and chromium-driver "
+                                "(apt-get install chromium chromium-driver; `make browser` does it)")
+
+FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+         "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic",
+         "--disable-dev-shm-usage", "--window-size=1100,760")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(pipe, model_dir):
+    """uvicorn serving the tiny model on a loopback port, in a thread."""
+    import uvicorn
+
+    from difforge.serve import ServeConfig, create_app
+
+    port = free_port()
+    srv = uvicorn.Server(uvicorn.Config(create_app(pipe, model_dir, ServeConfig(max_steps=100)), host="127.0.0.1",
+                                        port=port, log_level="warning"))
+    thread = threading.Thread(target=srv.run, daemon=True)
+    thread.start()
+    for _ in range(300):
+        if srv.started:
+            break
+        time.sleep(0.05)
+    assert srv.started, "uvicorn did not start"
+    yield f"http://127.0.0.1:{port}"
+    srv.should_exit = True
+    thread.join(10)
+
+
+@pytest.fixture(scope="module")
+def browser(tmp_path_factory):
+    pytest.importorskip("selenium")
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = CHROMIUM
+    for flag in FLAGS:
+        opts.add_argument(flag)
+    opts.add_argument(f"--user-data-dir={tmp_path_factory.mktemp('chromium-profile')}")
+    driver = webdriver.Chrome(service=Service(DRIVER), options=opts)
+    driver.set_page_load_timeout(30)
+    yield driver
+    driver.quit()
+
+
+def wait_state(driver, states, timeout=60.0) -> str:
+    """Wait until <body data-state> is one of `states`; fail with the page's status line."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        state = driver.execute_script("return document.body.dataset.state")
+        if state in states:
+            return state
+        time.sleep(0.05)
+    status = driver.execute_script("return document.getElementById('status').textContent")
+    raise AssertionError(f"page stuck in state {state!r}: {status}")
+
+
+PIXELS = """
+const c = document.getElementById(arguments[0]);
+return Array.from(c.getContext('2d').getImageData(0, 0, c.width, c.height).data);
+"""
+
+
+def test_page_generates_then_inpaints(server, browser, tmp_path):
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select
+
+    d = browser
+    d.get(server + "/")
+    wait_state(d, {"idle"})
+    assert "tiny" in d.find_element(By.ID, "model-name").text
+    assert d.find_element(By.ID, "image").get_attribute("width") == "8"  # the model's size, from /v1/model
+    Select(d.find_element(By.ID, "klass")).select_by_value("2")
+    Select(d.find_element(By.ID, "sampler")).select_by_value("ddim")
+    for field, value in (("steps", "6"), ("seed", "5"), ("cfg", "2")):
+        el = d.find_element(By.ID, field)
+        el.clear()
+        el.send_keys(value)
+    blank = d.execute_script(PIXELS, "image")
+    d.find_element(By.ID, "generate").click()
+    assert wait_state(d, {"done", "error"}) == "done", d.find_element(By.ID, "status").text
+    frames = int(d.find_element(By.ID, "image").get_attribute("data-frames"))
+    assert frames >= 2  # intermediate images were streamed and drawn
+    generated = d.execute_script(PIXELS, "image")
+    assert generated != blank and len(set(generated[0::4])) > 1  # an image appeared, not a flat canvas
+    assert "seed 5" in d.find_element(By.ID, "seed-used").text
+    link = d.find_element(By.ID, "download")
+    assert link.is_displayed() and link.get_attribute("href").startswith("data:image/png;base64,")
+
+    # draw a mask over the left half with the mouse
+    mask = d.find_element(By.ID, "mask")
+    w = mask.size["width"]
+    ActionChains(d).move_to_element_with_offset(mask, -w // 2 + 10, -w // 2 + 10).click_and_hold() \
+        .move_by_offset(w // 3, 0).move_by_offset(0, w // 2).move_by_offset(-w // 3, 0).release().perform()
+    painted = int(mask.get_attribute("data-pixels"))
+    assert painted > 0
+    inpaint = d.find_element(By.ID, "inpaint")
+    assert inpaint.is_enabled()
+    inpaint.click()
+    assert wait_state(d, {"done", "error"}) == "done", d.find_element(By.ID, "status").text
+    after = d.execute_script(PIXELS, "image")
+    m = d.execute_script(PIXELS, "mask")
+    masked = [i for i in range(0, len(m), 4) if m[i + 3] >= 128]
+    kept = [i for i in range(0, len(m), 4) if m[i + 3] == 0]
+    assert masked and kept
+    assert any(after[i] != generated[i] for i in masked)  # the masked part was filled anew
+    assert all(after[i] == generated[i] for i in kept)  # the rest kept exactly
+    d.save_screenshot(str(tmp_path / "page.png"))
+    assert (tmp_path / "page.png").stat().st_size > 0
