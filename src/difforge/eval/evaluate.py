@@ -47,6 +47,10 @@ class EvalConfig:
     kid_subsets: int = 100
     kid_subset_size: int = 1000
     batch_size: int = 100
+    bpd: int = 0  # test images to measure bits/dim on (eval/bpd.py); 0: skip
+    bpd_ode: bool = False  # also the probability-flow ODE likelihood (slower)
+    bpd_timesteps: int | None = 100  # VLB timesteps, stratified; None: all T - 1 (exact sum)
+    memorization: bool = True  # nearest-training-neighbour audit (eval/memorization.py)
 
 
 def class_balanced_labels(n: int, num_classes: int) -> torch.Tensor:
@@ -185,6 +189,8 @@ def evaluate(
         raise ValueError("give a run or model directory, or --npz FILE with --dataset/--data")
     if cfg.cfg_sweep and model_dir is None:
         raise ValueError("--cfg-sweep needs a model to sample from")
+    if cfg.bpd < 0 or (cfg.bpd and model_dir is None):
+        raise ValueError("--bpd N needs a model and N >= 0" if cfg.bpd else f"--bpd must be >= 0, got {cfg.bpd}")
     pipe = None
     if model_dir is not None:
         from difforge.pipeline import load_pipeline
@@ -260,6 +266,22 @@ def evaluate(
                 row["classifier_score"] = M.classifier_score(p)[0]
         sweep.append(row)
 
+    likelihood = None
+    if cfg.bpd:
+        from difforge.eval.bpd import test_set_bits_per_dim
+
+        likelihood = {"split": ref_split, **test_set_bits_per_dim(pipe, ref.images[: cfg.bpd], ode=cfg.bpd_ode,
+                                                                   timesteps=cfg.bpd_timesteps, seed=cfg.seed, log=log)}
+    memorization = None
+    if cfg.memorization:
+        from difforge.eval.memorization import memorization_audit
+
+        if log:
+            log("memorization audit: nearest training images")
+        by_clf = dict(extractors).get("classifier")
+        memorization = memorization_audit(images, bundle.train.images, ref.images[ref_sub], out=Path(out),
+                                          features=None if by_clf is None else (lambda im: by_clf(im)[0]))
+        memorization["heldout_split"] = ref_split
     report = {
         "format": REPORT_FORMAT,
         "version": 1,
@@ -281,6 +303,8 @@ def evaluate(
         "floor": floors,
         "per_class": per_class,
         "cfg_sweep": sweep,
+        "likelihood": likelihood,
+        "memorization": memorization,
         "seconds": None,
     }
     report["seconds"] = round(time.perf_counter() - t0, 1)

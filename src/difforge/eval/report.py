@@ -91,6 +91,7 @@ def _markdown(r: dict) -> str:
                          f"{_f(row['recall'], 1.0, 3)} | {_f(row['conditional_accuracy'], 1.0, 3)} | "
                          f"{_f(row['classifier_score'])} |" + (f" {_f(row['inception_fd'])} |" if extra else ""))
         lines += ["", "![metrics against the guidance scale](cfg_sweep.png)", ""]
+    lines += _likelihood_section(r.get("likelihood")) + _memorization_section(r.get("memorization"))
     p = r["protocol"]
     lines += ["## Samples", "", "![generated samples](samples.png)", "", "## Protocol", "",
               f"- FD: Frechet distance between Gaussians fitted to the features; reference: all {p['fd_reference']} "
@@ -105,6 +106,49 @@ def _markdown(r: dict) -> str:
               "score there are slightly optimistic.",
               f"- Took {r['seconds']:g} s.", ""]
     return "\n".join(lines)
+
+
+def _likelihood_section(lk: dict | None) -> list[str]:
+    if not lk:
+        return []
+    v = lk["vlb"]
+    lines = ["## Likelihood (bits/dim, lower is better)", "",
+             f"On the first **{lk['n']} {lk['split']} images**, {lk['conditioning']}. Each number is an upper bound "
+             f"on -log2 P(image) per dimension ({lk['dims']} dimensions; per native pixel: {lk['dims_native']}).", "",
+             "| estimator | bits/dim | ± sem | bits/dim (native pixels) | seconds |", "|---|---:|---:|---:|---:|"]
+    ts = "every timestep" if v["timesteps"] == "all" else f"{v['timesteps']} stratified timesteps"
+    for var, label in (("large", "beta_t"), ("small", "beta~_t")):
+        e = v[var]
+        lines.append(f"| VLB (Ho et al. 2020, Eq. 5), reverse variance {label}, {ts} | {_f(e['bpd'])} | "
+                     f"{_f(e['bpd_sem'], 1.0, 2)} | {_f(e['bpd_native'])} | {v['seconds']:g} |")
+    if lk.get("ode"):
+        o = lk["ode"]
+        lines.append(f"| probability-flow ODE, dequantized ({o['solver']}, {o['trace']}) | {_f(o['bpd'])} | "
+                     f"{_f(o['bpd_sem'], 1.0, 2)} | {_f(o['bpd_native'])} | {o['seconds']:g} |")
+    return lines + [""]
+
+
+def _memorization_section(mem: dict | None) -> list[str]:
+    if not mem:
+        return []
+    pix = mem["pixel"]
+    lines = ["## Memorization audit", "",
+             f"Distance from each of the {pix['n_generated']} generated images to its nearest training image, against "
+             f"the same for {pix['n_heldout']} held-out real images ({mem.get('heldout_split', 'held-out')} split, never "
+             f"trained on). A near-copy is closer than the {pix['quantile']:.0%} quantile of the held-out distances, so "
+             f"about {pix['quantile']:.0%} of fresh real images are 'near-copies' too: only an excess means copying.", "",
+             "| space | median distance, generated | median, held-out | near-copy threshold | near-copies | "
+             "held-out below it | ratio |", "|---|---:|---:|---:|---:|---:|---:|"]
+    for space in ("pixel", "classifier"):
+        if space in mem:
+            m = mem[space]
+            lines.append(f"| {space} ({m['distance']}) | {_f(m['median_generated'])} | {_f(m['median_heldout'])} | "
+                         f"{_f(m['threshold'])} | {m['near_copy_fraction']:.2%} | {m['heldout_fraction']:.2%} | "
+                         f"{_f(m['near_copy_ratio'], 1.0, 3)} |")
+    if mem.get("pairs_png"):
+        lines += ["", f"Closest generated images (left of each pair) and their nearest training images (pixel space):",
+                  "", f"![closest generated/training pairs]({mem['pairs_png']})"]
+    return lines + [""]
 
 
 def write_report(report: dict, out: Path, images: torch.Tensor, labels: torch.Tensor | None) -> Path:

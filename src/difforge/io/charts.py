@@ -132,3 +132,74 @@ def line_panels(
     path.parent.mkdir(parents=True, exist_ok=True)
     img.save(path)
     return path
+
+
+def xy_panels(
+    panels: Sequence[tuple[str, dict[str, tuple[Sequence[float], Sequence[float]]]]], path: str | Path,
+    xlabel: str = "", log_y: Sequence[bool] | None = None, note: str = "",
+) -> Path:
+    """Side-by-side line charts, each series with its own x: panels are (title,
+    {series name: (xs, ys)}); a series with one point and x None is a dashed horizontal
+    line (e.g. a floor). `log_y[p]`: log10 scale for panel p (ticks show the values).
+    A panel with no data says so."""
+    import math
+
+    font = _font()
+    pw, ph = 340, 280
+    img = Image.new("RGB", (pw * len(panels) + 20, ph + 70 + (18 if note else 0)), WHITE)
+    draw = ImageDraw.Draw(img)
+    names: list[str] = []
+    for p, (title, series) in enumerate(panels):
+        box = (p * pw + 70, 40, p * pw + pw - 10, ph)
+        logy = bool(log_y and log_y[p])
+        ty = (lambda v: math.log10(v)) if logy else (lambda v: v)
+        pts_all = [(x, ty(y)) for xs, ys in series.values() for x, y in zip(xs, ys)
+                   if y is not None and (not logy or y > 0)]
+        draw.text(((box[0] + box[2]) // 2, 20), title, fill=BLACK, font=_font(15), anchor="mm")
+        if not pts_all:
+            draw.rectangle(box, outline=BLACK)
+            draw.text(((box[0] + box[2]) // 2, (box[1] + box[3]) // 2), "no data", fill=BLACK, font=font, anchor="mm")
+            continue
+        xs_all = [x for x, _ in pts_all if x is not None]
+        xlo, xhi = (min(xs_all), max(xs_all)) if xs_all else (0.0, 1.0)
+        if xhi <= xlo:
+            xlo, xhi = xlo - 1, xhi + 1
+        lo, hi = _range([y for _, y in pts_all], zero=False)
+        lo -= 0.05 * (hi - lo)
+        for i in range(5):  # grid lines, labelled in data units
+            v = lo + (hi - lo) * i / 4
+            y = box[3] - (box[3] - box[1]) * i / 4
+            draw.line([(box[0], y), (box[2], y)], fill=GREY)
+            draw.text((box[0] - 6, y), _fmt(10**v if logy else v), fill=BLACK, font=font, anchor="rm")
+        draw.rectangle(box, outline=BLACK)
+
+        def px(xv: float, yv: float) -> tuple[float, float]:
+            return (box[0] + (box[2] - box[0]) * ((xv - xlo) / (xhi - xlo) * 0.9 + 0.05),
+                    box[3] - (box[3] - box[1]) * (yv - lo) / (hi - lo))
+
+        for name, (xs, ys) in series.items():
+            if name not in names:
+                names.append(name)
+            colour = COLOURS[names.index(name) % len(COLOURS)]
+            pts = [px(x, ty(y)) for x, y in zip(xs, ys) if y is not None and x is not None and (not logy or y > 0)]
+            if len(xs) == 1 and xs[0] is None and ys[0] is not None:  # a constant reference line, dashed
+                y = px(xlo, ty(ys[0]))[1]
+                for s in range(int(box[0]), int(box[2]), 10):
+                    draw.line([(s, y), (min(s + 5, box[2]), y)], fill=colour, width=2)
+                continue
+            if len(pts) > 1:
+                draw.line(pts, fill=colour, width=2)
+            if len(pts) <= 60:
+                for a, b in pts:
+                    draw.ellipse([a - 3, b - 3, a + 3, b + 3], fill=colour)
+        for i in range(3):
+            xv = xlo + (xhi - xlo) * i / 2
+            draw.text((px(xv, lo)[0], box[3] + 6), f"{xv:.4g}", fill=BLACK, font=font, anchor="mt")
+        draw.text(((box[0] + box[2]) // 2, box[3] + 24), xlabel, fill=BLACK, font=font, anchor="mt")
+    _legend(draw, names, 80, ph + 44, font)
+    if note:
+        draw.text((80, ph + 66), note, fill=BLACK, font=font, anchor="lt")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    img.save(path)
+    return path
