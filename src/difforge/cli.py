@@ -61,11 +61,14 @@ def cli() -> None:
 @click.option("--device", help="auto, cpu, cuda or cuda:N. [default: auto]")
 @click.option("--wandb", is_flag=True, default=None, help="Log to Weights & Biases (offline without WANDB_API_KEY).")
 @click.option("--tensorboard", is_flag=True, default=None, help="Log to TensorBoard under RUN_DIR/tensorboard.")
+@click.option("--eval-every", type=int, help="Steps between FD/KID evaluations of the EMA weights (domain classifier "
+              "features), logged to metrics.jsonl, W&B and TensorBoard; 0: off. [default: 0]")
+@click.option("--eval-samples", type=int, help="Images generated per in-training evaluation. [default: 500]")
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its newest valid checkpoint.")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
 def train(config_file, dataset, data_path, out, preset, max_steps, epochs, batch_size, lr, lr_schedule,
           schedule, precision, conditional, image_size, checkpoint_every, sample_every, ema_decay,
-          ema_warmup, seed, device, wandb, tensorboard, resume, no_progress) -> None:
+          ema_warmup, seed, device, wandb, tensorboard, eval_every, eval_samples, resume, no_progress) -> None:
     """Train a diffusion model (DDPM) and write a run directory.
 
     The run directory holds config.yaml, model.json, metrics.jsonl, samples/ and
@@ -92,6 +95,7 @@ def train(config_file, dataset, data_path, out, preset, max_steps, epochs, batch
         ("train", "sample_every"): sample_every, ("train", "ema_decay"): ema_decay,
         ("train", "ema_warmup"): ema_warmup, ("train", "seed"): seed, ("train", "device"): device,
         ("train", "wandb"): wandb, ("train", "tensorboard"): tensorboard,
+        ("train", "eval_every"): eval_every, ("train", "eval_samples"): eval_samples,
     }
     for (section, key), value in put.items():
         if value is not None:
@@ -316,10 +320,17 @@ def _float_list(text: str) -> tuple[float, ...]:
               "inception-2015-12-05.pt) for the standard FID; never downloaded. [default: "
               "$DIFFORGE_CACHE/inception-2015-12-05.pt when present]")
 @click.option("--k", "k", type=int, default=3, show_default=True, help="Neighbours for precision/recall radii.")
+@click.option("--bpd", type=int, default=0, show_default=True, help="Bits/dim on this many test images: the DDPM "
+              "variational bound (Ho et al. 2020); 0: skip.")
+@click.option("--bpd-ode", is_flag=True, help="With --bpd, also the exact likelihood of the probability-flow ODE (slower).")
+@click.option("--bpd-timesteps", type=int, default=100, show_default=True, help="VLB timesteps per image, stratified "
+              "(an unbiased estimate of the sum); 0: all of them (exact sum, T network calls per image).")
+@click.option("--memorization/--no-memorization", default=True, show_default=True, help="Nearest-training-image "
+              "audit of the samples against held-out real images.")
 @click.option("--device", default="auto", show_default=True)
 @click.option("--no-progress", is_flag=True, help="No progress bars.")
 def evaluate(model_dir, out, n, npz, cfg, cfg_sweep, sampler, steps, grid, eta, seed, ema, dataset, data_path,
-             classifier_path, inception, k, device, no_progress) -> None:
+             classifier_path, inception, k, bpd, bpd_ode, bpd_timesteps, memorization, device, no_progress) -> None:
     """Measure a model: FD, KID, precision/recall, classifier score, conditional accuracy,
     per-class FD, each next to its real-vs-real floor at the same N.
 
@@ -342,7 +353,12 @@ def evaluate(model_dir, out, n, npz, cfg, cfg_sweep, sampler, steps, grid, eta, 
             raise ValueError(f"--k must be >= 1, got {k}")
         sweep = _float_list(cfg_sweep) if cfg_sweep is not None else ()
         ecfg = EvalConfig(n=n, sampler=sampler, steps=steps, grid=grid, cfg=cfg, eta=eta, seed=seed, ema=ema,
-                          cfg_sweep=sweep, k=k)
+                          cfg_sweep=sweep, k=k, bpd=bpd, bpd_ode=bpd_ode, memorization=memorization,
+                          bpd_timesteps=bpd_timesteps or None)
+        if bpd_timesteps < 0:
+            raise ValueError(f"--bpd-timesteps must be >= 0, got {bpd_timesteps}")
+        if bpd_ode and not bpd:
+            raise ValueError("--bpd-ode needs --bpd N (the number of test images)")
         report = run_eval(model_dir, out, ecfg, data=_data_config(dataset, data_path), npz=npz,
                           classifier=classifier_path, inception=inception, device=resolve_device(device),
                           progress=not no_progress, log=click.echo)
@@ -355,6 +371,15 @@ def evaluate(model_dir, out, n, npz, cfg, cfg_sweep, sampler, steps, grid, eta, 
                    + (f", accuracy {m['conditional_accuracy']:.3f}" if "conditional_accuracy" in m else ""))
     if report["inception"]["status"] != "computed":
         click.echo(f"inception: {report['inception']['status']}")
+    if report.get("likelihood"):
+        lk = report["likelihood"]
+        click.echo(f"bits/dim on {lk['n']} {lk['split']} images: VLB {lk['vlb']['large']['bpd']:.4g}"
+                   + (f", ODE {lk['ode']['bpd']:.4g}" if lk.get("ode") else ""))
+    if report.get("memorization"):
+        m = report["memorization"]["pixel"]
+        click.echo(f"memorization (pixels): {m['near_copy_fraction']:.2%} near-copies (held-out real: "
+                   f"{m['heldout_fraction']:.2%}); median nearest-training distance {m['median_generated']:.4g} "
+                   f"(held-out {m['median_heldout']:.4g})")
     click.echo(f"wrote {Path(out) / 'report.md'} and report.json (N = {report['n']})")
 
 
@@ -520,6 +545,27 @@ def serve(model_dir, host, port, token, max_n, max_steps, max_batch, queue_size,
                    log=click.echo)
     except (ValueError, FileNotFoundError, ImportError, OSError) as e:
         _fail(e)
+
+
+# ---------------------------------------------------------------- report
+@cli.command()
+@click.argument("run_dir", type=click.Path())
+@click.option("--out", help="Directory for training.png, training.md and training.json. [default: RUN_DIR/report]")
+def report(run_dir, out) -> None:
+    """Plot a run's loss (train/val), learning rate and in-training FD into one PNG, with a
+    markdown summary of the train/validation loss gap per epoch."""
+    try:
+        from difforge.eval.training_report import write_run_report
+
+        summary = write_run_report(run_dir, out)
+    except (ValueError, FileNotFoundError) as e:
+        _fail(e)
+    where = Path(out) if out else Path(run_dir) / "report"
+    gap = summary["loss_gap"]
+    if gap and gap[-1]["gap"] is not None:
+        click.echo(f"last epoch: train loss {gap[-1]['train_loss']:.4g}, val loss {gap[-1]['val_loss']:.4g} "
+                   f"(gap {gap[-1]['gap']:+.3g})")
+    click.echo(f"wrote {where / 'training.png'} and {where / 'training.md'}")
 
 
 def main(argv: list[str] | None = None) -> None:

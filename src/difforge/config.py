@@ -70,6 +70,8 @@ class TrainConfig:
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     wandb: bool = False
     tensorboard: bool = False
+    eval_every: int = 0  # steps between FD/KID evaluations of the EMA weights (eval/during_training.py); 0: off
+    eval_samples: int = 500  # images generated per in-training evaluation
 
 
 @dataclass(frozen=True)
@@ -190,6 +192,8 @@ def validate(cfg: RunConfig) -> RunConfig:
     need(0 <= t.ema_decay < 1, f"train.ema_decay must be in [0, 1), got {t.ema_decay}")
     need(t.ema_warmup >= 0, f"train.ema_warmup must be >= 0, got {t.ema_warmup}")
     need(t.grad_clip >= 0, f"train.grad_clip must be >= 0, got {t.grad_clip}")
+    need(t.eval_every >= 0, f"train.eval_every must be >= 0, got {t.eval_every}")
+    need(t.eval_samples >= 2, f"train.eval_samples must be >= 2, got {t.eval_samples}")
     for k in ("log_every", "sample_every", "checkpoint_every"):
         need(getattr(t, k) >= 0, f"train.{k} must be >= 0, got {getattr(t, k)}")
     need(t.keep_checkpoints >= 1, f"train.keep_checkpoints must be >= 1, got {t.keep_checkpoints}")

@@ -255,6 +255,11 @@ def _train(
         logger = MetricsLogger(run_dir, config_to_dict(cfg), wandb=t.wandb, tensorboard=t.tensorboard)
     else:
         logger = NullLogger()
+    in_training_eval = None  # FD/KID of the EMA weights every eval_every steps, on rank 0
+    if t.eval_every and world.main:
+        from difforge.eval.during_training import InTrainingEval
+
+        in_training_eval = InTrainingEval(cfg.data, bundle, info, schedule, device, n=t.eval_samples, seed=t.seed, log=say)
 
     def checkpoint() -> Path:
         """Every rank calls this (their RNG streams are gathered); rank 0 writes."""
@@ -408,6 +413,8 @@ def _train(
                     run_validation()
                 if t.sample_every and step % t.sample_every == 0 and step < total:
                     sample_grids(f"step-{step:07d}")
+                if in_training_eval is not None and (step % t.eval_every == 0 or step == total):
+                    logger.log(step, in_training_eval(ema.shadow))
                 if t.checkpoint_every and step % t.checkpoint_every == 0 and step < total:
                     checkpoint()
                 if signalled if world.distributed else stop.signum is not None:
