@@ -193,6 +193,7 @@ class Pipeline:
 
 def load_pipeline(path: str | Path, ema: bool = True, device: str | torch.device = "cpu") -> Pipeline:
     """Load a run directory (its newest valid checkpoint) or an exported model directory."""
+    from safetensors import SafetensorError
     from safetensors.torch import load_file
 
     path = Path(path)
@@ -218,7 +219,7 @@ def load_pipeline(path: str | Path, ema: bool = True, device: str | torch.device
     try:
         net = build_model(m["preset"], in_channels=m["in_channels"], num_classes=m["num_classes"])
         net.load_state_dict(load_file(weights))
-    except (RuntimeError, OSError, ValueError) as e:
+    except (RuntimeError, OSError, ValueError, SafetensorError) as e:  # SafetensorError: a corrupt file
         raise ModelLoadError(f"cannot load weights {weights}: {str(e).splitlines()[0]}") from None
     d = info["diffusion"]
     schedule = make_schedule(d["schedule"], d["timesteps"], d["beta_start"], d["beta_end"])
