@@ -4,8 +4,9 @@
 After every sampler step to level sigma, the low frequencies of x are replaced by those
 of the reference noised to the same level: x <- x - P(x) + P(y_up + sigma * z), where
 P = U D is a low-pass projection (D: mean over `scale` x `scale` blocks, U: repeat each
-value over its block, so D U = I and P P = P). At sigma = 0 this makes D(x) equal the
-low-resolution input exactly, while the model fills in the high frequencies.
+value over its block, so D U = I and P P = P). At sigma = 0 the image is made consistent:
+clamped to [-1, 1] with one offset per block chosen so that D(x) equals the low-resolution
+input (`fit_block_means`), while the model has filled in the high frequencies.
 """
 
 from __future__ import annotations
@@ -33,6 +34,18 @@ def upsample(x: torch.Tensor, scale: int) -> torch.Tensor:
 def low_pass(x: torch.Tensor, scale: int) -> torch.Tensor:
     """P = U D, ILVR's phi_N with N = scale."""
     return upsample(downsample(x, scale), scale)
+
+
+def fit_block_means(x: torch.Tensor, low: torch.Tensor, scale: int, iters: int = 40) -> torch.Tensor:
+    """clamp(x + c, -1, 1) with one offset c per block, found by bisection, so that the block
+    means equal `low` (in [-1, 1]): the image stays in range and consistent with the input."""
+    lo = torch.full_like(low, -2.0)
+    hi = torch.full_like(low, 2.0)
+    for _ in range(iters):  # mean(clamp(x + c)) is non-decreasing in c
+        c = (lo + hi) / 2
+        too_high = downsample((x + upsample(c, scale)).clamp(-1, 1), scale) > low
+        hi, lo = torch.where(too_high, c, hi), torch.where(too_high, lo, c)
+    return (x + upsample((lo + hi) / 2, scale)).clamp(-1, 1)
 
 
 def check_low_res(pipe, low: torch.Tensor, scale: int) -> torch.Tensor:
@@ -65,6 +78,7 @@ def superres_ilvr(
     native size with ILVR. `sampler` (default ddpm) runs `steps` (default 50) steps; image
     i uses seed + i. Returns (N, C, size, size) whose block means equal `low`."""
     ref = check_low_res(pipe, low, scale)
+    low = downsample(ref, scale).to(pipe.device)  # == low, as float
     check_labels(pipe, labels, len(ref))
     sampler = sampler or "ddpm"
     den, sample_fn, cond = setup(pipe, len(ref), labels, cfg, sampler, options)
@@ -75,7 +89,10 @@ def superres_ilvr(
     def keep_low(x: torch.Tensor, _i: int, sigma: torch.Tensor) -> torch.Tensor:
         s = float(sigma)
         view = native_view(pipe, x)
-        target = ref if s == 0 else ref + s * randn_like(ref, gens)
+        if s == 0:  # the end: in range and exactly consistent with the input
+            view.copy_(fit_block_means(view, low, scale))
+            return x
+        target = ref + s * randn_like(ref, gens)
         view += low_pass(target, scale) - low_pass(view, scale)
         return x
 

@@ -1,0 +1,57 @@
+"""Tiny pipelines for the task tests: an untrained `tiny` UNet, and a closed-form one."""
+
+import pytest
+import torch
+from torch import nn
+
+from difforge.diffusion import make_schedule
+from difforge.models import build_model
+from difforge.pipeline import Pipeline
+
+
+def info(size=8, native=8, channels=1, num_classes=None):
+    return {"model": {"num_classes": num_classes}, "image_size": size, "native_size": native, "channels": channels}
+
+
+@pytest.fixture(scope="session")
+def tiny_pipe():
+    torch.manual_seed(0)
+    net = build_model("tiny", in_channels=1, num_classes=None).eval()
+    return Pipeline(net, make_schedule("linear", 1000), info())
+
+
+@pytest.fixture(scope="session")
+def tiny_cond_pipe():
+    torch.manual_seed(1)
+    net = build_model("tiny", in_channels=1, num_classes=3).eval()
+    return Pipeline(net, make_schedule("linear", 1000), info(num_classes=3))
+
+
+@pytest.fixture(scope="session")
+def padded_pipe():
+    """Native 7x7 images padded to the model's 8x8 (one pixel right and bottom)."""
+    torch.manual_seed(2)
+    net = build_model("tiny", in_channels=1, num_classes=None).eval()
+    return Pipeline(net, make_schedule("linear", 1000), info(size=8, native=7))
+
+
+class GaussianEps(nn.Module):
+    """The exact eps-prediction for data x0 ~ N(0, sd^2) per pixel: with x = x0 + sigma n,
+    D(x, sigma) = x sd^2 / (sigma^2 + sd^2), so eps = x sigma / (sigma^2 + sd^2)."""
+
+    num_classes = None
+
+    def __init__(self, schedule, sd: float):
+        super().__init__()
+        self.schedule, self.sd = schedule, sd
+
+    def forward(self, x_vp, t, cond=None):
+        sigma = self.schedule.t_to_sigma(t.double()).view(-1, 1, 1, 1)
+        x = x_vp.double() * (1 + sigma**2).sqrt()
+        return (x * sigma / (sigma**2 + self.sd**2)).to(x_vp.dtype)
+
+
+@pytest.fixture(scope="session")
+def gaussian_pipe():
+    sched = make_schedule("linear", 1000)
+    return Pipeline(GaussianEps(sched, 0.3), sched, info())
