@@ -56,3 +56,9 @@ def make_client(pipe, model_dir, **limits):
 def client(pipe, model_dir):
     with make_client(pipe, model_dir, max_n=8, max_steps=50, max_body_bytes=64 * 1024) as c:
         yield c
+
+
+@pytest.fixture(scope="session")
+def serve_helpers():
+    """The helpers above, for tests that build their own model or client."""
+    return {"size": SIZE, "make_client": make_client, "make_model_dir": make_model_dir}

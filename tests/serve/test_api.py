@@ -13,7 +13,17 @@ import pytest
 import torch
 from PIL import Image
 
-from tests.serve.conftest import SIZE, make_client, make_model_dir
+SIZE = 8  # the conftest model's size
+
+
+@pytest.fixture()
+def make_client(serve_helpers):
+    return serve_helpers["make_client"]
+
+
+@pytest.fixture()
+def make_model_dir(serve_helpers):
+    return serve_helpers["make_model_dir"]
 
 
 def png_array(b64_or_bytes) -> np.ndarray:
@@ -150,7 +160,7 @@ def test_model_describes_the_model(client):
     assert m["parameters"] > 1000 and "ddim" in m["samplers"] and m["limits"]["max_n"] == 8
 
 
-def test_model_reports_recorded_metrics(tmp_path, pipe):
+def test_model_reports_recorded_metrics(tmp_path, pipe, make_client, make_model_dir):
     d = make_model_dir(tmp_path / "m")
     (d / "metrics.jsonl").write_text('{"step": 5, "loss": 0.5}\n{"step": 10, "loss": 0.25}\n{"step": 10, "val_loss": 0.3}\n{"tru')
     (d / "eval").mkdir()
@@ -161,7 +171,7 @@ def test_model_reports_recorded_metrics(tmp_path, pipe):
     assert m["evaluation"] == {"n": 100, "classifier": {"fd": 4.5, "kid": 0.1}}
 
 
-def test_health_and_readiness(client, pipe, model_dir):
+def test_health_and_readiness(client, pipe, model_dir, make_client):
     assert client.get("/healthz").json() == {"status": "ok"}
     r = client.get("/readyz")
     assert r.status_code == 200 and r.json()["ready"] is True
@@ -171,7 +181,7 @@ def test_health_and_readiness(client, pipe, model_dir):
                                                  "queue_size": 32, "running_images": 0}
 
 
-def test_metrics_count_requests_images_and_steps(pipe, model_dir):
+def test_metrics_count_requests_images_and_steps(pipe, model_dir, make_client):
     with make_client(pipe, model_dir) as c:
         generate(c, n=3, steps=4, seed=0)
         c.post("/v1/generate", json={"n": 0})
