@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 FMNIST := /usr/share/datasets/fashion-mnist
 RUN := runs/quickstart
 
-.PHONY: run test install data bench clean-venv
+.PHONY: run test install data browser bench clean-venv
 
 install: $(VENV)/.installed
 
@@ -24,6 +24,15 @@ data:
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq dataset-fashion-mnist; \
 	else echo "apt-get not found: put the four Fashion-MNIST idx files in a folder and pass --data PATH"; fi
+
+# Chromium + chromedriver from Debian, for the web page's browser test (tests/serve), when apt is available.
+browser:
+	@if command -v chromium >/dev/null 2>&1 && command -v chromedriver >/dev/null 2>&1; then \
+	  echo "Chromium: $$(command -v chromium)"; \
+	elif command -v apt-get >/dev/null 2>&1; then \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq chromium chromium-driver; \
+	else echo "apt-get not found: install chromium and chromedriver to run the browser test"; fi
 
 # Trains the default model (about 10 minutes on a 2-core CPU) and writes
 # $(RUN)/samples/final.png, one row per class. Run again to resume or redo the samples.

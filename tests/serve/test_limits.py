@@ -180,7 +180,7 @@ def test_health_answers_while_the_device_is_busy(pipe, model_dir, serve_helpers)
     with serve_helpers["make_client"](pipe, model_dir, max_steps=1000, max_n=16) as c:
         engine = c.app.state.engine
         done = {}
-        t = threading.Thread(target=lambda: done.update(r=c.post("/v1/generate", json={"n": 16, "steps": 400})))
+        t = threading.Thread(target=lambda: done.update(r=c.post("/v1/generate", json={"n": 16, "steps": 150})))
         t.start()
         while engine.running == 0 and t.is_alive():
             time.sleep(0.005)
