@@ -41,7 +41,7 @@ def cli() -> None:
 @cli.command()
 @click.option("--config", "config_file", type=click.Path(dir_okay=False), help="YAML config; CLI options override it.")
 @click.option("--dataset", type=click.Choice(["fashion-mnist", "digits"]), help="Built-in dataset. [default: fashion-mnist]")
-@click.option("--data", "data_path", type=click.Path(), help="Image folder (sub-folders = classes; flat = unconditional), or a folder of Fashion-MNIST idx files.")
+@click.option("--data", "data_path", type=click.Path(), help="Image folder (sub-folders = classes; flat = unconditional), a folder of Fashion-MNIST idx files, or a `difforge prepare` store.")
 @click.option("--out", help="Run directory. [default: runs/default]")
 @click.option("--model", "preset", help="Model preset: unet (default), unet-seed (the article's), tiny, ...")
 @click.option("--max-steps", type=int, help="Stop after this many optimiser steps (wins over --epochs).")
@@ -86,7 +86,7 @@ def train(config_file, dataset, data_path, out, preset, max_steps, epochs, batch
             _fail(FileNotFoundError(f"--data {data_path}: no such file or directory"))
         overrides["data"]["path"] = str(data_path)
         if dataset is None:
-            overrides["data"]["dataset"] = "fashion-mnist" if _is_idx_folder(Path(data_path)) else "folder"
+            overrides["data"]["dataset"] = _guess_dataset(Path(data_path))
     put = {
         ("data", "image_size"): image_size, ("model", "preset"): preset, ("model", "conditional"): conditional,
         ("diffusion", "schedule"): schedule, ("train", "max_steps"): max_steps, ("train", "epochs"): epochs,
@@ -121,6 +121,13 @@ def train(config_file, dataset, data_path, out, preset, max_steps, epochs, batch
 
 def _is_idx_folder(path: Path) -> bool:
     return path.is_dir() and any(p.name.startswith("train-images-idx3-ubyte") for p in path.iterdir())
+
+
+def _guess_dataset(path: Path) -> str:
+    """The dataset kind of a --data path: a prepared store, an idx folder, or an image folder."""
+    from difforge.data.store import is_store
+
+    return "prepared" if is_store(path) else "fashion-mnist" if _is_idx_folder(path) else "folder"
 
 
 # ---------------------------------------------------------------- sample
@@ -242,7 +249,7 @@ def _data_config(dataset, data_path):
         if not Path(data_path).exists():
             raise FileNotFoundError(f"--data {data_path}: no such file or directory")
         if dataset is None:
-            dataset = "fashion-mnist" if _is_idx_folder(Path(data_path)) else "folder"
+            dataset = _guess_dataset(Path(data_path))
         return DataConfig(dataset=dataset, path=str(data_path))
     return DataConfig(dataset=dataset) if dataset is not None else None
 
@@ -566,6 +573,99 @@ def report(run_dir, out) -> None:
         click.echo(f"last epoch: train loss {gap[-1]['train_loss']:.4g}, val loss {gap[-1]['val_loss']:.4g} "
                    f"(gap {gap[-1]['gap']:+.3g})")
     click.echo(f"wrote {where / 'training.png'} and {where / 'training.md'}")
+
+
+# ---------------------------------------------------------------- prepare / inspect
+def _prepare_options(f):
+    """The options `prepare` and `inspect SOURCE` share (how a source is cleaned and split)."""
+    options = [
+        click.option("--size", type=int, help="Square side of the stored images (center-crop, Lanczos resize). "
+                     "[default: median shorter side, at most 64]"),
+        click.option("--channels", type=click.Choice(["1", "3"]), help="1 grayscale or 3 RGB. "
+                     "[default: 1 when every image is grayscale]"),
+        click.option("--val", "val_fraction", type=float, default=0.1, show_default=True, help="Validation fraction."),
+        click.option("--test", "test_fraction", type=float, default=0.1, show_default=True, help="Test fraction."),
+        click.option("--split-seed", type=int, default=0, show_default=True, help="Seed of the hash split."),
+        click.option("--near", "near_distance", type=int, default=4, show_default=True,
+                     help="Near duplicates: perceptual hashes at most this many bits apart (of 64)..."),
+        click.option("--near-mae", type=float, default=4.0, show_default=True,
+                     help="...and mean-centred 32x32 thumbnails differing by at most this (gray levels) on average."),
+        click.option("--outlier-z", type=float, default=8.0, show_default=True,
+                     help="Flag images whose distance to their class's mean thumbnail has a robust z above this."),
+        click.option("--max-aspect", type=float, default=3.0, show_default=True, help="Flag longer/shorter side above this."),
+        click.option("--min-side", type=int, help="Flag images whose shorter side is below this. [default: size / 2]"),
+        click.option("--drop-outliers", is_flag=True, help="Remove flagged outliers instead of only reporting them."),
+        click.option("--workers", type=int, default=0, show_default=True,
+                     help="Decoding processes (0: one per core for 5000+ images)."),
+    ]
+    for option in reversed(options):
+        f = option(f)
+    return f
+
+
+def _prepare_config(kw: dict):
+    from difforge.data.prepare import PrepareConfig
+
+    channels = kw.pop("channels")
+    return PrepareConfig(channels=None if channels is None else int(channels), **kw)
+
+
+@cli.command()
+@click.argument("source", type=click.Path())
+@click.argument("out_dir", type=click.Path())
+@_prepare_options
+@click.option("--overwrite", is_flag=True, help="Replace OUT_DIR when it already holds a prepared store.")
+@click.option("--no-progress", is_flag=True, help="No progress bar.")
+def prepare(source, out_dir, overwrite, no_progress, **kw) -> None:
+    """Clean, resize and split SOURCE into a store that `train --data OUT_DIR` reads.
+
+    SOURCE is an image folder (sub-folders = classes, or flat), a .zip of images, a
+    folder of idx files, or a .csv/.jsonl manifest with path and label columns. Unusable
+    files are quarantined, exact duplicates removed, near duplicates and outliers
+    reported; `difforge inspect OUT_DIR` shows all of it.
+    """
+    import time
+
+    from difforge.data.prepare import prepare_store
+
+    start = time.perf_counter()
+    try:
+        path, result = prepare_store(source, out_dir, _prepare_config(kw), overwrite=overwrite,
+                                     progress=not no_progress, log=click.echo)
+    except (ValueError, FileNotFoundError, FileExistsError) as e:
+        _fail(e)
+    r = result.report
+    counts = ", ".join(f"{k} {len(v)}" for k, v in result.arrays.items())
+    click.echo(f"kept {r['kept']} of {r['candidates']} files ({counts}); quarantined {len(r['quarantined'])}, "
+               f"duplicates removed {len(r['duplicates'])}, near-duplicate pairs "
+               f"{r['near_duplicates']['pairs_found']} ({r['near_duplicates']['pairs_across_splits']} across splits), "
+               f"outliers {len(r['outliers'])}")
+    click.echo(f"wrote {path} in {time.perf_counter() - start:.1f} s; details: difforge inspect {path}")
+
+
+@cli.command()
+@click.argument("target", type=click.Path())
+@click.option("--sheets", type=click.Path(file_okay=False), help="Folder for the contact sheets. "
+              "[default: STORE/contact_sheets, or ./NAME-contact-sheets for a source]")
+@click.option("--verify", is_flag=True, help="Also check the store's arrays against their SHA-256 in the manifest.")
+@_prepare_options
+@click.option("--no-progress", is_flag=True, help="No progress bar.")
+def inspect(target, sheets, verify, no_progress, **kw) -> None:
+    """Report on a prepared store, or on a source (prepared in memory, nothing stored):
+    counts per class and split, sizes and colours, removals and flags with reasons, and a
+    contact-sheet PNG per class. Cleaning options apply to a source only."""
+    from difforge.data.inspect import inspect as run_inspect
+
+    try:
+        if not Path(target).exists():
+            raise FileNotFoundError(f"{target}: no such file or directory")
+        lines, sheets_written = run_inspect(target, sheets, _prepare_config(kw), verify=verify,
+                                            progress=not no_progress, log=click.echo)
+    except (ValueError, FileNotFoundError) as e:
+        _fail(e)
+    click.echo("\n".join(lines))
+    if sheets_written:
+        click.echo(f"contact sheets: {len(sheets_written)} PNG(s) in {sheets_written[0].parent}")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, get_type_hints
 
-DATASETS = ("fashion-mnist", "digits", "folder")
+DATASETS = ("fashion-mnist", "digits", "folder", "prepared")
 PRECISIONS = ("fp32", "bf16", "fp16")
 LR_SCHEDULES = ("onecycle", "cosine", "constant")
 
@@ -20,7 +20,7 @@ LR_SCHEDULES = ("onecycle", "cosine", "constant")
 class DataConfig:
     """Where images come from and how they are shaped for the model."""
 
-    dataset: str = "fashion-mnist"  # fashion-mnist | digits | folder
+    dataset: str = "fashion-mnist"  # fashion-mnist | digits | folder | prepared (a `difforge prepare` store)
     path: str | None = None  # idx folder for fashion-mnist; image folder for `folder`
     image_size: int | None = None  # model input size; None: native size rounded up
     channels: int | None = None  # 1 or 3 for image folders; None: as the data has it
@@ -175,6 +175,7 @@ def validate(cfg: RunConfig) -> RunConfig:
 
     need(d.dataset in DATASETS, f"unknown dataset {d.dataset!r}; expected one of {sorted(DATASETS)}")
     need(d.dataset != "folder" or d.path is not None, "dataset 'folder' needs a path (--data PATH)")
+    need(d.dataset != "prepared" or d.path is not None, "dataset 'prepared' needs a path (--data STORE_DIR)")
     need(d.channels in (None, 1, 3), f"data.channels must be 1 or 3, got {d.channels}")
     need(d.image_size is None or d.image_size >= 4, f"data.image_size must be >= 4, got {d.image_size}")
     need(0 <= d.val_fraction < 1, f"data.val_fraction must be in [0, 1), got {d.val_fraction}")

@@ -194,6 +194,8 @@ def load_dataset(cfg: DataConfig) -> DatasetBundle:
     digits: train/val from all 1797 images; test None (too few to spare; val is held out).
     folder: train/val from the images under `cfg.path`; test None; `cfg.image_size`,
       when given, is the load size, else see `load_image_folder`.
+    prepared: the splits of the `difforge prepare` store at `cfg.path`, memory-mapped:
+      train, val and test as stored (`cfg.val_fraction` and `split_seed` do not apply).
     `cfg.channels` = 3 on a grayscale set repeats the channel. Labels are always kept.
     """
     from difforge.data.digits import load_digits
@@ -202,6 +204,8 @@ def load_dataset(cfg: DataConfig) -> DatasetBundle:
 
     skipped: list[tuple[str, str]] = []
     test = None
+    if cfg.dataset == "prepared":
+        return _load_prepared(cfg)
     if cfg.dataset == "fashion-mnist":
         full, test = load_fashion_mnist(cfg.path)
     elif cfg.dataset == "digits":
@@ -226,4 +230,28 @@ def load_dataset(cfg: DataConfig) -> DatasetBundle:
         channels=train.channels,
         class_names=train.class_names,
         skipped=skipped,
+    )
+
+
+def _load_prepared(cfg: DataConfig) -> DatasetBundle:
+    """A `difforge prepare` store: its own train / val / test splits, memory-mapped."""
+    from difforge.data.store import load_store
+
+    if cfg.path is None:
+        raise ValueError("dataset 'prepared' needs a path (--data STORE_DIR)")
+    manifest, splits = load_store(cfg.path)
+    train = splits.get("train")
+    if train is None:
+        raise ValueError(f"prepared store {cfg.path} has no training images")
+    val, test = splits.get("val"), splits.get("test")
+    train = _with_channels(train, cfg.channels)
+    val = None if val is None else _with_channels(val, cfg.channels)
+    test = None if test is None else _with_channels(test, cfg.channels)
+    return DatasetBundle(
+        train=train,
+        val=val,
+        test=test,
+        native_size=train.size,
+        channels=train.channels,
+        class_names=train.class_names,
     )

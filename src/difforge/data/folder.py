@@ -32,6 +32,7 @@ import os
 import statistics
 import warnings
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import torch
@@ -72,8 +73,9 @@ def _scan(root: Path) -> tuple[list[tuple[Path, str | None]], Skipped]:
     return files, others
 
 
-def _open(path: Path, max_pixels: int) -> Image.Image:
-    """Image.open with the decompression-bomb checks turned into errors."""
+def _open(path: Path | BinaryIO, max_pixels: int) -> Image.Image:
+    """Image.open (a path or a binary file) with the decompression-bomb checks turned
+    into errors."""
     with warnings.catch_warnings():
         warnings.simplefilter("error", Image.DecompressionBombWarning)
         im = Image.open(path)
@@ -117,12 +119,28 @@ def _to_l_or_rgb(im: Image.Image, background: int) -> Image.Image:
     return im if mode == "RGB" else im.convert("RGB")
 
 
-def _decode(path: Path, size: int, channels: int | None, background: int, max_pixels: int) -> np.ndarray:
-    """One file -> uint8 (size, size) for grayscale or (size, size, 3) for RGB."""
-    with _open(path, max_pixels) as im:
-        im.draft(None, (size, size))  # JPEG: decode at a reduced scale that still covers size
+def decode_image(
+    src: Path | BinaryIO, *, background: int = 255, max_pixels: int = MAX_PIXELS, draft: int | None = None
+) -> tuple[Image.Image, tuple[int, int], str]:
+    """One image file -> (pixels as an "L" or "RGB" image, stored (width, height), stored mode).
+
+    Applies every conversion documented above (transparency over `background`, CMYK,
+    palette, 16-bit, EXIF orientation). `draft` lets JPEG decode at a reduced scale that
+    still covers draft x draft; None decodes at full resolution. Raises on a corrupt,
+    truncated, oversized or non-image file.
+    """
+    with _open(src, max_pixels) as im:
+        stored_size, stored_mode = im.size, im.mode
+        if draft is not None:
+            im.draft(None, (draft, draft))
         im = ImageOps.exif_transpose(im)  # loads the pixels
         im = _to_l_or_rgb(im, background)
+    return im, stored_size, stored_mode
+
+
+def fit_square(im: Image.Image, size: int, channels: int | None) -> np.ndarray:
+    """An "L"/"RGB" image -> uint8 (size, size) or (size, size, 3): convert to `channels`
+    (None keeps the mode), center-crop the largest centred square, Lanczos-resize."""
     if channels == 1 and im.mode != "L":
         im = im.convert("L")
     elif channels == 3 and im.mode != "RGB":
@@ -133,6 +151,12 @@ def _decode(path: Path, size: int, channels: int | None, background: int, max_pi
         box = ((w - s) / 2, (h - s) / 2, (w + s) / 2, (h + s) / 2)  # centred square
         im = im.resize((size, size), Image.Resampling.LANCZOS, box=box, reducing_gap=3.0)
     return np.asarray(im, dtype=np.uint8).copy()
+
+
+def _decode(path: Path, size: int, channels: int | None, background: int, max_pixels: int) -> np.ndarray:
+    """One file -> uint8 (size, size) for grayscale or (size, size, 3) for RGB."""
+    im, _, _ = decode_image(path, background=background, max_pixels=max_pixels, draft=size)
+    return fit_square(im, size, channels)
 
 
 def _is_gray(a: np.ndarray) -> bool:

@@ -1,0 +1,165 @@
+"""`difforge inspect`: what a prepared store (or a source, prepared in memory) holds.
+
+The report: counts per class and split, stored sizes and colour modes, pixel statistics
+per channel, what preparation removed (quarantined files, exact duplicates) and flagged
+(near duplicates, across splits too; outliers), each with its reason. Contact sheets: one
+PNG per class (up to 64 images, chosen by content hash: a stable, unbiased sample), plus
+one of flagged outliers and one of near-duplicate pairs side by side.
+"""
+
+from __future__ import annotations
+
+import re
+import statistics
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+
+from difforge.data.prepare import SPLITS, Prepared
+
+SHEET_IMAGES = 64
+SHEET_CELL = 56  # small images are enlarged (nearest) to about this many pixels
+
+
+def _reason_kind(reason: str) -> str:
+    """A quarantine reason without its file path, so that reasons group."""
+    return re.sub(r"'[^']*[/\\][^']*'", "FILE", reason)
+
+
+def _table(rows: list[list[str]]) -> list[str]:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))) for r in rows]
+
+
+def _stats(values: list[int]) -> str:
+    return f"min {min(values)}, median {statistics.median_low(values)}, max {max(values)}" if values else "none"
+
+
+def summary(p: Prepared, max_examples: int = 5) -> list[str]:
+    """The report as lines of text."""
+    r, s = p.report, p.settings
+    lines = [f"source: {p.source['path']} ({p.source['kind']})",
+             f"stored: {s['size']}x{s['size']}, {s['channels']} channel(s); splits val {s['val_fraction']:g}, "
+             f"test {s['test_fraction']:g} by content hash (seed {s['split_seed']})"]
+    if r:
+        lines.append(f"candidates {r['candidates']}, decoded {r['decoded']}, kept {r['kept']}")
+    counts = {k: len(v) for k, v in p.arrays.items()}
+    lines.append("")
+    if p.class_names is not None:
+        rows = [["class", *SPLITS, "total", "val %", "test %"]]
+        per = {k: np.bincount(p.labels[k], minlength=len(p.class_names)) for k in SPLITS}
+        for c, name in enumerate(p.class_names + ["(all)"]):
+            n = [int(per[k][c]) if c < len(p.class_names) else counts[k] for k in SPLITS]
+            tot = sum(n)
+            pct = [f"{100 * x / tot:.1f}" if tot else "-" for x in n[1:]]
+            rows.append([name, *map(str, n), str(tot), *pct])
+        lines += _table(rows)
+    else:
+        lines.append("unlabelled: " + ", ".join(f"{k} {counts[k]}" for k in SPLITS))
+
+    cols = [p.items[k] for k in SPLITS]
+    w = [x for c in cols for x in c["width"]]
+    h = [x for c in cols for x in c["height"]]
+    lines += ["", f"stored widths: {_stats(w)}; heights: {_stats(h)}"]
+    if w:
+        aspect = [max(a, b) / min(a, b) for a, b in zip(w, h)]
+        up = sum(min(a, b) < s["size"] for a, b in zip(w, h))
+        lines.append(f"aspect (long/short): median {statistics.median(aspect):.2f}, max {max(aspect):.2f}; "
+                     f"{up} image(s) upscaled to {s['size']}")
+    modes = Counter(m for c in cols for m in c["mode"])
+    lines.append("stored modes: " + ", ".join(f"{m} {n}" for m, n in modes.most_common()))
+    everything = [a for a in p.arrays.values() if len(a)]
+    if everything:
+        x = np.concatenate([a.reshape(len(a), a.shape[1], -1) for a in everything]).astype(np.float32)
+        names = ["gray"] if x.shape[1] == 1 else ["red", "green", "blue"]
+        per_ch = [f"{n} mean {x[:, i].mean():.1f} std {x[:, i].std():.1f}" for i, n in enumerate(names)]
+        lines.append("pixels (0..255): " + "; ".join(per_ch))
+
+    if not r:
+        return lines
+    q = r["quarantined"]
+    lines += ["", f"quarantined: {len(q)} file(s)"]
+    for kind, n in Counter(_reason_kind(e["reason"]) for e in q).most_common():
+        lines.append(f"  {n} x {kind}")
+    for e in q[:max_examples]:
+        lines.append(f"    e.g. {e['source']}: {e['reason']}")
+    d = r["duplicates"]
+    conflicts = [e for e in d if "label_conflict" in e]
+    lines.append(f"exact duplicates removed: {len(d)} ({len(conflicts)} with a different label)")
+    for e in (conflicts + [e for e in d if "label_conflict" not in e])[:max_examples]:
+        extra = f" (labels {e['label_conflict'][0]!r} vs {e['label_conflict'][1]!r})" if "label_conflict" in e else ""
+        lines.append(f"    {e['source']} = {e['duplicate_of']}{extra}")
+    nd = r["near_duplicates"]
+    lines.append(f"near duplicates (pHash <= {nd['max_distance']} bits, thumbnail difference <= {nd['max_mae']:g}): "
+                 f"{nd['pairs_found']} pair(s) over "
+                 f"{nd['images_involved']} image(s), {nd['pairs_across_splits']} across splits")
+    for e in nd["pairs"][:max_examples]:
+        lines.append(f"    {e['a']} ~ {e['b']}: {e['distance']} bits, difference {e['mae']:g} "
+                     f"({e['splits'][0]} / {e['splits'][1]})")
+    o = r["outliers"]
+    kinds = Counter(reason.split(":")[0].split(" (")[0].split(" ratio")[0] for e in o for reason in e["reasons"])
+    verb = "removed" if r.get("outliers_removed") else "flagged, kept"
+    lines.append(f"outliers {verb}: {len(o)} image(s)" + (": " + ", ".join(f"{k} {n}" for k, n in kinds.items()) if o else ""))
+    for e in o[:max_examples]:
+        lines.append(f"    {e['source']} ({e['split']}): {'; '.join(e['reasons'])}")
+    return lines
+
+
+def _locator(p: Prepared) -> dict[str, tuple[str, int]]:
+    return {key: (split, i) for split in SPLITS for i, key in enumerate(p.items[split]["source"])}
+
+
+def _save(images: list[np.ndarray], path: Path, nrow: int, size: int) -> Path:
+    import torch
+
+    from difforge.io.images import save_grid
+
+    batch = torch.from_numpy(np.stack([np.asarray(a) for a in images]))
+    return save_grid(batch, path, nrow=nrow, scale=max(1, SHEET_CELL // size))
+
+
+def contact_sheets(p: Prepared, out_dir: str | Path) -> list[Path]:
+    """One PNG per class (or `all.png` unlabelled), `outliers.png`, `near_duplicates.png`."""
+    out = Path(out_dir)
+    size = p.settings["size"]
+    pool = [(sha, split, i) for split in SPLITS for i, sha in enumerate(p.items[split]["sha256"])]
+    pool.sort()  # content-hash order: a stable pseudo-random sample
+    written = []
+    groups: dict[str, list] = {}
+    for sha, split, i in pool:
+        name = p.class_names[int(p.labels[split][i])] if p.class_names is not None else "all"
+        if len(groups.setdefault(name, [])) < SHEET_IMAGES:
+            groups[name].append(p.arrays[split][i])
+    for c, name in enumerate(p.class_names or ["all"]):
+        if groups.get(name):
+            safe = "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in name)
+            written.append(_save(groups[name], out / f"{c:02d}-{safe}.png", 8, size))
+    where = _locator(p)
+    flagged = [where[e["source"]] for e in p.report.get("outliers", []) if e["source"] in where]
+    if flagged:
+        written.append(_save([p.arrays[s][i] for s, i in flagged[:SHEET_IMAGES]], out / "outliers.png", 8, size))
+    pairs = [(where[e["a"]], where[e["b"]]) for e in p.report.get("near_duplicates", {}).get("pairs", [])
+             if e["a"] in where and e["b"] in where][: SHEET_IMAGES // 2]
+    if pairs:
+        images = [p.arrays[s][i] for pair in pairs for s, i in pair]
+        written.append(_save(images, out / "near_duplicates.png", 8, size))
+    return written
+
+
+def inspect(target: str | Path, sheets_dir: str | Path | None = None, cfg=None, *, verify: bool = False,
+            progress: bool = True, log=print) -> tuple[list[str], list[Path]]:
+    """Report on a store, or on a source prepared in memory with `cfg` (nothing written but
+    the sheets). Sheets go to `sheets_dir`, default STORE/contact_sheets or
+    ./NAME-contact-sheets for a source. Returns (report lines, sheet paths)."""
+    from difforge.data.prepare import PrepareConfig, prepare
+    from difforge.data.store import is_store, read_prepared
+
+    target = Path(target)
+    if is_store(target):
+        p = read_prepared(target, verify=verify)
+        default = target / "contact_sheets"
+    else:
+        p = prepare(target, cfg or PrepareConfig(), progress=progress, log=log)
+        default = Path(f"{target.resolve().stem}-contact-sheets")
+    return summary(p), contact_sheets(p, sheets_dir if sheets_dir is not None else default)
