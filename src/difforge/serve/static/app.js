@@ -158,22 +158,33 @@ function countMask() {
   return n;
 }
 
-function paint(ev) {
+function toMask(ev) {
   const r = maskCanvas.getBoundingClientRect();
-  const x = ((ev.clientX - r.left) / r.width) * maskCanvas.width;
-  const y = ((ev.clientY - r.top) / r.height) * maskCanvas.height;
-  const radius = Number($("brush").value) / 2;
-  maskCtx.fillStyle = "#ff2a2a";
-  maskCtx.fillRect(Math.round(x - radius), Math.round(y - radius), Math.max(1, Math.round(2 * radius)),
-                   Math.max(1, Math.round(2 * radius)));
+  return [((ev.clientX - r.left) / r.width) * maskCanvas.width, ((ev.clientY - r.top) / r.height) * maskCanvas.height];
 }
 
-let drawing = false;
-maskCanvas.addEventListener("pointerdown", (ev) => { drawing = true; maskCanvas.setPointerCapture(ev.pointerId); paint(ev); });
-maskCanvas.addEventListener("pointermove", (ev) => { if (drawing) paint(ev); });
+// A square brush stamped along the stroke, in the model's pixels (no anti-aliasing: what
+// you see is the mask that is sent).
+function stamp(x, y) {
+  const side = Math.max(1, Number($("brush").value));
+  maskCtx.fillStyle = "#ff2a2a";
+  maskCtx.fillRect(Math.round(x - side / 2), Math.round(y - side / 2), side, side);
+}
+
+let last = null;
+function paint(ev) {
+  const [x, y] = toMask(ev);
+  const [x0, y0] = last || [x, y];
+  const n = Math.max(1, Math.ceil(Math.hypot(x - x0, y - y0) * 2));
+  for (let k = 1; k <= n; k += 1) stamp(x0 + ((x - x0) * k) / n, y0 + ((y - y0) * k) / n);
+  last = [x, y];
+}
+
+maskCanvas.addEventListener("pointerdown", (ev) => { last = null; maskCanvas.setPointerCapture(ev.pointerId); paint(ev); });
+maskCanvas.addEventListener("pointermove", (ev) => { if (last) paint(ev); });
 for (const type of ["pointerup", "pointercancel"]) {
   maskCanvas.addEventListener(type, () => {
-    drawing = false;
+    last = null;
     maskPixels = countMask();
     maskCanvas.dataset.pixels = String(maskPixels);
     updateButtons();
