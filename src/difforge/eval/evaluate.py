@@ -189,8 +189,10 @@ def evaluate(
         raise ValueError("give a run or model directory, or --npz FILE with --dataset/--data")
     if cfg.cfg_sweep and model_dir is None:
         raise ValueError("--cfg-sweep needs a model to sample from")
-    if cfg.bpd < 0 or (cfg.bpd and model_dir is None):
-        raise ValueError("--bpd N needs a model and N >= 0" if cfg.bpd else f"--bpd must be >= 0, got {cfg.bpd}")
+    if cfg.bpd < 0:
+        raise ValueError(f"--bpd must be >= 0, got {cfg.bpd}")
+    if cfg.bpd and model_dir is None:
+        raise ValueError("--bpd needs a model to measure, not only --npz samples")
     pipe = None
     if model_dir is not None:
         from difforge.pipeline import load_pipeline
