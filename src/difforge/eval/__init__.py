@@ -1,5 +1,6 @@
 """Evaluation: a domain classifier and Inception-v3 as feature extractors, FD / KID /
-precision-recall / classifier score / conditional accuracy, and the `evaluate` report."""
+precision-recall / classifier score / conditional accuracy, likelihood (bits/dim), the
+memorization audit, and the `evaluate` and training reports."""
 
 from difforge.eval.classifier import (
     ClassifierConfig,
@@ -12,6 +13,8 @@ from difforge.eval.classifier import (
     train_classifier,
 )
 from difforge.eval.evaluate import EvalConfig, evaluate, read_npz
+from difforge.eval.likelihood import ddpm_vlb, pf_ode_log_likelihood
+from difforge.eval.memorization import memorization_audit
 from difforge.eval.metrics import (
     classifier_score,
     conditional_accuracy,
@@ -33,6 +36,7 @@ __all__ = [
     "classifier_score",
     "conditional_accuracy",
     "dataset_key",
+    "ddpm_vlb",
     "evaluate",
     "feature_stats",
     "frechet_distance",
@@ -40,8 +44,10 @@ __all__ = [
     "kernel_inception_distance",
     "load_classifier",
     "load_or_train_classifier",
+    "memorization_audit",
     "mmd2_unbiased",
     "per_class_fd",
+    "pf_ode_log_likelihood",
     "precision_recall",
     "read_npz",
     "train_classifier",
