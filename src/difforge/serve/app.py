@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import hmac
 import json
-import secrets
 import time
 from contextlib import asynccontextmanager
 from importlib.resources import files
@@ -18,7 +17,7 @@ from fastapi.responses import FileResponse, JSONResponse, Response, StreamingRes
 from fastapi.staticfiles import StaticFiles
 from pydantic import ValidationError
 
-from difforge.serve.codec import BadInput, b64decode, check_size, decode_image, decode_mask, grid_png, png_b64
+from difforge.serve.codec import BadInput, b64decode, grid_png, png_b64
 from difforge.serve.config import ServeConfig
 from difforge.serve.engine import Cancelled, Engine, Job, QueueFull, progress_to_loop
 from difforge.serve.info import describe_model
@@ -155,7 +154,7 @@ def create_app(pipe, model_path: str | Path, config: ServeConfig | None = None, 
             if not job.future.done():
                 job.cancel()
 
-    def _images(kind: str, seeds, labels, sampler, steps, cfg):
+    def _images(seeds, labels, sampler, steps, cfg):
         def render(result: torch.Tensor, seconds: float) -> ImagesResponse:
             return ImagesResponse(images=[png_b64(im) for im in result], seeds=seeds, labels=labels,
                                   width=result.shape[-1], height=result.shape[-2], channels=result.shape[1],
@@ -171,7 +170,7 @@ def create_app(pipe, model_path: str | Path, config: ServeConfig | None = None, 
     async def generate(req: GenerateRequest, request: Request):
         """Sample images: class label(s) or none, n, sampler, steps, CFG scale, seed."""
         job, meta = check.generate(req)
-        return await run(job, request, _images("generate", **meta))
+        return await run(job, request, _images(**meta))
 
     @app.post("/v1/inpaint", dependencies=auth, response_model=ImagesResponse, responses=ERRORS,
               openapi_extra=_body_doc(InpaintRequest, ("image", "mask")))
@@ -179,7 +178,7 @@ def create_app(pipe, model_path: str | Path, config: ServeConfig | None = None, 
         """Fill the masked part of an image (mask: white = fill), keeping the rest."""
         req, uploads = await _parse(request, InpaintRequest, ("image", "mask"))
         job, meta = check.inpaint(req, uploads)
-        return await run(job, request, _images("inpaint", **meta))
+        return await run(job, request, _images(**meta))
 
     @app.post("/v1/restore", dependencies=auth, response_model=ImagesResponse, responses=ERRORS,
               openapi_extra=_body_doc(RestoreRequest, ("image",)))
@@ -187,7 +186,7 @@ def create_app(pipe, model_path: str | Path, config: ServeConfig | None = None, 
         """SDEdit: noise the image to `strength`, then denoise it with the model."""
         req, uploads = await _parse(request, RestoreRequest, ("image",))
         job, meta = check.restore(req, uploads)
-        return await run(job, request, _images("restore", **meta))
+        return await run(job, request, _images(**meta))
 
     @app.get("/v1/model", dependencies=auth)
     async def model() -> dict:
