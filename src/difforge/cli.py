@@ -52,6 +52,9 @@ def cli() -> None:
 @click.option("--schedule", type=click.Choice(["linear", "cosine"]), help="Noise (beta) schedule. [default: linear]")
 @click.option("--precision", type=click.Choice(["fp32", "bf16", "fp16"]), help="fp16 needs CUDA. [default: fp32]")
 @click.option("--conditional/--unconditional", default=None, help="Class-conditional when the data has labels. [default: conditional]")
+@click.option("--task", type=click.Choice(["generate", "superres"]), help="superres: an SR3 model conditioned on the "
+              "image downsampled by --scale (use it with `difforge upscale`). [default: generate]")
+@click.option("--scale", type=int, help="Upscaling factor for --task superres, e.g. 2 or 4. [default: 2]")
 @click.option("--image-size", type=int, help="Model input size. [default: native size rounded up to what the model needs]")
 @click.option("--checkpoint-every", type=int, help="Steps between checkpoints (0: only at the end). [default: 1000]")
 @click.option("--sample-every", type=int, help="Steps between sample grids (0: only at the end). [default: 500]")
@@ -67,7 +70,7 @@ def cli() -> None:
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its newest valid checkpoint.")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
 def train(config_file, dataset, data_path, out, preset, max_steps, epochs, batch_size, lr, lr_schedule,
-          schedule, precision, conditional, image_size, checkpoint_every, sample_every, ema_decay,
+          schedule, precision, conditional, task, scale, image_size, checkpoint_every, sample_every, ema_decay,
           ema_warmup, seed, device, wandb, tensorboard, eval_every, eval_samples, resume, no_progress) -> None:
     """Train a diffusion model (DDPM) and write a run directory.
 
@@ -89,6 +92,7 @@ def train(config_file, dataset, data_path, out, preset, max_steps, epochs, batch
             overrides["data"]["dataset"] = _guess_dataset(Path(data_path))
     put = {
         ("data", "image_size"): image_size, ("model", "preset"): preset, ("model", "conditional"): conditional,
+        ("model", "task"): task, ("model", "scale"): scale,
         ("diffusion", "schedule"): schedule, ("train", "max_steps"): max_steps, ("train", "epochs"): epochs,
         ("train", "batch_size"): batch_size, ("train", "lr"): lr, ("train", "lr_schedule"): lr_schedule,
         ("train", "precision"): precision, ("train", "checkpoint_every"): checkpoint_every,

@@ -35,6 +35,8 @@ class ModelConfig:
     preset: str = "unet"  # see `difforge.models.PRESETS`
     conditional: bool = True  # class-conditional when the data has labels
     label_dropout: float = 0.1  # per-sample probability of the null label (for CFG)
+    task: str = "generate"  # generate | superres (SR3: conditioned on the upsampled low-res image)
+    scale: int = 2  # superres: upscaling factor (low-res side = image side / scale)
 
 
 @dataclass(frozen=True)
@@ -203,4 +205,6 @@ def validate(cfg: RunConfig) -> RunConfig:
 
     need(f.schedule in SCHEDULES, f"unknown schedule {f.schedule!r}; expected one of {sorted(SCHEDULES)}")
     need(m.preset in PRESETS, f"unknown model {m.preset!r}; expected one of {sorted(PRESETS)}")
+    need(m.task in ("generate", "superres"), f"unknown task {m.task!r}; expected one of ['generate', 'superres']")
+    need(m.task != "superres" or m.scale >= 2, f"model.scale must be >= 2 for super-resolution, got {m.scale}")
     return cfg

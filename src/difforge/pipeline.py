@@ -143,6 +143,8 @@ class Pipeline:
         The callback runs once per sampler step and batch. Returns uint8 images
         (N, C, h, w) at the data's native size, and the labels.
         """
+        if self.info.get("task") == "superres":
+            raise ValueError("this is a super-resolution model: use `difforge upscale` (difforge.tasks.upscale)")
         sample_fn = get_sampler(sampler)
         known = sampler_options(sampler)
         unknown = sorted(set(options) - set(known))
@@ -217,7 +219,8 @@ def load_pipeline(path: str | Path, ema: bool = True, device: str | torch.device
         raise ModelLoadError(f"{path}: not a difforge model description")
     m = info["model"]
     try:
-        net = build_model(m["preset"], in_channels=m["in_channels"], num_classes=m["num_classes"])
+        net = build_model(m["preset"], in_channels=m["in_channels"], num_classes=m["num_classes"],
+                          cond_channels=m.get("cond_channels", 0))
         net.load_state_dict(load_file(weights))
     except (RuntimeError, OSError, ValueError, SafetensorError) as e:  # SafetensorError: a corrupt file
         raise ModelLoadError(f"cannot load weights {weights}: {str(e).splitlines()[0]}") from None

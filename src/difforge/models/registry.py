@@ -60,11 +60,16 @@ def _preset(name: str) -> Preset:
 
 
 def build_model(
-    preset: str, *, in_channels: int, num_classes: int | None, out_channels: int | None = None
+    preset: str, *, in_channels: int, num_classes: int | None, out_channels: int | None = None, cond_channels: int = 0
 ) -> nn.Module:
-    """Build the preset's model; `out_channels` defaults to `in_channels`."""
+    """Build the preset's model; `out_channels` defaults to `in_channels`. `cond_channels`
+    > 0 adds image-conditioning input channels (UNet presets only)."""
     p = _preset(preset)
     out = in_channels if out_channels is None else out_channels
+    if cond_channels:
+        if p.cls is not UNet:
+            raise ValueError(f"model {preset!r} cannot take a conditioning image; use a UNet preset such as 'unet'")
+        return p.cls(in_channels, out, num_classes, cond_channels=cond_channels, **p.kwargs)
     return p.cls(in_channels, out, num_classes, **p.kwargs)
 
 

@@ -56,6 +56,9 @@ class UNet(nn.Module):
             the middle block always has attention when `mid_attention` is true.
         dropout: inside each ResBlock, before its second convolution.
         time_dim: width of the time/label embedding (default 4 * base_channels).
+        cond_channels: extra input channels for an image condition, concatenated to x
+            (SR3, Saharia et al. 2022); `cond` is then that image (N, cond_channels, H, W)
+            instead of class labels.
     """
 
     def __init__(
@@ -72,8 +75,12 @@ class UNet(nn.Module):
         num_heads: int = 4,
         dropout: float = 0.0,
         time_dim: int | None = None,
+        cond_channels: int = 0,
     ):
         super().__init__()
+        if cond_channels and num_classes:
+            raise ValueError("a UNet conditioned on an image (cond_channels) takes no class labels")
+        self.cond_channels = cond_channels
         if not channel_mults:
             raise ValueError("channel_mults must name at least one level")
         bad = [lvl for lvl in attention_levels if not 0 <= lvl < len(channel_mults)]
@@ -84,7 +91,7 @@ class UNet(nn.Module):
         time_dim = time_dim or 4 * base_channels
         self.embed = TimeLabelEmbedding(time_dim, num_classes, freq_dim=base_channels)
 
-        self.in_conv = nn.Conv2d(in_channels, base_channels, 3, padding=1)
+        self.in_conv = nn.Conv2d(in_channels + cond_channels, base_channels, 3, padding=1)
         self.down = nn.ModuleList()
         skips = [base_channels]  # channels of each saved skip activation
         ch = base_channels
@@ -120,6 +127,12 @@ class UNet(nn.Module):
 
     def forward(self, x: torch.Tensor, c_noise: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
         check_size(x, self.size_multiple)
+        if self.cond_channels:  # image conditioning by channel concatenation
+            if cond is None or cond.shape[1] != self.cond_channels or cond.shape[-2:] != x.shape[-2:]:
+                got = None if cond is None else tuple(cond.shape)
+                raise ValueError(f"this model needs a conditioning image ({self.cond_channels}, {x.shape[-2]}, "
+                                 f"{x.shape[-1]}) per sample, got {got}")
+            x, cond = torch.cat([x, cond.to(x.dtype)], dim=1), None  # (B, C + C_cond, H, W)
         emb = self.embed(c_noise, cond)
         h = self.in_conv(x)
         skips = [h]

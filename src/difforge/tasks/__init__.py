@@ -6,15 +6,18 @@ Images are float (N, C, H, W) in [-1, 1] at the model's native size (what
 `Pipeline.generate` returns, before uint8), masks (N, 1, H, W) with 1 = fill.
 """
 
+from difforge.tasks import common
 from difforge.tasks.ilvr import superres_ilvr
 from difforge.tasks.inpaint import METHODS, inpaint, repaint_path
 from difforge.tasks.interpolate import decode, interpolate, invert, slerp
 from difforge.tasks.masks import PRESETS as MASK_PRESETS
 from difforge.tasks.masks import make_mask, mask_from_array
 from difforge.tasks.restore import denoise, restore
+from difforge.tasks.superres import upscale
 
 __all__ = [
     "METHODS",
+    "common",
     "MASK_PRESETS",
     "decode",
     "denoise",
@@ -27,4 +30,5 @@ __all__ = [
     "restore",
     "slerp",
     "superres_ilvr",
+    "upscale",
 ]

@@ -140,7 +140,7 @@ def upscale_files(c: Common, image: str | None, scale: int, out: str, base: str 
     if base is not None:
         if image is not None:
             raise ValueError("give --image or --base, not both")
-        low = superres.cascade_low(base, n, c)
+        low = superres.cascade_low(base, n, c, pipe.info["native_size"] // scale)
     elif image is None:
         raise ValueError("give --image (a low-resolution picture) or --base (a model to generate them)")
     else:

@@ -187,7 +187,7 @@ def _train(
     say = print if world.main else (lambda *a, **k: None)
     bundle = load_dataset(cfg.data)
     train_set = bundle.train
-    num_classes = train_set.num_classes if cfg.model.conditional else None
+    num_classes = train_set.num_classes if cfg.model.conditional and cfg.model.task == "generate" else None
     mult = size_multiple(cfg.model.preset)
     image_size = cfg.data.image_size or math.ceil(bundle.native_size / mult) * mult
     if image_size % mult:
@@ -195,6 +195,14 @@ def _train(
     if t.batch_size > len(train_set):
         raise ConfigError(f"batch size {t.batch_size} is larger than the training set ({len(train_set)} images)")
     info = model_info(cfg, bundle, image_size, num_classes)
+    cond_image = None  # superres: makes each batch's conditioning image from x0 (SR3)
+    if cfg.model.task == "superres":
+        from difforge.tasks.superres import training_setup
+
+        try:
+            info, cond_image = training_setup(info, cfg.model.scale)
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
     if world.main:  # every check has passed: now the run directory is written
         _create_run_dir(cfg, run_dir, resume)
         if bundle.skipped:
@@ -204,7 +212,8 @@ def _train(
         (run_dir / "model.json").write_text(json.dumps(info, indent=2))
 
     torch.manual_seed(t.seed)
-    model = build_model(cfg.model.preset, in_channels=bundle.channels, num_classes=num_classes).to(device)
+    model = build_model(cfg.model.preset, in_channels=bundle.channels, num_classes=num_classes,
+                        cond_channels=info["model"].get("cond_channels", 0)).to(device)
     ema = EMA(model, t.ema_decay, t.ema_warmup)
     net = distributed.wrap(model, world, device)  # the loss runs through `net` (DDP syncs gradients)
     if world.rank:  # in-model randomness (dropout): a distinct stream on each rank
@@ -288,6 +297,17 @@ def _train(
     def sample_grids(name: str, per_class: int = 1) -> None:
         if not world.main:
             return
+        if cond_image is not None:  # superres: held-out images, low-res, upscaled (difforge.tasks.superres)
+            from difforge.tasks.superres import save_preview
+
+            preview = (bundle.val if bundle.val is not None and len(bundle.val) else train_set).images
+            for tag, net in (("-raw", model), ("", ema.shadow)):
+                was_training = net.training
+                net.eval()
+                path = save_preview(net, schedule, info, device, preview, run_dir / "samples" / f"{name}{tag}.png")
+                net.train(was_training)
+                logger.log_image(step, f"samples{tag}", path)
+            return
         from difforge.pipeline import Pipeline  # sampling code, shared with `difforge sample`
 
         for tag, net in (("-raw", model), ("", ema.shadow)):  # NAME.png: EMA weights
@@ -314,6 +334,7 @@ def _train(
         for i in range(0, len(val_images), 256):
             x0 = to_model_input(val_images[i : i + 256], image_size).to(device)
             cond = val_labels[i : i + 256].to(device) if val_labels is not None else None
+            cond = cond_image(x0) if cond_image is not None else cond
             loss = ddpm_loss(net, schedule, x0, cond, g, amp_dtype)
             total_loss += loss.item() * len(x0)
             count += len(x0)
@@ -364,6 +385,8 @@ def _train(
                 if num_classes:  # labels dropped per sample of the global batch, then sliced
                     cond = drop_labels(train_set.labels[idx], cfg.model.label_dropout, num_classes, gen)[rows]
                     cond = cond.to(device)
+                if cond_image is not None:
+                    cond = cond_image(x0)
                 loss = ddpm_loss(net, schedule, x0, cond, gen, amp_dtype, rows=rows, global_batch=len(idx))
                 optimizer.zero_grad(set_to_none=True)
                 finite, loss_value = bool(torch.isfinite(loss)), loss.item()
