@@ -96,7 +96,8 @@ def create_app(pipe, model_path: str | Path, config: ServeConfig | None = None, 
         if accept == "text/event-stream":
             events = asyncio.Queue()
             job.on_progress = progress_to_loop(loop, events)
-            job.future.add_done_callback(lambda _: _post(loop, events, None))
+            post = job.on_progress
+            job.future.add_done_callback(lambda _: post(None))
         try:
             engine.submit(job)
         except QueueFull as e:
@@ -230,13 +231,6 @@ def _accepted(accept: str) -> str:
         if kind in ("application/json", "image/png", "text/event-stream"):
             return kind
     return "application/json"
-
-
-def _post(loop, q: asyncio.Queue, item) -> None:
-    try:
-        loop.call_soon_threadsafe(q.put_nowait, item)
-    except RuntimeError:  # the loop is closed: nobody is listening
-        pass
 
 
 def _sse(event: str, data: dict) -> str:

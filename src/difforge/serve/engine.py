@@ -68,7 +68,14 @@ class Job:
 
 def progress_to_loop(loop: asyncio.AbstractEventLoop, q: asyncio.Queue) -> Callable[[dict], None]:
     """A thread-safe progress callback that puts events on an asyncio queue."""
-    return lambda event: loop.call_soon_threadsafe(q.put_nowait, event)
+
+    def post(event: dict | None) -> None:
+        try:
+            loop.call_soon_threadsafe(q.put_nowait, event)
+        except RuntimeError:  # the loop is closed: nobody is listening any more
+            pass
+
+    return post
 
 
 class Engine:
@@ -211,7 +218,10 @@ class Engine:
             images = self.pipe.to_images(x)
             for j, (a, b) in streams:
                 if not j.cancelled.is_set():
-                    j.on_progress({"step": i + 1, "steps": steps, "images": [png_b64(im) for im in images[a:b]]})
+                    try:  # one listener's failure must not fail the others' batch
+                        j.on_progress({"step": i + 1, "steps": steps, "images": [png_b64(im) for im in images[a:b]]})
+                    except Exception:  # noqa: BLE001
+                        j.on_progress = None
 
         return on_step
 
