@@ -215,3 +215,20 @@ def test_compatible_requests_share_one_batch_and_keep_their_seeds(pipe):
         labels = torch.tensor([k if k is not None else pipe.num_classes for k in (j.labels or [None] * j.n)])
         solo, _ = pipe.generate(labels=labels, seeds=j.seeds, **j.params)
         assert torch.equal(got, solo)  # whatever it was batched with
+
+
+def test_oversized_images_are_refused_from_their_header():
+    from difforge.serve.codec import BadInput, decode_image, decode_mask
+
+    buf = io.BytesIO()
+    Image.new("L", (5000, 4000)).save(buf, format="PNG")  # 20 M pixels, a few kB compressed
+    with pytest.raises(BadInput, match="image: 5000x4000 is too large"):
+        decode_image(buf.getvalue(), "image", 1)
+    with pytest.raises(BadInput, match="mask: 5000x4000 is too large"):
+        decode_mask(buf.getvalue())
+    small = io.BytesIO()
+    Image.new("RGB", (30, 20)).save(small, format="PNG")
+    with pytest.raises(BadInput, match="image is 30x20; this model takes 8x8"):
+        decode_image(small.getvalue(), "image", 1, size=8)
+    rgb = decode_image(small.getvalue(), "image", 3)
+    assert rgb.shape == (1, 3, 20, 30) and rgb.dtype == torch.uint8

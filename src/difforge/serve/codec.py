@@ -31,8 +31,11 @@ def b64decode(text: str, field: str) -> bytes:
         raise BadInput(f"{field}: not valid base64") from None
 
 
-def decode_image(data: bytes, field: str, channels: int) -> torch.Tensor:
-    """Image file bytes (PNG, JPEG, ... anything Pillow reads) -> uint8 (1, channels, H, W)."""
+def decode_image(data: bytes, field: str, channels: int, size: int | None = None) -> torch.Tensor:
+    """Image file bytes (PNG, JPEG, ... anything Pillow reads) -> uint8 (1, channels, H, W).
+
+    With `size`, an image that is not size x size is refused from its header, before its
+    pixels are decoded."""
     from PIL import Image, UnidentifiedImageError
 
     if not data:
@@ -41,6 +44,8 @@ def decode_image(data: bytes, field: str, channels: int) -> torch.Tensor:
         with Image.open(io.BytesIO(data)) as img:
             if img.width * img.height > MAX_PIXELS:
                 raise BadInput(f"{field}: {img.width}x{img.height} is too large")
+            if size is not None and img.size != (size, size):
+                raise BadInput(f"{field} is {img.width}x{img.height}; this model takes {size}x{size} images")
             img.load()
             if img.mode in ("RGBA", "LA", "P", "PA"):
                 img = img.convert("RGBA")
@@ -67,20 +72,18 @@ def decode_mask(data: bytes, field: str = "mask") -> torch.Tensor:
     try:
         with Image.open(io.BytesIO(data)) as probe:
             has_alpha = probe.mode in ("RGBA", "LA", "PA") or (probe.mode == "P" and "transparency" in probe.info)
-    except Exception:  # decode_image below gives the message
+            has_alpha = has_alpha and probe.width * probe.height <= MAX_PIXELS
+    except Exception:  # noqa: BLE001 - decode_image below gives the message
         has_alpha = False
     if has_alpha:
-        with Image.open(io.BytesIO(data)) as img:
-            alpha = np.asarray(img.convert("RGBA"), dtype=np.uint8)[..., 3]
+        try:
+            with Image.open(io.BytesIO(data)) as img:
+                alpha = np.asarray(img.convert("RGBA"), dtype=np.uint8)[..., 3]
+        except (OSError, SyntaxError, ValueError):
+            raise BadInput(f"{field}: not a readable image") from None
         return torch.from_numpy((alpha >= 128).astype(np.float32))[None, None]
     gray = decode_image(data, field, channels=1)
     return (gray >= 128).float()
-
-
-def check_size(t: torch.Tensor, field: str, size: int) -> None:
-    h, w = t.shape[-2:]
-    if (h, w) != (size, size):
-        raise BadInput(f"{field} is {w}x{h}; this model takes {size}x{size} images")
 
 
 def encode_png(image: torch.Tensor, scale: int = 1) -> bytes:
