@@ -232,3 +232,22 @@ def test_oversized_images_are_refused_from_their_header():
         decode_image(small.getvalue(), "image", 1, size=8)
     rgb = decode_image(small.getvalue(), "image", 3)
     assert rgb.shape == (1, 3, 20, 30) and rgb.dtype == torch.uint8
+
+
+def test_a_request_that_gives_up_stops_its_batch_at_the_next_step(pipe):
+    from difforge.serve import ServeConfig
+    from difforge.serve.engine import Cancelled, Engine, Job
+    from difforge.serve.metrics import ServeMetrics
+
+    engine = Engine(pipe, ServeConfig())
+    engine.metrics = ServeMetrics()
+    job = engine.submit(Job("generate", {"sampler": "ddim", "steps": 1000, "cfg": 3.0}, list(range(16)), [0] * 16,
+                            key=("k",)))
+    engine.start(warmup=False)
+    while engine.running == 0:
+        time.sleep(0.005)
+    job.cancel()  # what a timeout or a disconnect does
+    with pytest.raises(Cancelled):
+        job.future.result(timeout=60)
+    engine.stop()
+    assert engine.metrics.sampler_steps._value.get() < 1000
