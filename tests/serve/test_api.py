@@ -5,8 +5,6 @@ from __future__ import annotations
 import base64
 import io
 import json
-import threading
-import time
 
 import numpy as np
 import pytest
