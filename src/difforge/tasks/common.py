@@ -88,8 +88,8 @@ def native_view(pipe, x: torch.Tensor) -> torch.Tensor:
 
 
 def setup(pipe, n: int, labels, cfg, sampler: str, options: dict, clip: bool = True):
-    """(denoiser, sample_fn, cond, generators-for-seed) with the pipeline's guidance and
-    clipping. A class-conditional model without labels runs unconditionally (the null
+    """(denoiser, sample_fn, cond) with the pipeline's guidance and clipping, after
+    checking the sampler's options and the labels. A class-conditional model without labels runs unconditionally (the null
     label, no guidance unless `cfg` is given)."""
     sample_fn = get_sampler(sampler)
     known = sampler_options(sampler)

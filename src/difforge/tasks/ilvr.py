@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from difforge.sampling import randn_like
-from difforge.tasks.common import check_images, check_labels, from_model, generators, native_view, prior_std
+from difforge.tasks.common import check_images, from_model, generators, native_view, prior_std
 from difforge.tasks.common import run_steps, setup, straight
 
 
@@ -79,7 +79,6 @@ def superres_ilvr(
     i uses seed + i. Returns (N, C, size, size) whose block means equal `low`."""
     ref = check_low_res(pipe, low, scale)
     low = downsample(ref, scale).to(pipe.device)  # == low, as float
-    check_labels(pipe, labels, len(ref))
     sampler = sampler or "ddpm"
     den, sample_fn, cond = setup(pipe, len(ref), labels, cfg, sampler, options)
     sigmas = pipe.sigmas(sampler, steps or 50)
