@@ -148,3 +148,14 @@ def wrap(model: torch.nn.Module, world: World, device: torch.device) -> torch.nn
 
     ids = [device.index] if device.type == "cuda" else None
     return DistributedDataParallel(model, device_ids=ids)
+
+
+def digest(module: torch.nn.Module) -> str:
+    """SHA-256 of a module's parameters and buffers, to check that ranks agree bit for bit."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for name, v in module.state_dict().items():
+        h.update(name.encode())
+        h.update(v.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()

@@ -43,6 +43,7 @@ class TrainResult:
     run_dir: Path
     step: int
     stopped_early: bool
+    rank: int = 0  # under torchrun, only rank 0 reports
 
 
 def resolve_device(name: str) -> torch.device:
@@ -274,6 +275,10 @@ def _train(
         """Every rank calls this (their RNG streams are gathered); rank 0 writes."""
         nonlocal last_saved
         ranks = distributed.gather(_rng_state(device), world)
+        if world.distributed:  # weights and EMA must be identical on every rank
+            digests = distributed.gather((distributed.digest(model), distributed.digest(ema.shadow)), world)
+            if len(set(digests)) > 1:
+                raise TrainingError(f"the ranks' weights or EMA differ at step {step} (digests {digests})")
         path = run_dir / "checkpoints" / f"step-{step}"
         if world.main:
             state = {
@@ -453,7 +458,7 @@ def _train(
         why = (f"signal {stop.signum}" if stop.signum else "a signal to another rank") if stopped else f"stop_after={stop_after}"
         say(f"stopped at step {step} of {total} ({why}); checkpoint {path}; continue with --resume")
         logger.close()
-        return TrainResult(run_dir, step, True)
+        return TrainResult(run_dir, step, True, world.rank)
 
     if step % batches.steps_per_epoch != 0:
         run_validation()
@@ -462,4 +467,4 @@ def _train(
     logger.log_artifact(path)
     logger.close()
     distributed.barrier(world)  # the other ranks wait for rank 0's final samples
-    return TrainResult(run_dir, step, False)
+    return TrainResult(run_dir, step, False, world.rank)
