@@ -30,6 +30,7 @@ import hashlib
 import io
 import os
 import statistics
+import time
 import zipfile
 from collections import Counter
 from collections.abc import Callable
@@ -239,7 +240,9 @@ def prepare(source: str | Path, cfg: PrepareConfig = PrepareConfig(), *, progres
     src = open_source(source)
     size = cfg.size or _default_size(src, cfg)
     log(f"{len(src.items)} candidate images in {src.kind} {src.root} ({len(src.skipped)} other files); size {size}")
+    t0 = time.perf_counter()
     decoded = _decode_all(src, cfg, size, progress)
+    log(f"decoded in {time.perf_counter() - t0:.1f} s")
 
     quarantined = [{"source": k, "reason": r} for k, r in src.skipped]
     duplicates = []
@@ -290,9 +293,12 @@ def prepare(source: str | Path, cfg: PrepareConfig = PrepareConfig(), *, progres
     outliers = [{"source": it.key, "split": str(s), "reasons": f} for it, s, f in zip(items, splits, flags) if f]
     keep = np.array([not (cfg.drop_outliers and f) for f in flags], dtype=bool)
 
+    t0 = time.perf_counter()
     pairs = near_pairs(hashes, cfg.near_distance)
     pairs = pairs[keep[pairs[:, 0]] & keep[pairs[:, 1]]] if len(pairs) else pairs
     mae = centred_mae(thumbs, pairs)
+    log(f"near-duplicate search: {len(pairs)} hash candidates, {int((mae <= cfg.near_mae).sum())} confirmed "
+        f"in {time.perf_counter() - t0:.1f} s")
     pairs, mae = pairs[mae <= cfg.near_mae], mae[mae <= cfg.near_mae]
     cross = splits[pairs[:, 0]] != splits[pairs[:, 1]] if len(pairs) else np.zeros(0, bool)
     order = np.lexsort((pairs[:, 1], pairs[:, 0], mae, ~cross)) if len(pairs) else []  # across splits first
@@ -323,7 +329,7 @@ def prepare(source: str | Path, cfg: PrepareConfig = PrepareConfig(), *, progres
             "height": [int(h[i]) for i in idx],
             "mode": [modes[i] for i in idx],
         }
-    settings = asdict(cfg) | {"size": size, "channels": channels}
+    settings = {k: v for k, v in asdict(cfg).items() if k != "workers"} | {"size": size, "channels": channels}
     report = {
         "candidates": len(src.items) + len(src.skipped),
         "decoded": len(src.items) - sum(1 for r in decoded if r[0] == "error"),
