@@ -118,7 +118,7 @@ def train(config_file, dataset, data_path, out, preset, max_steps, epochs, batch
         result = run_training(cfg, resume=resume, progress=not no_progress)
     except (ConfigError, FileNotFoundError, ValueError, CheckpointError, TrainingError) as e:
         _fail(e)
-    if not result.stopped_early:
+    if not result.stopped_early and result.rank == 0:
         click.echo(f"done: {result.step} steps; samples in {result.run_dir / 'samples'}, "
                    f"checkpoints in {result.run_dir / 'checkpoints'}")
 
