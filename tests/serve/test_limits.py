@@ -28,7 +28,8 @@ MASK = b64png(np.pad(np.full((SIZE, SIZE // 2), 255), ((0, 0), (0, SIZE // 2))))
 @pytest.mark.parametrize("route, body, needle", [
     ("/v1/generate", {"n": 9}, "n = 9 is over this server's maximum of 8"),
     ("/v1/generate", {"steps": 51}, "steps = 51 is over this server's maximum of 50"),
-    ("/v1/generate", {"sampler": "ddpm"}, "steps = 1000 is over this server's maximum of 50 (the default for ddpm"),
+    ("/v1/generate", {"steps": 10**12}, "steps = 1000000000000 is over this server's maximum of 50"),
+    ("/v1/generate", {"sampler": "ddpm"}, "steps = 1000 (the default for ddpm) is over this server's maximum of 50; give steps"),
     ("/v1/generate", {"n": 0}, "n: Input should be greater than or equal to 1"),
     ("/v1/generate", {"steps": "many"}, "steps: Input should be a valid integer"),
     ("/v1/generate", {"sampler": "magic"}, "unknown sampler 'magic'"),

@@ -35,8 +35,7 @@ def _eval_metrics(path: Path) -> dict | None:
 
 def describe_model(path: str | Path, pipe) -> dict:
     """A JSON-able description of the loaded model and where it came from."""
-    from difforge.pipeline import DEFAULT_CFG, DEFAULT_STEPS, default_grid
-    from difforge.sampling import SAMPLERS, sampler_options
+    from difforge.pipeline import DEFAULT_CFG
 
     path = Path(path)
     info = pipe.info
@@ -66,7 +65,20 @@ def describe_model(path: str | Path, pipe) -> dict:
         "metrics": {"training": metrics or None, "evaluation": evaluation},
         "device": str(pipe.device),
         "default_cfg": DEFAULT_CFG if pipe.num_classes else None,
-        "samplers": {name: {"default_steps": DEFAULT_STEPS.get(name, 50) or pipe.schedule.timesteps,
-                            "default_grid": default_grid(name), "options": sorted(sampler_options(name))}
-                     for name in SAMPLERS},
+        "samplers": _samplers(pipe),
     }
+
+
+def _samplers(pipe) -> dict:
+    """Each sampler this model can run, with its default steps, grid and options."""
+    from difforge.pipeline import default_grid
+    from difforge.sampling import SAMPLERS, sampler_options
+
+    out = {}
+    for name in SAMPLERS:
+        try:
+            steps = len(pipe.sigmas(name)) - 1
+        except ValueError:  # a sampler this model's noise process does not support
+            continue
+        out[name] = {"default_steps": steps, "default_grid": default_grid(name), "options": sorted(sampler_options(name))}
+    return out

@@ -22,9 +22,11 @@ class Validator:
     def _fail(self, message: str) -> HTTPError:
         return HTTPError(422, message)
 
-    def _common(self, req, n: int, default_steps: int | None = None) -> tuple[dict, list[int], list[int] | None]:
-        """Sampler, steps, guidance and seeds of any request; raises HTTPError(422)."""
-        from difforge.pipeline import DEFAULT_CFG, DEFAULT_STEPS
+    def _common(self, req, n: int, default_steps: int | None = None, grid: str | None = None):
+        """Sampler, steps, guidance and seeds of any request; raises HTTPError(422).
+
+        Returns (params for the pipeline or task, seeds, labels, the number of sampler steps)."""
+        from difforge.pipeline import DEFAULT_CFG
         from difforge.sampling import SAMPLERS, sampler_options
 
         pipe, cfg = self.pipe, self.config
@@ -32,11 +34,16 @@ class Validator:
             raise self._fail(f"n = {n} is over this server's maximum of {cfg.max_n} images per request")
         if req.sampler not in SAMPLERS:
             raise self._fail(f"unknown sampler {req.sampler!r}; expected one of {sorted(SAMPLERS)}")
-        steps = req.steps if req.steps is not None else (
-            default_steps or DEFAULT_STEPS.get(req.sampler, 50) or pipe.schedule.timesteps)
+        if req.steps is not None and req.steps > cfg.max_steps:  # before any grid is built
+            raise self._fail(f"steps = {req.steps} is over this server's maximum of {cfg.max_steps}")
+        asked = req.steps if req.steps is not None else default_steps
+        try:  # the grid the sampler will run on: unknown grids, step counts the schedule cannot give
+            steps = len(pipe.sigmas(req.sampler, asked, grid)) - 1
+        except ValueError as e:
+            raise self._fail(str(e).splitlines()[0]) from None
         if steps > cfg.max_steps:
-            raise self._fail(f"steps = {steps} is over this server's maximum of {cfg.max_steps}"
-                             + ("" if req.steps is not None else f" (the default for {req.sampler}; give steps)"))
+            raise self._fail(f"steps = {steps} (the default for {req.sampler}) is over this server's maximum of "
+                             f"{cfg.max_steps}; give steps")
         if not pipe.num_classes and req.cfg is not None and req.cfg != 1.0:
             raise self._fail("cfg needs a class-conditional model; this one is unconditional")
         options = {}
@@ -52,13 +59,15 @@ class Validator:
                 raise self._fail(f"class: {e}") from None
         seed = req.seed if req.seed is not None else secrets.randbelow(2**31)
         guidance = (req.cfg if req.cfg is not None else DEFAULT_CFG) if pipe.num_classes else None
-        params = {"sampler": req.sampler, "steps": steps, "cfg": guidance, **options}
+        params = {"sampler": req.sampler, "steps": asked, "cfg": guidance, **options}
+        if grid is not None:
+            params["grid"] = grid
         labels = [label] * n if label is not None else None
-        return params, list(range(seed, seed + n)), labels
+        return params, list(range(seed, seed + n)), labels, steps
 
-    def _meta(self, params: dict, seeds: list[int], labels: list[int] | None) -> dict:
+    def _meta(self, params: dict, seeds: list[int], labels: list[int] | None, steps: int) -> dict:
         return {"seeds": seeds, "labels": labels or [None] * len(seeds), "sampler": params["sampler"],
-                "steps": params["steps"], "cfg": params["cfg"]}
+                "steps": steps, "cfg": params["cfg"]}
 
     def generate(self, req) -> tuple[Job, dict]:
         pipe = self.pipe
@@ -70,20 +79,14 @@ class Validator:
             if req.n is not None and req.n != len(req.labels):
                 raise self._fail(f"n = {req.n} but {len(req.labels)} labels were given")
         n = len(req.labels) if req.labels is not None else (req.n or 1)
-        params, seeds, labels = self._common(req, n)
+        params, seeds, labels, steps = self._common(req, n, grid=req.grid)
         if req.labels is not None:
             try:
                 labels = [pipe.parse_class(k) for k in req.labels]
             except ValueError as e:
                 raise self._fail(f"labels: {e}") from None
-        if req.grid is not None:
-            params["grid"] = req.grid
-        try:  # grid names and step counts the schedule cannot give
-            pipe.sigmas(params["sampler"], params["steps"], params.get("grid"))
-        except ValueError as e:
-            raise self._fail(str(e).splitlines()[0]) from None
         key = ("generate",) + tuple(sorted((k, v) for k, v in params.items()))
-        return Job("generate", params, seeds, labels, key=key), self._meta(params, seeds, labels)
+        return Job("generate", params, seeds, labels, key=key), self._meta(params, seeds, labels, steps)
 
     def _image(self, uploads: dict, name: str = "image") -> torch.Tensor:
         """The uploaded image as float (1, C, S, S) in [-1, 1] at the model's native size."""
@@ -93,13 +96,6 @@ class Validator:
             raise self._fail(str(e)) from None
         return img.float() / 127.5 - 1
 
-    def _task_common(self, req, default_steps: int | None = None) -> tuple[dict, list[int], list[int] | None]:
-        params, seeds, labels = self._common(req, req.n, default_steps)
-        try:
-            self.pipe.sigmas(params["sampler"], params["steps"])
-        except ValueError as e:
-            raise self._fail(str(e).splitlines()[0]) from None
-        return params, seeds, labels
 
     def inpaint(self, req, uploads: dict) -> tuple[Job, dict]:
         from difforge.tasks import METHODS
@@ -107,7 +103,7 @@ class Validator:
 
         if req.method not in METHODS:
             raise self._fail(f"unknown inpainting method {req.method!r}; expected one of {sorted(METHODS)}")
-        params, seeds, labels = self._task_common(req, DEFAULT_STEPS)
+        params, seeds, labels, steps = self._common(req, req.n, DEFAULT_STEPS)
         params.update({k: v for k, v in (("jump_length", req.jump_length), ("resample", req.resample)) if v is not None})
         image = self._image(uploads)
         try:
@@ -123,13 +119,13 @@ class Validator:
         n = req.n
         job = Job("inpaint", params, seeds, labels,
                   inputs={"args": (image.expand(n, -1, -1, -1).clone(), mask.expand(n, -1, -1, -1).clone())})
-        return job, self._meta(params, seeds, labels)
+        return job, self._meta(params, seeds, labels, steps)
 
     def restore(self, req, uploads: dict) -> tuple[Job, dict]:
         if req.eta is not None:
             raise self._fail("eta does not apply to restore")
-        params, seeds, labels = self._task_common(req)
+        params, seeds, labels, steps = self._common(req, req.n)
         image = self._image(uploads)
         n = req.n
         job = Job("restore", params, seeds, labels, inputs={"args": (image.expand(n, -1, -1, -1).clone(), req.strength)})
-        return job, self._meta(params, seeds, labels)
+        return job, self._meta(params, seeds, labels, steps)
