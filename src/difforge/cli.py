@@ -11,7 +11,9 @@ from difforge import __version__
 
 # Copies of difforge.sampling.SAMPLERS and difforge.diffusion.grids.GRIDS, so that
 # `difforge --help` does not import torch; tests/cli checks that they agree.
-SAMPLER_NAMES = ("ddpm", "ddim", "euler", "euler-a", "heun", "dpmpp-2m", "dpmpp-2m-sde", "dpmpp-3m")
+SAMPLER_NAMES = ("ddpm", "ddim", "euler", "euler-a", "heun", "dpmpp-2m", "dpmpp-2m-sde", "dpmpp-3m",
+                 "langevin", "reverse-sde", "pc")
+FRAMEWORK_NAMES = ("ddpm", "ncsn", "vp-sde", "subvp-sde", "ve-sde", "edm")  # difforge.diffusion.frameworks
 GRID_NAMES = ("leading", "trailing", "linspace", "karras", "log-snr")
 GIF_FRAMES = 16  # at most this many frames of the denoising, plus the final images
 
@@ -50,6 +52,13 @@ def cli() -> None:
 @click.option("--lr", type=float, help="Peak learning rate. [default: 2e-3]")
 @click.option("--lr-schedule", type=click.Choice(["onecycle", "cosine", "constant"]), help="[default: onecycle]")
 @click.option("--schedule", type=click.Choice(["linear", "cosine"]), help="Noise (beta) schedule. [default: linear]")
+@click.option("--framework", type=click.Choice(FRAMEWORK_NAMES), help="ddpm (Ho et al. 2020), ncsn (Song & Ermon "
+              "2019), vp-sde / subvp-sde / ve-sde (Song et al. 2021), edm (Karras et al. 2022); docs/frameworks.md. "
+              "[default: ddpm]")
+@click.option("--prediction", type=click.Choice(["eps", "x0", "v"]), help="Network target for ddpm, vp-sde and "
+              "subvp-sde. [default: eps]")
+@click.option("--min-snr-gamma", type=float, help="Min-SNR-gamma loss weighting (Hang et al. 2023), e.g. 5; ddpm, "
+              "vp-sde and subvp-sde. [default: off]")
 @click.option("--precision", type=click.Choice(["fp32", "bf16", "fp16"]), help="fp16 needs CUDA. [default: fp32]")
 @click.option("--conditional/--unconditional", default=None, help="Class-conditional when the data has labels. [default: conditional]")
 @click.option("--task", type=click.Choice(["generate", "superres"]), help="superres: an SR3 model conditioned on the "
@@ -70,7 +79,7 @@ def cli() -> None:
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its newest valid checkpoint.")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
 def train(config_file, dataset, data_path, out, preset, max_steps, epochs, batch_size, lr, lr_schedule,
-          schedule, precision, conditional, task, scale, image_size, checkpoint_every, sample_every, ema_decay,
+          schedule, framework, prediction, min_snr_gamma, precision, conditional, task, scale, image_size, checkpoint_every, sample_every, ema_decay,
           ema_warmup, seed, device, wandb, tensorboard, eval_every, eval_samples, resume, no_progress) -> None:
     """Train a diffusion model (DDPM) and write a run directory.
 
@@ -93,7 +102,8 @@ def train(config_file, dataset, data_path, out, preset, max_steps, epochs, batch
     put = {
         ("data", "image_size"): image_size, ("model", "preset"): preset, ("model", "conditional"): conditional,
         ("model", "task"): task, ("model", "scale"): scale,
-        ("diffusion", "schedule"): schedule, ("train", "max_steps"): max_steps, ("train", "epochs"): epochs,
+        ("diffusion", "schedule"): schedule, ("diffusion", "framework"): framework,
+        ("diffusion", "prediction"): prediction, ("diffusion", "min_snr_gamma"): min_snr_gamma, ("train", "max_steps"): max_steps, ("train", "epochs"): epochs,
         ("train", "batch_size"): batch_size, ("train", "lr"): lr, ("train", "lr_schedule"): lr_schedule,
         ("train", "precision"): precision, ("train", "checkpoint_every"): checkpoint_every,
         ("train", "sample_every"): sample_every, ("train", "ema_decay"): ema_decay,
@@ -149,7 +159,9 @@ def _guess_dataset(path: Path) -> str:
 @click.option("--sampler", type=click.Choice(SAMPLER_NAMES), default="ddim", show_default=True,
               help="ddpm: ancestral (Ho et al. 2020); ddim (Song et al. 2021); euler, euler-a (ancestral), heun "
               "(Karras et al. 2022); dpmpp-2m, dpmpp-3m: DPM-Solver++ multistep (Lu et al. 2022); dpmpp-2m-sde: "
-              "its stochastic variant, best at 15-30 steps on a briefly trained model.")
+              "its stochastic variant, best at 15-30 steps on a briefly trained model. langevin: annealed Langevin "
+              "dynamics (Song & Ermon 2019, 5 calls per level); reverse-sde: Euler-Maruyama on the reverse SDE; pc: "
+              "it plus a Langevin corrector (Song et al. 2021, 2 calls per step).")
 @click.option("--steps", type=int, help="Sampler steps; heun makes 2 denoiser calls per step, the others 1. "
               "[default: every timestep (1000) for ddpm, 50 for ddim, euler and euler-a, 25 for heun and the dpmpp "
               "samplers]")
@@ -384,8 +396,9 @@ def evaluate(model_dir, out, n, npz, cfg, cfg_sweep, sampler, steps, grid, eta, 
         click.echo(f"inception: {report['inception']['status']}")
     if report.get("likelihood"):
         lk = report["likelihood"]
-        click.echo(f"bits/dim on {lk['n']} {lk['split']} images: VLB {lk['vlb']['large']['bpd']:.4g}"
-                   + (f", ODE {lk['ode']['bpd']:.4g}" if lk.get("ode") else ""))
+        parts = ([f"VLB {lk['vlb']['large']['bpd']:.4g}"] if lk.get("vlb") else []) + (
+            [f"ODE {lk['ode']['bpd']:.4g}"] if lk.get("ode") else [])
+        click.echo(f"bits/dim on {lk['n']} {lk['split']} images: {', '.join(parts)}")
     if report.get("memorization"):
         m = report["memorization"]["pixel"]
         click.echo(f"memorization (pixels): {m['near_copy_fraction']:.2%} near-copies (held-out real: "

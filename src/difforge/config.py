@@ -47,6 +47,14 @@ class DiffusionConfig:
     schedule: str = "linear"  # linear | cosine
     beta_start: float = 1e-4
     beta_end: float = 0.02
+    # Framework (docs/frameworks.md): ddpm | ncsn | vp-sde | subvp-sde | ve-sde | edm.
+    # timesteps is also NCSN's number of levels L and the SDEs' discretization N; the
+    # VP/sub-VP SDEs use beta(t) from timesteps * beta_start to timesteps * beta_end.
+    framework: str = "ddpm"
+    prediction: str | None = None  # eps | x0 | v (ddpm, vp-sde, subvp-sde); None: the framework's own
+    min_snr_gamma: float | None = None  # min-SNR-gamma loss weighting (Hang et al. 2023), e.g. 5
+    sigma_min: float | None = None  # ncsn, ve-sde, edm noise range; None: the framework's default
+    sigma_max: float | None = None
 
 
 @dataclass(frozen=True)
@@ -207,4 +215,10 @@ def validate(cfg: RunConfig) -> RunConfig:
     need(m.preset in PRESETS, f"unknown model {m.preset!r}; expected one of {sorted(PRESETS)}")
     need(m.task in ("generate", "superres"), f"unknown task {m.task!r}; expected one of ['generate', 'superres']")
     need(m.task != "superres" or m.scale >= 2, f"model.scale must be >= 2 for super-resolution, got {m.scale}")
+    from difforge.diffusion.frameworks import check_framework
+
+    try:
+        check_framework(f)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
     return cfg

@@ -16,7 +16,7 @@ from torch import nn
 from difforge.diffusion import DiscreteSchedule, make_schedule
 from difforge.diffusion.grids import sigma_grid
 from difforge.models import build_model
-from difforge.models.denoiser import EpsDenoiser
+from difforge.models.denoiser import Denoiser, EpsDenoiser
 from difforge.sampling import (
     CFGDenoiser,
     ClampDenoiser,
@@ -30,11 +30,11 @@ from difforge.sampling import (
 # Steps per sampler when not given (None: every timestep of the schedule). Heun makes two
 # denoiser calls per step (2N - 1 in all), so 25 Heun steps cost about 50 Euler steps.
 DEFAULT_STEPS = {"ddpm": None, "ddim": 50, "euler": 50, "euler-a": 50, "heun": 25, "dpmpp-2m": 25, "dpmpp-2m-sde": 25,
-                 "dpmpp-3m": 25}
+                 "dpmpp-3m": 25, "langevin": 50, "reverse-sde": 100, "pc": 50}
 # Sigma grid per sampler when not given: the discrete samplers step through the training
 # timesteps ("trailing" starts at the last one, Lin et al. 2024); the ODE/SDE solvers use
 # Karras et al. (2022)'s rho = 7 grid, which they were tuned with.
-DEFAULT_GRID = {"ddpm": "trailing", "ddim": "trailing"}
+DEFAULT_GRID = {"ddpm": "trailing", "ddim": "trailing", "langevin": "log-snr"}  # langevin: NCSN's geometric levels
 DEFAULT_GRID_OTHERS = "karras"
 DEFAULT_CFG = 3.0
 
@@ -91,7 +91,7 @@ class Pipeline:
         """D(x, sigma, cond) with guidance (conditional models; default scale DEFAULT_CFG,
         optional guidance rescale phi = `cfg_rescale`) and x0 kept in [-1, 1]: by static
         clipping (`clip`), or by dynamic thresholding at percentile `threshold` (Imagen)."""
-        d: nn.Module = EpsDenoiser(self.net, self.schedule)
+        d: nn.Module = Denoiser(self.net, self.schedule, self.info.get("prediction", "eps"))
         if self.num_classes:
             d = CFGDenoiser(d, DEFAULT_CFG if cfg is None else cfg, null_label=self.num_classes, rescale=cfg_rescale)
         elif cfg is not None and cfg != 1.0:
@@ -225,7 +225,10 @@ def load_pipeline(path: str | Path, ema: bool = True, device: str | torch.device
     except (RuntimeError, OSError, ValueError, SafetensorError) as e:  # SafetensorError: a corrupt file
         raise ModelLoadError(f"cannot load weights {weights}: {str(e).splitlines()[0]}") from None
     d = info["diffusion"]
-    schedule = make_schedule(d["schedule"], d["timesteps"], d["beta_start"], d["beta_end"])
+    from difforge.diffusion.frameworks import make_noise
+
+    noise = make_noise(d)  # the framework's noise process (a model without "framework" is DDPM)
+    schedule = noise.schedule if noise.name == "ddpm" else noise
     return Pipeline(net.to(device).eval(), schedule, info, device)
 
 

@@ -111,13 +111,13 @@ def _markdown(r: dict) -> str:
 def _likelihood_section(lk: dict | None) -> list[str]:
     if not lk:
         return []
-    v = lk["vlb"]
+    v = lk.get("vlb")  # only DDPM eps models have the variational bound
     lines = ["## Likelihood (bits/dim, lower is better)", "",
              f"On the first **{lk['n']} {lk['split']} images**, {lk['conditioning']}. Each number is an upper bound "
              f"on -log2 P(image) per dimension ({lk['dims']} dimensions; per native pixel: {lk['dims_native']}).", "",
              "| estimator | bits/dim | ± sem | bits/dim (native pixels) | seconds |", "|---|---:|---:|---:|---:|"]
-    ts = "every timestep" if v["timesteps"] == "all" else f"{v['timesteps']} stratified timesteps"
-    for var, label in (("large", "beta_t"), ("small", "beta~_t")):
+    ts = "" if v is None else "every timestep" if v["timesteps"] == "all" else f"{v['timesteps']} stratified timesteps"
+    for var, label in (("large", "beta_t"), ("small", "beta~_t")) if v is not None else ():
         e = v[var]
         lines.append(f"| VLB (Ho et al. 2020, Eq. 5), reverse variance {label}, {ts} | {_f(e['bpd'])} | "
                      f"{_f(e['bpd_sem'], 1.0, 2)} | {_f(e['bpd_native'])} | {v['seconds']:g} |")

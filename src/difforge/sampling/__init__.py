@@ -14,6 +14,7 @@ from difforge.sampling.dpmpp import sample_dpmpp_2m, sample_dpmpp_2m_sde, sample
 from difforge.sampling.euler import sample_euler, sample_euler_ancestral
 from difforge.sampling.guidance import CFGDenoiser, ClampDenoiser, DynamicThresholdDenoiser
 from difforge.sampling.heun import sample_heun
+from difforge.sampling.langevin import sample_langevin, sample_pc, sample_reverse_sde
 from difforge.sampling.noise import per_sample_generators, randn_like
 
 SAMPLERS = {
@@ -25,6 +26,9 @@ SAMPLERS = {
     "dpmpp-2m": sample_dpmpp_2m,
     "dpmpp-2m-sde": sample_dpmpp_2m_sde,
     "dpmpp-3m": sample_dpmpp_3m,
+    "langevin": sample_langevin,
+    "reverse-sde": sample_reverse_sde,
+    "pc": sample_pc,
 }
 
 _COMMON = {"denoiser", "x", "sigmas", "generator", "callback", "cond"}
@@ -54,6 +58,9 @@ __all__ = [
     "sample_dpmpp_2m",
     "sample_dpmpp_2m_sde",
     "sample_dpmpp_3m",
+    "sample_langevin",
+    "sample_reverse_sde",
+    "sample_pc",
     "CFGDenoiser",
     "ClampDenoiser",
     "DynamicThresholdDenoiser",

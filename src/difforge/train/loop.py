@@ -10,6 +10,7 @@ once, then stop naming the likely cause). Under torchrun every process runs `tra
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import signal
@@ -22,12 +23,12 @@ import torch
 from difforge.config import ConfigError, RunConfig, config_to_dict, load_config, save_config
 from difforge.data import load_dataset, to_model_input
 from difforge.data.batches import EpochBatches
-from difforge.diffusion import make_schedule
+from difforge.diffusion.frameworks import make_noise, prediction_of
 from difforge.models import build_model, size_multiple
 from difforge.train import distributed
 from difforge.train.checkpoint import clean_stale, find_resumable, load_checkpoint, save_checkpoint, step_dirs
 from difforge.train.ema import EMA
-from difforge.train.objective import ddpm_loss, drop_labels
+from difforge.train.objective import drop_labels, framework_loss
 from difforge.train.optim import build_optimizer, build_scheduler
 
 VAL_MAX_IMAGES = 2000  # validation loss is measured on at most this many held-out images
@@ -72,7 +73,7 @@ def model_info(cfg: RunConfig, bundle, image_size: int, num_classes: int | None)
         "version": 1,
         "model": {"preset": cfg.model.preset, "in_channels": bundle.channels, "num_classes": num_classes},
         "diffusion": config_to_dict(cfg)["diffusion"],
-        "prediction": "eps",
+        "prediction": prediction_of(cfg.diffusion),
         "image_size": image_size,
         "native_size": bundle.native_size,
         "channels": bundle.channels,
@@ -219,7 +220,9 @@ def _train(
     net = distributed.wrap(model, world, device)  # the loss runs through `net` (DDP syncs gradients)
     if world.rank:  # in-model randomness (dropout): a distinct stream on each rank
         torch.manual_seed(t.seed + 7919 * world.rank)
-    schedule = make_schedule(cfg.diffusion.schedule, cfg.diffusion.timesteps, cfg.diffusion.beta_start, cfg.diffusion.beta_end)
+    schedule = make_noise(cfg.diffusion)  # the framework's noise process (diffusion/frameworks.py)
+    diffusion_loss = functools.partial(  # every framework's loss; for DDPM eps it is ddpm_loss
+        framework_loss, prediction=prediction_of(cfg.diffusion), min_snr_gamma=cfg.diffusion.min_snr_gamma)
     batches = EpochBatches(len(train_set), t.batch_size, seed=t.seed)
     total = t.max_steps or (t.epochs or 1) * batches.steps_per_epoch
     optimizer = build_optimizer(model, t)
@@ -340,7 +343,7 @@ def _train(
             x0 = to_model_input(val_images[i : i + 256], image_size).to(device)
             cond = val_labels[i : i + 256].to(device) if val_labels is not None else None
             cond = cond_image(x0) if cond_image is not None else cond
-            loss = ddpm_loss(net, schedule, x0, cond, g, amp_dtype)
+            loss = diffusion_loss(net, schedule, x0, cond, g, amp_dtype)
             total_loss += loss.item() * len(x0)
             count += len(x0)
         net.train(was_training)
@@ -392,7 +395,7 @@ def _train(
                     cond = cond.to(device)
                 if cond_image is not None:
                     cond = cond_image(x0)
-                loss = ddpm_loss(net, schedule, x0, cond, gen, amp_dtype, rows=rows, global_batch=len(idx))
+                loss = diffusion_loss(net, schedule, x0, cond, gen, amp_dtype, rows=rows, global_batch=len(idx))
                 optimizer.zero_grad(set_to_none=True)
                 finite, loss_value = bool(torch.isfinite(loss)), loss.item()
                 signalled = stop.signum is not None

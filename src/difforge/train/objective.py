@@ -57,6 +57,8 @@ def framework_loss(
     *,
     prediction: str = "eps",
     min_snr_gamma: float | None = None,
+    rows: slice | None = None,
+    global_batch: int | None = None,
 ) -> torch.Tensor:
     """The denoising loss of any framework, on the network output F.
 
@@ -69,16 +71,19 @@ def framework_loss(
     likelihood-agnostic weighting), x0, v, or EDM's F with lambda(sigma) c_out^2 = 1
     (Karras et al. 2022, Eq. 8). `min_snr_gamma` weights each sample by min-SNR-gamma
     (Hang et al. 2023). A DDPM eps model without weighting is exactly `ddpm_loss`.
+    `rows` / `global_batch`: as `ddpm_loss`, for data parallelism.
     """
     from difforge.diffusion.parameterization import min_snr_weight, training_target
     from difforge.models.denoiser import Denoiser, as_noise
 
     noise = as_noise(noise)
     if noise.name == "ddpm" and prediction == "eps" and min_snr_gamma is None:
-        return ddpm_loss(model, noise.schedule, x0, cond, generator, autocast_dtype)
-    b = x0.shape[0]
-    sigma = noise.sample_sigmas(b, generator).to(x0.device)  # (B,) float64
-    n = torch.randn(x0.shape, generator=generator).to(x0.device, x0.dtype)
+        dp = {} if rows is None and global_batch is None else {"rows": rows, "global_batch": global_batch}
+        return ddpm_loss(model, noise.schedule, x0, cond, generator, autocast_dtype, **dp)
+    b = x0.shape[0] if global_batch is None else global_batch
+    rows = rows if rows is not None else slice(0, b)
+    sigma = noise.sample_sigmas(b, generator)[rows].to(x0.device)  # (B,) float64
+    n = torch.randn((b, *x0.shape[1:]), generator=generator)[rows].to(x0.device, x0.dtype)
     shape = (-1,) + (1,) * (x0.ndim - 1)
     x = x0 + sigma.to(x0.dtype).view(shape) * n
     den = Denoiser(model, noise, prediction)

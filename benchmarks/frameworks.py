@@ -1,0 +1,162 @@
+"""Every framework (ddpm, ncsn, vp-sde, subvp-sde, ve-sde, edm) trained the same way on
+Fashion-MNIST, then measured the same way.
+
+Same network (`unet` preset, unconditional), batch, optimiser, LR schedule, EMA and number
+of steps for all: the network is the whole cost of a step, so equal steps are equal compute
+(the wall time is recorded too). Then, per framework:
+- FD in the domain classifier's feature space (`difforge evaluate`), N samples from the
+  same PF-ODE sampler (heun, Karras grid) with the same number of network calls;
+- the framework's own stochastic sampler (ncsn: annealed Langevin; the SDEs: predictor-
+  corrector; ddpm: ancestral; edm: its Heun sampler, the PF-ODE row itself) at about
+  the same number of calls;
+- bits/dim of the first test images by the probability-flow ODE (and the VLB for DDPM);
+- a PNG grid.
+
+    OMP_NUM_THREADS=1 nohup .venv/bin/python benchmarks/frameworks.py > benchmarks/results/frameworks.log 2>&1 &
+
+Writes benchmarks/frameworks.json, benchmarks/frameworks.md and benchmarks/frameworks/<name>.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parent
+FRAMEWORKS = ("ddpm", "ncsn", "vp-sde", "subvp-sde", "ve-sde", "edm")
+NATIVE = {"ddpm": ("ddpm", 35), "ncsn": ("langevin", 8), "vp-sde": ("pc", 18), "subvp-sde": ("pc", 18),
+          "ve-sde": ("pc", 18), "edm": ("heun", 18)}  # (sampler, steps): about 35 network calls each
+
+
+def train_one(fw: str, steps: int, batch: int, run_root: Path) -> dict:
+    from difforge.config import config_from_dict
+    from difforge.train.loop import train
+
+    out = run_root / fw
+    if (out / "checkpoints").is_dir() and (out / "done.json").is_file():
+        return json.loads((out / "done.json").read_text())
+    import shutil
+
+    shutil.rmtree(out, ignore_errors=True)
+    cfg = config_from_dict({
+        "data": {"dataset": "fashion-mnist"},
+        "model": {"preset": "unet", "conditional": False},
+        "diffusion": {"framework": fw},
+        "train": {"max_steps": steps, "batch_size": batch, "lr": 2e-3, "ema_decay": 0.99, "ema_warmup": 50,
+                  "sample_every": 0, "checkpoint_every": 0, "log_every": 25, "seed": 0, "device": "cpu"},
+        "out": str(out),
+    })
+    t0 = time.perf_counter()
+    train(cfg, progress=False)
+    rec = {"train_seconds": round(time.perf_counter() - t0, 1), "steps": steps, "batch_size": batch}
+    (out / "done.json").write_text(json.dumps(rec))
+    return rec
+
+
+def measure(fw: str, run_dir: Path, n: int, bpd: int, grids: Path) -> dict:
+    from difforge.eval.evaluate import EvalConfig, evaluate
+    from difforge.pipeline import load_pipeline
+
+    res = {}
+    for tag, (sampler, steps) in (("pf-ode", ("heun", 18)), ("native", NATIVE[fw])):
+        if tag == "native" and (sampler, steps) == ("heun", 18):
+            res[tag] = dict(res["pf-ode"])  # EDM's own sampler is the PF-ODE Heun above
+            continue
+        t0 = time.perf_counter()
+        cfg = EvalConfig(n=n, sampler=sampler, steps=steps, seed=0, memorization=False,
+                         bpd=bpd if tag == "pf-ode" else 0, bpd_ode=True)
+        rep = evaluate(str(run_dir), str(run_dir / f"eval-{tag}"), cfg, progress=False, log=lambda *a: None)
+        m = rep["metrics"]["classifier"]
+        res[tag] = {"sampler": sampler, "steps": steps, "fd": m["fd"], "kid": m["kid"],
+                    "precision": m["precision"], "recall": m["recall"], "floor_fd": rep["floor"]["classifier"]["fd"],
+                    "seconds": round(time.perf_counter() - t0, 1)}
+        if tag == "pf-ode" and rep.get("likelihood"):
+            lk = rep["likelihood"]
+            res["bpd"] = {"n": lk["n"], "split": lk["split"], "ode": lk["ode"]["bpd"], "ode_native": lk["ode"]["bpd_native"],
+                          "ode_nfe": lk["ode"]["nfe"], "vlb": lk.get("vlb", {}).get("large", {}).get("bpd")}
+        pipe = load_pipeline(run_dir)
+        res[tag]["network_calls"] = _count_calls(pipe, sampler, steps)
+        if tag == "pf-ode":
+            images, _ = pipe.generate(n=64, sampler=sampler, steps=steps, seed=0)
+            pipe.save_grid(images, grids / f"{fw}.png")
+    return res
+
+
+def _count_calls(pipe, sampler: str, steps: int) -> int:
+    """Network evaluations for one image (a counting wrapper around the network)."""
+    count = [0]
+    net = pipe.net
+
+    def hook(module, args):
+        count[0] += 1
+
+    h = net.register_forward_pre_hook(hook)
+    try:
+        pipe.generate(n=1, sampler=sampler, steps=steps, seed=0)
+    finally:
+        h.remove()
+    return count[0]
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--steps", type=int, default=200)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--n", type=int, default=500, help="samples for FD")
+    p.add_argument("--bpd", type=int, default=32, help="test images for bits/dim")
+    p.add_argument("--frameworks", default=",".join(FRAMEWORKS))
+    p.add_argument("--runs", default="runs/bench-frameworks")
+    a = p.parse_args()
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
+    grids = ROOT / "frameworks"
+    grids.mkdir(exist_ok=True)
+    out_json = ROOT / "frameworks.json"
+    results = json.loads(out_json.read_text()) if out_json.is_file() else {}
+    results["machine"] = {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
+                          "threads": torch.get_num_threads(), "torch": torch.__version__,
+                          "note": "2-core x86_64 shared with other jobs (load average about 6-8): wall times are "
+                                  "contended; equal steps are the equal-compute comparison"}
+    results["setup"] = {"model": "unet (unconditional)", "dataset": "fashion-mnist", "steps": a.steps,
+                        "batch_size": a.batch_size, "fd_samples": a.n, "bpd_images": a.bpd}
+    for fw in a.frameworks.split(","):
+        t0 = time.perf_counter()
+        rec = train_one(fw, a.steps, a.batch_size, Path(a.runs))
+        rec.update(measure(fw, Path(a.runs) / fw, a.n, a.bpd, grids))
+        results.setdefault("frameworks", {})[fw] = rec
+        out_json.write_text(json.dumps(results, indent=2))
+        print(f"{fw}: {json.dumps(rec)} ({time.perf_counter() - t0:.0f} s)", flush=True)
+    write_md(results)
+
+
+def write_md(r: dict) -> None:
+    s = r["setup"]
+    lines = ["# Frameworks on Fashion-MNIST: same network, same steps", "",
+             f"`unet` preset, unconditional, {s['steps']} steps of batch {s['batch_size']} (AdamW + one-cycle, "
+             f"EMA 0.99), fp32, 1 thread. FD: domain-classifier features, {s['fd_samples']} samples vs the test "
+             f"split (lower is better; the real-vs-real floor at the same N is shown). Bits/dim: probability-flow "
+             f"ODE (RK4, 32 steps, Hutchinson), first {s['bpd_images']} test images, dequantized; per native pixel. "
+             f"Machine: {r['machine']['note']}.", "",
+             "| framework | train s | FD (PF-ODE heun 18) | calls | native sampler | FD (native) | calls | bits/dim ODE | VLB |",
+             "|---|---:|---:|---:|---|---:|---:|---:|---:|"]
+    for fw, v in r.get("frameworks", {}).items():
+        b = v.get("bpd", {})
+        vlb = f"{b['vlb']:.3f}" if b.get("vlb") is not None else "-"
+        lines.append(f"| {fw} | {v['train_seconds']:g} | {v['pf-ode']['fd']:.3g} | {v['pf-ode']['network_calls']} | "
+                     f"{v['native']['sampler']} {v['native']['steps']} | {v['native']['fd']:.3g} | "
+                     f"{v['native']['network_calls']} | {b.get('ode_native', float('nan')):.3f} | {vlb} |")
+    floor = next(iter(r.get("frameworks", {}).values()), {}).get("pf-ode", {}).get("floor_fd")
+    if floor is not None:
+        lines += ["", f"Real-vs-real FD floor at this N: {floor:.3g}."]
+    lines += ["", "Grids (64 samples, PF-ODE heun 18 steps): " + ", ".join(
+        f"[{fw}](frameworks/{fw}.png)" for fw in r.get("frameworks", {}))]
+    (ROOT / "frameworks.md").write_text("\n".join(lines) + "\n")
+
+
+if __name__ == "__main__":
+    main()
