@@ -107,6 +107,26 @@ def examples(path: Path, rows: list[torch.Tensor], k: int = 8) -> None:
     save_grid(torch.cat([_u8(r[:k]) for r in rows]), path, nrow=k, scale=3)
 
 
+def render(result: dict) -> str:
+    """Markdown tables of a results file."""
+    def table(rows: list[dict], hole: bool = False) -> list[str]:
+        head = "| method | PSNR (dB) |" + (" PSNR hole (dB) |" if hole else "") + " SSIM | FD | seconds |"
+        out = [head, "|---" * (head.count("|") - 1) + "|"]
+        for r in rows:
+            out.append(f"| {r['method']} | {r['psnr']:.2f} |" + (f" {r['psnr_hole']:.2f} |" if hole else "")
+                       + f" {r['ssim']:.3f} | {r['fd']:.2f} | {r['seconds']:.1f} |")
+        return out
+
+    lines = [f"N = {result['n']} test images; FD real floor (N other test images) = {result['fd_real_floor']:.2f}", ""]
+    for mask, rows in result.get("inpaint", {}).items():
+        lines += [f"Inpainting, mask `{mask}`:", "", *table(rows, hole=True), ""]
+    for sigma, rows in result.get("denoise", {}).items():
+        lines += [f"Denoising, sigma = {sigma} ([0, 1] pixel units):", "", *table(rows), ""]
+    if "superres" in result:
+        lines += ["Super-resolution 14 -> 28:", "", *table(result["superres"]), ""]
+    return "\n".join(lines)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("model", help="run or model directory (Fashion-MNIST)")
@@ -114,7 +134,11 @@ def main() -> None:
     ap.add_argument("--only", nargs="*", default=["inpaint", "denoise", "superres"])
     ap.add_argument("--sr-model", help="an SR3 run (train --task superres --scale 2) to add to the SR table")
     ap.add_argument("--out", default=str(HERE / "results" / "tasks.json"))
+    ap.add_argument("--render", action="store_true", help="only print the tables of --out as markdown")
     args = ap.parse_args()
+    if args.render:
+        print(render(json.loads(Path(args.out).read_text())))
+        return
 
     from difforge import tasks
     from difforge.data import load_fashion_mnist
