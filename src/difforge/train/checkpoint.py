@@ -184,3 +184,30 @@ def find_resumable(root: str | Path) -> tuple[Path | None, list[str]]:
 
 def weights_file(path: str | Path, ema: bool = True) -> Path:
     return Path(path) / (FILES[1] if ema else FILES[0])
+
+
+def rng_state(device: torch.device) -> dict:
+    """This process's global RNG states (CPU, and CUDA on a GPU): what dropout draws from."""
+    rng = {"torch": torch.get_rng_state()}
+    if device.type == "cuda":
+        rng["cuda"] = torch.cuda.get_rng_state(device)
+    return rng
+
+
+def restore_rng(rng: dict, world, device: torch.device, seed: int, step: int) -> None:
+    """Restore rank `world.rank`'s global RNG from a checkpoint's `rng` entry.
+
+    `rng` holds rank 0's states and, under `"ranks"`, every rank's. A checkpoint from
+    another number of processes has no stream for ranks > 0: they start fresh ones.
+    """
+    ranks = rng.get("ranks")
+    if ranks is not None and len(ranks) == world.size:
+        mine = ranks[world.rank]
+    elif world.rank == 0:
+        mine = rng
+    else:
+        torch.manual_seed(seed + 7919 * world.rank + 104729 * step)
+        return
+    torch.set_rng_state(mine["torch"])
+    if device.type == "cuda" and "cuda" in mine:
+        torch.cuda.set_rng_state(mine["cuda"], device)

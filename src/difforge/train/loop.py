@@ -13,7 +13,6 @@ from __future__ import annotations
 import functools
 import json
 import math
-import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,10 +25,13 @@ from difforge.data.batches import EpochBatches
 from difforge.diffusion.frameworks import make_noise, prediction_of
 from difforge.models import build_model, size_multiple
 from difforge.train import distributed
-from difforge.train.checkpoint import clean_stale, find_resumable, load_checkpoint, save_checkpoint, step_dirs
+from difforge.train.checkpoint import (
+    clean_stale, find_resumable, load_checkpoint, restore_rng, rng_state, save_checkpoint, step_dirs,
+)
 from difforge.train.ema import EMA
 from difforge.train.objective import drop_labels, framework_loss
 from difforge.train.optim import build_optimizer, build_scheduler
+from difforge.train.signals import StopFlag
 
 VAL_MAX_IMAGES = 2000  # validation loss is measured on at most this many held-out images
 MAX_BAD_STEPS = 20  # consecutive non-finite steps before a rollback (once), then a stop
@@ -104,54 +106,6 @@ def _create_run_dir(cfg: RunConfig, run_dir: Path, resume: bool) -> None:
         save_config(cfg, run_dir / "config.yaml")
     for name in clean_stale(run_dir / "checkpoints"):
         print(f"removed {name}: an incomplete checkpoint left by an interrupted write")
-
-
-def _rng_state(device: torch.device) -> dict:
-    rng = {"torch": torch.get_rng_state()}
-    if device.type == "cuda":
-        rng["cuda"] = torch.cuda.get_rng_state(device)
-    return rng
-
-
-def _restore_rng(rng: dict, world: distributed.World, device: torch.device, seed: int, step: int) -> None:
-    """This rank's global RNG (dropout) from a checkpoint. A checkpoint from another
-    number of processes has no stream for this rank: ranks > 0 then start a fresh one."""
-    ranks = rng.get("ranks")
-    if ranks is not None and len(ranks) == world.size:
-        mine = ranks[world.rank]
-    elif world.main:
-        mine = rng
-    else:
-        torch.manual_seed(seed + 7919 * world.rank + 104729 * step)
-        return
-    torch.set_rng_state(mine["torch"])
-    if device.type == "cuda" and "cuda" in mine:
-        torch.cuda.set_rng_state(mine["cuda"], device)
-
-
-class _StopFlag:
-    """Set by SIGTERM/SIGINT so the loop finishes its step and checkpoints."""
-
-    def __init__(self):
-        self.signum: int | None = None
-        self._old = {}
-
-    def __enter__(self):
-        for s in (signal.SIGTERM, signal.SIGINT):
-            try:
-                self._old[s] = signal.signal(s, self._handle)
-            except ValueError:  # not the main thread: leave signals alone
-                pass
-        return self
-
-    def _handle(self, signum, frame):
-        if self.signum is not None:  # second signal: stop now
-            raise KeyboardInterrupt
-        self.signum = signum
-
-    def __exit__(self, *exc):
-        for s, h in self._old.items():
-            signal.signal(s, h)
 
 
 def train(
@@ -257,7 +211,7 @@ def _train(
             gen.set_state(state["rng"]["train"])
             step = last_saved = int(state["step"])
             rollbacks = int(state.get("rollbacks", 0))
-            _restore_rng(state["rng"], world, device, t.seed, step)
+            restore_rng(state["rng"], world, device, t.seed, step)
             say(f"resuming {run_dir} from {ckpt.name} (step {step} of {total})")
         else:
             say(f"no checkpoint in {run_dir}; starting from step 0")
@@ -277,7 +231,7 @@ def _train(
     def checkpoint() -> Path:
         """Every rank calls this (their RNG streams are gathered); rank 0 writes."""
         nonlocal last_saved
-        ranks = distributed.gather(_rng_state(device), world)
+        ranks = distributed.gather(rng_state(device), world)
         if world.distributed:  # weights and EMA must be identical on every rank
             digests = distributed.gather((distributed.digest(model), distributed.digest(ema.shadow)), world)
             if len(set(digests)) > 1:
@@ -385,7 +339,7 @@ def _train(
         raise TrainingError(f"{MAX_BAD_STEPS} non-finite losses or gradients in a row at step {step}, {when}; {hint}")
 
     try:
-        with _StopFlag() as stop:
+        with StopFlag() as stop:
             while step < end:
                 idx = batches.batch(step)  # the global batch: the same on every rank
                 x0 = to_model_input(train_set.images[idx[rows]], image_size).to(device)
