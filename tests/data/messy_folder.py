@@ -84,7 +84,7 @@ def make_messy(root: Path, n_per_class: int = 24, seed: int = 0) -> dict:
     checker = (np.indices((SIZE, SIZE)) // 8).sum(0) % 2 * 255
     add("squares/checker.png", Image.fromarray(checker.astype(np.uint8)), "squares")
     plan["outliers"] = {"circles/tiny.png": "tiny", "circles/wide.png": "aspect",
-                        "circles/blank.png": "nearly constant", "squares/checker.png": "far from class"}
+                        "circles/blank.png": "nearly constant", "squares/checker.png": "far from the rest: class 'squares'"}
     for copy in plan["dups"]:
         plan["valid"].pop(copy, None)
     return plan

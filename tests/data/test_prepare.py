@@ -163,3 +163,11 @@ def test_bad_sources_and_settings(tmp_path):
     for bad in (dict(size=2), dict(channels=2), dict(val_fraction=0.6, test_fraction=0.5), dict(near_distance=-1)):
         with pytest.raises(ValueError):
             PrepareConfig(**bad)
+
+
+def test_worker_processes_give_the_same_result(messy):
+    root, _, p = messy
+    q = prepare(root, PrepareConfig(max_pixels=100_000, workers=2), progress=False, log=lambda s: None)
+    assert q.items == p.items and q.report == p.report and q.settings == p.settings
+    for s in SPLITS:
+        np.testing.assert_array_equal(q.arrays[s], p.arrays[s])

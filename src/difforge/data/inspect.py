@@ -98,7 +98,7 @@ def summary(p: Prepared, max_examples: int = 5) -> list[str]:
         lines.append(f"    {e['a']} ~ {e['b']}: {e['distance']} bits, difference {e['mae']:g} "
                      f"({e['splits'][0]} / {e['splits'][1]})")
     o = r["outliers"]
-    kinds = Counter(reason.split(":")[0].split(" (")[0].split(" ratio")[0] for e in o for reason in e["reasons"])
+    kinds = Counter(reason.split(":")[0] for e in o for reason in e["reasons"])
     verb = "removed" if r.get("outliers_removed") else "flagged, kept"
     lines.append(f"outliers {verb}: {len(o)} image(s)" + (": " + ", ".join(f"{k} {n}" for k, n in kinds.items()) if o else ""))
     for e in o[:max_examples]:

@@ -151,7 +151,10 @@ def _decode_all(src: Source, cfg: PrepareConfig, size: int, progress: bool) -> l
         return [work(it, arrays=src.arrays) for it in tqdm(src.items, **bar)]
     import multiprocessing as mp
 
-    with mp.get_context("spawn" if os.name == "nt" else "fork").Pool(workers) as pool:
+    import sys
+
+    # fork is safe here (no torch op has started its thread pool yet) and starts instantly
+    with mp.get_context("fork" if sys.platform.startswith("linux") else "spawn").Pool(workers) as pool:
         return list(tqdm(pool.imap(work, src.items, chunksize=64), **bar))
 
 
@@ -221,14 +224,14 @@ def _flags(cfg: PrepareConfig, size: int, w: np.ndarray, h: np.ndarray, std: np.
         f = []
         aspect = max(w[i], h[i]) / min(w[i], h[i])
         if aspect > cfg.max_aspect:
-            f.append(f"extreme aspect ratio {aspect:.1f}:1 ({w[i]}x{h[i]})")
+            f.append(f"extreme aspect ratio: {aspect:.1f} ({w[i]}x{h[i]})")
         if min(w[i], h[i]) < min_side:
             f.append(f"tiny: {w[i]}x{h[i]}, shorter side under {min_side}")
         if std[i] < cfg.min_std:
             f.append(f"nearly constant: pixel std {std[i]:.2f}")
         if z[i] > cfg.outlier_z:
-            where = f"class {label_names[i]!r}" if label_names[i] is not None else "the rest"
-            f.append(f"far from {where}: robust z {z[i]:.1f}")
+            where = f"class {label_names[i]!r}, " if label_names[i] is not None else ""
+            f.append(f"far from the rest: {where}robust z {z[i]:.1f}")
         out.append(f)
     return out
 
