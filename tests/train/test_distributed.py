@@ -29,12 +29,14 @@ def _main(argv):
     assert e.value.code == 0
 
 
-def _torchrun(argv, nproc=2):
+def _torchrun(argv, nproc=2, script=None):
+    """`torchrun --standalone --nproc_per_node N -m difforge ARGV` (or SCRIPT ARGV)."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
         env.pop(k, None)
+    program = [str(script)] if script else ["-m", "difforge"]
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc),
-           "-m", "difforge", *argv]
+           *program, *argv]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     return proc.stdout + proc.stderr
@@ -91,14 +93,49 @@ def test_two_processes_match_one(one_process, tmp_path):
     _assert_close(one_process, back)
 
 
-def test_one_process_checkpoint_resumes_in_two(one_process, tmp_path):
+# Rank 1 alone sees NaN images at its second step; otherwise `python -m difforge`.
+NAN_ON_RANK_1 = """
+import os, sys
+import difforge.train.loop as loop
+calls, real = [], loop.to_model_input
+def poisoned(images, size):
+    x = real(images, size)
+    calls.append(None)
+    return x * float("nan") if os.environ["RANK"] == "1" and len(calls) == 2 else x
+loop.to_model_input = poisoned
+from difforge.cli import main
+main(sys.argv[1:])
+"""
+
+
+def test_one_process_checkpoint_resumes_in_two_that_skip_together(one_process, tmp_path, monkeypatch):
+    # Reference: one process whose whole batch is NaN at step 3 (it skips that step).
+    from difforge.train import loop
+
+    calls, real = [], loop.to_model_input
+
+    def poisoned(images, size):
+        calls.append(None)
+        return real(images, size) * (float("nan") if len(calls) == 4 else 1.0)
+
+    monkeypatch.setattr(loop, "to_model_input", poisoned)
+    ref = tmp_path / "ref"
+    _main(TRAIN + ["--out", str(ref)])
+    monkeypatch.undo()
+
+    # Two processes resume the clean one-process run at step 2; at step 3 only rank 1's
+    # loss is NaN, yet both skip (a rank that went on alone would hang in DDP).
     run = tmp_path / "resumed"
     _keep_until(one_process, run, 2)
-    out = _torchrun(["train", "--resume", "--out", str(run), "--no-progress"])
+    script = tmp_path / "nan_on_rank_1.py"
+    script.write_text(NAN_ON_RANK_1)
+    out = _torchrun(["train", "--resume", "--out", str(run), "--no-progress"], script=script)
     assert "from step-2" in out
-    _assert_close(one_process, run)
+    skipped = [json.loads(r) for r in (run / "metrics.jsonl").read_text().splitlines() if "skipped" in r]
+    assert [(r["step"], r["skipped_nonfinite"]) for r in skipped] == [(3, "loss")]  # logged once, by rank 0
+    _assert_close(ref, run)
     state = torch.load(run / "checkpoints" / "step-6" / "train_state.pt", weights_only=True)
-    assert state["world_size"] == 2 and len(state["rng"]["ranks"]) == 2
+    assert state["world_size"] == 2 and len(state["rng"]["ranks"]) == 2 and state["ema"]["step"] == 5
 
 
 def test_world_from_env_and_checks():
