@@ -80,14 +80,15 @@ def test_train_reads_the_store(store, tmp_path):
         (["prepare", "{tmp}/src", "{tmp}/o", "--val", "0.7", "--test", "0.5"], "val + test fractions"),
         (["inspect", "/no/such/store"], "no such file or directory"),
         (["prepare", "{tmp}/src/a.png", "{tmp}/o"], "unsupported source"),
+        (["prepare", "{store}", "{tmp}/o"], "already a prepared store"),
     ],
 )
-def test_clear_one_line_errors(tmp_path, capsys, argv, message):
+def test_clear_one_line_errors(store, tmp_path, capsys, argv, message):
     (tmp_path / "src").mkdir()
     (tmp_path / "src" / "a.png").write_bytes(b"x")
     (tmp_path / "full").mkdir()
     (tmp_path / "full" / "keep.txt").write_text("x")
-    assert run([a.replace("{tmp}", str(tmp_path)) for a in argv]) == 1
+    assert run([a.replace("{tmp}", str(tmp_path)).replace("{store}", str(store)) for a in argv]) == 1
     err = capsys.readouterr().err.strip()
     assert message in err and len(err.splitlines()) == 1, err
     assert (tmp_path / "full" / "keep.txt").exists()

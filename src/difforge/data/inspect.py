@@ -36,6 +36,23 @@ def _stats(values: list[int]) -> str:
     return f"min {min(values)}, median {statistics.median_low(values)}, max {max(values)}" if values else "none"
 
 
+def _channel_stats(arrays: list[np.ndarray], chunk: int = 4096) -> tuple[np.ndarray, np.ndarray]:
+    """Per-channel mean and standard deviation over uint8 (N, C, H, W) arrays, in chunks
+    (exact: integer sums of x and x^2)."""
+    if not arrays:
+        return np.zeros(0), np.zeros(0)
+    c = arrays[0].shape[1]
+    s1, s2, n = np.zeros(c), np.zeros(c), 0
+    for a in arrays:
+        for i in range(0, len(a), chunk):
+            x = np.asarray(a[i : i + chunk]).transpose(1, 0, 2, 3).reshape(c, -1).astype(np.int64)
+            s1 += x.sum(axis=1)
+            s2 += (x * x).sum(axis=1)
+            n += x.shape[1]
+    mean = s1 / n
+    return mean, np.sqrt(np.maximum(s2 / n - mean**2, 0))
+
+
 def summary(p: Prepared, max_examples: int = 5) -> list[str]:
     """The report as lines of text."""
     r, s = p.report, p.settings
@@ -69,12 +86,10 @@ def summary(p: Prepared, max_examples: int = 5) -> list[str]:
                      f"{up} image(s) upscaled to {s['size']}")
     modes = Counter(m for c in cols for m in c["mode"])
     lines.append("stored modes: " + ", ".join(f"{m} {n}" for m, n in modes.most_common()))
-    everything = [a for a in p.arrays.values() if len(a)]
-    if everything:
-        x = np.concatenate([a.reshape(len(a), a.shape[1], -1) for a in everything]).astype(np.float32)
-        names = ["gray"] if x.shape[1] == 1 else ["red", "green", "blue"]
-        per_ch = [f"{n} mean {x[:, i].mean():.1f} std {x[:, i].std():.1f}" for i, n in enumerate(names)]
-        lines.append("pixels (0..255): " + "; ".join(per_ch))
+    mean, std = _channel_stats([a for a in p.arrays.values() if len(a)])
+    if len(mean):
+        names = ["gray"] if len(mean) == 1 else ["red", "green", "blue"]
+        lines.append("pixels (0..255): " + "; ".join(f"{n} mean {m:.1f} std {d:.1f}" for n, m, d in zip(names, mean, std)))
 
     if not r:
         return lines

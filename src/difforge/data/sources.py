@@ -204,6 +204,8 @@ def open_source(source: str | Path) -> Source:
     path = Path(source)
     if not path.exists():
         raise FileNotFoundError(f"{path}: no such file or directory")
+    if path.is_dir() and (path / "manifest.json").is_file() and any(path.glob("*_images.npy")):
+        raise ValueError(f"{path} is already a prepared store: train on it, or prepare from its original source")
     if path.is_dir():
         src = _idx(path) if is_idx_folder(path) else _folder(path)
     elif path.suffix.lower() == ".zip":
