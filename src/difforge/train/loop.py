@@ -14,6 +14,7 @@ import functools
 import json
 import math
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -373,14 +374,20 @@ def _train(
                     if ok:
                         scaler.step(optimizer)
                         scaler.update()
-                scheduler.step()
                 if ok:
+                    scheduler.step()
                     ema.update(model)
                     bad_in_a_row = 0
                     imgs_since += len(idx)
                 else:
+                    with warnings.catch_warnings():  # a skipped first step is not a misordered scheduler
+                        warnings.filterwarnings("ignore", "Detected call of `lr_scheduler.step")
+                        scheduler.step()
                     bad_in_a_row += 1
-                    logger.log(step, {"skipped_nonfinite": "loss" if not finite else "gradients"})
+                    what = "loss" if not finite else "gradients"
+                    logger.log(step, {"skipped_nonfinite": what})
+                    if bad_in_a_row == 1:
+                        say(f"warning: non-finite {what} at step {step}: step skipped")
                 step += 1
                 bar.update(1)
                 if bad_in_a_row >= MAX_BAD_STEPS:
