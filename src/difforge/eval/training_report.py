@@ -72,13 +72,10 @@ def loss_gap(records: list[dict]) -> list[dict]:
 
 
 def _smooth(values: list[float], window: int) -> list[float]:
-    out, acc = [], 0.0
-    for i, v in enumerate(values):
-        acc += v
-        if i >= window:
-            acc -= values[i - window]
-        out.append(acc / min(i + 1, window))
-    return out
+    """Centred moving average over `window` records (shorter at the ends): no lag."""
+    half = window // 2
+    return [sum(values[max(0, i - half) : i + half + 1]) / len(values[max(0, i - half) : i + half + 1])
+            for i in range(len(values))]
 
 
 def write_run_report(run_dir: str | Path, out: str | Path | None = None) -> dict:
