@@ -91,7 +91,8 @@ def main() -> None:
     report = subprocess.run([*cli, "inspect", str(store), "--sheets", str(sheets), "--verify"],
                             check=True, capture_output=True, text=True).stdout
     record["inspect_seconds"] = round(time.perf_counter() - t, 1)
-    (out / "inspect.txt").write_text(report.replace(str(args.export), "EXPORT").replace(str(store), "STORE"))
+    report = report.replace(str(args.export), "EXPORT").replace(str(store), "STORE")
+    (out / "inspect.txt").write_text(report.replace(str(HERE.parent) + "/", ""))
 
     from difforge.config import DataConfig
     from difforge.data import load_dataset

@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 
 from difforge.data.folder import decode_image
-from difforge.data.hashing import content_hash, dct_matrix, hamming, near_pairs, phash
+from difforge.data.hashing import content_hash, dct_matrix, hamming, near_pairs, pair_work, phash
 
 
 def test_dct_matrix_orthonormal_and_matches_scipy():
@@ -52,7 +52,10 @@ def test_near_pairs_equals_brute_force():
     flips = np.uint64(1) << rng.integers(0, 64, (60, 3)).astype(np.uint64)
     near = base ^ flips[:, 0] ^ flips[:, 1]  # at most 2 bits away from its base
     hashes = np.concatenate([base, near, base[:5]])  # plus 5 exact repeats
-    got = near_pairs(hashes, 3, chunk=17)  # a chunk size that does not divide N
+    work = []
+    got = near_pairs(hashes, 3, chunk=17, on_work=work.append)  # a chunk size that does not divide N
+    assert sum(work) == pair_work(len(hashes), 17) == sum(len(hashes) - i for i in range(0, len(hashes), 17)
+                                                         for _ in range(min(17, len(hashes) - i)))
     expect = [(i, j, bin(int(hashes[i]) ^ int(hashes[j])).count("1"))
               for i, j in itertools.combinations(range(len(hashes)), 2)
               if bin(int(hashes[i]) ^ int(hashes[j])).count("1") <= 3]

@@ -14,6 +14,7 @@ coefficients. Similar pictures have hashes a few bits apart (Hamming distance).
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 
 import numpy as np
 
@@ -62,11 +63,18 @@ def hamming(a: np.ndarray | int, b: np.ndarray | int) -> np.ndarray:
     return np.bitwise_count(np.bitwise_xor(np.asarray(a, np.uint64), np.asarray(b, np.uint64)))
 
 
-def near_pairs(hashes: np.ndarray, max_distance: int, chunk: int = 256) -> np.ndarray:
+def pair_work(n: int, chunk: int = 256) -> int:
+    """The number of hash comparisons `near_pairs` makes for n hashes."""
+    return sum(min(chunk, n - s) * (n - s) for s in range(0, n, chunk))
+
+
+def near_pairs(hashes: np.ndarray, max_distance: int, chunk: int = 256,
+               on_work: Callable[[int], None] | None = None) -> np.ndarray:
     """All pairs (i, j, distance) with i < j and Hamming distance <= max_distance, sorted.
 
     Exact all-pairs search in blocks (O(N^2 / 2) XOR + popcount, about 10 s for 70 000
-    hashes on one core); returns int64 (P, 3).
+    hashes on one core); returns int64 (P, 3). `on_work(k)` reports k more hash
+    comparisons done, of `pair_work(N, chunk)` in all.
     """
     h = np.asarray(hashes, dtype=np.uint64)
     out = []
@@ -77,5 +85,7 @@ def near_pairs(hashes: np.ndarray, max_distance: int, chunk: int = 256) -> np.nd
         keep = jj > ii  # j index is relative to start, as is i
         ii, jj = ii[keep], jj[keep]
         out.append(np.stack([ii + start, jj + start, d[ii, jj]], axis=1).astype(np.int64))
+        if on_work is not None:
+            on_work(len(block) * (len(h) - start))
     pairs = np.concatenate(out) if out else np.zeros((0, 3), np.int64)
     return pairs[np.lexsort((pairs[:, 1], pairs[:, 0]))]

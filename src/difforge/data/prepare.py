@@ -17,7 +17,7 @@ Steps, in order:
    mean (so a brightness change does not count), differ by at most `near_mae` gray levels
    on average; reported with their splits (a pair across splits leaks between train and
    evaluation). The hash alone over-reports on sets of look-alike objects: on
-   Fashion-MNIST 4 bits pair 190 000 images of similar trousers and sneakers;
+   Fashion-MNIST 4 bits give 190 000 pairs of similar trousers and sneakers;
 6. outliers, flagged (and removed with `drop_outliers`): extreme aspect ratio, tiny
    (shorter side below `min_side`), nearly constant (pixel std below `min_std`), and far
    from the rest: the distance of an image's 8x8 grayscale thumbnail to its class's mean
@@ -41,7 +41,7 @@ from pathlib import Path
 import numpy as np
 
 from difforge.data.folder import DEFAULT_MAX_SIZE, MAX_PIXELS
-from difforge.data.hashing import THUMB, content_hash, near_pairs, phash
+from difforge.data.hashing import THUMB, content_hash, near_pairs, pair_work, phash
 from difforge.data.sources import MAX_MEMBER_BYTES, Source, SourceItem, open_source
 
 SPLITS = ("train", "val", "test")
@@ -297,7 +297,11 @@ def prepare(source: str | Path, cfg: PrepareConfig = PrepareConfig(), *, progres
     keep = np.array([not (cfg.drop_outliers and f) for f in flags], dtype=bool)
 
     t0 = time.perf_counter()
-    pairs = near_pairs(hashes, cfg.near_distance)
+    from tqdm.auto import tqdm
+
+    with tqdm(total=pair_work(len(hashes)), desc="near duplicates", unit="cmp", unit_scale=True,
+              disable=not progress, dynamic_ncols=True) as bar:
+        pairs = near_pairs(hashes, cfg.near_distance, on_work=bar.update)
     pairs = pairs[keep[pairs[:, 0]] & keep[pairs[:, 1]]] if len(pairs) else pairs
     mae = centred_mae(thumbs, pairs)
     log(f"near-duplicate search: {len(pairs)} hash candidates, {int((mae <= cfg.near_mae).sum())} confirmed "
