@@ -171,3 +171,23 @@ def test_worker_processes_give_the_same_result(messy):
     assert q.items == p.items and q.report == p.report and q.settings == p.settings
     for s in SPLITS:
         np.testing.assert_array_equal(q.arrays[s], p.arrays[s])
+
+
+def test_large_jpeg_decoded_at_reduced_scale(tmp_path):
+    src = tmp_path / "photos" / "cls"
+    src.mkdir(parents=True)
+    rng = np.random.default_rng(5)
+    grid = rng.integers(0, 256, (6, 8, 3), dtype=np.uint8)
+    Image.fromarray(grid).resize((2400, 1800), Image.BICUBIC).save(src / "big.jpg", quality=90)
+    Image.fromarray(grid).resize((40, 30), Image.BICUBIC).save(src / "small.jpg", quality=90)
+    a = prepare(tmp_path / "photos", PrepareConfig(size=32, val_fraction=0, test_fraction=0), progress=False,
+                log=lambda s: None)
+    b = prepare(tmp_path / "photos", PrepareConfig(size=64, val_fraction=0, test_fraction=0), progress=False,
+                log=lambda s: None)
+    cols = a.items["train"]
+    i = cols["source"].index("cls/big.jpg")
+    assert (cols["width"][i], cols["height"][i]) == (2400, 1800)  # the stored size, not the draft's
+    assert cols["sha256"] == b.items["train"]["sha256"]  # the hash does not depend on --size up to 512
+    full, _, _ = decode_image(src / "big.jpg")
+    exact = fit_square(full, 32, 3).transpose(2, 0, 1).astype(int)
+    assert np.abs(a.arrays["train"][i].astype(int) - exact).mean() < 2  # 1/2-scale DCT decode, then Lanczos

@@ -45,6 +45,7 @@ from difforge.data.hashing import THUMB, content_hash, near_pairs, pair_work, ph
 from difforge.data.sources import MAX_MEMBER_BYTES, Source, SourceItem, open_source
 
 SPLITS = ("train", "val", "test")
+HASH_DRAFT = 512  # JPEGs decode at the smallest 1/2, 1/4 or 1/8 scale that keeps >= this many pixels
 MAX_REPORTED_PAIRS = 5000  # near-duplicate pairs listed in the report (all are counted)
 _MIN_GROUP_FOR_Z = 20  # classes smaller than this get no "far from the rest" flag
 
@@ -125,11 +126,10 @@ def _decode_one(item: SourceItem, size: int, channels: int | None, background: i
         if item.row is not None:
             im = Image.fromarray(arrays[item.path][item.row], mode="L")
             stored, mode = im.size, "L"
-        elif item.member is not None:
-            src = io.BytesIO(_member_bytes(item.path, item.member))
-            im, stored, mode = decode_image(src, background=background, max_pixels=max_pixels)
         else:
-            im, stored, mode = decode_image(Path(item.path), background=background, max_pixels=max_pixels)
+            src = io.BytesIO(_member_bytes(item.path, item.member)) if item.member is not None else Path(item.path)
+            draft = max(HASH_DRAFT, size)  # a property of the file (and of sizes over 512), not of other files
+            im, stored, mode = decode_image(src, background=background, max_pixels=max_pixels, draft=draft)
         sha = content_hash(np.asarray(im))
         thumb = np.asarray(im.convert("L").resize((THUMB, THUMB), Image.Resampling.BILINEAR, reducing_gap=2.0))
         pixels = fit_square(im, size, channels)
