@@ -612,6 +612,7 @@ def _prepare_options(f):
         click.option("--max-aspect", type=float, default=3.0, show_default=True, help="Flag longer/shorter side above this."),
         click.option("--min-side", type=int, help="Flag images whose shorter side is below this. [default: size / 2]"),
         click.option("--drop-outliers", is_flag=True, help="Remove flagged outliers instead of only reporting them."),
+        click.option("--drop-near-duplicates", is_flag=True, help="Remove the later file of each near-duplicate pair."),
         click.option("--max-pixels", type=int, default=64_000_000, show_default=True,
                      help="Quarantine images with more pixels than this (decompression bombs)."),
         click.option("--workers", type=int, default=0, show_default=True,

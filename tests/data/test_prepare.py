@@ -191,3 +191,12 @@ def test_large_jpeg_decoded_at_reduced_scale(tmp_path):
     full, _, _ = decode_image(src / "big.jpg")
     exact = fit_square(full, 32, 3).transpose(2, 0, 1).astype(int)
     assert np.abs(a.arrays["train"][i].astype(int) - exact).mean() < 2  # 1/2-scale DCT decode, then Lanczos
+
+
+def test_drop_near_duplicates_keeps_the_first_of_each_pair(messy):
+    root, plan, p = messy
+    q = prepare(root, PrepareConfig(max_pixels=100_000, drop_near_duplicates=True), progress=False, log=lambda s: None)
+    removed = {e["source"]: e["near"] for e in q.report["near_duplicates"]["removed"]}
+    assert removed["circles/c05_brighter.png"] == removed["circles/c05_recompressed.jpg"] == "circles/c05.png"
+    assert set(_stored(q)) == set(plan["valid"]) - set(removed)
+    assert q.report["near_duplicates"]["pairs"] == p.report["near_duplicates"]["pairs"]  # still all reported

@@ -109,6 +109,8 @@ def summary(p: Prepared, max_examples: int = 5) -> list[str]:
     lines.append(f"near duplicates (pHash <= {nd['max_distance']} bits, thumbnail difference <= {nd['max_mae']:g}): "
                  f"{nd['pairs_found']} pair(s) over "
                  f"{nd['images_involved']} image(s), {nd['pairs_across_splits']} across splits")
+    if "removed" in nd:
+        lines.append(f"  removed {len(nd['removed'])}: the later file of each pair")
     for e in nd["pairs"][:max_examples]:
         lines.append(f"    {e['a']} ~ {e['b']}: {e['distance']} bits, difference {e['mae']:g} "
                      f"({e['splits'][0]} / {e['splits'][1]})")

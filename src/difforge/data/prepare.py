@@ -16,7 +16,8 @@ Steps, in order:
    most `near_distance` bits apart and whose 32x32 grayscale thumbnails, each minus its
    mean (so a brightness change does not count), differ by at most `near_mae` gray levels
    on average; reported with their splits (a pair across splits leaks between train and
-   evaluation). The hash alone over-reports on sets of look-alike objects: on
+   evaluation); with `drop_near_duplicates` the later file of each pair (in source order)
+   is removed. The hash alone over-reports on sets of look-alike objects: on
    Fashion-MNIST 4 bits give 190 000 pairs of similar trousers and sneakers;
 6. outliers, flagged (and removed with `drop_outliers`): extreme aspect ratio, tiny
    (shorter side below `min_side`), nearly constant (pixel std below `min_std`), and far
@@ -66,6 +67,7 @@ class PrepareConfig:
     min_std: float = 2.0  # pixel standard deviation (0..255) below this is "nearly constant"
     outlier_z: float = 8.0  # robust z of the distance to the class's mean thumbnail
     drop_outliers: bool = False
+    drop_near_duplicates: bool = False  # remove the later file of each near-duplicate pair
     background: int = 255  # gray level transparent pixels are composited over
     max_pixels: int = MAX_PIXELS  # decompression-bomb limit per image
     workers: int = 0  # decoding processes; 0: one per core for large sources
@@ -321,6 +323,12 @@ def prepare(source: str | Path, cfg: PrepareConfig = PrepareConfig(), *, progres
             for (a, b, d), m in ((pairs[k], mae[k]) for k in order[:MAX_REPORTED_PAIRS])
         ],
     }
+    if cfg.drop_near_duplicates:  # pairs are sorted by (a, b): the first file of each pair stays
+        near["removed"] = []
+        for a, b, _ in pairs.tolist():
+            if keep[a] and keep[b]:
+                keep[b] = False
+                near["removed"].append({"source": items[b].key, "near": items[a].key, "split": str(splits[b])})
 
     arrays, label_arrays, columns = {}, ({} if labels is not None else None), {}
     for s in SPLITS:
