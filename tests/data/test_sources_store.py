@@ -66,8 +66,14 @@ def test_csv_and_jsonl_manifests(tmp_path):
 
     jl = tmp_path / "list.jsonl"
     jl.write_text("".join(json.dumps({"path": str(tmp_path / "img" / f"{i}.png")}) + "\n" for i in range(6)))
-    q = prepare(jl, PrepareConfig(size=8), **QUIET)
+    out, q = prepare_store(jl, tmp_path / "unlabelled", PrepareConfig(size=8, val_fraction=0.4), **QUIET)
     assert q.class_names is None and q.labels is None and len(_all_sources(q)) == 6
+    from difforge.config import DataConfig
+    from difforge.data import load_dataset
+
+    bundle = load_dataset(DataConfig(dataset="prepared", path=str(out)))
+    assert bundle.class_names is None and bundle.train.labels is None
+    assert len(bundle.train) + (len(bundle.val) if bundle.val else 0) + (len(bundle.test) if bundle.test else 0) == 6
     (tmp_path / "bad.jsonl").write_text('{"path": "img/0.png"}\nnot json\n')
     with pytest.raises(ValueError, match=r"bad.jsonl:2: not valid JSON"):
         open_source(tmp_path / "bad.jsonl")
