@@ -48,6 +48,10 @@ def test_zip_with_class_folders(tmp_path):
     dup = p.report["duplicates"][0]
     assert dup["source"] == "zip:dog/copy.png" and dup["duplicate_of"] == "zip:cat/0.png"
     assert dup["label_conflict"] == ["cat", "dog"]
+    q = prepare(z, PrepareConfig(size=8, workers=2), **QUIET)  # worker processes open the zip themselves
+    assert q.items == p.items and q.report == p.report
+    for s in SPLITS:
+        np.testing.assert_array_equal(q.arrays[s], p.arrays[s])
 
 
 def test_csv_and_jsonl_manifests(tmp_path):
