@@ -30,6 +30,7 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import re
 import statistics
 import time
 import zipfile
@@ -139,7 +140,10 @@ def _decode_one(item: SourceItem, size: int, channels: int | None, background: i
     except MemoryError:
         raise
     except Exception as e:  # one bad file never stops preparation
-        return ("error", _error(e))
+        reason = _error(e)
+        if item.member is not None:  # name the member, not the in-memory file object
+            reason = re.sub(r"<_io\.BytesIO object at 0x[0-9a-f]+>", repr(item.member), reason)
+        return ("error", reason)
 
 
 def _decode_all(src: Source, cfg: PrepareConfig, size: int, progress: bool) -> list[tuple]:
