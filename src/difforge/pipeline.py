@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from difforge.diffusion import DiscreteSchedule, make_schedule
+from difforge.diffusion import DiscreteSchedule
 from difforge.diffusion.grids import sigma_grid
 from difforge.models import build_model
 from difforge.models.denoiser import Denoiser, EpsDenoiser
