@@ -290,7 +290,11 @@ def pf_ode_log_likelihood(
             nfe += 4
     else:
         import numpy as np
-        from scipy.integrate import solve_ivp
+
+        try:
+            from scipy.integrate import solve_ivp
+        except ImportError:
+            raise ImportError("solver='rk45' needs scipy: pip install 'difforge[eval]'") from None
 
         def rhs(u: float, y: np.ndarray) -> np.ndarray:
             nonlocal nfe

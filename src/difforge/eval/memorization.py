@@ -97,16 +97,23 @@ def audit_space(generated: np.ndarray, train: np.ndarray, heldout: np.ndarray,
 def closest_pairs_png(generated: torch.Tensor, train: torch.Tensor, audit: SpaceAudit, path: str | Path,
                       count: int = 16, per_row: int = 4) -> Path:
     """The `count` generated images closest to the training set, each next to its nearest
-    training image: rows of (generated, training) pairs, closest first."""
+    training image: rows of (generated, training) pairs, closest first, a blank tile
+    between pairs."""
     from difforge.io import save_grid
 
     order = np.argsort(audit.generated)[:count]
+    per_row = min(per_row, len(order))
+    blank = torch.full_like(generated[0], 255)
     tiles = []
-    for i in order:
+    for k, i in enumerate(order):
+        if k % per_row:
+            tiles.append(blank)
         tiles += [generated[int(i)], train[int(audit.generated_index[i])]]
+    while len(tiles) % (3 * per_row - 1):  # pad the last row
+        tiles.append(blank)
     grid = torch.stack(tiles)
     scale = min(4, max(1, 64 // grid.shape[-1]))
-    return save_grid(grid, path, nrow=2 * min(per_row, len(order)), scale=scale)
+    return save_grid(grid, path, nrow=3 * per_row - 1, scale=scale)
 
 
 def memorization_audit(
