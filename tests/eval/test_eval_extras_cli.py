@@ -71,3 +71,17 @@ def test_bad_options_are_one_line(cache, tmp_path, capsys):
     assert "train.eval_every must be >= 0" in capsys.readouterr().err
     assert run(["report", str(tmp_path / "nowhere")]) == 1
     assert "no such file" in capsys.readouterr().err
+
+
+def test_last_in_training_point_is_what_evaluate_reports(cache, tmp_path):
+    """Same weights (the final EMA), same seeds, sampler and guidance, same floor images:
+    the curve's last FD and floor equal `evaluate --n eval_samples`."""
+    last = [json.loads(line) for line in (cache / "run" / "metrics.jsonl").read_text().splitlines()
+            if "eval_fd" in line][-1]
+    out = tmp_path / "ev"
+    assert run(["evaluate", str(cache / "run"), "--n", "20", "--no-memorization", "--out", str(out),
+                "--no-progress", "--device", "cpu"]) == 0
+    r = json.loads((out / "report.json").read_text())
+    assert r["memorization"] is None and r["likelihood"] is None
+    assert last["eval_fd"] == pytest.approx(r["metrics"]["classifier"]["fd"], rel=1e-6)
+    assert last["eval_fd_floor"] == pytest.approx(r["floor"]["classifier"]["fd"], rel=1e-6)
