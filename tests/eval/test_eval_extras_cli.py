@@ -22,7 +22,7 @@ def trained(tmp_path_factory):
         assert run(["train-classifier", "--dataset", "digits", "--epochs", "5", "--device", "cpu"]) == 0
         assert run(["train", "--dataset", "digits", "--model", "tiny", "--max-steps", "6", "--batch-size", "16",
                     "--sample-every", "0", "--checkpoint-every", "0", "--eval-every", "3", "--eval-samples", "20",
-                    "--out", str(root / "run"), "--no-progress", "--device", "cpu"]) == 0
+                    "--tensorboard", "--out", str(root / "run"), "--no-progress", "--device", "cpu"]) == 0
     return root
 
 
@@ -37,6 +37,12 @@ def test_eval_every_logs_fd_and_report_plots_it(cache, capsys):
     evals = [r for r in recs if "eval_fd" in r]
     assert [r["step"] for r in evals] == [3, 6]
     assert all(r["eval_n"] == 20 and r["eval_fd"] > r["eval_fd_floor"] > 0 for r in evals)
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    tb = EventAccumulator(str(cache / "run" / "tensorboard"))
+    tb.Reload()
+    fd = tb.Scalars("eval_fd")  # the same numbers reach TensorBoard
+    assert [e.step for e in fd] == [3, 6] and fd[-1].value == pytest.approx(evals[-1]["eval_fd"], rel=1e-6)
     assert run(["report", str(cache / "run")]) == 0
     out = capsys.readouterr().out
     assert "training.png" in out
