@@ -64,8 +64,10 @@ def test_evaluate_bpd_and_memorization(cache, tmp_path, capsys):
         assert 0 < est["bpd"] < 30  # an untrained model: finite, positive bits per 8-bit pixel
     mem = r["memorization"]
     assert mem["pixel"]["n_generated"] == 20 and "classifier" in mem and (out / "memorization.png").is_file()
+    assert [row["step"] for row in mem["loss_gap"]] == [6]  # digits: one validation, at the end of the run
     md = (out / "report.md").read_text()
     assert "## Likelihood" in md and "## Memorization audit" in md and "memorization.png" in md
+    assert "Train/validation loss over training" in md
 
 
 def test_bad_options_are_one_line(cache, tmp_path, capsys):

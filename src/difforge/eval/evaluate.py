@@ -284,6 +284,11 @@ def evaluate(
         memorization = memorization_audit(images, bundle.train.images, ref.images[ref_sub], out=Path(out),
                                           features=None if by_clf is None else (lambda im: by_clf(im)[0]))
         memorization["heldout_split"] = ref_split
+        metrics_file = Path(model_dir) / "metrics.jsonl" if model_dir is not None else None
+        if metrics_file is not None and metrics_file.is_file():  # a run: its train/validation loss gap too
+            from difforge.eval.training_report import loss_gap, read_metrics
+
+            memorization["loss_gap"] = loss_gap(read_metrics(metrics_file))
     report = {
         "format": REPORT_FORMAT,
         "version": 1,

@@ -145,6 +145,13 @@ def _memorization_section(mem: dict | None) -> list[str]:
             lines.append(f"| {space} ({m['distance']}) | {_f(m['median_generated'])} | {_f(m['median_heldout'])} | "
                          f"{_f(m['threshold'])} | {m['near_copy_fraction']:.2%} | {m['heldout_fraction']:.2%} | "
                          f"{_f(m['near_copy_ratio'], 1.0, 3)} |")
+    gap = mem.get("loss_gap")
+    if gap:
+        last = gap[-1]
+        lines += ["", f"Train/validation loss over training (from the run's metrics.jsonl; `difforge report` plots it): "
+                      f"at step {last['step']} train {_f(last['train_loss'])}, validation {_f(last['val_loss'])}, "
+                      f"gap {_f(last['gap'], 1.0, 3)}; per epoch: "
+                      + ", ".join(_f(r["gap"], 1.0, 3) for r in gap) + ". A gap growing over epochs means overfitting."]
     if mem.get("pairs_png"):
         lines += ["", f"Closest generated images (left of each pair) and their nearest training images (pixel space):",
                   "", f"![closest generated/training pairs]({mem['pairs_png']})"]
