@@ -74,6 +74,7 @@ def one_process(tmp_path_factory):
     return run
 
 
+@pytest.mark.slow  # subprocesses; still part of CI
 def test_two_processes_match_one(one_process, tmp_path):
     two = tmp_path / "two"
     out = _torchrun(TRAIN + ["--out", str(two)])
@@ -108,6 +109,7 @@ main(sys.argv[1:])
 """
 
 
+@pytest.mark.slow  # subprocesses; still part of CI
 def test_one_process_checkpoint_resumes_in_two_that_skip_together(one_process, tmp_path, monkeypatch):
     # Reference: one process whose whole batch is NaN at step 3 (it skips that step).
     from difforge.train import loop

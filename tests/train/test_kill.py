@@ -89,6 +89,7 @@ def _state(ckpt):
             torch.load(ckpt / "train_state.pt", weights_only=True))
 
 
+@pytest.mark.slow  # subprocesses; still part of CI
 def test_sigkill_during_checkpoint_writes_then_resume_matches(tmp_path):
     straight = tmp_path / "straight"
     _main(TRAIN + ["--out", str(straight)])
