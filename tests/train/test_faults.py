@@ -139,3 +139,17 @@ def test_impossible_setups_fail_before_any_work(tmp_path, train_kw, message):
     with pytest.raises(ConfigError, match=message):
         train(_cfg(out, **train_kw), progress=False)
     assert not out.exists()  # nothing written
+
+
+def test_corrupt_latest_checkpoint_is_reported_and_the_previous_used(tmp_path, capsys):
+    cfg = _cfg(tmp_path / "r", max_steps=8, checkpoint_every=2)
+    train(cfg, progress=False, stop_after=6)
+    ema = tmp_path / "r" / "checkpoints" / "step-6" / "ema.safetensors"
+    data = bytearray(ema.read_bytes())
+    data[-5] ^= 0xFF  # one flipped bit pattern in the weights
+    ema.write_bytes(bytes(data))
+    capsys.readouterr()
+    result = train(cfg, resume=True, progress=False)
+    out = capsys.readouterr().out
+    assert "skipping checkpoint" in out and "step-6: ema.safetensors does not match its hash" in out
+    assert "from step-4 (step 4 of 8)" in out and result.step == 8 and not result.stopped_early
