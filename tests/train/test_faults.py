@@ -59,14 +59,16 @@ def _nan_grads_at(monkeypatch, bad_steps):
     monkeypatch.setattr(loop, "build_model", build)
 
 
-def test_nonfinite_losses_are_skipped(tmp_path, monkeypatch):
+def test_nonfinite_losses_are_skipped(tmp_path, monkeypatch, capsys):
     _nan_inputs_at(monkeypatch, {3, 4})
     result = train(_cfg(tmp_path / "r"), progress=False)
+    out = capsys.readouterr().out
+    assert "non-finite loss at step 3: step skipped" in out and "2 of 10 steps were skipped" in out
     assert result.step == 10 and not result.stopped_early
     skipped = {r["step"]: r["skipped_nonfinite"] for r in _rows(tmp_path / "r") if "skipped_nonfinite" in r}
     assert skipped == {3: "loss", 4: "loss"}
     state = torch.load(tmp_path / "r" / "checkpoints" / "step-10" / "train_state.pt", weights_only=True)
-    assert state["ema"]["step"] == 8 and state["rollbacks"] == 0  # 2 of 10 updates skipped
+    assert state["ema"]["step"] == 8 and state["skipped"] == 2 and state["rollbacks"] == 0  # 2 of 10 updates skipped
     assert all(torch.isfinite(v).all() for v in load_file(tmp_path / "r" / "checkpoints" / "step-10" / "model.safetensors").values())
 
 

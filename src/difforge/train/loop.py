@@ -203,7 +203,7 @@ def _train(
         scaler.load_state_dict(state["scaler"])
         return state
 
-    step, rollbacks, last_saved = 0, 0, None
+    step, rollbacks, skipped, last_saved = 0, 0, 0, None
     if resume:
         ckpt = newest_checkpoint()
         if ckpt is not None:
@@ -211,7 +211,7 @@ def _train(
             scheduler.load_state_dict(state["scheduler"])
             gen.set_state(state["rng"]["train"])
             step = last_saved = int(state["step"])
-            rollbacks = int(state.get("rollbacks", 0))
+            rollbacks, skipped = int(state.get("rollbacks", 0)), int(state.get("skipped", 0))
             restore_rng(state["rng"], world, device, t.seed, step)
             say(f"resuming {run_dir} from {ckpt.name} (step {step} of {total})")
         else:
@@ -247,6 +247,7 @@ def _train(
                 "scaler": scaler.state_dict(),
                 "rng": {"train": gen.get_state(), **ranks[0], "ranks": ranks},
                 "rollbacks": rollbacks,
+                "skipped": skipped,  # steps skipped for a non-finite loss or gradients, in all
                 "world_size": world.size,
             }
             path = save_checkpoint(
@@ -384,6 +385,7 @@ def _train(
                         warnings.filterwarnings("ignore", "Detected call of `lr_scheduler.step")
                         scheduler.step()
                     bad_in_a_row += 1
+                    skipped += 1
                     what = "loss" if not finite else "gradients"
                     logger.log(step, {"skipped_nonfinite": what})
                     if bad_in_a_row == 1:
@@ -427,6 +429,9 @@ def _train(
     if step % batches.steps_per_epoch != 0:
         run_validation()
     path = checkpoint() if last_saved != step else run_dir / "checkpoints" / f"step-{step}"
+    if skipped:
+        say(f"note: {skipped} of {step} steps were skipped for a non-finite loss or gradients "
+            f"({rollbacks} rollback(s)); see skipped_nonfinite in metrics.jsonl")
     sample_grids("final", per_class=10)
     logger.log_artifact(path)
     logger.close()
