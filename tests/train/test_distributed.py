@@ -154,3 +154,16 @@ def test_world_from_env_and_checks():
     # The shares tile the global batch.
     rows = [World(r, 4).share(16) for r in range(4)]
     assert sum((list(range(16))[s] for s in rows), []) == list(range(16))
+
+
+def test_digest_tells_equal_weights_from_different_ones():
+    from difforge.train.distributed import digest
+
+    torch.manual_seed(0)
+    a = torch.nn.Linear(3, 2)
+    b = torch.nn.Linear(3, 2)
+    b.load_state_dict(a.state_dict())
+    assert digest(a) == digest(b)
+    with torch.no_grad():
+        b.bias[0] = torch.nextafter(b.bias[0], torch.tensor(1.0))  # one ulp apart
+    assert digest(a) != digest(b)
