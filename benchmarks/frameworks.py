@@ -14,7 +14,8 @@ of steps for all: the network is the whole cost of a step, so equal steps are eq
 
     OMP_NUM_THREADS=1 nohup .venv/bin/python benchmarks/frameworks.py > benchmarks/results/frameworks.log 2>&1 &
 
-Writes benchmarks/frameworks.json, benchmarks/frameworks.md and benchmarks/frameworks/<name>.png.
+Writes benchmarks/frameworks/<name>.json and .png, then benchmarks/frameworks.json and .md
+(--report-only: just collect the per-framework files).
 """
 
 from __future__ import annotations
@@ -112,25 +113,32 @@ def main() -> None:
     p.add_argument("--bpd", type=int, default=32, help="test images for bits/dim")
     p.add_argument("--frameworks", default=",".join(FRAMEWORKS))
     p.add_argument("--runs", default="runs/bench-frameworks")
+    p.add_argument("--report-only", action="store_true", help="only collect benchmarks/frameworks/*.json into the report")
     a = p.parse_args()
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     grids = ROOT / "frameworks"
     grids.mkdir(exist_ok=True)
-    out_json = ROOT / "frameworks.json"
-    results = json.loads(out_json.read_text()) if out_json.is_file() else {}
-    results["machine"] = {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
-                          "threads": torch.get_num_threads(), "torch": torch.__version__,
-                          "note": "2-core x86_64 shared with other jobs (load average about 6-8): wall times are "
-                                  "contended; equal steps are the equal-compute comparison"}
-    results["setup"] = {"model": "unet (unconditional)", "dataset": "fashion-mnist", "steps": a.steps,
-                        "batch_size": a.batch_size, "fd_samples": a.n, "bpd_images": a.bpd}
-    for fw in a.frameworks.split(","):
-        t0 = time.perf_counter()
-        rec = train_one(fw, a.steps, a.batch_size, Path(a.runs))
-        rec.update(measure(fw, Path(a.runs) / fw, a.n, a.bpd, grids))
-        results.setdefault("frameworks", {})[fw] = rec
-        out_json.write_text(json.dumps(results, indent=2))
-        print(f"{fw}: {json.dumps(rec)} ({time.perf_counter() - t0:.0f} s)", flush=True)
+    if not a.report_only:
+        for fw in a.frameworks.split(","):  # one JSON per framework: several processes may share the list
+            t0 = time.perf_counter()
+            rec = train_one(fw, a.steps, a.batch_size, Path(a.runs))
+            rec.update(measure(fw, Path(a.runs) / fw, a.n, a.bpd, grids))
+            (grids / f"{fw}.json").write_text(json.dumps(rec, indent=2))
+            print(f"{fw}: {json.dumps(rec)} ({time.perf_counter() - t0:.0f} s)", flush=True)
+    results = {"machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
+                           "threads": torch.get_num_threads(), "torch": torch.__version__,
+                           "note": "2-core x86_64 shared with other jobs (load average 9-11, up to three of these "
+                                   "benchmark processes at once): wall times are contended; equal steps are the "
+                                   "equal-compute comparison"},
+               "setup": {"model": "unet (unconditional)", "dataset": "fashion-mnist", "steps": a.steps,
+                         "batch_size": a.batch_size, "fd_samples": a.n, "bpd_images": a.bpd},
+               "frameworks": {fw: json.loads((grids / f"{fw}.json").read_text())
+                              for fw in FRAMEWORKS if (grids / f"{fw}.json").is_file()}}
+    for fw, rec in results["frameworks"].items():  # the bits/dim spread over images, from the run's report
+        rep = Path(a.runs) / fw / "eval-pf-ode" / "report.json"
+        if rep.is_file() and "bpd" in rec:
+            rec["bpd"]["ode_sem"] = json.loads(rep.read_text())["likelihood"]["ode"]["bpd_sem"]
+    (ROOT / "frameworks.json").write_text(json.dumps(results, indent=2))
     write_md(results)
 
 
@@ -142,14 +150,15 @@ def write_md(r: dict) -> None:
              f"split (lower is better; the real-vs-real floor at the same N is shown). Bits/dim: probability-flow "
              f"ODE (RK4, 32 steps, Hutchinson), first {s['bpd_images']} test images, dequantized; per native pixel. "
              f"Machine: {r['machine']['note']}.", "",
-             "| framework | train s | FD (PF-ODE heun 18) | calls | native sampler | FD (native) | calls | bits/dim ODE | VLB |",
+             "| framework | train s | FD (PF-ODE heun 18) | calls | native sampler | FD (native) | calls | bits/dim ODE ± sem | VLB |",
              "|---|---:|---:|---:|---|---:|---:|---:|---:|"]
     for fw, v in r.get("frameworks", {}).items():
         b = v.get("bpd", {})
         vlb = f"{b['vlb']:.3f}" if b.get("vlb") is not None else "-"
         lines.append(f"| {fw} | {v['train_seconds']:g} | {v['pf-ode']['fd']:.3g} | {v['pf-ode']['network_calls']} | "
                      f"{v['native']['sampler']} {v['native']['steps']} | {v['native']['fd']:.3g} | "
-                     f"{v['native']['network_calls']} | {b.get('ode_native', float('nan')):.3f} | {vlb} |")
+                     f"{v['native']['network_calls']} | {b.get('ode_native', float('nan')):.2f} ± {b.get('ode_sem', float('nan')):.2f} | "
+                     f"{vlb} |")
     floor = next(iter(r.get("frameworks", {}).values()), {}).get("pf-ode", {}).get("floor_fd")
     if floor is not None:
         lines += ["", f"Real-vs-real FD floor at this N: {floor:.3g}."]
