@@ -164,7 +164,10 @@ def write_md(r: dict) -> None:
         lines += ["", f"Real-vs-real FD floor at this N: {floor:.3g}."]
     lines += ["", "Grids (64 samples, PF-ODE heun 18 steps): " + ", ".join(
         f"[{fw}](frameworks/{fw}.png)" for fw in r.get("frameworks", {}))]
-    (ROOT / "frameworks.md").write_text("\n".join(lines) + "\n")
+    md = ROOT / "frameworks.md"
+    old = md.read_text() if md.is_file() else ""
+    notes = old[old.index("\n## Reading it"):] if "\n## Reading it" in old else ""  # hand-written, kept
+    md.write_text("\n".join(lines) + "\n" + notes)
 
 
 if __name__ == "__main__":
