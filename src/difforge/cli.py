@@ -81,7 +81,8 @@ def cli() -> None:
 def train(config_file, dataset, data_path, out, preset, max_steps, epochs, batch_size, lr, lr_schedule,
           schedule, framework, prediction, min_snr_gamma, precision, conditional, task, scale, image_size, checkpoint_every, sample_every, ema_decay,
           ema_warmup, seed, device, wandb, tensorboard, eval_every, eval_samples, resume, no_progress) -> None:
-    """Train a diffusion model (DDPM) and write a run directory.
+    """Train a diffusion model (DDPM, or --framework ncsn, vp-sde, subvp-sde, ve-sde, edm) and
+    write a run directory.
 
     The run directory holds config.yaml, model.json, metrics.jsonl, samples/ and
     checkpoints/. With --resume the run's own config.yaml is used.
