@@ -6,14 +6,8 @@ import numpy as np
 import pytest
 import torch
 
+from cli_runner import run
 from difforge.cli import main
-
-
-def run(argv):
-    """Run the CLI in-process; return its exit code."""
-    with pytest.raises(SystemExit) as e:
-        main(argv)
-    return e.value.code
 
 
 @pytest.fixture(scope="module")

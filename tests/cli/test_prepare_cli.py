@@ -8,16 +8,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from cli_runner import run
 from difforge.cli import main
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "data"))
 from messy_folder import make_messy  # noqa: E402
-
-
-def run(argv):
-    with pytest.raises(SystemExit) as e:
-        main(argv)
-    return e.value.code
 
 
 @pytest.fixture(scope="module")

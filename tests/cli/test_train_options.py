@@ -10,13 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from difforge.cli import main
-
-
-def run(argv):
-    with pytest.raises(SystemExit) as e:
-        main(argv)
-    return e.value.code
+from cli_runner import run
 
 
 def _folder(root, classes=("cat", "dog"), n=12, size=12, mode="RGB"):

@@ -5,13 +5,7 @@ import json
 
 import pytest
 
-from difforge.cli import main
-
-
-def run(argv):
-    with pytest.raises(SystemExit) as e:
-        main(argv)
-    return e.value.code
+from cli_runner import run
 
 
 @pytest.fixture(scope="module")

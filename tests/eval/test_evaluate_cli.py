@@ -6,17 +6,11 @@ import numpy as np
 import pytest
 import torch
 
-from difforge.cli import main
+from cli_runner import run
 
 REPORT_KEYS = {"format", "n", "floor_n", "data", "sampling", "protocol", "classifier", "inception", "metrics",
                "floor", "per_class", "cfg_sweep"}
 SUITE_KEYS = {"fd", "kid", "kid_std", "precision", "recall", "classifier_score", "conditional_accuracy"}
-
-
-def run(argv):
-    with pytest.raises(SystemExit) as e:
-        main(argv)
-    return e.value.code
 
 
 @pytest.fixture(scope="module")

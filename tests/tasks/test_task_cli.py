@@ -7,16 +7,8 @@ import pytest
 import torch
 from PIL import Image
 
-from difforge.cli import main
+from cli_runner import run
 from difforge.models import build_model
-
-
-def run(argv):
-    try:
-        main(argv)
-    except SystemExit as e:
-        return e.code
-    return 0
 
 
 @pytest.fixture(scope="module")
