@@ -16,6 +16,7 @@ SAMPLER_NAMES = ("ddpm", "ddim", "euler", "euler-a", "heun", "dpmpp-2m", "dpmpp-
 FRAMEWORK_NAMES = ("ddpm", "ncsn", "vp-sde", "subvp-sde", "ve-sde", "edm")  # difforge.diffusion.frameworks
 GRID_NAMES = ("leading", "trailing", "linspace", "karras", "log-snr")
 GIF_FRAMES = 16  # at most this many frames of the denoising, plus the final images
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")  # what a grid or picture --out may end in
 
 
 class UserError(click.ClickException):
@@ -76,11 +77,14 @@ def cli() -> None:
 @click.option("--eval-every", type=int, help="Steps between FD/KID evaluations of the EMA weights (domain classifier "
               "features), logged to metrics.jsonl, W&B and TensorBoard; 0: off. [default: 0]")
 @click.option("--eval-samples", type=int, help="Images generated per in-training evaluation. [default: 500]")
-@click.option("--resume", is_flag=True, help="Continue the run in --out from its newest valid checkpoint.")
+@click.option("--final-grid/--no-final-grid", default=None, help="Draw samples/final.png (10 per class, EMA weights) "
+              "at the end. [default: on]")
+@click.option("--resume", is_flag=True, help="Continue the run in --out from its newest valid checkpoint; with "
+              "--max-steps or --epochs, extend (or shorten) it.")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
 def train(config_file, dataset, data_path, out, preset, max_steps, epochs, batch_size, lr, lr_schedule,
           schedule, framework, prediction, min_snr_gamma, precision, conditional, task, scale, image_size, checkpoint_every, sample_every, ema_decay,
-          ema_warmup, seed, device, wandb, tensorboard, eval_every, eval_samples, resume, no_progress) -> None:
+          ema_warmup, seed, device, wandb, tensorboard, eval_every, eval_samples, final_grid, resume, no_progress) -> None:
     """Train a diffusion model (DDPM, or --framework ncsn, vp-sde, subvp-sde, ve-sde, edm) and
     write a run directory.
 
@@ -95,11 +99,11 @@ def train(config_file, dataset, data_path, out, preset, max_steps, epochs, batch
     if dataset is not None:
         overrides["data"]["dataset"] = dataset
     if data_path is not None:
-        if not Path(data_path).exists():
-            _fail(FileNotFoundError(f"--data {data_path}: no such file or directory"))
+        try:
+            overrides["data"]["dataset"] = _data_kind(dataset, data_path)
+        except (FileNotFoundError, ValueError) as e:
+            _fail(e)
         overrides["data"]["path"] = str(data_path)
-        if dataset is None:
-            overrides["data"]["dataset"] = _guess_dataset(Path(data_path))
     put = {
         ("data", "image_size"): image_size, ("model", "preset"): preset, ("model", "conditional"): conditional,
         ("model", "task"): task, ("model", "scale"): scale,
@@ -111,12 +115,14 @@ def train(config_file, dataset, data_path, out, preset, max_steps, epochs, batch
         ("train", "ema_warmup"): ema_warmup, ("train", "seed"): seed, ("train", "device"): device,
         ("train", "wandb"): wandb, ("train", "tensorboard"): tensorboard,
         ("train", "eval_every"): eval_every, ("train", "eval_samples"): eval_samples,
+        ("train", "final_grid"): final_grid,
     }
     for (section, key), value in put.items():
         if value is not None:
             overrides[section][key] = value
     if out is not None:
         overrides["out"] = out
+    length = {k: overrides["train"].pop(k) for k in ("max_steps", "epochs") if resume and k in overrides["train"]}
     ignored = [k for section in ("data", "model", "diffusion", "train") for k in overrides[section]]
     if resume and (ignored or config_file):
         click.echo(f"note: --resume continues with the run's own config.yaml; ignoring "
@@ -126,9 +132,11 @@ def train(config_file, dataset, data_path, out, preset, max_steps, epochs, batch
         cfg = config_from_dict(overrides, base)
         from difforge.train.loop import train as run_training
 
-        result = run_training(cfg, resume=resume, progress=not no_progress)
+        result = run_training(cfg, resume=resume, progress=not no_progress, length=length or None)
     except (ConfigError, FileNotFoundError, ValueError, CheckpointError, TrainingError) as e:
         _fail(e)
+    if result.signum is not None:  # stopped by Ctrl-C / SIGTERM: not a finished run (128 + N, as shells report it)
+        sys.exit(128 + result.signum)
     if not result.stopped_early and result.rank == 0:
         click.echo(f"done: {result.step} steps; samples in {result.run_dir / 'samples'}, "
                    f"checkpoints in {result.run_dir / 'checkpoints'}")
@@ -145,6 +153,19 @@ def _guess_dataset(path: Path) -> str:
     return "prepared" if is_store(path) else "fashion-mnist" if _is_idx_folder(path) else "folder"
 
 
+def _data_kind(dataset: str | None, data_path: str) -> str:
+    """The dataset kind for --data PATH (with --dataset, only when the two agree)."""
+    path = Path(data_path)
+    if not path.exists():
+        raise FileNotFoundError(f"--data {data_path}: no such file or directory")
+    kind = _guess_dataset(path)
+    if dataset is not None and dataset != kind:
+        what = {"prepared": "a prepared store", "fashion-mnist": "a folder of Fashion-MNIST idx files",
+                "folder": "an image folder"}[kind]
+        raise ValueError(f"--dataset {dataset} and --data {data_path} ({what}) disagree: give one of them")
+    return kind
+
+
 # ---------------------------------------------------------------- sample
 @cli.command()
 @click.argument("model_dir", type=click.Path())
@@ -156,7 +177,8 @@ def _guess_dataset(path: Path) -> str:
 @click.option("--cfg-rescale", type=float, default=0.0, help="Guidance rescale phi in [0, 1] (Lin et al. 2024; 0.7 is "
               "typical): pulls the guided prediction's spread back to the conditional one's. [default: 0, off]")
 @click.option("--threshold", type=float, help="Dynamic thresholding of x0 at this percentile of |x0| (Imagen; e.g. "
-              "0.995) instead of clipping to [-1, 1]; helps at high --cfg.")
+              "0.995) instead of clipping to [-1, 1]. It divides the whole image by that percentile, so images whose "
+              "background sits at black or white (Fashion-MNIST) turn grey: compare with the default clipping.")
 @click.option("--sampler", type=click.Choice(SAMPLER_NAMES), default="ddim", show_default=True,
               help="ddpm: ancestral (Ho et al. 2020); ddim (Song et al. 2021); euler, euler-a (ancestral), heun "
               "(Karras et al. 2022); dpmpp-2m, dpmpp-3m: DPM-Solver++ multistep (Lu et al. 2022); dpmpp-2m-sde: "
@@ -174,16 +196,35 @@ def _guess_dataset(path: Path) -> str:
 @click.option("--seed", type=int, default=0, show_default=True, help="Image i uses seed + i.")
 @click.option("--ema/--no-ema", default=True, show_default=True, help="Use the EMA weights of a run.")
 @click.option("--npz", type=click.Path(dir_okay=False), help="Also write images (N,H,W,C uint8) and labels to this .npz.")
+@click.option("--png-dir", type=click.Path(file_okay=False), help="Also write each image as a PNG at its native size "
+              "into this new or empty folder (000000.png, ...).")
 @click.option("--gif", type=click.Path(dir_okay=False), help=f"Also write an animated GIF of the denoised estimate "
               f"over the steps (at most {GIF_FRAMES} frames, then the result).")
+@click.option("--snr", type=float, help="pc and reverse-sde: signal-to-noise ratio of the Langevin corrector "
+              "(Song et al. 2021). [default: 0.16 for pc, 0: no corrector, for reverse-sde]")
+@click.option("--corrector-steps", type=int, help="pc and reverse-sde: Langevin corrector steps per level. [default: 1]")
+@click.option("--n-steps-each", type=int, help="langevin: steps per noise level. [default: 5]")
 @click.option("--device", default="auto", show_default=True)
+@click.option("--no-progress", is_flag=True, help="No progress bar.")
 def sample(model_dir, out, n, klass, classes, cfg, cfg_rescale, threshold, sampler, steps, grid, eta, seed, ema, npz,
-           gif, device) -> None:
+           png_dir, gif, snr, corrector_steps, n_steps_each, device, no_progress) -> None:
     """Generate images from a run directory or an exported model directory."""
+    from difforge.io.outputs import check_output_file
     from difforge.pipeline import load_pipeline
     from difforge.train.loop import resolve_device
 
     try:
+        if n is not None and n < 1:
+            raise ValueError(f"--n must be >= 1, got {n}")
+        check_output_file(out, suffixes=IMAGE_SUFFIXES)
+        if npz:
+            check_output_file(npz, what="--npz", suffixes=(".npz",))
+        if gif:
+            check_output_file(gif, what="--gif", suffixes=(".gif",))
+        if png_dir:
+            from difforge.io.outputs import check_output_dir
+
+            check_output_dir(png_dir, holds="sample set", is_ours=lambda p: False, what="--png-dir")
         pipe = load_pipeline(model_dir, ema=ema, device=resolve_device(device))
         labels = None
         if klass is not None and classes is not None:
@@ -202,12 +243,22 @@ def sample(model_dir, out, n, klass, classes, cfg, cfg_rescale, threshold, sampl
         from difforge.sampling import sampler_options
 
         options = {}
-        if eta is not None:
-            if "eta" not in sampler_options(sampler):
-                takers = ", ".join(k for k in SAMPLER_NAMES if "eta" in sampler_options(k))
-                raise ValueError(f"--eta applies to {takers}, not to {sampler}")
-            options["eta"] = eta
+        for flag, key, value in (("--eta", "eta", eta), ("--snr", "snr", snr),
+                                 ("--corrector-steps", "corrector_steps", corrector_steps),
+                                 ("--n-steps-each", "n_steps_each", n_steps_each)):
+            if value is None:
+                continue
+            if key not in sampler_options(sampler):
+                takers = ", ".join(k for k in SAMPLER_NAMES if key in sampler_options(k))
+                raise ValueError(f"{flag} applies to {takers}, not to {sampler}")
+            options[key] = value
         from tqdm.auto import tqdm
+
+        from difforge.sampling import few_steps_warning
+
+        warning = few_steps_warning(sampler, steps)
+        if warning:
+            click.echo(f"warning: {warning}", err=True)
 
         sigmas = pipe.sigmas(sampler, steps, grid)
         n_steps = len(sigmas) - 1
@@ -216,7 +267,8 @@ def sample(model_dir, out, n, klass, classes, cfg, cfg_rescale, threshold, sampl
         total_n = len(labels) if labels is not None else (n or 64)
         batches = -(-total_n // 100)
 
-        with tqdm(total=n_steps * batches, desc=f"sample ({sampler})", unit="step", dynamic_ncols=True) as bar:
+        with tqdm(total=n_steps * batches, desc=f"sample ({sampler})", unit="step", dynamic_ncols=True,
+                  disable=no_progress) as bar:
             def on_step(d: dict) -> None:  # once per step (heun: per step, not per denoiser call)
                 bar.update(1)
                 # the last step's estimate is the result itself, added at the end
@@ -234,6 +286,10 @@ def sample(model_dir, out, n, klass, classes, cfg, cfg_rescale, threshold, sampl
         from difforge.io import save_npz
 
         click.echo(f"wrote {save_npz(npz, images, labels)}")
+    if png_dir:
+        from difforge.io import save_png_dir
+
+        click.echo(f"wrote {len(images)} PNGs to {save_png_dir(png_dir, images)}")
     if gif:
         import torch
 
@@ -246,12 +302,13 @@ def sample(model_dir, out, n, klass, classes, cfg, cfg_rescale, threshold, sampl
 @click.argument("run_dir", type=click.Path())
 @click.option("--out", required=True, help="Directory to write model.safetensors and config.json to.")
 @click.option("--ema/--no-ema", default=True, show_default=True, help="Export the EMA weights.")
-def export(run_dir, out, ema) -> None:
+@click.option("--overwrite", is_flag=True, help="Replace an exported model already in --out.")
+def export(run_dir, out, ema, overwrite) -> None:
     """Export a run's newest checkpoint as a standalone model directory."""
     from difforge.pipeline import export_model
 
     try:
-        path = export_model(run_dir, out, ema=ema)
+        path = export_model(run_dir, out, ema=ema, overwrite=overwrite)
     except (ValueError, FileNotFoundError) as e:
         _fail(e)
     click.echo(f"wrote {path / 'model.safetensors'} and {path / 'config.json'}")
@@ -263,11 +320,7 @@ def _data_config(dataset, data_path):
     from difforge.config import DataConfig
 
     if data_path is not None:
-        if not Path(data_path).exists():
-            raise FileNotFoundError(f"--data {data_path}: no such file or directory")
-        if dataset is None:
-            dataset = _guess_dataset(Path(data_path))
-        return DataConfig(dataset=dataset, path=str(data_path))
+        return DataConfig(dataset=_data_kind(dataset, data_path), path=str(data_path))
     return DataConfig(dataset=dataset) if dataset is not None else None
 
 
@@ -280,7 +333,8 @@ def _data_config(dataset, data_path):
 @click.option("--batch-size", type=int, default=128, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--device", default="auto", show_default=True)
-def train_classifier(dataset, data_path, out, epochs, batch_size, seed, device) -> None:
+@click.option("--overwrite", is_flag=True, help="Replace a classifier already in the output folder.")
+def train_classifier(dataset, data_path, out, epochs, batch_size, seed, device, overwrite) -> None:
     """Train the domain classifier that `evaluate` measures samples with.
 
     A small CNN on the training split; its accuracy is measured on the test split (else
@@ -290,17 +344,18 @@ def train_classifier(dataset, data_path, out, epochs, batch_size, seed, device) 
 
     try:
         from difforge.data import load_dataset
-        from difforge.eval.classifier import ClassifierConfig, classifier_dir, dataset_key
+        from difforge.eval.classifier import ClassifierConfig, check_classifier_dir, classifier_dir, dataset_key
         from difforge.eval.classifier import train_classifier as train_clf
         from difforge.train.loop import resolve_device
 
         data = _data_config(dataset, data_path) or DataConfig()
         if epochs is not None and epochs < 1:
             raise ValueError(f"--epochs must be >= 1, got {epochs}")
+        target = check_classifier_dir(Path(out) if out else classifier_dir(data), overwrite=overwrite)
         cfg = ClassifierConfig(epochs=epochs, batch_size=batch_size, seed=seed)
         clf = train_clf(load_dataset(data), cfg, dataset_key=dataset_key(data), data=data,
                         device=resolve_device(device), log=click.echo)
-        path = clf.save(Path(out) if out else classifier_dir(data))
+        path = clf.save(target)
     except (ConfigError, ValueError, FileNotFoundError, ImportError) as e:
         _fail(e)
     m = clf.meta
@@ -321,7 +376,7 @@ def _float_list(text: str) -> tuple[float, ...]:
 
 @cli.command()
 @click.argument("model_dir", type=click.Path(), required=False)
-@click.option("--out", help="Report directory. [default: MODEL_DIR/eval]")
+@click.option("--out", help="Report directory. [default: MODEL_DIR/eval, or NPZ-eval beside an --npz file]")
 @click.option("--n", "n", type=int, default=1000, show_default=True, help="Images to generate (class-balanced for a "
               "conditional model); the real-vs-real floor uses as many training images.")
 @click.option("--npz", type=click.Path(dir_okay=False), help="Score these samples (images N,H,W,C uint8 and optional "
@@ -352,9 +407,11 @@ def _float_list(text: str) -> tuple[float, ...]:
 @click.option("--memorization/--no-memorization", default=True, show_default=True, help="Nearest-training-image "
               "audit of the samples against held-out real images.")
 @click.option("--device", default="auto", show_default=True)
+@click.option("--overwrite", is_flag=True, help="Replace a report already in --out.")
 @click.option("--no-progress", is_flag=True, help="No progress bars.")
 def evaluate(model_dir, out, n, npz, cfg, cfg_sweep, sampler, steps, grid, eta, seed, ema, dataset, data_path,
-             classifier_path, inception, k, bpd, bpd_ode, bpd_timesteps, memorization, device, no_progress) -> None:
+             classifier_path, inception, k, bpd, bpd_ode, bpd_timesteps, memorization, device, overwrite,
+             no_progress) -> None:
     """Measure a model: FD, KID, precision/recall, classifier score, conditional accuracy,
     per-class FD, each next to its real-vs-real floor at the same N.
 
@@ -368,9 +425,9 @@ def evaluate(model_dir, out, n, npz, cfg, cfg_sweep, sampler, steps, grid, eta, 
         from difforge.train.loop import resolve_device
 
         if out is None:
-            if model_dir is None:
-                raise ValueError("give --out DIR when there is no MODEL_DIR")
-            out = str(Path(model_dir) / "eval")
+            if model_dir is None and npz is None:
+                raise ValueError("give a MODEL_DIR, or --npz FILE with --dataset/--data")
+            out = str(Path(model_dir) / "eval") if model_dir is not None else str(Path(npz).with_suffix("")) + "-eval"
         if inception is not None and not Path(inception).is_file():
             raise FileNotFoundError(f"--inception {inception}: no such file (difforge never downloads weights)")
         if k < 1:
@@ -385,7 +442,7 @@ def evaluate(model_dir, out, n, npz, cfg, cfg_sweep, sampler, steps, grid, eta, 
             raise ValueError("--bpd-ode needs --bpd N (the number of test images)")
         report = run_eval(model_dir, out, ecfg, data=_data_config(dataset, data_path), npz=npz,
                           classifier=classifier_path, inception=inception, device=resolve_device(device),
-                          progress=not no_progress, log=click.echo)
+                          progress=not no_progress, log=click.echo, overwrite=overwrite)
     except (ConfigError, ValueError, FileNotFoundError, ImportError) as e:
         _fail(e)
     for space, m in report["metrics"].items():

@@ -82,6 +82,7 @@ class TrainConfig:
     tensorboard: bool = False
     eval_every: int = 0  # steps between FD/KID evaluations of the EMA weights (eval/during_training.py); 0: off
     eval_samples: int = 500  # images generated per in-training evaluation
+    final_grid: bool = True  # draw samples/final.png (10 per class, EMA weights) at the end
 
 
 @dataclass(frozen=True)

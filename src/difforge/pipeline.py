@@ -232,13 +232,23 @@ def load_pipeline(path: str | Path, ema: bool = True, device: str | torch.device
     return Pipeline(net.to(device).eval(), schedule, info, device)
 
 
-def export_model(run_dir: str | Path, out: str | Path, ema: bool = True) -> Path:
-    """Write `out/model.safetensors` + `out/config.json` from a run's newest checkpoint."""
+def is_model_dir(path: str | Path) -> bool:
+    """Whether `path` holds an exported model (config.json + model.safetensors)."""
+    return (Path(path) / "config.json").is_file() and (Path(path) / "model.safetensors").is_file()
+
+
+def export_model(run_dir: str | Path, out: str | Path, ema: bool = True, overwrite: bool = False) -> Path:
+    """Write `out/model.safetensors` + `out/config.json` from a run's newest checkpoint.
+
+    `out` must be new, empty, or (with `overwrite`) an exported model: a folder of other
+    files is refused before anything is written."""
     import shutil
 
+    from difforge.io.outputs import check_output_dir
     from difforge.train.checkpoint import find_resumable, weights_file
 
-    run_dir, out = Path(run_dir), Path(out)
+    run_dir = Path(run_dir)
+    out = check_output_dir(out, holds="exported model", is_ours=is_model_dir, overwrite=overwrite)
     if not (run_dir / "model.json").is_file():
         raise ModelLoadError(f"{run_dir} is not a run directory (no model.json)")
     ckpt, problems = find_resumable(run_dir / "checkpoints")

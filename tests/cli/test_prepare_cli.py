@@ -71,7 +71,7 @@ def test_train_reads_the_store(store, tmp_path):
     [
         (["prepare", "/no/such/dir", "{tmp}/o"], "no such file or directory"),
         (["prepare", "{tmp}", "{tmp}", "--size", "2"], "size must be in 4..1024"),
-        (["prepare", "{tmp}/src", "{tmp}/full"], "not empty and is not a prepared store"),
+        (["prepare", "{tmp}/src", "{tmp}/full"], "is not empty and holds no prepared store"),
         (["prepare", "{tmp}/src", "{tmp}/o", "--val", "0.7", "--test", "0.5"], "val + test fractions"),
         (["inspect", "/no/such/store"], "no such file or directory"),
         (["prepare", "{tmp}/src/a.png", "{tmp}/o"], "unsupported source"),

@@ -113,7 +113,7 @@ def test_store_guards_and_corruption(tmp_path):
     other = tmp_path / "not-a-store"
     other.mkdir()
     (other / "precious.txt").write_text("keep me")
-    with pytest.raises(FileExistsError, match="not a prepared store"):
+    with pytest.raises(FileExistsError, match="holds no prepared store"):
         prepare_store(src, other, PrepareConfig(size=8), **QUIET)
     assert (other / "precious.txt").read_text() == "keep me"
 

@@ -53,7 +53,8 @@ def test_features_are_unit_scale_and_round_trip(trained, monkeypatch):
     monkeypatch.setenv("DIFFORGE_CACHE", str(root))
     again = load_or_train_classifier(DIGITS, log=lambda s: pytest.fail("retrained: " + s))  # from the cache
     np.testing.assert_allclose(again.features(val.images), f, rtol=1e-6, atol=1e-9)
-    np.testing.assert_allclose(again.logits(val.images[:5]), z[:5], rtol=1e-6, atol=1e-9)
+    # the same batch: a float32 matmul over 5 rows may round differently from one over all rows
+    np.testing.assert_allclose(again.logits(val.images), z, rtol=1e-6, atol=1e-9)
 
 
 def test_wrong_images_and_broken_directories(trained, tmp_path):

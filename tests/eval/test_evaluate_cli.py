@@ -95,7 +95,7 @@ def test_inception_from_a_torchscript_file(cache, tmp_path):
         (["{run}", "--inception", "{tmp}/state.pt"], "not a TorchScript module"),
         (["{run}", "--cfg-sweep", "1,x"], "comma-separated numbers"),
         (["--npz", "{tmp}/bad.npz"], "say which data to compare with"),
-        ([], "give --out DIR"),
+        ([], "give a MODEL_DIR, or --npz FILE"),
     ],
 )
 def test_clear_errors(cache, tmp_path, capsys, args, message):
@@ -103,7 +103,7 @@ def test_clear_errors(cache, tmp_path, capsys, args, message):
     np.savez(tmp_path / "big.npz", images=np.zeros((4, 28, 28, 1), np.uint8))
     torch.save({"w": torch.zeros(2)}, tmp_path / "state.pt")
     argv = [a.replace("{run}", str(cache / "run")).replace("{tmp}", str(tmp_path)) for a in args]
-    out = [] if "give --out" in message else ["--out", str(tmp_path / "ev")]
+    out = [] if "give a MODEL_DIR" in message else ["--out", str(tmp_path / "ev")]
     assert run(["evaluate", *argv, *out, "--steps", "2", "--no-progress"]) != 0
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err

@@ -172,11 +172,25 @@ def inspect(target: str | Path, sheets_dir: str | Path | None = None, cfg=None, 
     from difforge.data.prepare import PrepareConfig, prepare
     from difforge.data.store import is_store, read_prepared
 
+    from difforge.io.outputs import check_output_dir
+
     target = Path(target)
-    if is_store(target):
+    store = is_store(target)
+    default = target / "contact_sheets" if store else Path(f"{target.resolve().stem}-contact-sheets")
+    sheets = check_output_dir(sheets_dir if sheets_dir is not None else default, holds="contact sheets",
+                              is_ours=is_sheets_dir, allow_ours=True, what="--sheets")
+    if store:
         p = read_prepared(target, verify=verify)
-        default = target / "contact_sheets"
+        if verify:
+            log(f"verified: every array of {target} matches its SHA-256 in the manifest")
     else:
         p = prepare(target, cfg or PrepareConfig(), progress=progress, log=log)
-        default = Path(f"{target.resolve().stem}-contact-sheets")
-    return summary(p), contact_sheets(p, sheets_dir if sheets_dir is not None else default)
+    return summary(p), contact_sheets(p, sheets)
+
+
+SHEET_NAME = re.compile(r"(\d\d-.+|all|outliers|near_duplicates)\.png")
+
+
+def is_sheets_dir(path: Path) -> bool:
+    """A folder holding only contact sheets (which `inspect` replaces when run again)."""
+    return all(f.is_file() and SHEET_NAME.fullmatch(f.name) for f in path.iterdir())

@@ -60,15 +60,13 @@ def _save_npy(path: Path, a: np.ndarray) -> str:
 
 def check_out_dir(out_dir: str | Path, overwrite: bool) -> Path:
     """Refuse an `out_dir` that a store may not be written to (before any work)."""
-    out = Path(out_dir)
-    if out.exists():
-        if not out.is_dir():
-            raise FileExistsError(f"{out} exists and is not a folder")
-        if is_store(out) and not overwrite:
-            raise FileExistsError(f"{out} already holds a prepared store; pass --overwrite to replace it")
-        if not is_store(out) and any(out.iterdir()):
-            raise FileExistsError(f"{out} exists, is not empty and is not a prepared store; choose another folder")
-    return out
+    from difforge.io.outputs import OutputError, check_output_dir
+
+    try:
+        return check_output_dir(out_dir, holds="prepared store", is_ours=is_store, overwrite=overwrite,
+                                what="OUT_DIR")
+    except OutputError as e:
+        raise FileExistsError(str(e)) from None
 
 
 def write_store(prepared, out_dir: str | Path, *, overwrite: bool = False) -> Path:

@@ -15,7 +15,6 @@ import hashlib
 import json
 import math
 import os
-import shutil
 import tempfile
 import time
 from collections.abc import Callable
@@ -127,22 +126,42 @@ class DomainClassifier:
         return self.features_and_logits(images)[1]
 
     def save(self, directory: str | Path) -> Path:
-        """Write model.safetensors + classifier.json atomically (temp dir, then rename)."""
+        """Write model.safetensors + classifier.json into `directory` (created if missing).
+
+        Each file goes to a temporary name in the folder, then is renamed over the old
+        one: nothing else in the folder is touched. Callers check the folder first
+        (`check_classifier_dir`): a folder of other files is never written to.
+        """
         from safetensors.torch import save_file
 
         directory = Path(directory)
-        directory.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}-", dir=directory.parent))
+        directory.mkdir(parents=True, exist_ok=True)
+        state = {k: v.detach().cpu().contiguous() for k, v in self.net.state_dict().items()}
+        (directory / META).unlink(missing_ok=True)  # a crash below leaves no half-replaced classifier
+        fd, tmp = tempfile.mkstemp(prefix=f".{WEIGHTS}-", dir=directory)
+        os.close(fd)
         try:
-            state = {k: v.detach().cpu().contiguous() for k, v in self.net.state_dict().items()}
-            save_file(state, tmp / WEIGHTS)
-            (tmp / META).write_text(json.dumps(self.meta, indent=2))
-            if directory.exists():
-                shutil.rmtree(directory)
-            os.replace(tmp, directory)
+            save_file(state, tmp)
+            os.replace(tmp, directory / WEIGHTS)
+            fd, tmp = tempfile.mkstemp(prefix=f".{META}-", dir=directory)
+            with os.fdopen(fd, "w") as f:
+                f.write(json.dumps(self.meta, indent=2))
+            os.replace(tmp, directory / META)  # last: a folder with classifier.json is complete
         finally:
-            shutil.rmtree(tmp, ignore_errors=True)
+            Path(tmp).unlink(missing_ok=True)
         return directory
+
+
+def is_classifier_dir(directory: str | Path) -> bool:
+    return (Path(directory) / META).is_file()
+
+
+def check_classifier_dir(directory: str | Path, *, overwrite: bool = False, what: str = "--out") -> Path:
+    """Refuse (before any training) a folder the classifier may not be written to: a file,
+    a folder of other files, or an existing classifier unless `overwrite`."""
+    from difforge.io.outputs import check_output_dir
+
+    return check_output_dir(directory, holds="classifier", is_ours=is_classifier_dir, overwrite=overwrite, what=what)
 
 
 def load_classifier(directory: str | Path, device: torch.device | str = "cpu") -> DomainClassifier:
@@ -278,8 +297,9 @@ def load_or_train_classifier(
     """The cached classifier for `data` (in `directory`, default `classifier_dir(data)`);
     trained and saved there first when there is none."""
     directory = Path(directory) if directory is not None else classifier_dir(data)
-    if (directory / META).is_file():
+    if is_classifier_dir(directory):
         return load_classifier(directory, device)
+    check_classifier_dir(directory, what="classifier folder")  # before any training
     if log:
         log(f"no classifier for {dataset_key(data)} yet: training one ({directory})")
     bundle = bundle if bundle is not None else load_dataset(data)

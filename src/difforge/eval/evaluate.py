@@ -179,12 +179,21 @@ def evaluate(
     device: torch.device | str = "cpu",
     progress: bool = False,
     log: Callable[[str], None] | None = None,
+    overwrite: bool = False,
 ) -> dict:
     """Score a model (or an .npz of samples) and write out/report.json, report.md and plots.
-    Returns the report dict (see the module docstring for the protocol)."""
+    Returns the report dict (see the module docstring for the protocol). `out` must be new,
+    empty, or (with `overwrite`) an earlier report; `classifier`, a classifier or a folder
+    to train one into that is new or empty: both are checked before any work."""
+    from difforge.eval.classifier import check_classifier_dir, is_classifier_dir
     from difforge.eval.report import write_report
+    from difforge.io.outputs import check_output_dir
 
     t0 = time.perf_counter()
+    out = check_output_dir(out, holds="evaluation report", is_ours=lambda p: (p / "report.json").is_file(),
+                           overwrite=overwrite)
+    if classifier is not None and not is_classifier_dir(classifier):
+        check_classifier_dir(classifier, what="--classifier")
     if model_dir is None and npz is None:
         raise ValueError("give a run or model directory, or --npz FILE with --dataset/--data")
     if cfg.cfg_sweep and model_dir is None:

@@ -18,6 +18,8 @@ import json
 import math
 from pathlib import Path
 
+from difforge.io.outputs import check_output_dir
+
 
 def read_metrics(path: str | Path) -> list[dict]:
     """The JSON records of a metrics.jsonl; a truncated last line (a run killed mid-write) is
@@ -87,7 +89,8 @@ def write_run_report(run_dir: str | Path, out: str | Path | None = None) -> dict
     records = read_metrics(run_dir / "metrics.jsonl")
     if not records:
         raise ValueError(f"{run_dir / 'metrics.jsonl'} is empty: nothing to report yet")
-    out = Path(out) if out is not None else run_dir / "report"
+    out = check_output_dir(out if out is not None else run_dir / "report", holds="training report",
+                           is_ours=lambda p: (p / "training.json").is_file(), allow_ours=True)
     out.mkdir(parents=True, exist_ok=True)
     ls, lv = series(records, "loss")
     rs, rv = series(records, "lr")

@@ -71,3 +71,14 @@ def save_npz(path: str | Path, images: torch.Tensor, labels: torch.Tensor | None
         arrays["labels"] = labels.cpu().numpy().astype(np.int64)
     np.savez_compressed(path, **arrays)
     return path
+
+
+def save_png_dir(folder: str | Path, images: torch.Tensor) -> Path:
+    """Save uint8 images (N, C, H, W) as one PNG each at their own size, 000000.png on: the
+    layout folder-based FID tools read, and what the image tasks take as --image."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    arr = images.permute(0, 2, 3, 1).contiguous().numpy()  # (N, H, W, C)
+    for i, a in enumerate(arr):
+        _to_pil(a).save(folder / f"{i:06d}.png")
+    return folder

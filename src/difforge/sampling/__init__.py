@@ -40,6 +40,21 @@ def get_sampler(name: str):
     return SAMPLERS[name]
 
 
+# Fewest steps at which these first-order stochastic samplers leave no visible noise on the
+# models of docs/frameworks.md (Euler-Maruyama overshoots the variance by about du^2 / V per
+# step); below it the images are mostly noise. The ODE and multistep samplers need no floor.
+MIN_STEPS = {"langevin": 50, "reverse-sde": 100, "pc": 50}
+
+
+def few_steps_warning(name: str, steps: int | None) -> str | None:
+    """A one-line warning when `steps` is too few for sampler `name` (None: its default)."""
+    floor = MIN_STEPS.get(name)
+    if steps is None or floor is None or steps >= floor:
+        return None
+    return (f"{name} at {steps} steps leaves most of the noise in the images (it needs about {floor}+); for few "
+            f"steps use dpmpp-2m-sde or ddim")
+
+
 def sampler_options(name: str) -> dict[str, object]:
     """The sampler's own options (beyond the common signature) and their defaults."""
     params = inspect.signature(get_sampler(name)).parameters
@@ -50,6 +65,8 @@ __all__ = [
     "SAMPLERS",
     "get_sampler",
     "sampler_options",
+    "few_steps_warning",
+    "MIN_STEPS",
     "sample_ddpm",
     "sample_ddim",
     "sample_euler",

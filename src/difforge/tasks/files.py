@@ -10,8 +10,11 @@ from pathlib import Path
 
 import torch
 
+from difforge.io.outputs import check_output_file
 from difforge.io.read import read_images, read_mask
 from difforge.tasks.masks import PRESETS, make_mask
+
+OUT_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".npz")  # a picture, a grid, or an .npz batch
 
 
 @dataclass(frozen=True)
@@ -72,7 +75,8 @@ def write(images: torch.Tensor, out: str | Path, nrow: int = 10) -> Path:
 
 
 def get_mask(spec: str, size: int, n: int, seed: int) -> torch.Tensor:
-    """A preset name or a mask file (white = fill)."""
+    """A preset name or a mask file (white = fill, black = keep; or the opaque pixels of a
+    transparent PNG). Grey pixels and empty masks are refused, as by `tasks.inpaint`."""
     if spec in PRESETS:
         return make_mask(spec, size, n, seed=seed)
     if not Path(spec).is_file():
@@ -80,6 +84,13 @@ def get_mask(spec: str, size: int, n: int, seed: int) -> torch.Tensor:
     m = read_mask(spec)
     if tuple(m.shape[-2:]) != (size, size):
         raise ValueError(f"mask {spec} is {m.shape[-1]}x{m.shape[-2]}; the image is {size}x{size}")
+    gray = read_images(spec, 1)
+    if torch.equal((gray >= 128).float(), m):  # a black-and-white mask (not one read from transparency)
+        grey = ((gray > 0) & (gray < 255)).float().mean().item()
+        if grey > 0:
+            raise ValueError(f"mask {spec}: {grey:.2%} of its pixels are grey, not black (keep) or white (fill)")
+    if not m.flatten(1).any(dim=1).all():
+        raise ValueError(f"mask {spec} is empty (nothing white): paint the region to fill")
     return m
 
 
@@ -87,6 +98,7 @@ def inpaint_files(c: Common, image: str, mask: str, out: str, method: str, jump_
                   callback=None) -> Path:
     from difforge.tasks.inpaint import inpaint
 
+    check_output_file(out, suffixes=OUT_SUFFIXES)
     pipe = _load(c)
     x = _read(pipe, image)
     m = get_mask(mask, x.shape[-1], len(x), c.seed)
@@ -98,6 +110,7 @@ def inpaint_files(c: Common, image: str, mask: str, out: str, method: str, jump_
 def restore_files(c: Common, image: str, strength: float, out: str, callback=None) -> Path:
     from difforge.tasks.restore import restore
 
+    check_output_file(out, suffixes=OUT_SUFFIXES)
     pipe = _load(c)
     x = _read(pipe, image)
     return write(restore(pipe, x, strength, callback=callback, **_kwargs(pipe, c, len(x))), out)
@@ -106,6 +119,7 @@ def restore_files(c: Common, image: str, strength: float, out: str, callback=Non
 def denoise_files(c: Common, image: str, sigma: float, out: str, callback=None) -> Path:
     from difforge.tasks.restore import denoise
 
+    check_output_file(out, suffixes=OUT_SUFFIXES)
     pipe = _load(c)
     x = _read(pipe, image)
     return write(denoise(pipe, x, sigma, callback=callback, **_kwargs(pipe, c, len(x))), out)
@@ -116,6 +130,8 @@ def interpolate_files(c: Common, a: str, b: str, frames: int, out: str, strip: s
     from difforge.io import save_gif, save_grid, to_uint8
     from difforge.tasks.interpolate import interpolate
 
+    check_output_file(out, suffixes=(".gif",))
+    strip_path = check_output_file(strip or Path(out).with_suffix(".png"), what="--strip", suffixes=(".png",))
     pipe = _load(c)
     xa, xb = _read(pipe, a), _read(pipe, b)
     if len(xa) != len(xb):
@@ -125,7 +141,6 @@ def interpolate_files(c: Common, a: str, b: str, frames: int, out: str, strip: s
     u8 = [to_uint8(f) for f in seq]
     scale = 4 if seq.shape[-1] <= 32 else 1
     gif = save_gif(u8 + u8[-2:0:-1], out, nrow=max(1, min(10, seq.shape[1])), scale=scale, ms=150, hold_ms=600)
-    strip_path = Path(strip) if strip else Path(out).with_suffix(".png")
     rows = to_uint8(seq.transpose(0, 1).reshape(-1, *seq.shape[2:]))  # (N * K, C, H, W), row i: pair i
     return gif, save_grid(rows, strip_path, nrow=frames, scale=scale)
 
@@ -136,6 +151,7 @@ def upscale_files(c: Common, image: str | None, scale: int, out: str, base: str 
     with `base`, generate `n` low-resolution images with that model first (a cascade)."""
     from difforge.tasks import superres
 
+    check_output_file(out, suffixes=OUT_SUFFIXES)
     pipe = _load(c)
     if base is not None:
         if image is not None:

@@ -15,6 +15,7 @@ import json
 import math
 import time
 import warnings
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,7 +32,7 @@ from difforge.train.checkpoint import (
 )
 from difforge.train.ema import EMA
 from difforge.train.objective import drop_labels, framework_loss
-from difforge.train.optim import build_optimizer, build_scheduler
+from difforge.train.optim import build_optimizer, build_scheduler, set_schedule_step
 from difforge.train.signals import StopFlag
 
 VAL_MAX_IMAGES = 2000  # validation loss is measured on at most this many held-out images
@@ -48,6 +49,7 @@ class TrainResult:
     step: int
     stopped_early: bool
     rank: int = 0  # under torchrun, only rank 0 reports
+    signum: int | None = None  # the signal (SIGTERM, SIGINT) that stopped the run early, if one did
 
 
 def resolve_device(name: str) -> torch.device:
@@ -85,15 +87,31 @@ def model_info(cfg: RunConfig, bundle, image_size: int, num_classes: int | None)
     }
 
 
-def _resolve_run(cfg: RunConfig, resume: bool) -> tuple[RunConfig, Path]:
-    """The config to train with (a resumed run's own config.yaml); writes nothing."""
+def is_run_dir(path: Path) -> bool:
+    return (path / "config.yaml").is_file() or (path / "model.json").is_file()
+
+
+def _resolve_run(cfg: RunConfig, resume: bool, length: dict | None = None) -> tuple[RunConfig, Path]:
+    """The config to train with (a resumed run's own config.yaml, its length changed by
+    `length`: max_steps / epochs); writes nothing."""
+    from difforge.io.outputs import OutputError, check_output_dir
+
     run_dir = Path(cfg.out)
     if resume:
         saved = run_dir / "config.yaml"
         if not saved.is_file():
             raise ConfigError(f"cannot resume: {run_dir} has no config.yaml (no run there yet)")
         cfg = load_config(saved)
+        if length:
+            changed = {k: v for k, v in length.items() if v is not None}
+            if "epochs" in changed and "max_steps" not in changed:
+                changed["max_steps"] = None  # --epochs alone sets the length: max_steps would win over it
+            cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, **changed))
         return cfg, run_dir
+    try:
+        check_output_dir(run_dir, holds="run", is_ours=is_run_dir, allow_ours=True)
+    except OutputError as e:
+        raise ConfigError(str(e)) from None
     if step_dirs(run_dir / "checkpoints"):
         raise ConfigError(
             f"{run_dir} already holds a run with checkpoints; pass --resume to continue it or choose another --out"
@@ -104,22 +122,27 @@ def _resolve_run(cfg: RunConfig, resume: bool) -> tuple[RunConfig, Path]:
 def _create_run_dir(cfg: RunConfig, run_dir: Path, resume: bool) -> None:
     if not resume:
         (run_dir / "samples").mkdir(parents=True, exist_ok=True)
+    if not resume or load_config(run_dir / "config.yaml") != cfg:  # new, or resumed with a new length
         save_config(cfg, run_dir / "config.yaml")
     for name in clean_stale(run_dir / "checkpoints"):
         print(f"removed {name}: an incomplete checkpoint left by an interrupted write")
 
 
 def train(
-    cfg: RunConfig, *, resume: bool = False, progress: bool = True, stop_after: int | None = None
+    cfg: RunConfig, *, resume: bool = False, progress: bool = True, stop_after: int | None = None,
+    length: dict | None = None,
 ) -> TrainResult:
     """Train (or resume) the run described by `cfg`; returns where it ended.
+
+    With `resume`, `length` ({"max_steps": N} or {"epochs": N}) changes the resumed run's
+    length: a finished run is extended, the learning-rate schedule laid over the new length.
 
     `stop_after` stops (with a checkpoint) once that many steps are done in total, as a
     preemption would, without changing the run's schedule. Under torchrun every process
     calls this with the same arguments (train/distributed.py).
     """
     world = distributed.world_from_env()
-    cfg, run_dir = _resolve_run(cfg, resume)
+    cfg, run_dir = _resolve_run(cfg, resume, length)
     t = cfg.train
     device = distributed.check_world(world, resolve_device(t.device), t.batch_size)
     amp_dtype = autocast_dtype(t.precision, device)
@@ -149,8 +172,14 @@ def _train(
     image_size = cfg.data.image_size or math.ceil(bundle.native_size / mult) * mult
     if image_size % mult:
         raise ConfigError(f"image size {image_size} is not a multiple of {mult}, as model {cfg.model.preset!r} needs")
-    if t.batch_size > len(train_set):
-        raise ConfigError(f"batch size {t.batch_size} is larger than the training set ({len(train_set)} images)")
+    if t.batch_size > len(train_set):  # a small set: train with all of it per step, and say so
+        smaller = len(train_set) - len(train_set) % world.size
+        if smaller < 1:
+            raise ConfigError(f"the training set has {len(train_set)} images, fewer than the {world.size} processes")
+        say(f"note: the training set has {len(train_set)} images, fewer than the batch size {t.batch_size}: "
+            f"training with batches of {smaller}")
+        cfg = dataclasses.replace(cfg, train=dataclasses.replace(t, batch_size=smaller))
+        t = cfg.train
     info = model_info(cfg, bundle, image_size, num_classes)
     cond_image = None  # superres: makes each batch's conditioning image from x0 (SR3)
     if cfg.model.task == "superres":
@@ -208,14 +237,26 @@ def _train(
         ckpt = newest_checkpoint()
         if ckpt is not None:
             state = load_weights_and_optimizer(ckpt)
-            scheduler.load_state_dict(state["scheduler"])
             gen.set_state(state["rng"]["train"])
             step = last_saved = int(state["step"])
+            saved_total = state.get("total_steps") or state["scheduler"].get("total_steps") or total
+            if step > total:
+                raise ConfigError(f"{run_dir} is already at step {step}: a length of {total} steps would shorten "
+                                  f"it below that")
+            if saved_total == total:
+                scheduler.load_state_dict(state["scheduler"])
+            else:  # extended (or shortened): the schedule is laid over the new length
+                set_schedule_step(scheduler, step)
+                say(f"run length changed from {saved_total} to {total} steps; learning-rate schedule laid over "
+                    f"the new length")
             rollbacks, skipped = int(state.get("rollbacks", 0)), int(state.get("skipped", 0))
             restore_rng(state["rng"], world, device, t.seed, step)
             say(f"resuming {run_dir} from {ckpt.name} (step {step} of {total})")
         else:
             say(f"no checkpoint in {run_dir}; starting from step 0")
+        if step >= total and (run_dir / "samples" / "final.png").is_file() or step >= total and not t.final_grid:
+            say(f"{run_dir} is finished (step {step} of {total}); nothing to do. Pass --max-steps N to extend it.")
+            return TrainResult(run_dir, step, False, world.rank)
 
     from difforge.train.logging import MetricsLogger, NullLogger  # optional backends load lazily
 
@@ -249,6 +290,7 @@ def _train(
                 "rollbacks": rollbacks,
                 "skipped": skipped,  # steps skipped for a non-finite loss or gradients, in all
                 "world_size": world.size,
+                "total_steps": total,  # the run's length when this was written (extension re-lays the LR schedule)
             }
             path = save_checkpoint(
                 run_dir / "checkpoints", step, model.state_dict(), ema.shadow.state_dict(), state,
@@ -259,13 +301,16 @@ def _train(
         return path
 
     def sample_grids(name: str, per_class: int = 1) -> None:
+        """NAME.png from the EMA weights and NAME-raw.png from the raw ones (unless the EMA
+        is still a plain copy of them: the two grids would be identical)."""
         if not world.main:
             return
+        nets = (("", ema.shadow),) if ema.step <= ema.warmup else (("-raw", model), ("", ema.shadow))
         if cond_image is not None:  # superres: held-out images, low-res, upscaled (difforge.tasks.superres)
             from difforge.tasks.superres import save_preview
 
             preview = (bundle.val if bundle.val is not None and len(bundle.val) else train_set).images
-            for tag, net in (("-raw", model), ("", ema.shadow)):
+            for tag, net in nets:
                 was_training = net.training
                 net.eval()
                 path = save_preview(net, schedule, info, device, preview, run_dir / "samples" / f"{name}{tag}.png")
@@ -274,12 +319,19 @@ def _train(
             return
         from difforge.pipeline import Pipeline  # sampling code, shared with `difforge sample`
 
-        for tag, net in (("-raw", model), ("", ema.shadow)):  # NAME.png: EMA weights
+        from tqdm.auto import tqdm
+
+        for tag, net in nets:
             was_training = net.training
             net.eval()
             pipe = Pipeline(net, schedule, info, device)
             labels = pipe.default_labels(per_class=per_class)
-            images, _ = pipe.generate(labels=labels, n=None if labels is not None else 10 * per_class, seed=0)
+            n = len(labels) if labels is not None else 10 * per_class
+            steps = len(pipe.sigmas("ddim")) - 1
+            with tqdm(total=steps * -(-n // 100), desc=f"samples/{name}{tag}.png", unit="step", leave=False,
+                      disable=not progress, dynamic_ncols=True) as grid_bar:
+                images, _ = pipe.generate(labels=labels, n=None if labels is not None else n, seed=0,
+                                          callback=lambda d: grid_bar.update(1))
             net.train(was_training)
             path = pipe.save_grid(images, run_dir / "samples" / f"{name}{tag}.png", labels)
             logger.log_image(step, f"samples{tag}", path)
@@ -424,7 +476,7 @@ def _train(
         why = (f"signal {stop.signum}" if stop.signum else "a signal to another rank") if stopped else f"stop_after={stop_after}"
         say(f"stopped at step {step} of {total} ({why}); checkpoint {path}; continue with --resume")
         logger.close()
-        return TrainResult(run_dir, step, True, world.rank)
+        return TrainResult(run_dir, step, True, world.rank, signum=stop.signum if stopped else None)
 
     if step % batches.steps_per_epoch != 0:
         run_validation()
@@ -432,7 +484,9 @@ def _train(
     if skipped:
         say(f"note: {skipped} of {step} steps were skipped for a non-finite loss or gradients "
             f"({rollbacks} rollback(s)); see skipped_nonfinite in metrics.jsonl")
-    sample_grids("final", per_class=10)
+    if t.final_grid:
+        say("drawing samples/final.png (10 per class, EMA weights)")
+        sample_grids("final", per_class=10)
     logger.log_artifact(path)
     logger.close()
     distributed.barrier(world)  # the other ranks wait for rank 0's final samples

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 
 import torch
 from torch import nn
@@ -37,3 +38,12 @@ def build_scheduler(
     if cfg.lr_schedule == "constant":
         return torch.optim.lr_scheduler.LambdaLR(optimizer, constant)
     raise ValueError(f"unknown lr schedule {cfg.lr_schedule!r}; expected cosine, constant or onecycle")
+
+
+def set_schedule_step(scheduler: torch.optim.lr_scheduler.LRScheduler, step: int) -> None:
+    """Put a closed-form schedule (OneCycleLR, LambdaLR) at `step`, as if built for its
+    current length and stepped `step` times: how a resumed run with a new length goes on."""
+    scheduler.last_epoch = step - 1
+    with warnings.catch_warnings():  # "step() before optimizer.step()": no optimizer step is implied here
+        warnings.simplefilter("ignore", UserWarning)
+        scheduler.step()
