@@ -92,7 +92,7 @@ def train(config_file, dataset, data_path, out, preset, max_steps, epochs, batch
     checkpoints/. With --resume the run's own config.yaml is used.
     """
     from difforge.config import ConfigError, RunConfig, config_from_dict, load_config
-    from difforge.train.checkpoint import CheckpointError
+    from difforge.runs import CheckpointError
     from difforge.train.loop import TrainingError
 
     overrides: dict = {"data": {}, "model": {}, "diffusion": {}, "train": {}}
@@ -211,7 +211,7 @@ def sample(model_dir, out, n, klass, classes, cfg, cfg_rescale, threshold, sampl
     """Generate images from a run directory or an exported model directory."""
     from difforge.io.outputs import check_output_file
     from difforge.pipeline import load_pipeline
-    from difforge.train.loop import resolve_device
+    from difforge.runtime import resolve_device
 
     try:
         if n is not None and n < 1:
@@ -346,7 +346,7 @@ def train_classifier(dataset, data_path, out, epochs, batch_size, seed, device, 
         from difforge.data import load_dataset
         from difforge.eval.classifier import ClassifierConfig, check_classifier_dir, classifier_dir, dataset_key
         from difforge.eval.classifier import train_classifier as train_clf
-        from difforge.train.loop import resolve_device
+        from difforge.runtime import resolve_device
 
         data = _data_config(dataset, data_path) or DataConfig()
         if epochs is not None and epochs < 1:
@@ -422,7 +422,7 @@ def evaluate(model_dir, out, n, npz, cfg, cfg_sweep, sampler, steps, grid, eta, 
 
     try:
         from difforge.eval.evaluate import EvalConfig, evaluate as run_eval
-        from difforge.train.loop import resolve_device
+        from difforge.runtime import resolve_device
 
         if out is None:
             if model_dir is None and npz is None:
@@ -619,7 +619,7 @@ def serve(model_dir, host, port, token, max_n, max_steps, max_batch, queue_size,
     """
     try:
         from difforge.serve import ServeConfig, serve as run_server
-        from difforge.train.loop import resolve_device
+        from difforge.runtime import resolve_device
 
         config = ServeConfig(max_n=max_n, max_steps=max_steps, max_batch=max_batch, queue_size=queue_size,
                              timeout_s=timeout_s, max_body_bytes=max_body_bytes, token=token)

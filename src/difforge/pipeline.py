@@ -205,7 +205,7 @@ def load_pipeline(path: str | Path, ema: bool = True, device: str | torch.device
         info = json.loads((path / "config.json").read_text())
         weights = path / "model.safetensors"
     elif (path / "model.json").is_file():
-        from difforge.train.checkpoint import find_resumable, weights_file  # reads files only
+        from difforge.runs import find_resumable, weights_file
 
         info = json.loads((path / "model.json").read_text())
         ckpt, problems = find_resumable(path / "checkpoints")
@@ -245,7 +245,7 @@ def export_model(run_dir: str | Path, out: str | Path, ema: bool = True, overwri
     import shutil
 
     from difforge.io.outputs import check_output_dir
-    from difforge.train.checkpoint import find_resumable, weights_file
+    from difforge.runs import find_resumable, weights_file
 
     run_dir = Path(run_dir)
     out = check_output_dir(out, holds="exported model", is_ours=is_model_dir, overwrite=overwrite)

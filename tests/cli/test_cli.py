@@ -7,7 +7,6 @@ import pytest
 import torch
 
 from cli_runner import run
-from difforge.cli import main
 
 
 @pytest.fixture(scope="module")

@@ -1,6 +1,5 @@
 """Training from an image folder, unconditional models, TensorBoard, graceful SIGTERM."""
 
-import os
 import signal
 import subprocess
 import sys

@@ -3,7 +3,6 @@ nothing valid is lost, and splits stay put when files are added."""
 
 import json
 import shutil
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,7 +10,7 @@ from PIL import Image
 
 from difforge.data.folder import decode_image, fit_square
 from difforge.data.prepare import SPLITS, PrepareConfig, prepare, prepare_store, split_of
-from difforge.data.store import read_prepared
+from difforge.data.inspect import read_prepared
 
 from messy_folder import make_messy, smooth_picture
 

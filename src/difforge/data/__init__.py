@@ -6,10 +6,10 @@ from difforge.data.dataset import (
     DatasetBundle,
     ImageDataset,
     from_model_output,
-    load_dataset,
     split_validation,
     to_model_input,
 )
+from difforge.data.load import load_dataset
 from difforge.data.digits import DIGITS_CLASSES, load_digits
 from difforge.data.folder import IMAGE_EXTENSIONS, load_image_folder
 from difforge.data.idx import (

@@ -15,7 +15,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from difforge.config import DATASETS, DataConfig
 
 
 @dataclass(frozen=True, eq=False, repr=False)
@@ -184,74 +183,3 @@ def _with_channels(ds: ImageDataset, channels: int | None) -> ImageDataset:
     if channels == 3 and ds.channels == 1:
         return ImageDataset(ds.images.repeat(1, 3, 1, 1), ds.labels, ds.class_names, ds.name)
     raise ValueError(f"dataset {ds.name!r} has {ds.channels} channel(s); cannot give {channels}")
-
-
-def load_dataset(cfg: DataConfig) -> DatasetBundle:
-    """Load the configured data into memory and split off validation (`cfg.val_fraction`).
-
-    fashion-mnist: train/val from the 60k train part, test = the 10k t10k part;
-      `cfg.path` overrides the folder.
-    digits: train/val from all 1797 images; test None (too few to spare; val is held out).
-    folder: train/val from the images under `cfg.path`; test None; `cfg.image_size`,
-      when given, is the load size, else see `load_image_folder`.
-    prepared: the splits of the `difforge prepare` store at `cfg.path`, memory-mapped:
-      train, val and test as stored (`cfg.val_fraction` and `split_seed` do not apply).
-    `cfg.channels` = 3 on a grayscale set repeats the channel. Labels are always kept.
-    """
-    from difforge.data.digits import load_digits
-    from difforge.data.folder import load_image_folder
-    from difforge.data.idx import load_fashion_mnist
-
-    skipped: list[tuple[str, str]] = []
-    test = None
-    if cfg.dataset == "prepared":
-        return _load_prepared(cfg)
-    if cfg.dataset == "fashion-mnist":
-        full, test = load_fashion_mnist(cfg.path)
-    elif cfg.dataset == "digits":
-        full = load_digits()
-    elif cfg.dataset == "folder":
-        if cfg.path is None:
-            raise ValueError("dataset 'folder' needs a path (--data PATH)")
-        full, skipped = load_image_folder(cfg.path, channels=cfg.channels, size=cfg.image_size)
-    else:
-        raise ValueError(f"unknown dataset {cfg.dataset!r}; expected one of {sorted(DATASETS)}")
-    full = _with_channels(full, cfg.channels)
-    test = None if test is None else _with_channels(test, cfg.channels)
-    if cfg.val_fraction > 0:
-        train, val = split_validation(full, cfg.val_fraction, cfg.split_seed)
-    else:
-        train, val = full, None
-    return DatasetBundle(
-        train=train,
-        val=val,
-        test=test,
-        native_size=train.size,
-        channels=train.channels,
-        class_names=train.class_names,
-        skipped=skipped,
-    )
-
-
-def _load_prepared(cfg: DataConfig) -> DatasetBundle:
-    """A `difforge prepare` store: its own train / val / test splits, memory-mapped."""
-    from difforge.data.store import load_store
-
-    if cfg.path is None:
-        raise ValueError("dataset 'prepared' needs a path (--data STORE_DIR)")
-    manifest, splits = load_store(cfg.path)
-    train = splits.get("train")
-    if train is None:
-        raise ValueError(f"prepared store {cfg.path} has no training images")
-    val, test = splits.get("val"), splits.get("test")
-    train = _with_channels(train, cfg.channels)
-    val = None if val is None else _with_channels(val, cfg.channels)
-    test = None if test is None else _with_channels(test, cfg.channels)
-    return DatasetBundle(
-        train=train,
-        val=val,
-        test=test,
-        native_size=train.size,
-        channels=train.channels,
-        class_names=train.class_names,
-    )

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from difforge.data.prepare import SPLITS, Prepared
+from difforge.data.store import load_split_arrays, read_manifest, read_report
 
 SHEET_IMAGES = 64
 SHEET_CELL = 56  # small images are enlarged (nearest) to about this many pixels
@@ -170,7 +171,7 @@ def inspect(target: str | Path, sheets_dir: str | Path | None = None, cfg=None, 
     the sheets). Sheets go to `sheets_dir`, default STORE/contact_sheets or
     ./NAME-contact-sheets for a source. Returns (report lines, sheet paths)."""
     from difforge.data.prepare import PrepareConfig, prepare
-    from difforge.data.store import is_store, read_prepared
+    from difforge.data.store import is_store
 
     from difforge.io.outputs import check_output_dir
 
@@ -194,3 +195,20 @@ SHEET_NAME = re.compile(r"(\d\d-.+|all|outliers|near_duplicates)\.png")
 def is_sheets_dir(path: Path) -> bool:
     """A folder holding only contact sheets (which `inspect` replaces when run again)."""
     return all(f.is_file() and SHEET_NAME.fullmatch(f.name) for f in path.iterdir())
+
+
+def read_prepared(path: str | Path, *, verify: bool = False):
+    """A store read back as a `prepare.Prepared` (arrays memory-mapped), for `inspect`."""
+    manifest = read_manifest(path)
+    arrays, labels = {}, {}
+    for split in manifest["splits"]:
+        arrays[split], labels[split] = load_split_arrays(path, manifest, split, verify=verify)
+    return Prepared(
+        arrays=arrays,
+        labels=labels if manifest["class_names"] is not None else None,
+        items={s: e["items"] for s, e in manifest["splits"].items()},
+        class_names=manifest["class_names"],
+        settings=manifest["settings"],
+        source=manifest["source"],
+        report=read_report(path),
+    )

@@ -195,22 +195,3 @@ def load_store(path: str | Path, *, verify: bool = False):
             name=Path(path).resolve().name,
         )
     return manifest, out
-
-
-def read_prepared(path: str | Path, *, verify: bool = False):
-    """A store read back as a `prepare.Prepared` (arrays memory-mapped), for `inspect`."""
-    from difforge.data.prepare import Prepared
-
-    manifest = read_manifest(path)
-    arrays, labels = {}, {}
-    for split in manifest["splits"]:
-        arrays[split], labels[split] = load_split_arrays(path, manifest, split, verify=verify)
-    return Prepared(
-        arrays=arrays,
-        labels=labels if manifest["class_names"] is not None else None,
-        items={s: e["items"] for s, e in manifest["splits"].items()},
-        class_names=manifest["class_names"],
-        settings=manifest["settings"],
-        source=manifest["source"],
-        report=read_report(path),
-    )

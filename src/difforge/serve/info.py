@@ -41,7 +41,7 @@ def describe_model(path: str | Path, pipe) -> dict:
     info = pipe.info
     step, weights = info.get("step"), info.get("weights")
     if (path / "model.json").is_file():  # a run directory: the checkpoint load_pipeline picks
-        from difforge.train.checkpoint import find_resumable
+        from difforge.runs import find_resumable
 
         ckpt, _ = find_resumable(path / "checkpoints")
         if ckpt is not None:

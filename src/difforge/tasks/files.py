@@ -34,7 +34,7 @@ class Common:
 
 def _load(c: Common):
     from difforge.pipeline import load_pipeline
-    from difforge.train.loop import resolve_device
+    from difforge.runtime import resolve_device
 
     return load_pipeline(c.model_dir, ema=c.ema, device=resolve_device(c.device))
 

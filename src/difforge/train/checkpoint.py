@@ -1,6 +1,7 @@
-"""Checkpoints: atomic, hashed, verified on load, the last K kept.
+"""The checkpoint writer: atomic, hashed, the last K kept (reading and verifying them:
+`difforge.runs`).
 
-Layout (DESIGN.md, "A run on disk"):
+Layout:
 
     checkpoints/step-N/model.safetensors   weights
     checkpoints/step-N/ema.safetensors     EMA weights
@@ -15,30 +16,18 @@ renamed into place, so a crash mid-write never leaves a half checkpoint under a 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
-import pickle
 import shutil
 import tempfile
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
-FILES = ("model.safetensors", "ema.safetensors", "train_state.pt")
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint that is missing, truncated or fails its hash check."""
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+from difforge.runs import (  # noqa: F401 - reading lives in runs; re-exported for training code
+    FILES, CheckpointError, sha256_file, find_resumable, load_checkpoint, step_dirs, verify_checkpoint, weights_file,
+)
 
 
 def _fsync_file(path: Path) -> None:
@@ -64,17 +53,6 @@ def _write_atomic_text(path: Path, text: str) -> None:
     _fsync_dir(path.parent)
 
 
-def step_dirs(root: Path) -> list[Path]:
-    """Complete-looking `step-N` directories, oldest first."""
-    if not root.is_dir():
-        return []
-    found = []
-    for p in root.iterdir():
-        if p.is_dir() and p.name.startswith("step-") and p.name[5:].isdigit():
-            found.append((int(p.name[5:]), p))
-    return [p for _, p in sorted(found)]
-
-
 def save_checkpoint(
     root: str | Path,
     step: int,
@@ -92,7 +70,7 @@ def save_checkpoint(
         save_file({k: v.detach().contiguous().cpu() for k, v in model_state.items()}, tmp / FILES[0])
         save_file({k: v.detach().contiguous().cpu() for k, v in ema_state.items()}, tmp / FILES[1])
         torch.save(train_state, tmp / FILES[2])
-        meta = {"step": step, "sha256": {name: _sha256(tmp / name) for name in FILES}}
+        meta = {"step": step, "sha256": {name: sha256_file(tmp / name) for name in FILES}}
         (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
         for name in (*FILES, "meta.json"):
             _fsync_file(tmp / name)
@@ -112,42 +90,6 @@ def save_checkpoint(
     return final
 
 
-def verify_checkpoint(path: str | Path) -> dict:
-    """Return meta.json after checking every file's presence and SHA-256."""
-    path = Path(path)
-    meta_path = path / "meta.json"
-    if not meta_path.is_file():
-        raise CheckpointError(f"{path}: meta.json missing (incomplete checkpoint)")
-    try:
-        meta = json.loads(meta_path.read_text())
-    except json.JSONDecodeError as e:
-        raise CheckpointError(f"{path}: meta.json is not valid JSON ({e})") from None
-    for name in FILES:
-        f = path / name
-        if not f.is_file():
-            raise CheckpointError(f"{path}: {name} missing")
-        if _sha256(f) != meta.get("sha256", {}).get(name):
-            raise CheckpointError(f"{path}: {name} does not match its hash (truncated or corrupt)")
-    return meta
-
-
-def load_checkpoint(path: str | Path) -> tuple[dict, dict, dict]:
-    """(model weights, EMA weights, train_state) of a verified checkpoint."""
-    path = Path(path)
-    verify_checkpoint(path)
-    model = load_file(path / FILES[0])
-    ema = load_file(path / FILES[1])
-    try:
-        state = torch.load(path / FILES[2], map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:  # weights_only refuses any global it does not allow
-        reason = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
-        raise CheckpointError(
-            f"refusing to load {path / FILES[2]}: it holds pickled objects that could run code when loaded "
-            f"({reason[:160]}); if you do not trust it, delete {path} and resume from an older checkpoint"
-        ) from None
-    return model, ema, state
-
-
 def clean_stale(root: str | Path) -> list[str]:
     """Remove what a process killed in the middle of `save_checkpoint` leaves behind:
     `.tmp-step-*` directories and a `.latest.tmp` pointer. Returns their names."""
@@ -163,27 +105,6 @@ def clean_stale(root: str | Path) -> list[str]:
         pointer.unlink()
         removed.append(pointer.name)
     return removed
-
-
-def find_resumable(root: str | Path) -> tuple[Path | None, list[str]]:
-    """The newest checkpoint that verifies, and a message for each newer one skipped.
-
-    Every `step-N` directory is tried from newest to oldest; `latest` is only a pointer
-    for people and tools (a crash between the rename and the pointer update leaves a
-    complete checkpoint newer than `latest`, and it is used).
-    """
-    problems: list[str] = []
-    for c in reversed(step_dirs(Path(root))):
-        try:
-            verify_checkpoint(c)
-            return c, problems
-        except CheckpointError as e:
-            problems.append(str(e))
-    return None, problems
-
-
-def weights_file(path: str | Path, ema: bool = True) -> Path:
-    return Path(path) / (FILES[1] if ema else FILES[0])
 
 
 def rng_state(device: torch.device) -> dict:

@@ -32,6 +32,8 @@ from difforge.train.checkpoint import (
 )
 from difforge.train.ema import EMA
 from difforge.train.objective import drop_labels, framework_loss
+from difforge.runs import is_run_dir
+from difforge.runtime import autocast_dtype, resolve_device  # noqa: F401 - re-exported
 from difforge.train.optim import build_optimizer, build_scheduler, set_schedule_step
 from difforge.train.signals import StopFlag
 
@@ -52,25 +54,6 @@ class TrainResult:
     signum: int | None = None  # the signal (SIGTERM, SIGINT) that stopped the run early, if one did
 
 
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(name)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"device {name!r} requested but CUDA is not available")
-    return dev
-
-
-def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
-    if precision == "fp32":
-        return None
-    if precision == "bf16":
-        return torch.bfloat16
-    if device.type != "cuda":
-        raise ConfigError("precision fp16 needs a CUDA device; use bf16 on the CPU")
-    return torch.float16
-
-
 def model_info(cfg: RunConfig, bundle, image_size: int, num_classes: int | None) -> dict:
     """What a sampler needs to rebuild the model: written as model.json / config.json."""
     return {
@@ -85,10 +68,6 @@ def model_info(cfg: RunConfig, bundle, image_size: int, num_classes: int | None)
         "class_names": bundle.class_names if num_classes else None,
         "dataset": cfg.data.dataset,
     }
-
-
-def is_run_dir(path: Path) -> bool:
-    return (path / "config.yaml").is_file() or (path / "model.json").is_file()
 
 
 def _resolve_run(cfg: RunConfig, resume: bool, length: dict | None = None) -> tuple[RunConfig, Path]:
