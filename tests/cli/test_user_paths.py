@@ -198,3 +198,26 @@ def test_inspect_verify_says_so(tmp_path, capsys):
     assert "verified: every array" in capsys.readouterr().out
     # a second inspect replaces its own contact sheets (a folder holding only those)
     assert run(["inspect", str(tmp_path / "store"), "--no-progress"]) == 0
+
+
+@pytest.mark.parametrize("flag, package", [("--wandb", "wandb"), ("--tensorboard", "tensorboard")])
+def test_a_missing_logging_package_is_refused_before_the_run_folder(flag, package, tmp_path, capsys, monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == package else real(name, *a))
+    out = tmp_path / "r"
+    assert run(["train", *TINY, "--max-steps", "1", flag, "--out", str(out)]) != 0
+    err = capsys.readouterr().err
+    assert f"{flag} needs the {package} package" in err and "Traceback" not in err
+    assert not out.exists()
+
+
+def test_digits_without_scikit_learn_is_one_line(tmp_path, capsys, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "sklearn.datasets", None)  # import fails as if not installed
+    assert run(["train", *TINY, "--max-steps", "1", "--out", str(tmp_path / "r")]) != 0
+    err = capsys.readouterr().err
+    assert "needs scikit-learn" in err and "Traceback" not in err
+    assert not (tmp_path / "r").exists()

@@ -28,6 +28,18 @@ def tiny_cond_pipe():
 
 
 @pytest.fixture(scope="session")
+def steered_cond_pipe():
+    """Like tiny_cond_pipe with a random (not zero-initialised) output layer, so that the
+    label reaches the output."""
+    torch.manual_seed(3)
+    net = build_model("tiny", in_channels=1, num_classes=3).eval()
+    with torch.no_grad():
+        for p in net.out_conv.parameters():
+            p.normal_(0, 0.05)
+    return Pipeline(net, make_schedule("linear", 1000), info(num_classes=3))
+
+
+@pytest.fixture(scope="session")
 def padded_pipe():
     """Native 7x7 images padded to the model's 8x8 (one pixel right and bottom)."""
     torch.manual_seed(2)

@@ -44,11 +44,17 @@ def test_deterministic_per_image_seed(tiny_pipe):
     torch.testing.assert_close(alone, a[1:2], atol=1e-5, rtol=0)
 
 
-def test_class_conditional_with_labels_and_cfg(tiny_cond_pipe):
+def test_class_conditional_with_labels_and_cfg(steered_cond_pipe):
+    tiny_cond_pipe = steered_cond_pipe
     x = _images(2)
     m = tasks.make_mask("right", 8, 2)
     out = tasks.inpaint(tiny_cond_pipe, x, m, labels=torch.tensor([0, 2]), cfg=2.0, steps=4, method="blend")
     assert out.shape == x.shape
+    torch.testing.assert_close(out * (1 - m), x * (1 - m), atol=0, rtol=0)  # the known half kept exactly
+    swapped = tasks.inpaint(tiny_cond_pipe, x, m, labels=torch.tensor([2, 0]), cfg=2.0, steps=4, method="blend")
+    assert not torch.equal(out * m, swapped * m)  # the label steers the filled half
+    plain = tasks.inpaint(tiny_cond_pipe, x, m, labels=torch.tensor([0, 2]), cfg=1.0, steps=4, method="blend")
+    assert not torch.equal(plain * m, out * m)  # the guidance scale reaches the sampler
 
 
 def test_repaint_path_closed_form():

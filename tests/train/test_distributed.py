@@ -47,11 +47,23 @@ def _weights(run, step=6):
     return load_file(ckpt / "model.safetensors"), load_file(ckpt / "ema.safetensors")
 
 
-def _assert_close(run_a, run_b, atol=1e-4):
+# Two processes sum each half batch's gradient and all-reduce the two sums; one process sums
+# the whole batch in another order: the gradients differ by float32 rounding (~1e-7
+# relative). AdamW normalises each update, lr * m / (sqrt(v) + eps), so for parameters
+# whose gradient is tiny a rounding-sized change of g moves the update by a visible part
+# of lr: measured 2e-6 to 5e-6 after these 6 steps at lr 1e-3; 2e-5 allows 4x that. A real
+# mismatch (a sample dropped or seen twice: 1/16 of the gradient) moves the updates of
+# every parameter, not only the tiny-gradient ones, by far more than rounding.
+MAX_ROUNDING = 2e-5
+
+
+def _assert_close(run_a, run_b, atol=MAX_ROUNDING):
+    worst = 0.0
     for a, b in zip(_weights(run_a), _weights(run_b)):
         assert a.keys() == b.keys()
         for k in a:
-            assert torch.allclose(a[k], b[k], rtol=0, atol=atol), (k, (a[k] - b[k]).abs().max())
+            worst = max(worst, float((a[k] - b[k]).abs().max()))
+    assert worst <= atol, f"weights differ by up to {worst:.3g}"
 
 
 def _losses(run):

@@ -2,6 +2,7 @@
 
 import json
 
+import pytest
 import torch
 from safetensors.torch import load_file
 
@@ -33,15 +34,15 @@ def _assert_same(a, b):
         assert torch.equal(a[k], b[k]), k
 
 
-def test_resume_is_bit_exact(tmp_path, monkeypatch):
-    # Skip the end-of-run sample grids: they do not touch training state.
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])  # bf16: the quick-start setting
+def test_resume_is_bit_exact(tmp_path, monkeypatch, precision):
     monkeypatch.setattr("difforge.train.loop.VAL_MAX_IMAGES", 64)
-    straight = train(_cfg(tmp_path / "a"), progress=False)
+    straight = train(_cfg(tmp_path / "a", precision=precision, final_grid=False), progress=False)
     assert straight.step == 12 and not straight.stopped_early
 
-    first = train(_cfg(tmp_path / "b"), progress=False, stop_after=5)
+    first = train(_cfg(tmp_path / "b", precision=precision, final_grid=False), progress=False, stop_after=5)
     assert first.stopped_early and first.step == 5
-    second = train(_cfg(tmp_path / "b"), resume=True, progress=False)
+    second = train(_cfg(tmp_path / "b"), resume=True, progress=False)  # the run's own config: bf16 too
     assert second.step == 12
 
     m1, e1, s1 = _state(tmp_path / "a")
@@ -61,6 +62,9 @@ def test_resume_is_bit_exact(tmp_path, monkeypatch):
         return [(r["step"], r["loss"]) for r in rows if "loss" in r]
 
     assert losses(tmp_path / "a") == losses(tmp_path / "b") != []
+    if precision == "bf16":  # autocast really ran: bf16 losses differ from fp32 ones on the same data
+        fp32 = train(_cfg(tmp_path / "c", final_grid=False), progress=False)
+        assert fp32.step == 12 and losses(tmp_path / "c") != losses(tmp_path / "a")
 
 
 def test_refuses_to_overwrite_a_run(tmp_path):

@@ -19,9 +19,7 @@ def load_digits() -> ImageDataset:
     try:
         from sklearn.datasets import load_digits as sk_load_digits
     except ImportError:
-        raise ImportError(
-            "the 'digits' dataset needs scikit-learn: pip install scikit-learn"
-        ) from None
+        raise ValueError("the 'digits' dataset needs scikit-learn: pip install 'difforge[digits]'") from None
     bunch = sk_load_digits()
     values = np.asarray(bunch.images, dtype=np.float64)  # (N, 8, 8) in 0..16
     if values.min() < 0 or values.max() > 16:

@@ -8,6 +8,19 @@ from pathlib import Path
 from typing import Any
 
 
+def missing_backends(wandb: bool, tensorboard: bool) -> list[str]:
+    """One message per asked-for logging backend whose package is not installed, so that
+    training can refuse before it writes anything."""
+    import importlib.util
+
+    missing = []
+    if wandb and importlib.util.find_spec("wandb") is None:
+        missing.append("--wandb needs the wandb package: pip install 'difforge[wandb]'")
+    if tensorboard and importlib.util.find_spec("tensorboard") is None:
+        missing.append("--tensorboard needs the tensorboard package: pip install 'difforge[tensorboard]'")
+    return missing
+
+
 class MetricsLogger:
     """Fan out scalars and images to every enabled backend. Rank 0 only."""
 

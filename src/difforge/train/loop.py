@@ -123,6 +123,10 @@ def train(
     world = distributed.world_from_env()
     cfg, run_dir = _resolve_run(cfg, resume, length)
     t = cfg.train
+    from difforge.train.logging import missing_backends
+
+    for problem in missing_backends(t.wandb, t.tensorboard):
+        raise ConfigError(problem)
     device = distributed.check_world(world, resolve_device(t.device), t.batch_size)
     amp_dtype = autocast_dtype(t.precision, device)
     created = distributed.init(world, device)
