@@ -35,7 +35,7 @@ browser:
 	  echo "warning: could not install chromium + chromium-driver: the browser test will be skipped"; \
 	else echo "apt-get not found: install chromium and chromedriver to run the browser test"; fi
 
-# Trains the default model (about 10 minutes on a 2-core CPU) and writes
+# Trains the default model (configs/quickstart.yaml) and writes
 # $(RUN)/samples/final.png, one row per class. Run again to resume or redo the samples.
 run: install data
 	@if [ -f $(RUN)/config.yaml ]; then \

@@ -109,7 +109,7 @@ def test_two_processes_match_one(one_process, tmp_path):
 # Rank 1 alone sees NaN images at its second step; otherwise `python -m difforge`.
 NAN_ON_RANK_1 = """
 import os, sys
-import difforge.train.loop as loop
+import difforge.train.trainer as loop
 calls, real = [], loop.to_model_input
 def poisoned(images, size):
     x = real(images, size)
@@ -124,7 +124,7 @@ main(sys.argv[1:])
 @pytest.mark.slow  # subprocesses; still part of CI
 def test_one_process_checkpoint_resumes_in_two_that_skip_together(one_process, tmp_path, monkeypatch):
     # Reference: one process whose whole batch is NaN at step 3 (it skips that step).
-    from difforge.train import loop
+    from difforge.train import trainer as loop
 
     calls, real = [], loop.to_model_input
 

@@ -10,7 +10,7 @@ from safetensors.torch import load_file
 
 from difforge.cli import main
 from difforge.config import ConfigError, DataConfig, ModelConfig, RunConfig, TrainConfig
-from difforge.train import loop
+from difforge.train import trainer as loop  # where the steps run
 from difforge.train.loop import TrainingError, train
 
 

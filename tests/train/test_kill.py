@@ -25,7 +25,7 @@ import os, shutil, signal, sys
 from pathlib import Path
 import torch
 import difforge.train.checkpoint as ck
-import difforge.train.loop as loop
+import difforge.train.trainer as loop  # where checkpoints are written from
 
 where, nth = sys.argv[1], int(sys.argv[2])
 saves = [0]

@@ -36,7 +36,7 @@ def _assert_same(a, b):
 
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])  # bf16: the quick-start setting
 def test_resume_is_bit_exact(tmp_path, monkeypatch, precision):
-    monkeypatch.setattr("difforge.train.loop.VAL_MAX_IMAGES", 64)
+    monkeypatch.setattr("difforge.train.trainer.VAL_MAX_IMAGES", 64)
     straight = train(_cfg(tmp_path / "a", precision=precision, final_grid=False), progress=False)
     assert straight.step == 12 and not straight.stopped_early
 

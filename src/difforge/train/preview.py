@@ -1,0 +1,52 @@
+"""Sample grids drawn during training (samples/step-N.png, final.png), with a progress bar."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+from torch import nn
+
+
+def draw_previews(trainer, name: str, nets: tuple[tuple[str, nn.Module], ...],
+                  per_class: int) -> Iterator[tuple[str, Path]]:
+    """For each (tag, network): samples/NAME{tag}.png; yields (tag, path).
+
+    A class-conditional or unconditional model draws a grid (one row per class); an SR3
+    model upscales held-out images (`difforge.tasks.superres.save_preview`).
+    """
+    for tag, net in nets:
+        was_training = net.training
+        net.eval()
+        try:
+            path = trainer.run_dir / "samples" / f"{name}{tag}.png"
+            if trainer.cond_image is not None:
+                yield tag, _upscale_preview(trainer, net, path)
+            else:
+                yield tag, _sample_grid(trainer, net, path, name + tag, per_class)
+        finally:
+            net.train(was_training)
+
+
+def _upscale_preview(trainer, net: nn.Module, path: Path) -> Path:
+    from difforge.tasks.superres import save_preview
+
+    bundle = trainer.bundle
+    held_out = (bundle.val if bundle.val is not None and len(bundle.val) else trainer.train_set).images
+    return save_preview(net, trainer.schedule, trainer.info, trainer.device, held_out, path)
+
+
+def _sample_grid(trainer, net: nn.Module, path: Path, title: str, per_class: int) -> Path:
+    from tqdm.auto import tqdm
+
+    from difforge.pipeline import Pipeline  # sampling code, shared with `difforge sample`
+
+    pipe = Pipeline(net, trainer.schedule, trainer.info, trainer.device)
+    labels = pipe.default_labels(per_class=per_class)
+    n = len(labels) if labels is not None else 10 * per_class
+    steps = len(pipe.sigmas("ddim")) - 1
+    with tqdm(total=steps * -(-n // 100), desc=f"samples/{title}.png", unit="step", leave=False,
+              disable=not trainer.progress, dynamic_ncols=True) as bar:
+        images, _ = pipe.generate(labels=labels, n=None if labels is not None else n, seed=0,
+                                  callback=lambda d: bar.update(1))
+    return pipe.save_grid(images, path, labels)

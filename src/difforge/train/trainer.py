@@ -1,0 +1,444 @@
+"""The Trainer: one training run as explicit state and small named steps.
+
+build (data, model, EMA, optimiser, schedule) -> resume (the newest verified checkpoint)
+-> step, repeated (loss, backward, skip non-finite, AdamW, EMA) with validate, preview,
+evaluate and checkpoint on their schedules -> finish (checkpoint, final grid).
+
+Faults it survives (docs/training.md): SIGTERM/Ctrl-C (finish the step, checkpoint,
+exit), kill -9 (resume from the newest complete checkpoint), non-finite losses or
+gradients (skip the step; after MAX_BAD_STEPS in a row roll back to the last checkpoint
+once, then stop naming the likely cause). Under torchrun every process runs a Trainer
+(data parallel, train/distributed.py); rank 0 alone writes the run directory.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from difforge.config import ConfigError, RunConfig, config_to_dict
+from difforge.data import load_dataset, to_model_input
+from difforge.data.batches import EpochBatches
+from difforge.diffusion.frameworks import make_noise, prediction_of
+from difforge.models import build_model, size_multiple
+from difforge.train import distributed
+from difforge.train.checkpoint import find_resumable, load_checkpoint, restore_rng, rng_state, save_checkpoint
+from difforge.train.ema import EMA
+from difforge.train.objective import drop_labels, framework_loss
+from difforge.train.optim import build_optimizer, build_scheduler, set_schedule_step
+from difforge.train.signals import StopFlag
+
+VAL_MAX_IMAGES = 2000  # validation loss is measured on at most this many held-out images
+MAX_BAD_STEPS = 20  # consecutive non-finite steps before a rollback (once), then a stop
+
+
+class TrainingError(RuntimeError):
+    """Training cannot go on (e.g. non-finite losses persist after a rollback)."""
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    step: int
+    stopped_early: bool
+    rank: int = 0  # under torchrun, only rank 0 reports
+    signum: int | None = None  # the signal (SIGTERM, SIGINT) that stopped the run early, if one did
+
+
+def model_info(cfg: RunConfig, bundle, image_size: int, num_classes: int | None) -> dict:
+    """What a sampler needs to rebuild the model: written as model.json / config.json."""
+    return {
+        "format": "difforge-model",
+        "version": 1,
+        "model": {"preset": cfg.model.preset, "in_channels": bundle.channels, "num_classes": num_classes},
+        "diffusion": config_to_dict(cfg)["diffusion"],
+        "prediction": prediction_of(cfg.diffusion),
+        "image_size": image_size,
+        "native_size": bundle.native_size,
+        "channels": bundle.channels,
+        "class_names": bundle.class_names if num_classes else None,
+        "dataset": cfg.data.dataset,
+    }
+
+
+class Trainer:
+    """Trains the run `cfg` into `run_dir`; `run()` returns where it ended.
+
+    State that changes while training (step, rollbacks, skipped steps, the step of the last
+    checkpoint, the non-finite streak) lives in plain attributes, saved in every checkpoint.
+    """
+
+    def __init__(self, cfg: RunConfig, run_dir: Path, world: distributed.World, device: torch.device,
+                 amp_dtype: torch.dtype | None, *, progress: bool, stop_after: int | None):
+        self.cfg, self.run_dir, self.world, self.device = cfg, run_dir, world, device
+        self.amp_dtype, self.progress, self.stop_after = amp_dtype, progress, stop_after
+        self.say = print if world.main else (lambda *a, **k: None)
+        self.step = self.rollbacks = self.skipped = self.bad_in_a_row = 0
+        self.last_saved: int | None = None
+
+    # ------------------------------------------------------------------ build
+    def load_data(self) -> None:
+        """The dataset, the image size and the batch size (all of a set smaller than it)."""
+        cfg, t = self.cfg, self.cfg.train
+        self.bundle = load_dataset(cfg.data)
+        self.train_set = self.bundle.train
+        generate = cfg.model.conditional and cfg.model.task == "generate"
+        self.num_classes = self.train_set.num_classes if generate else None
+        mult = size_multiple(cfg.model.preset)
+        self.image_size = cfg.data.image_size or math.ceil(self.bundle.native_size / mult) * mult
+        if self.image_size % mult:
+            raise ConfigError(f"image size {self.image_size} is not a multiple of {mult}, as model "
+                              f"{cfg.model.preset!r} needs")
+        if t.batch_size > len(self.train_set):  # a small set: train with all of it per step, and say so
+            smaller = len(self.train_set) - len(self.train_set) % self.world.size
+            if smaller < 1:
+                raise ConfigError(f"the training set has {len(self.train_set)} images, fewer than the "
+                                  f"{self.world.size} processes")
+            self.say(f"note: the training set has {len(self.train_set)} images, fewer than the batch size "
+                     f"{t.batch_size}: training with batches of {smaller}")
+            self.cfg = dataclasses.replace(cfg, train=dataclasses.replace(t, batch_size=smaller))
+
+    def describe_model(self) -> None:
+        """The model description (model.json) and how a batch's conditioning is made."""
+        self.info = model_info(self.cfg, self.bundle, self.image_size, self.num_classes)
+        self.cond_image = None  # superres: makes each batch's conditioning image from x0 (SR3)
+        if self.cfg.model.task == "superres":
+            from difforge.tasks.superres import training_setup
+
+            try:
+                self.info, self.cond_image = training_setup(self.info, self.cfg.model.scale)
+            except ValueError as e:
+                raise ConfigError(str(e)) from None
+
+    def build(self) -> None:
+        """Network, EMA, noise process, loss, batches, optimiser, LR schedule, grad scaler, RNG."""
+        cfg, t, world = self.cfg, self.cfg.train, self.world
+        torch.manual_seed(t.seed)
+        self.model = build_model(cfg.model.preset, in_channels=self.bundle.channels, num_classes=self.num_classes,
+                                 cond_channels=self.info["model"].get("cond_channels", 0)).to(self.device)
+        self.ema = EMA(self.model, t.ema_decay, t.ema_warmup)
+        self.net = distributed.wrap(self.model, world, self.device)  # the loss runs through it (DDP syncs)
+        if world.rank:  # in-model randomness (dropout): a distinct stream on each rank
+            torch.manual_seed(t.seed + 7919 * world.rank)
+        self.schedule = make_noise(cfg.diffusion)  # the framework's noise process (diffusion/frameworks.py)
+        self.loss_fn = functools.partial(  # every framework's loss; for DDPM eps it is ddpm_loss
+            framework_loss, prediction=prediction_of(cfg.diffusion), min_snr_gamma=cfg.diffusion.min_snr_gamma)
+        self.batches = EpochBatches(len(self.train_set), t.batch_size, seed=t.seed)
+        self.total = t.max_steps or (t.epochs or 1) * self.batches.steps_per_epoch
+        self.optimizer = build_optimizer(self.model, t)
+        self.scheduler = build_scheduler(self.optimizer, t, self.total)
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
+        self.gen = torch.Generator().manual_seed(t.seed + 1)
+        self.rows = world.share(t.batch_size)  # this rank's rows of every global batch
+        val = self.bundle.val
+        self.val_images = val.images[:VAL_MAX_IMAGES] if val is not None and len(val) else None
+        self.val_labels = val.labels[:VAL_MAX_IMAGES] if self.val_images is not None and self.num_classes else None
+
+    # ------------------------------------------------------------------ checkpoints
+    def newest_checkpoint(self) -> Path | None:
+        """The newest checkpoint that verifies, as rank 0 sees it, on every rank."""
+        found = None
+        if self.world.main:
+            found, problems = find_resumable(self.run_dir / "checkpoints")
+            for p in problems:
+                print(f"warning: skipping checkpoint: {p}")
+        return distributed.broadcast(found, self.world)
+
+    def load_weights_and_optimizer(self, ckpt: Path) -> dict:
+        m_sd, e_sd, state = load_checkpoint(ckpt)
+        self.model.load_state_dict(m_sd)
+        self.ema.shadow.load_state_dict(e_sd)
+        self.ema.load_state_dict(state["ema"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scaler.load_state_dict(state["scaler"])
+        return state
+
+    def resume(self) -> None:
+        """Continue from the newest verified checkpoint; a new run length re-lays the LR schedule."""
+        ckpt = self.newest_checkpoint()
+        if ckpt is None:
+            self.say(f"no checkpoint in {self.run_dir}; starting from step 0")
+            return
+        state = self.load_weights_and_optimizer(ckpt)
+        self.gen.set_state(state["rng"]["train"])
+        self.step = self.last_saved = int(state["step"])
+        saved_total = state.get("total_steps") or state["scheduler"].get("total_steps") or self.total
+        if self.step > self.total:
+            raise ConfigError(f"{self.run_dir} is already at step {self.step}: a length of {self.total} steps "
+                              f"would shorten it below that")
+        if saved_total == self.total:
+            self.scheduler.load_state_dict(state["scheduler"])
+        else:  # extended (or shortened): the schedule is laid over the new length
+            set_schedule_step(self.scheduler, self.step)
+            self.say(f"run length changed from {saved_total} to {self.total} steps; learning-rate schedule laid "
+                     f"over the new length")
+        self.rollbacks, self.skipped = int(state.get("rollbacks", 0)), int(state.get("skipped", 0))
+        restore_rng(state["rng"], self.world, self.device, self.cfg.train.seed, self.step)
+        self.say(f"resuming {self.run_dir} from {ckpt.name} (step {self.step} of {self.total})")
+
+    def checkpoint(self) -> Path:
+        """Every rank calls this (their RNG streams are gathered); rank 0 writes."""
+        world, step = self.world, self.step
+        ranks = distributed.gather(rng_state(self.device), world)
+        if world.distributed:  # weights and EMA must be identical on every rank
+            digests = distributed.gather((distributed.digest(self.model), distributed.digest(self.ema.shadow)), world)
+            if len(set(digests)) > 1:
+                raise TrainingError(f"the ranks' weights or EMA differ at step {step} (digests {digests})")
+        path = self.run_dir / "checkpoints" / f"step-{step}"
+        if world.main:
+            state = {
+                "step": step,
+                "ema": self.ema.state_dict(),
+                "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(),
+                "scaler": self.scaler.state_dict(),
+                "rng": {"train": self.gen.get_state(), **ranks[0], "ranks": ranks},
+                "rollbacks": self.rollbacks,
+                "skipped": self.skipped,  # steps skipped for a non-finite loss or gradients, in all
+                "world_size": world.size,
+                "total_steps": self.total,  # the run's length when written (extension re-lays the LR schedule)
+            }
+            path = save_checkpoint(self.run_dir / "checkpoints", step, self.model.state_dict(),
+                                   self.ema.shadow.state_dict(), state, keep=self.cfg.train.keep_checkpoints)
+        distributed.barrier(world)
+        self.last_saved = step
+        return path
+
+    def checkpoint_if_new(self) -> Path:
+        return self.checkpoint() if self.last_saved != self.step else self.run_dir / "checkpoints" / f"step-{self.step}"
+
+    # ------------------------------------------------------------------ measuring and showing
+    def preview(self, name: str, per_class: int = 1) -> None:
+        """samples/NAME.png (EMA weights) and NAME-raw.png (raw weights, once they differ)."""
+        if not self.world.main:
+            return
+        from difforge.train.preview import draw_previews
+
+        nets = (("", self.ema.shadow),) if self.ema.step <= self.ema.warmup else (
+            ("-raw", self.model), ("", self.ema.shadow))
+        for tag, path in draw_previews(self, name, nets, per_class):
+            self.logger.log_image(self.step, f"samples{tag}", path)
+
+    @torch.no_grad()
+    def validation_loss(self, net: torch.nn.Module) -> float:
+        g = torch.Generator().manual_seed(12345)  # same t and noise every time: comparable
+        was_training = net.training
+        net.eval()
+        total_loss, count = 0.0, 0
+        for i in range(0, len(self.val_images), 256):
+            x0 = to_model_input(self.val_images[i: i + 256], self.image_size).to(self.device)
+            cond = self.val_labels[i: i + 256].to(self.device) if self.val_labels is not None else None
+            cond = self.cond_image(x0) if self.cond_image is not None else cond
+            loss = self.loss_fn(net, self.schedule, x0, cond, g, self.amp_dtype)
+            total_loss += loss.item() * len(x0)
+            count += len(x0)
+        net.train(was_training)
+        return total_loss / count
+
+    def validate(self) -> None:
+        if self.val_images is None or not self.world.main:
+            return
+        self.logger.log(self.step, {"epoch": self.step / self.batches.steps_per_epoch,
+                                    "val_loss": self.validation_loss(self.model),
+                                    "val_loss_ema": self.validation_loss(self.ema.shadow)})
+
+    def start_logging(self) -> None:
+        from difforge.train.logging import MetricsLogger, NullLogger  # optional backends load lazily
+
+        t = self.cfg.train
+        if self.world.main:
+            self.logger = MetricsLogger(self.run_dir, config_to_dict(self.cfg), wandb=t.wandb,
+                                        tensorboard=t.tensorboard)
+        else:
+            self.logger = NullLogger()
+        self.in_training_eval = None  # FD/KID of the EMA weights every eval_every steps, on rank 0
+        if t.eval_every and self.world.main:
+            from difforge.eval.during_training import InTrainingEval
+
+            self.in_training_eval = InTrainingEval(self.cfg.data, self.bundle, self.info, self.schedule, self.device,
+                                                   n=t.eval_samples, seed=t.seed, log=self.say)
+
+    # ------------------------------------------------------------------ one step
+    def batch(self) -> tuple[torch.Tensor, torch.Tensor | None, int]:
+        """This rank's rows of the step's global batch: x0, conditioning, global batch size."""
+        idx = self.batches.batch(self.step)  # the global batch: the same on every rank
+        x0 = to_model_input(self.train_set.images[idx[self.rows]], self.image_size).to(self.device)
+        cond = None
+        if self.num_classes:  # labels dropped per sample of the global batch, then sliced
+            labels = drop_labels(self.train_set.labels[idx], self.cfg.model.label_dropout, self.num_classes, self.gen)
+            cond = labels[self.rows].to(self.device)
+        if self.cond_image is not None:
+            cond = self.cond_image(x0)
+        return x0, cond, len(idx)
+
+    def apply_gradients(self, loss: torch.Tensor) -> bool:
+        """Backward, clip and AdamW; False when the gradients are not finite (step skipped)."""
+        t = self.cfg.train
+        self.scaler.scale(loss).backward()
+        params = self.model.parameters
+        if self.scaler.is_enabled():  # fp16: the scaler skips overflowing steps and lowers its scale
+            if t.grad_clip > 0:
+                self.scaler.unscale_(self.optimizer)
+                torch.nn.utils.clip_grad_norm_(params(), t.grad_clip)
+            ok = True
+        else:  # gradients are identical on every rank after DDP's all-reduce: so is this test
+            if t.grad_clip > 0:
+                norm = torch.nn.utils.clip_grad_norm_(params(), t.grad_clip)
+            else:
+                norm = torch.nn.utils.get_total_norm([p.grad for p in params() if p.grad is not None])
+            ok = bool(torch.isfinite(norm))
+        if ok:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        return ok
+
+    def train_step(self, stop: StopFlag) -> tuple[bool, float, bool, int]:
+        """One optimisation step: (applied, mean loss, a rank was signalled, images)."""
+        x0, cond, n = self.batch()
+        loss = self.loss_fn(self.net, self.schedule, x0, cond, self.gen, self.amp_dtype, rows=self.rows,
+                            global_batch=n)
+        self.optimizer.zero_grad(set_to_none=True)
+        finite, loss_value = bool(torch.isfinite(loss)), loss.item()
+        signalled = stop.signum is not None
+        if self.world.distributed:  # one collective: mean loss; any rank non-finite; any rank signalled
+            flags = torch.tensor([loss_value if finite else 0.0, not finite, signalled], dtype=torch.float64)
+            flags = distributed.sum_all(flags.to(self.device), self.world).tolist()
+            loss_value, finite, signalled = flags[0] / self.world.size, flags[1] == 0, flags[2] > 0
+        ok = self.apply_gradients(loss) if finite else False
+        if ok:
+            self.scheduler.step()
+            self.ema.update(self.model)
+            self.bad_in_a_row = 0
+        else:
+            self.skip_step("loss" if not finite else "gradients")
+        self.step += 1
+        return ok, loss_value, signalled, n
+
+    def skip_step(self, what: str) -> None:
+        with warnings.catch_warnings():  # a skipped first step is not a misordered scheduler
+            warnings.filterwarnings("ignore", "Detected call of `lr_scheduler.step")
+            self.scheduler.step()
+        self.bad_in_a_row += 1
+        self.skipped += 1
+        self.logger.log(self.step, {"skipped_nonfinite": what})
+        if self.bad_in_a_row == 1:
+            self.say(f"warning: non-finite {what} at step {self.step}: step skipped")
+
+    def non_finite_streak(self) -> None:
+        """MAX_BAD_STEPS non-finite steps in a row: roll back once, else stop."""
+        ckpt = self.newest_checkpoint() if self.rollbacks == 0 else None
+        if ckpt is not None:
+            self.load_weights_and_optimizer(ckpt)
+            self.rollbacks += 1
+            self.bad_in_a_row = 0
+            self.logger.log(self.step, {"rollback_to": int(ckpt.name[5:])})
+            self.say(f"warning: {MAX_BAD_STEPS} non-finite steps in a row at step {self.step}: rolled weights, EMA "
+                     f"and optimizer back to {ckpt.name}; going on from step {self.step} with the following batches")
+            return
+        if self.amp_dtype == torch.float16:
+            hint = "fp16 overflow is the likely cause: train with --precision bf16 (or fp32)"
+        else:
+            hint = f"the learning rate ({self.cfg.train.lr:g}) is the likely cause: try a lower --lr"
+        when = ("again after rolling back to the last checkpoint" if self.rollbacks
+                else "and no checkpoint to roll back to")
+        raise TrainingError(f"{MAX_BAD_STEPS} non-finite losses or gradients in a row at step {self.step}, {when}; "
+                            f"{hint}")
+
+    def after_step(self) -> None:
+        """What runs on a schedule after a step: validation, previews, evaluation, checkpoints."""
+        t, step, total = self.cfg.train, self.step, self.total
+        if step % self.batches.steps_per_epoch == 0:
+            self.validate()
+        if t.sample_every and step % t.sample_every == 0 and step < total:
+            self.preview(f"step-{step:07d}")
+        if self.in_training_eval is not None and (step % t.eval_every == 0 or step == total):
+            self.logger.log(step, self.in_training_eval(self.ema.shadow))
+        if t.checkpoint_every and step % t.checkpoint_every == 0 and step < total:
+            self.checkpoint()
+
+    # ------------------------------------------------------------------ the run
+    def loop(self, stop: StopFlag, bar) -> bool:
+        """Steps until the end (or `stop_after`); True when a signal stopped it."""
+        t = self.cfg.train
+        end = min(self.total, self.stop_after) if self.stop_after is not None else self.total
+        t_last, imgs_since = time.perf_counter(), 0
+        while self.step < end:
+            ok, loss_value, signalled, n = self.train_step(stop)
+            imgs_since += n if ok else 0
+            bar.update(1)
+            if self.bad_in_a_row >= MAX_BAD_STEPS:
+                self.non_finite_streak()
+            if ok and t.log_every and (self.step % t.log_every == 0 or self.step == self.total):
+                now = time.perf_counter()
+                ips = imgs_since / max(now - t_last, 1e-9)
+                t_last, imgs_since = now, 0
+                lr = self.scheduler.get_last_lr()[0]
+                bar.set_postfix(loss=f"{loss_value:.4f}", lr=f"{lr:.2e}", img_s=f"{ips:.0f}")
+                self.logger.log(self.step, {"epoch": self.step / self.batches.steps_per_epoch, "loss": loss_value,
+                                            "lr": lr, "img_per_s": ips})
+            self.after_step()
+            if signalled if self.world.distributed else stop.signum is not None:
+                return True
+        return False
+
+    def finish(self) -> None:
+        """The end of the run: last validation, checkpoint, final grid."""
+        if self.step % self.batches.steps_per_epoch != 0:
+            self.validate()
+        path = self.checkpoint_if_new()
+        if self.skipped:
+            self.say(f"note: {self.skipped} of {self.step} steps were skipped for a non-finite loss or gradients "
+                     f"({self.rollbacks} rollback(s)); see skipped_nonfinite in metrics.jsonl")
+        if self.cfg.train.final_grid:
+            self.say("drawing samples/final.png (10 per class, EMA weights)")
+            self.preview("final", per_class=10)
+        self.logger.log_artifact(path)
+
+    def run(self, resume: bool) -> TrainResult:
+        """Build, resume, train; a finished run that is resumed without a new length is left alone."""
+        from tqdm.auto import tqdm
+
+        from difforge.train.loop import create_run_dir
+
+        self.load_data()
+        self.describe_model()
+        if self.world.main:  # every check has passed: now the run directory is written
+            create_run_dir(self.cfg, self.run_dir, resume, self.info, self.bundle.skipped)
+        self.build()
+        if resume:
+            self.resume()
+            final = self.run_dir / "samples" / "final.png"
+            if self.step >= self.total and (final.is_file() or not self.cfg.train.final_grid):
+                self.say(f"{self.run_dir} is finished (step {self.step} of {self.total}); nothing to do. Pass "
+                         f"--max-steps N to extend it.")
+                return TrainResult(self.run_dir, self.step, False, self.world.rank)
+        self.start_logging()
+        bar = tqdm(total=self.total, initial=self.step, disable=not self.progress, desc="train", dynamic_ncols=True,
+                   mininterval=1.0)
+        self.model.train()
+        try:
+            with StopFlag() as stop:
+                stopped = self.loop(stop, bar)
+        except BaseException:
+            bar.close()
+            self.logger.close()
+            raise
+        bar.close()
+        if self.step < self.total:  # preempted or asked to stop early: save where we are
+            path = self.checkpoint_if_new()
+            why = (f"signal {stop.signum}" if stop.signum else "a signal to another rank") if stopped \
+                else f"stop_after={self.stop_after}"
+            self.say(f"stopped at step {self.step} of {self.total} ({why}); checkpoint {path}; continue with --resume")
+            self.logger.close()
+            return TrainResult(self.run_dir, self.step, True, self.world.rank, signum=stop.signum if stopped else None)
+        self.finish()
+        self.logger.close()
+        distributed.barrier(self.world)  # the other ranks wait for rank 0's final samples
+        return TrainResult(self.run_dir, self.step, False, self.world.rank)
