@@ -5,42 +5,30 @@ import pytest
 import torch
 
 from difforge import tasks
-from difforge.diffusion import make_schedule
-from difforge.models import build_model
-from difforge.pipeline import Pipeline
-
-
-def _sr_pipe():
-    torch.manual_seed(0)
-    net = build_model("tiny", in_channels=1, num_classes=None, cond_channels=1).eval()
-    info = {"model": {"num_classes": None, "cond_channels": 1}, "image_size": 8, "native_size": 8, "channels": 1,
-            "task": "superres", "scale": 2}
-    return Pipeline(net, make_schedule("linear", 1000), info)
-
 
 X = torch.rand(2, 1, 8, 8, generator=torch.Generator().manual_seed(0)) * 2 - 1
 LOW = torch.zeros(2, 1, 4, 4)
-RUNS = {  # name -> (task call with a callback, its number of sampler steps)
-    "restore": (lambda p, cb: tasks.restore(p, X, 0.5, steps=10, callback=cb), None),
-    "denoise": (lambda p, cb: tasks.denoise(p, X, 0.1, steps=6, callback=cb), None),
-    "denoise-one-step": (lambda p, cb: tasks.denoise(p, X, 0.1, callback=cb), 1),
-    "blend": (lambda p, cb: tasks.inpaint(p, X, tasks.make_mask("center", 8, 2), method="blend", steps=6,
-                                          callback=cb), 6),
+RUNS = {  # name -> (task call on (pipe, SR3 pipe, callback), its number of sampler steps)
+    "restore": (lambda p, sr, cb: tasks.restore(p, X, 0.5, steps=10, callback=cb), None),
+    "denoise": (lambda p, sr, cb: tasks.denoise(p, X, 0.1, steps=6, callback=cb), None),
+    "denoise-one-step": (lambda p, sr, cb: tasks.denoise(p, X, 0.1, callback=cb), 1),
+    "blend": (lambda p, sr, cb: tasks.inpaint(p, X, tasks.make_mask("center", 8, 2), method="blend", steps=6,
+                                              callback=cb), 6),
     # 6 steps down, back up 2 levels twice at level 2 and at level 4: 6 + 2 * 2 + 2 * 2
-    "repaint": (lambda p, cb: tasks.inpaint(p, X, tasks.make_mask("center", 8, 2), steps=6, jump_length=2,
-                                            resample=3, callback=cb), 14),
-    "ilvr": (lambda p, cb: tasks.superres_ilvr(p, LOW, 2, steps=7, callback=cb), 7),
-    "sr3": (lambda p, cb: tasks.upscale(_sr_pipe(), LOW, 2, steps=5, callback=cb), 5),
+    "repaint": (lambda p, sr, cb: tasks.inpaint(p, X, tasks.make_mask("center", 8, 2), steps=6, jump_length=2,
+                                                resample=3, callback=cb), 14),
+    "ilvr": (lambda p, sr, cb: tasks.superres_ilvr(p, LOW, 2, steps=7, callback=cb), 7),
+    "sr3": (lambda p, sr, cb: tasks.upscale(sr, LOW, 2, steps=5, callback=cb), 5),
     # two inversions over 5 levels (4 steps each), then 5 steps down to 0
-    "interpolate": (lambda p, cb: tasks.interpolate(p, X, X.flip(0), 3, steps=5, callback=cb), 13),
+    "interpolate": (lambda p, sr, cb: tasks.interpolate(p, X, X.flip(0), 3, steps=5, callback=cb), 13),
 }
 
 
 @pytest.mark.parametrize("name", list(RUNS))
-def test_total_is_the_number_of_callbacks(tiny_pipe, name):
+def test_total_is_the_number_of_callbacks(tiny_pipe, make_sr_pipe, name):
     call, expected = RUNS[name]
     seen = []
-    call(tiny_pipe, lambda d: seen.append((d["i"], d["total"])))
+    call(tiny_pipe, make_sr_pipe(), lambda d: seen.append((d["i"], d["total"])))
     totals = {t for _, t in seen}
     assert totals == {len(seen)}
     if expected is not None:
