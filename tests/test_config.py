@@ -2,7 +2,7 @@
 
 import pytest
 
-from difforge.config import ConfigError, RunConfig, config_from_dict, load_config, save_config
+from difforge.config import ConfigError, RunConfig, config_from_dict, load_config, save_config, settings_to_dict
 
 
 def test_yaml_round_trip(tmp_path):
@@ -21,6 +21,15 @@ def test_overrides_apply_on_top_of_a_file(tmp_path):
 
 def test_int_accepted_for_float():
     assert config_from_dict({"train": {"lr": 1}}).train.lr == 1.0
+
+
+def test_settings_become_the_nested_dict_of_a_yaml_file():
+    d = settings_to_dict(["train.lr=0.5", "train.wandb=true", "data.image_size=null", "model.preset=tiny",
+                          "out=runs/x", "train.lr=1e-3"])
+    assert d == {"train": {"lr": 1e-3, "wandb": True}, "data": {"image_size": None}, "model": {"preset": "tiny"},
+                 "out": "runs/x"}  # the later train.lr wins; 1e-3 (text to YAML 1.1) is a number for a float key
+    assert settings_to_dict(["train.device=1e-3"]) == {"train": {"device": "1e-3"}}  # a text key keeps text
+    assert config_from_dict(d).train.lr == 1e-3
 
 
 @pytest.mark.parametrize(

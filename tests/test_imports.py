@@ -35,3 +35,15 @@ def test_maths_and_samplers_import_only_torch():
 def test_models_do_not_import_training_serving_or_cli():
     parts = _difforge_parts(_modules_after("import difforge.models"))
     assert parts <= {"models", "diffusion"}, parts
+
+
+def test_the_command_line_and_its_help_do_not_import_torch():
+    """`difforge --help` (and a command's help) answers at once: no torch, numpy or PIL."""
+    for stmt in ("import difforge.cli", "from difforge.cli import main\nfor argv in (['--help'], ['train', '--help'], "
+                 "['inpaint', '--help']):\n    try: main(argv)\n    except SystemExit: pass"):
+        code = f"import sys\n{stmt}\nprint('\\n'.join(sorted(sys.modules)), file=sys.stderr)"
+        proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+        tops = _tops(set(proc.stderr.split()))
+        assert "click" in tops
+        for heavy in ("torch", "numpy", "PIL", "yaml", "tqdm", "safetensors"):
+            assert heavy not in tops, (stmt, heavy)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field, fields
 from pathlib import Path
+from collections.abc import Iterable
 from typing import Any, get_type_hints
 
 DATASETS = ("fashion-mnist", "digits", "folder", "prepared")
@@ -151,6 +152,46 @@ def config_from_dict(d: dict[str, Any], base: RunConfig | None = None) -> RunCon
     if "out" in d:
         updates["out"] = _check_type("out", d["out"], str)
     return validate(dataclasses.replace(base, **updates))
+
+
+def settings_to_dict(settings: Iterable[str]) -> dict[str, Any]:
+    """`SECTION.KEY=VALUE` strings (`difforge train --set`) as the nested dict that
+    `config_from_dict` takes and checks. VALUE is one YAML value: 0.5, 1e-3, null, true,
+    cosine; `out=DIR` sets the run directory. A later setting of a key wins."""
+    import yaml
+
+    d: dict[str, Any] = {}
+    for text in settings:
+        name, eq, raw = text.partition("=")
+        parts = name.strip().split(".")
+        if not eq or not all(parts) or len(parts) > 2 or (len(parts) == 1 and parts != ["out"]):
+            raise ConfigError(f"--set {text!r}: expected SECTION.KEY=VALUE, e.g. train.grad_clip=0.5")
+        try:
+            value = yaml.safe_load(raw)
+        except yaml.YAMLError as e:
+            raise ConfigError(f"--set {text!r}: {raw!r} is not a YAML value ({str(e).splitlines()[0]})") from None
+        if isinstance(value, (dict, list)):
+            raise ConfigError(f"--set {text!r}: expected one value (a number, true, false, null or text), "
+                              f"got a {type(value).__name__}")
+        if len(parts) == 1:
+            d["out"] = value
+        else:
+            d.setdefault(parts[0], {})[parts[1]] = _as_number(parts[0], parts[1], value)
+    return d
+
+
+def _as_number(section: str, key: str, value: Any) -> Any:
+    """YAML 1.1 reads 1e-3 (no dot) as text; for a key that takes a float, read it as one."""
+    cls = SECTIONS.get(section)
+    if not isinstance(value, str) or cls is None or key not in {f.name for f in fields(cls)}:
+        return value
+    hint = get_type_hints(cls)[key]
+    if float not in (getattr(hint, "__args__", None) or (hint,)):
+        return value
+    try:
+        return float(value)
+    except ValueError:
+        return value
 
 
 def config_to_dict(cfg: RunConfig) -> dict[str, Any]:

@@ -3,7 +3,7 @@
 import numpy as np
 from PIL import Image
 
-from difforge.data.inspect import SHEET_CELL, _channel_stats, contact_sheets, summary
+from difforge.data.inspect import SHEET_CELL, _channel_stats, contact_sheets, prepare_summary, summary
 from difforge.data.prepare import Prepared
 
 
@@ -42,6 +42,12 @@ def test_summary_counts_and_statistics():
     assert "1 x UnidentifiedImageError: cannot identify image file FILE" in text
     assert "train/9.png = train/0.png (labels 'a' vs 'b')" in text
     assert "1 pair(s) over 2 image(s), 1 across splits" in text and "outliers flagged, kept: 1 image(s): tiny 1" in text
+
+
+def test_prepare_summary_is_one_line_of_counts():
+    assert prepare_summary(_prepared(np.random.default_rng(0))) == (
+        "kept 7 of 9 files (train 5, val 2, test 0); quarantined 1, duplicates removed 1, near-duplicate pairs 1 "
+        "(1 across splits), outliers 1")
 
 
 def test_channel_stats_exact_in_chunks():

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from difforge.eval.training_report import loss_gap, read_metrics, series, write_run_report
+from difforge.eval.training_report import loss_gap, read_metrics, series, summary_lines, write_run_report
 
 
 def write(path, records, tail=""):
@@ -63,3 +63,12 @@ def test_report_writes_png_and_markdown(tmp_path):
     from PIL import Image
 
     assert Image.open(run / "report" / "training.png").size[0] > 900
+
+
+def test_summary_lines_give_the_last_epochs_gap(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    write(run / "metrics.jsonl", records())
+    summary = write_run_report(run)
+    assert summary_lines(summary) == ["last epoch: train loss 0.08, val loss 0.2 (gap +0.12)"]
+    assert summary_lines({**summary, "loss_gap": []}) == []  # no epoch finished yet

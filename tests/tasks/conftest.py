@@ -47,6 +47,20 @@ def padded_pipe():
     return Pipeline(net, make_schedule("linear", 1000), info(size=8, native=7))
 
 
+@pytest.fixture(scope="session")
+def make_sr_pipe():
+    """Builds an untrained SR3 `tiny` model (x2, conditioned on the upsampled image)."""
+
+    def make(size=8, native=8):
+        torch.manual_seed(0)
+        net = build_model("tiny", in_channels=1, num_classes=None, cond_channels=1).eval()
+        sr = {"model": {"num_classes": None, "cond_channels": 1}, "image_size": size, "native_size": native,
+              "channels": 1, "task": "superres", "scale": 2}
+        return Pipeline(net, make_schedule("linear", 1000), sr)
+
+    return make
+
+
 class GaussianEps(nn.Module):
     """The exact eps-prediction for data x0 ~ N(0, sd^2) per pixel: with x = x0 + sigma n,
     D(x, sigma) = x sd^2 / (sigma^2 + sd^2), so eps = x sigma / (sigma^2 + sd^2)."""

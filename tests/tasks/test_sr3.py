@@ -4,23 +4,14 @@ import pytest
 import torch
 
 from difforge import tasks
-from difforge.diffusion import make_schedule
 from difforge.models import build_model
-from difforge.pipeline import Pipeline, load_pipeline
+from difforge.pipeline import load_pipeline
 from difforge.tasks.ilvr import downsample
 from difforge.tasks.superres import condition_from_x0, upsample_bicubic
 
 
-def _sr_pipe(size=8, native=8):
-    torch.manual_seed(0)
-    net = build_model("tiny", in_channels=1, num_classes=None, cond_channels=1).eval()
-    info = {"model": {"num_classes": None, "cond_channels": 1}, "image_size": size, "native_size": native,
-            "channels": 1, "task": "superres", "scale": 2}
-    return Pipeline(net, make_schedule("linear", 1000), info)
-
-
-def test_training_and_sampling_conditions_agree_on_a_padded_model():
-    pipe = _sr_pipe(size=8, native=6)
+def test_training_and_sampling_conditions_agree_on_a_padded_model(make_sr_pipe):
+    pipe = make_sr_pipe(size=8, native=6)
     g = torch.Generator().manual_seed(0)
     native = torch.rand(2, 1, 6, 6, generator=g) * 2 - 1
     x0 = tasks.common.to_model(pipe, native)  # what training sees
@@ -28,8 +19,8 @@ def test_training_and_sampling_conditions_agree_on_a_padded_model():
     torch.testing.assert_close(condition_from_x0(x0, 2, 6), at_sampling)
 
 
-def test_sr3_upscale_shape_seed_and_errors():
-    pipe = _sr_pipe()
+def test_sr3_upscale_shape_seed_and_errors(make_sr_pipe):
+    pipe = make_sr_pipe()
     low = torch.rand(3, 1, 4, 4, generator=torch.Generator().manual_seed(1)) * 2 - 1
     a = tasks.upscale(pipe, low, 2, steps=5, seed=2)
     assert a.shape == (3, 1, 8, 8) and a.abs().max() <= 1

@@ -88,3 +88,21 @@ def test_clear_one_line_errors(model_dir, pngs, tmp_path, capsys, argv, message)
     err = capsys.readouterr().err.strip()
     assert message in err and len(err.splitlines()) == 1
     assert not (tmp_path / "x.png").exists()
+
+
+@pytest.mark.parametrize("argv, count", [
+    (["inpaint", "--image", "{p}/a.png", "--mask", "center", "--steps", "4", "--jump-length", "2", "--resample", "2"],
+     "6/6"),  # RePaint: 4 steps, and the first 2 once more
+    (["denoise", "--image", "{p}/a.png", "--sigma", "0.1"], "1/1"),
+    (["upscale", "--image", "{p}/low.png", "--steps", "3"], "3/3"),
+    (["interpolate", "--a", "{p}/a.png", "--b", "{p}/b.png", "--frames", "3", "--steps", "5"], "13/13"),
+])
+def test_progress_bar_counts_the_tasks_steps(model_dir, pngs, tmp_path, capsys, argv, count):
+    argv = [a.replace("{p}", str(pngs)) for a in argv]
+    out = tmp_path / ("o.gif" if argv[0] == "interpolate" else "o.png")
+    assert run([argv[0], str(model_dir), *argv[1:], "--out", str(out)]) == 0
+    captured = capsys.readouterr()
+    assert f"{argv[0]}: 100%" in captured.err and count in captured.err
+    assert captured.out.startswith(f"wrote {out}")
+    assert run([argv[0], str(model_dir), *argv[1:], "--out", str(out), "--no-progress"]) == 0
+    assert capsys.readouterr().err == ""

@@ -124,6 +124,16 @@ def summary(p: Prepared, max_examples: int = 5) -> list[str]:
     return lines
 
 
+def prepare_summary(p: Prepared) -> str:
+    """What `prepare` did, in one line: kept per split, quarantined, removed and flagged."""
+    r = p.report
+    counts = ", ".join(f"{k} {len(v)}" for k, v in p.arrays.items())
+    near = r["near_duplicates"]
+    return (f"kept {r['kept']} of {r['candidates']} files ({counts}); quarantined {len(r['quarantined'])}, "
+            f"duplicates removed {len(r['duplicates'])}, near-duplicate pairs {near['pairs_found']} "
+            f"({near['pairs_across_splits']} across splits), outliers {len(r['outliers'])}")
+
+
 def _locator(p: Prepared) -> dict[str, tuple[str, int]]:
     return {key: (split, i) for split in SPLITS for i, key in enumerate(p.items[split]["source"])}
 

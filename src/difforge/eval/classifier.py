@@ -152,6 +152,12 @@ class DomainClassifier:
         return directory
 
 
+def summary_line(meta: dict) -> str:
+    """A trained classifier's description in one line: accuracy, held-out split, epochs, time."""
+    return (f"{meta['test_accuracy']:.2%} accuracy on {meta['eval_images']} {meta['eval_split']} images after "
+            f"{meta['epochs']} epochs ({meta['train_seconds']:g} s)")
+
+
 def is_classifier_dir(directory: str | Path) -> bool:
     return (Path(directory) / META).is_file()
 

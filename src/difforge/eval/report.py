@@ -158,6 +158,31 @@ def _memorization_section(mem: dict | None) -> list[str]:
     return lines + [""]
 
 
+def summary_lines(r: dict) -> list[str]:
+    """The report in a few lines for the terminal: FD, KID, precision and recall (and
+    conditional accuracy) per feature space next to their floors, the Inception status
+    when it was not computed, bits/dim and the memorization audit when measured."""
+    lines = []
+    for space, m in r["metrics"].items():
+        f = r["floor"][space]
+        lines.append(f"{space}: FD {m['fd']:.4g} (floor {f['fd']:.4g}), KID {m['kid']:.3g} (floor {f['kid']:.3g}), "
+                     f"precision {m['precision']:.3f}, recall {m['recall']:.3f}"
+                     + (f", accuracy {m['conditional_accuracy']:.3f}" if "conditional_accuracy" in m else ""))
+    if r["inception"]["status"] != "computed":
+        lines.append(f"inception: {r['inception']['status']}")
+    lk = r.get("likelihood")
+    if lk:
+        parts = ([f"VLB {lk['vlb']['large']['bpd']:.4g}"] if lk.get("vlb") else []) + (
+            [f"ODE {lk['ode']['bpd']:.4g}"] if lk.get("ode") else [])
+        lines.append(f"bits/dim on {lk['n']} {lk['split']} images: {', '.join(parts)}")
+    if r.get("memorization"):
+        m = r["memorization"]["pixel"]
+        lines.append(f"memorization (pixels): {m['near_copy_fraction']:.2%} near-copies (held-out real: "
+                     f"{m['heldout_fraction']:.2%}); median nearest-training distance {m['median_generated']:.4g} "
+                     f"(held-out {m['median_heldout']:.4g})")
+    return lines
+
+
 def write_report(report: dict, out: Path, images: torch.Tensor, labels: torch.Tensor | None) -> Path:
     """Write report.json, report.md and the PNGs into `out`; returns the report.md path."""
     from difforge.io.charts import bar_chart, line_panels

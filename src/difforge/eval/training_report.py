@@ -119,6 +119,16 @@ def write_run_report(run_dir: str | Path, out: str | Path | None = None) -> dict
     return summary
 
 
+def summary_lines(s: dict) -> list[str]:
+    """The summary of `write_run_report` for the terminal: the last epoch's losses and gap
+    (nothing before the first validation loss)."""
+    gap = s["loss_gap"]
+    if not gap or gap[-1]["gap"] is None:
+        return []
+    last = gap[-1]
+    return [f"last epoch: train loss {last['train_loss']:.4g}, val loss {last['val_loss']:.4g} (gap {last['gap']:+.3g})"]
+
+
 def _f(v, digits: int = 4) -> str:
     return "-" if v is None else f"{v:.{digits}g}"
 

@@ -126,12 +126,14 @@ def grid_from(pipe, sampler: str, steps: int | None, sigma_start: float) -> torc
     return torch.cat([torch.tensor([sigma_start], dtype=torch.float64), below])
 
 
-def _renumbered(callback, offset: int, extra: dict | None = None):
+def counted(callback, total: int, offset: int = 0):
+    """`callback` with "total" in every step's dict, the sampler steps of the whole task
+    (one call each: what a progress bar counts to), and "i" shifted by `offset`."""
     if callback is None:
         return None
 
     def cb(d: dict) -> None:
-        callback({**d, "i": offset + d["i"], **(extra or {})})
+        callback({**d, "i": offset + d["i"], "total": total})
 
     return cb
 
@@ -143,11 +145,14 @@ def run_steps(
     """Walk `path`, pairs (a, b) of indices into `sigmas`. b = a + 1: one sampler step
     from sigmas[a] to sigmas[b], then `after_step(x, b, sigmas[b])`. b < a: jump back up
     by forward diffusion, x + sqrt(sigma_b^2 - sigma_a^2) * z (the VE frame's q(x_b | x_a)),
-    as RePaint's resampling does. The callback sees the sampler's dicts, numbered by move."""
+    as RePaint's resampling does. The callback sees the sampler's dicts, numbered by move,
+    with "total" the number of sampler steps."""
     options = options or {}
+    total = sum(b == a + 1 for a, b in path)
     for k, (a, b) in enumerate(path):
         if b == a + 1:
-            x = sample_fn(den, x, sigmas[a : b + 1], generator=gens, callback=_renumbered(callback, k), cond=cond, **options)
+            x = sample_fn(den, x, sigmas[a : b + 1], generator=gens, callback=counted(callback, total, k), cond=cond,
+                          **options)
             if after_step is not None:
                 x = after_step(x, b, sigmas[b])
         elif b < a:

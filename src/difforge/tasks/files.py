@@ -125,7 +125,8 @@ def denoise_files(c: Common, image: str, sigma: float, out: str, callback=None) 
     return write(denoise(pipe, x, sigma, callback=callback, **_kwargs(pipe, c, len(x))), out)
 
 
-def interpolate_files(c: Common, a: str, b: str, frames: int, out: str, strip: str | None = None) -> tuple[Path, Path]:
+def interpolate_files(c: Common, a: str, b: str, frames: int, out: str, strip: str | None = None,
+                      callback=None) -> tuple[Path, Path]:
     """A GIF going a -> b -> a, and a strip PNG (one row per image pair, `frames` across)."""
     from difforge.io import save_gif, save_grid, to_uint8
     from difforge.tasks.interpolate import interpolate
@@ -137,7 +138,7 @@ def interpolate_files(c: Common, a: str, b: str, frames: int, out: str, strip: s
     if len(xa) != len(xb):
         raise ValueError(f"{a} has {len(xa)} images, {b} has {len(xb)}")
     labels = None if c.klass is None else torch.full((len(xa),), pipe.parse_class(c.klass), dtype=torch.long)
-    seq = interpolate(pipe, xa, xb, frames, labels=labels, cfg=c.cfg, steps=c.steps)  # (K, N, C, H, W)
+    seq = interpolate(pipe, xa, xb, frames, labels=labels, cfg=c.cfg, steps=c.steps, callback=callback)  # (K, N, ...)
     u8 = [to_uint8(f) for f in seq]
     scale = 4 if seq.shape[-1] <= 32 else 1
     gif = save_gif(u8 + u8[-2:0:-1], out, nrow=max(1, min(10, seq.shape[1])), scale=scale, ms=150, hold_ms=600)

@@ -15,7 +15,7 @@ from collections.abc import Callable
 import torch
 
 from difforge.sampling import sample_ddim
-from difforge.tasks.common import check_images, from_model, setup, to_model
+from difforge.tasks.common import check_images, counted, from_model, setup, to_model
 
 DEFAULT_STEPS = 50
 
@@ -80,7 +80,8 @@ def interpolate(
     """`frames` images from a to b (both (N, C, H, W), [-1, 1], native size), the ends
     included: returns (frames, N, C, H, W). Deterministic (no seed). A class-conditional
     model runs unconditionally unless `labels` are given (then with guidance `cfg`,
-    default 1: none, which keeps the inversion exact)."""
+    default 1: none, which keeps the inversion exact). The callback sees the steps of both
+    inversions and of the decoding, numbered through."""
     if frames < 2:
         raise ValueError(f"frames must be >= 2, got {frames}")
     a, b = check_images(pipe, a, "image a"), check_images(pipe, b, "image b")
@@ -88,10 +89,12 @@ def interpolate(
         raise ValueError(f"images a {tuple(a.shape)} and b {tuple(b.shape)} differ in shape")
     if labels is not None and cfg is None:
         cfg = 1.0
-    za = invert(pipe, a, labels=labels, cfg=cfg, steps=steps)
-    zb = invert(pipe, b, labels=labels, cfg=cfg, steps=steps)
+    inverse = len(inversion_grid(pipe, steps)) - 1  # steps of one inversion; decoding takes one more
+    total = 3 * inverse + 1
+    za = invert(pipe, a, labels=labels, cfg=cfg, steps=steps, callback=counted(callback, total))
+    zb = invert(pipe, b, labels=labels, cfg=cfg, steps=steps, callback=counted(callback, total, inverse))
     ts = torch.linspace(0, 1, frames, dtype=torch.float64).tolist()
     latents = torch.cat([slerp(za, zb, t) for t in ts])  # (frames * N, C, S, S)
     lab = None if labels is None else torch.as_tensor(labels).reshape(-1).expand(len(a)).repeat(frames)
-    out = decode(pipe, latents, labels=lab, cfg=cfg, steps=steps, callback=callback)
+    out = decode(pipe, latents, labels=lab, cfg=cfg, steps=steps, callback=counted(callback, total, 2 * inverse))
     return out.view(frames, *a.shape)

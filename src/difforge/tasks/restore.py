@@ -19,7 +19,7 @@ from collections.abc import Callable
 import torch
 
 from difforge.sampling import randn_like
-from difforge.tasks.common import check_images, from_model, generators, grid_from, setup, to_model
+from difforge.tasks.common import check_images, counted, from_model, generators, grid_from, setup, to_model
 
 
 def strength_sigma(pipe, strength: float) -> float:
@@ -56,7 +56,8 @@ def restore(
     gens = generators(seed, len(image))
     x0 = to_model(pipe, image).to(pipe.device)
     x = x0 + sigma * randn_like(x0, gens)
-    x = sample_fn(den, x, sigmas, generator=gens, callback=callback, cond=cond, **options)
+    x = sample_fn(den, x, sigmas, generator=gens, callback=counted(callback, len(sigmas) - 1), cond=cond,
+                  **options)
     return from_model(pipe, x.float().cpu())
 
 
@@ -104,5 +105,6 @@ def denoise(
     pad = to_model(pipe, torch.zeros_like(image[:, :1]), fill=1.0).to(pipe.device)
     if pad.any():  # padding is clean -1: give it the same noise as the image
         x = x + pad * s * randn_like(x, gens)
-    x = sample_fn(den, x, sigmas, generator=gens, callback=callback, cond=cond, **options)
+    x = sample_fn(den, x, sigmas, generator=gens, callback=counted(callback, len(sigmas) - 1), cond=cond,
+                  **options)
     return from_model(pipe, x.float().cpu())

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from difforge.sampling import randn_like
-from difforge.tasks.common import check_images, from_model, generators, prior_std, setup, to_model
+from difforge.tasks.common import check_images, counted, from_model, generators, prior_std, setup, to_model
 from difforge.tasks.ilvr import downsample, superres_ilvr
 
 TASKS = ("generate", "superres")
@@ -116,7 +116,8 @@ def sr3_upscale(
     sigmas = pipe.sigmas(sampler, steps or 50)
     gens = generators(seed, len(up))
     x = randn_like(cond, gens) * prior_std(pipe, float(sigmas[0]))
-    x = sample_fn(den, x, sigmas, generator=gens, callback=callback, cond=cond, **options)
+    x = sample_fn(den, x, sigmas, generator=gens, callback=counted(callback, len(sigmas) - 1), cond=cond,
+                  **options)
     return from_model(pipe, x.float().cpu())
 
 

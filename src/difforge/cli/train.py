@@ -1,0 +1,156 @@
+"""`difforge train`: its options are made from one table that maps each to a config key
+(types from the config dataclasses), plus `--set SECTION.KEY=VALUE` for any key."""
+
+from __future__ import annotations
+
+import sys
+import types
+from typing import Any, Union, get_args, get_origin, get_type_hints
+
+import click
+
+from difforge.cli.common import DATASET_NAMES, FRAMEWORK_NAMES, _fail, cli, data_kind, no_progress_option
+from difforge.config import LR_SCHEDULES, PRECISIONS, SECTIONS, RunConfig
+
+# Option -> (config key, click type where the key's own type is not enough, help), in the
+# order --help lists them. A bool key makes a flag: "--x/--no-x" sets either value, "--x"
+# only turns it on; unset options leave the key to --config and the defaults.
+OPTIONS: dict[str, tuple[str, Any, str]] = {
+    "--dataset": ("data.dataset", click.Choice(DATASET_NAMES), "Built-in dataset. [default: fashion-mnist]"),
+    "--data": ("data.path", click.Path(), "Image folder (sub-folders = classes; flat = unconditional), a folder of "
+               "Fashion-MNIST idx files, or a `difforge prepare` store."),
+    "--out": ("out", None, "Run directory. [default: runs/default]"),
+    "--model": ("model.preset", None, "Model preset: unet (default), unet-seed (the article's), tiny, ..."),
+    "--max-steps": ("train.max_steps", None, "Stop after this many optimiser steps (wins over --epochs)."),
+    "--epochs": ("train.epochs", None, "Passes over the training split. [default: 1 when --max-steps is absent]"),
+    "--batch-size": ("train.batch_size", None, "Images per step. [default: 128]"),
+    "--lr": ("train.lr", None, "Peak learning rate. [default: 2e-3]"),
+    "--lr-schedule": ("train.lr_schedule", click.Choice(LR_SCHEDULES), "[default: onecycle]"),
+    "--schedule": ("diffusion.schedule", click.Choice(["linear", "cosine"]), "Noise (beta) schedule. "
+                   "[default: linear]"),
+    "--framework": ("diffusion.framework", click.Choice(FRAMEWORK_NAMES), "ddpm (Ho et al. 2020), ncsn (Song & "
+                    "Ermon 2019), vp-sde / subvp-sde / ve-sde (Song et al. 2021), edm (Karras et al. 2022); "
+                    "docs/frameworks.md. [default: ddpm]"),
+    "--prediction": ("diffusion.prediction", click.Choice(["eps", "x0", "v"]), "Network target for ddpm, vp-sde "
+                     "and subvp-sde. [default: eps]"),
+    "--min-snr-gamma": ("diffusion.min_snr_gamma", None, "Min-SNR-gamma loss weighting (Hang et al. 2023), e.g. 5; "
+                        "ddpm, vp-sde and subvp-sde. [default: off]"),
+    "--precision": ("train.precision", click.Choice(PRECISIONS), "fp16 needs CUDA. [default: fp32]"),
+    "--conditional/--unconditional": ("model.conditional", None, "Class-conditional when the data has labels. "
+                                      "[default: conditional]"),
+    "--task": ("model.task", click.Choice(["generate", "superres"]), "superres: an SR3 model conditioned on the "
+               "image downsampled by --scale (use it with `difforge upscale`). [default: generate]"),
+    "--scale": ("model.scale", None, "Upscaling factor for --task superres, e.g. 2 or 4. [default: 2]"),
+    "--image-size": ("data.image_size", None, "Model input size. [default: native size rounded up to what the "
+                     "model needs]"),
+    "--checkpoint-every": ("train.checkpoint_every", None, "Steps between checkpoints (0: only at the end). "
+                           "[default: 1000]"),
+    "--sample-every": ("train.sample_every", None, "Steps between sample grids (0: only at the end). [default: 500]"),
+    "--ema-decay": ("train.ema_decay", None, "[default: 0.995]"),
+    "--ema-warmup": ("train.ema_warmup", None, "Steps during which the EMA is a plain copy. [default: 2000]"),
+    "--seed": ("train.seed", None, "Seed for initialisation, data order and noise. [default: 0]"),
+    "--device": ("train.device", None, "auto, cpu, cuda or cuda:N. [default: auto]"),
+    "--wandb": ("train.wandb", None, "Log to Weights & Biases (offline without WANDB_API_KEY)."),
+    "--tensorboard": ("train.tensorboard", None, "Log to TensorBoard under RUN_DIR/tensorboard."),
+    "--eval-every": ("train.eval_every", None, "Steps between FD/KID evaluations of the EMA weights (domain "
+                     "classifier features), logged to metrics.jsonl, W&B and TensorBoard; 0: off. [default: 0]"),
+    "--eval-samples": ("train.eval_samples", None, "Images generated per in-training evaluation. [default: 500]"),
+    "--final-grid/--no-final-grid": ("train.final_grid", None, "Draw samples/final.png (10 per class, EMA weights) "
+                                     "at the end. [default: on]"),
+}
+
+
+def key_type(key: str) -> type:
+    """The type a config key holds ("train.lr" -> float), None left out of optional ones."""
+    section, _, name = key.rpartition(".")
+    hint = get_type_hints(SECTIONS[section] if section else RunConfig)[name]
+    if get_origin(hint) in (Union, types.UnionType):
+        (hint,) = [a for a in get_args(hint) if a is not type(None)]
+    return hint
+
+
+def _param(key: str) -> str:
+    """The Python name click gives an option's value: its config key, "train.lr" -> "train__lr"."""
+    return key.replace(".", "__")
+
+
+def _config_option(name: str, key: str, kind: Any, text: str):
+    if key_type(key) is not bool:
+        return click.option(name, _param(key), type=kind or key_type(key), help=text)
+    if "/" in name:  # --x/--no-x
+        return click.option(name, _param(key), default=None, help=text)
+    return click.option(name, _param(key), is_flag=True, default=None, help=text)
+
+
+def config_options(f):
+    """The options of OPTIONS, in their order."""
+    for name, (key, kind, text) in reversed(OPTIONS.items()):
+        f = _config_option(name, key, kind, text)(f)
+    return f
+
+
+def overrides(options: dict[str, Any], settings: tuple[str, ...]) -> dict[str, Any]:
+    """What the command line sets, as `config_from_dict` takes it: the options given, every
+    --set (refused where it contradicts an option), and the dataset kind of --data PATH."""
+    from difforge.config import ConfigError, settings_to_dict
+
+    given = {key.replace("__", "."): v for key, v in options.items() if v is not None}
+    option_of = {key: name.split("/")[0] for name, (key, _, _) in OPTIONS.items()}
+    for section, values in settings_to_dict(settings).items():
+        for key, value in values.items() if isinstance(values, dict) else [(None, values)]:
+            dotted = section if key is None else f"{section}.{key}"
+            if dotted in given and given[dotted] != value:
+                raise ConfigError(f"--set {dotted}={value} and {option_of[dotted]} {given[dotted]} disagree: "
+                                  "give one of them")
+            given[dotted] = value
+    if options.get("data__path") is not None:
+        given = {"data.dataset": data_kind(given.get("data.dataset"), options["data__path"]), **given}
+    nested: dict[str, Any] = {name: {} for name in SECTIONS}
+    for dotted, value in given.items():
+        section, _, key = dotted.rpartition(".")
+        (nested.setdefault(section, {}) if section else nested)[key] = value
+    return nested
+
+
+@cli.command()
+@click.option("--config", "config_file", type=click.Path(dir_okay=False), help="YAML config; CLI options override it.")
+@config_options
+@click.option("--set", "settings", multiple=True, metavar="SECTION.KEY=VALUE", help="Set any config key, e.g. "
+              f"train.grad_clip=0.5, diffusion.timesteps=500 (sections {', '.join(SECTIONS)}; keys as in a run's "
+              "config.yaml; VALUE read as YAML). Repeatable; wins over --config.")
+@click.option("--resume", is_flag=True, help="Continue the run in --out from its newest valid checkpoint; with "
+              "--max-steps or --epochs, extend (or shorten) it.")
+@no_progress_option
+def train(config_file, settings, resume, no_progress, **options) -> None:
+    """Train a diffusion model (DDPM, or --framework ncsn, vp-sde, subvp-sde, ve-sde, edm) and
+    write a run directory.
+
+    The run directory holds config.yaml, model.json, metrics.jsonl, samples/ and
+    checkpoints/. With --resume the run's own config.yaml is used.
+    """
+    from difforge.config import ConfigError, config_from_dict, load_config
+    from difforge.runs import CheckpointError
+    from difforge.train.loop import TrainingError
+
+    try:
+        given = overrides(options, settings)
+    except (ConfigError, FileNotFoundError, ValueError) as e:
+        _fail(e)
+    length = {k: given["train"].pop(k) for k in ("max_steps", "epochs") if resume and k in given["train"]}
+    ignored = [k for section in SECTIONS for k in given.get(section, {})]
+    if resume and (ignored or config_file):
+        click.echo(f"note: --resume continues with the run's own config.yaml; ignoring "
+                   f"{', '.join(ignored + (['--config'] if config_file else []))}", err=True)
+    try:
+        base = load_config(config_file) if config_file else RunConfig()
+        cfg = config_from_dict(given, base)
+        from difforge.train.loop import train as run_training
+
+        result = run_training(cfg, resume=resume, progress=not no_progress, length=length or None)
+    except (ConfigError, FileNotFoundError, ValueError, CheckpointError, TrainingError) as e:
+        _fail(e)
+    if result.signum is not None:  # stopped by Ctrl-C / SIGTERM: not a finished run (128 + N, as shells report it)
+        sys.exit(128 + result.signum)
+    if not result.stopped_early and result.rank == 0:
+        click.echo(f"done: {result.step} steps; samples in {result.run_dir / 'samples'}, "
+                   f"checkpoints in {result.run_dir / 'checkpoints'}")
