@@ -11,7 +11,6 @@ once, then stop naming the likely cause). Under torchrun every process runs `tra
 from __future__ import annotations
 
 import functools
-import json
 import math
 import time
 import warnings
@@ -23,14 +22,15 @@ import torch
 from difforge.config import ConfigError, RunConfig, config_to_dict, load_config, save_config
 from difforge.data import load_dataset, to_model_input
 from difforge.data.batches import EpochBatches
-from difforge.diffusion.frameworks import make_noise, prediction_of
+from difforge.diffusion.frameworks import FrameworkSpec
 from difforge.models import build_model, size_multiple
+from difforge.models.card import Architecture, ModelCard
+from difforge.models.conditioning import ClassLabels, LowResImage, Unconditional
 from difforge.train import distributed
 from difforge.train.checkpoint import (
     clean_stale, find_resumable, load_checkpoint, restore_rng, rng_state, save_checkpoint, step_dirs,
 )
 from difforge.train.ema import EMA
-from difforge.train.objective import drop_labels, framework_loss
 from difforge.train.optim import build_optimizer, build_scheduler
 from difforge.train.signals import StopFlag
 
@@ -69,20 +69,19 @@ def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     return torch.float16
 
 
-def model_info(cfg: RunConfig, bundle, image_size: int, num_classes: int | None) -> dict:
-    """What a sampler needs to rebuild the model: written as model.json / config.json."""
-    return {
-        "format": "difforge-model",
-        "version": 1,
-        "model": {"preset": cfg.model.preset, "in_channels": bundle.channels, "num_classes": num_classes},
-        "diffusion": config_to_dict(cfg)["diffusion"],
-        "prediction": prediction_of(cfg.diffusion),
-        "image_size": image_size,
-        "native_size": bundle.native_size,
-        "channels": bundle.channels,
-        "class_names": bundle.class_names if num_classes else None,
-        "dataset": cfg.data.dataset,
-    }
+def model_card(cfg: RunConfig, bundle, image_size: int, num_classes: int | None) -> ModelCard:
+    """What a sampler needs to rebuild the model: written as model.json / config.json.
+    ValueError for a super-resolution scale the data's size does not allow."""
+    if cfg.model.task == "superres":
+        conditioning = LowResImage(cfg.model.scale)
+        conditioning.check(bundle.native_size, image_size)
+    elif num_classes:
+        conditioning = ClassLabels(num_classes)
+    else:
+        conditioning = Unconditional()
+    return ModelCard(Architecture.of_preset(cfg.model.preset), image_size, bundle.native_size, bundle.channels,
+                     FrameworkSpec.from_dict(config_to_dict(cfg)["diffusion"]), cfg.diffusion.prediction,
+                     conditioning, bundle.class_names if num_classes else None, cfg.data.dataset)
 
 
 def _resolve_run(cfg: RunConfig, resume: bool) -> tuple[RunConfig, Path]:
@@ -151,33 +150,28 @@ def _train(
         raise ConfigError(f"image size {image_size} is not a multiple of {mult}, as model {cfg.model.preset!r} needs")
     if t.batch_size > len(train_set):
         raise ConfigError(f"batch size {t.batch_size} is larger than the training set ({len(train_set)} images)")
-    info = model_info(cfg, bundle, image_size, num_classes)
+    try:
+        card = model_card(cfg, bundle, image_size, num_classes)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
     cond_image = None  # superres: makes each batch's conditioning image from x0 (SR3)
-    if cfg.model.task == "superres":
-        from difforge.tasks.superres import training_setup
-
-        try:
-            info, cond_image = training_setup(info, cfg.model.scale)
-        except ValueError as e:
-            raise ConfigError(str(e)) from None
+    if card.task == "superres":
+        cond_image = functools.partial(card.conditioning.from_clean, native_size=card.native_size)
     if world.main:  # every check has passed: now the run directory is written
         _create_run_dir(cfg, run_dir, resume)
         if bundle.skipped:
             report = run_dir / "skipped_files.txt"
             report.write_text("".join(f"{path}\t{reason}\n" for path, reason in bundle.skipped))
             print(f"warning: skipped {len(bundle.skipped)} unusable file(s); list in {report}")
-        (run_dir / "model.json").write_text(json.dumps(info, indent=2))
+        card.save(run_dir / "model.json")
 
     torch.manual_seed(t.seed)
-    model = build_model(cfg.model.preset, in_channels=bundle.channels, num_classes=num_classes,
-                        cond_channels=info["model"].get("cond_channels", 0)).to(device)
+    model = build_model(**card.build_kwargs()).to(device)
     ema = EMA(model, t.ema_decay, t.ema_warmup)
     net = distributed.wrap(model, world, device)  # the loss runs through `net` (DDP syncs gradients)
     if world.rank:  # in-model randomness (dropout): a distinct stream on each rank
         torch.manual_seed(t.seed + 7919 * world.rank)
-    schedule = make_noise(cfg.diffusion)  # the framework's noise process (diffusion/frameworks.py)
-    diffusion_loss = functools.partial(  # every framework's loss; for DDPM eps it is ddpm_loss
-        framework_loss, prediction=prediction_of(cfg.diffusion), min_snr_gamma=cfg.diffusion.min_snr_gamma)
+    objective = card.denoiser(net)  # the loss runs through `net`: DDP's wrapper under data parallelism
     batches = EpochBatches(len(train_set), t.batch_size, seed=t.seed)
     total = t.max_steps or (t.epochs or 1) * batches.steps_per_epoch
     optimizer = build_optimizer(model, t)
@@ -227,7 +221,7 @@ def _train(
     if t.eval_every and world.main:
         from difforge.eval.during_training import InTrainingEval
 
-        in_training_eval = InTrainingEval(cfg.data, bundle, info, schedule, device, n=t.eval_samples, seed=t.seed, log=say)
+        in_training_eval = InTrainingEval(cfg.data, bundle, card, device, n=t.eval_samples, seed=t.seed, log=say)
 
     def checkpoint() -> Path:
         """Every rank calls this (their RNG streams are gathered); rank 0 writes."""
@@ -261,23 +255,22 @@ def _train(
     def sample_grids(name: str, per_class: int = 1) -> None:
         if not world.main:
             return
-        if cond_image is not None:  # superres: held-out images, low-res, upscaled (difforge.tasks.superres)
-            from difforge.tasks.superres import save_preview
+        from difforge.pipeline import Pipeline  # sampling code, shared with `difforge sample`
 
+        if cond_image is not None:  # superres: held-out images, low-res, upscaled (Pipeline.upscale)
             preview = (bundle.val if bundle.val is not None and len(bundle.val) else train_set).images
             for tag, net in (("-raw", model), ("", ema.shadow)):
                 was_training = net.training
                 net.eval()
-                path = save_preview(net, schedule, info, device, preview, run_dir / "samples" / f"{name}{tag}.png")
+                path = Pipeline(card.denoiser(net), card, device).save_upscale_grid(
+                    preview, run_dir / "samples" / f"{name}{tag}.png")
                 net.train(was_training)
                 logger.log_image(step, f"samples{tag}", path)
             return
-        from difforge.pipeline import Pipeline  # sampling code, shared with `difforge sample`
-
         for tag, net in (("-raw", model), ("", ema.shadow)):  # NAME.png: EMA weights
             was_training = net.training
             net.eval()
-            pipe = Pipeline(net, schedule, info, device)
+            pipe = Pipeline(card.denoiser(net), card, device)
             labels = pipe.default_labels(per_class=per_class)
             images, _ = pipe.generate(labels=labels, n=None if labels is not None else 10 * per_class, seed=0)
             net.train(was_training)
@@ -299,7 +292,7 @@ def _train(
             x0 = to_model_input(val_images[i : i + 256], image_size).to(device)
             cond = val_labels[i : i + 256].to(device) if val_labels is not None else None
             cond = cond_image(x0) if cond_image is not None else cond
-            loss = diffusion_loss(net, schedule, x0, cond, g, amp_dtype)
+            loss = card.denoiser(net).loss(x0, cond, generator=g, autocast=amp_dtype)
             total_loss += loss.item() * len(x0)
             count += len(x0)
         net.train(was_training)
@@ -347,11 +340,11 @@ def _train(
                 x0 = to_model_input(train_set.images[idx[rows]], image_size).to(device)
                 cond = None
                 if num_classes:  # labels dropped per sample of the global batch, then sliced
-                    cond = drop_labels(train_set.labels[idx], cfg.model.label_dropout, num_classes, gen)[rows]
+                    cond = card.conditioning.drop(train_set.labels[idx], cfg.model.label_dropout, gen)[rows]
                     cond = cond.to(device)
                 if cond_image is not None:
                     cond = cond_image(x0)
-                loss = diffusion_loss(net, schedule, x0, cond, gen, amp_dtype, rows=rows, global_batch=len(idx))
+                loss = objective.loss(x0, cond, generator=gen, autocast=amp_dtype, rows=rows, global_batch=len(idx))
                 optimizer.zero_grad(set_to_none=True)
                 finite, loss_value = bool(torch.isfinite(loss)), loss.item()
                 signalled = stop.signum is not None
