@@ -1,5 +1,5 @@
-"""The model object against values recorded from the code before it existed
-(tests/fixtures/record_expected.py at commit 0e1bccc; tests/fixtures/README.md).
+"""The model object against values recorded from the code before it existed (commit
+0e1bccc, by `git show c3a8837:tests/fixtures/record_expected.py`; tests/fixtures/README.md).
 
 - Saved models written by that code (a run directory, its export, an SR3 export) load and
   sample the same images, bit for bit, and score the same bits/dim.
