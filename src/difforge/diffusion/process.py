@@ -23,6 +23,7 @@ import torch
 from difforge.diffusion.parameterization import min_snr_weight, skip_out
 
 if TYPE_CHECKING:
+    from difforge.diffusion.frameworks import FrameworkSpec
     from difforge.diffusion.schedules import DiscreteSchedule
 
 
@@ -146,7 +147,7 @@ class GridProcess:
         self.min_snr_gamma = None if min_snr_gamma is None else float(min_snr_gamma)
 
     @classmethod
-    def from_spec(cls, spec) -> GridProcess:
+    def from_spec(cls, spec: FrameworkSpec) -> GridProcess:
         """From the sigma range (default `default_sigma_range`) and `timesteps` of a
         `difforge.diffusion.frameworks.FrameworkSpec`; processes set by betas override it."""
         lo, hi = cls.default_sigma_range

@@ -14,10 +14,14 @@ noise levels.
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 import torch
 
 from difforge.diffusion.process import GridProcess
+
+if TYPE_CHECKING:
+    from difforge.diffusion.frameworks import FrameworkSpec
 
 
 def _f64(v) -> torch.Tensor:
@@ -48,7 +52,7 @@ class VPSDE(GridProcess):
         self._weighting(min_snr_gamma)
 
     @classmethod
-    def from_spec(cls, spec) -> VPSDE:
+    def from_spec(cls, spec: FrameworkSpec) -> VPSDE:
         # the continuous limit of the linear schedule: beta(t) = T beta_start .. T beta_end
         T = spec.timesteps
         return cls(T * spec.beta_start, T * spec.beta_end, T, min_snr_gamma=spec.min_snr_gamma)
