@@ -32,7 +32,7 @@ def main() -> None:
     from difforge.pipeline import load_pipeline
 
     pipe = load_pipeline(args.model_dir, device="cpu")
-    data = data_config_for(Path(args.model_dir), pipe.info) if Path(args.model_dir).is_dir() else DataConfig()
+    data = data_config_for(Path(args.model_dir), pipe.card) if Path(args.model_dir).is_dir() else DataConfig()
     bundle = load_dataset(data)
     ref = bundle.test if bundle.test is not None else bundle.val
     images = ref.images[: args.n]

@@ -189,8 +189,7 @@ def main() -> None:
             examples(pics / f"denoise-{sigma}.png", [truth, y, nlm, d1, ds])
 
     if "superres" in args.only:
-        from difforge.tasks.ilvr import downsample
-        from difforge.tasks.superres import upsample_bicubic
+        from difforge.models.conditioning import downsample, upsample_bicubic
 
         low = downsample(truth, 2)  # 14x14, area (box) downsampling
         bic, t_bic = timed(upsample_bicubic, low, 28)

@@ -32,10 +32,10 @@ def one(preset: str, precision: str) -> dict:
     import torch
 
     from difforge.config import TrainConfig
-    from difforge.diffusion import make_schedule
+    from difforge.diffusion import FrameworkSpec, make_process
     from difforge.models import build_model, size_multiple
+    from difforge.models.denoiser import Denoiser
     from difforge.train.ema import EMA
-    from difforge.train.objective import ddpm_loss
     from difforge.train.optim import build_optimizer
 
     rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
@@ -44,7 +44,7 @@ def one(preset: str, precision: str) -> dict:
     model = build_model(preset, in_channels=1, num_classes=10)
     ema = EMA(model, warmup=0)
     opt = build_optimizer(model, TrainConfig())
-    sched = make_schedule("linear")
+    den = Denoiser(model, make_process(FrameworkSpec()), "eps")  # DDPM, linear schedule
     gen = torch.Generator().manual_seed(0)
     x0 = torch.rand(BATCH, 1, size, size) * 2 - 1
     labels = torch.randint(0, 11, (BATCH,))
@@ -52,7 +52,7 @@ def one(preset: str, precision: str) -> dict:
     times = []
     for i in range(STEPS[preset] + 2):
         t0 = time.perf_counter()
-        loss = ddpm_loss(model, sched, x0, labels, gen, dtype)
+        loss = den.loss(x0, labels, generator=gen, autocast=dtype)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)

@@ -2,6 +2,7 @@
 
 import subprocess
 import sys
+from pathlib import Path
 
 
 def _modules_after(stmt: str) -> set[str]:
@@ -33,7 +34,8 @@ def test_maths_and_samplers_import_only_torch():
 
 
 def test_models_do_not_import_training_serving_or_cli():
-    parts = _difforge_parts(_modules_after("import difforge.models"))
+    # the model object and its card too: the model side never imports train, eval, serve or tasks
+    parts = _difforge_parts(_modules_after("import difforge.models, difforge.models.card, difforge.models.denoiser"))
     assert parts <= {"models", "diffusion"}, parts
 
 
@@ -47,3 +49,12 @@ def test_the_command_line_and_its_help_do_not_import_torch():
         assert "click" in tops
         for heavy in ("torch", "numpy", "PIL", "yaml", "tqdm", "safetensors"):
             assert heavy not in tops, (stmt, heavy)
+
+
+def test_training_does_not_import_tasks():
+    parts = _difforge_parts(_modules_after("import difforge.train.loop"))
+    assert "tasks" not in parts and "serve" not in parts, parts
+    import difforge.train
+
+    for path in Path(difforge.train.__file__).parent.glob("*.py"):  # lazy imports included
+        assert "difforge.tasks" not in path.read_text(), path

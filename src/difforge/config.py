@@ -42,7 +42,8 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class DiffusionConfig:
-    """The discrete DDPM forward process."""
+    """The framework and its noise process (`difforge.diffusion.frameworks.FrameworkSpec`,
+    plus the prediction target)."""
 
     timesteps: int = 1000
     schedule: str = "linear"  # linear | cosine
@@ -257,10 +258,10 @@ def validate(cfg: RunConfig) -> RunConfig:
     need(m.preset in PRESETS, f"unknown model {m.preset!r}; expected one of {sorted(PRESETS)}")
     need(m.task in ("generate", "superres"), f"unknown task {m.task!r}; expected one of ['generate', 'superres']")
     need(m.task != "superres" or m.scale >= 2, f"model.scale must be >= 2 for super-resolution, got {m.scale}")
-    from difforge.diffusion.frameworks import check_framework
+    from difforge.diffusion.frameworks import FrameworkSpec, check_framework
 
     try:
-        check_framework(f)
+        check_framework(FrameworkSpec.from_dict(dataclasses.asdict(f)), f.prediction)
     except ValueError as e:
         raise ConfigError(str(e)) from None
     return cfg

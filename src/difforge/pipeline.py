@@ -1,7 +1,8 @@
 """A trained model ready to sample: load from a run or an exported model, generate.
 
 Loading needs only `difforge.models`, `difforge.diffusion` and `difforge.sampling`
-(no training code): a model directory is `model.safetensors` + `config.json`.
+(no training code): a model directory is `model.safetensors` + `config.json` (its
+`ModelCard`); a run directory has `model.json` and checkpoints.
 """
 
 from __future__ import annotations
@@ -13,10 +14,11 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from difforge.diffusion import DiscreteSchedule
 from difforge.diffusion.grids import sigma_grid
-from difforge.models import build_model
-from difforge.models.denoiser import Denoiser, EpsDenoiser
+from difforge.diffusion.process import NoiseProcess
+from difforge.models.card import ModelCard
+from difforge.models.conditioning import downsample
+from difforge.models.denoiser import Denoiser
 from difforge.sampling import (
     CFGDenoiser,
     ClampDenoiser,
@@ -48,19 +50,29 @@ class ModelLoadError(ValueError):
 
 
 class Pipeline:
-    """A network + its schedule + what it was trained on; generates uint8 images."""
+    """A model object (`Denoiser`: network, noise process, prediction) and its card;
+    generates uint8 images. `Pipeline(card.denoiser(net), card)` wraps a network."""
 
-    def __init__(self, net: nn.Module, schedule: DiscreteSchedule, info: dict, device: torch.device | str = "cpu"):
-        self.net, self.schedule, self.info = net, schedule, info
+    def __init__(self, model: Denoiser, card: ModelCard, device: torch.device | str = "cpu"):
+        self.model, self.card = model, card
         self.device = torch.device(device)
 
     @property
+    def net(self) -> nn.Module:
+        return self.model.net
+
+    @property
+    def process(self) -> NoiseProcess:
+        return self.model.process
+
+    @property
     def num_classes(self) -> int | None:
-        return self.info["model"]["num_classes"]
+        return self.card.num_classes
 
     @property
     def class_names(self) -> list[str] | None:
-        return self.info.get("class_names")
+        names = self.card.class_names
+        return None if names is None else list(names)
 
     def parse_class(self, value: str | int) -> int:
         """A class index from an index or a class name; clear error otherwise."""
@@ -91,9 +103,10 @@ class Pipeline:
         """D(x, sigma, cond) with guidance (conditional models; default scale DEFAULT_CFG,
         optional guidance rescale phi = `cfg_rescale`) and x0 kept in [-1, 1]: by static
         clipping (`clip`), or by dynamic thresholding at percentile `threshold` (Imagen)."""
-        d: nn.Module = Denoiser(self.net, self.schedule, self.info.get("prediction", "eps"))
+        d: nn.Module = self.model
         if self.num_classes:
-            d = CFGDenoiser(d, DEFAULT_CFG if cfg is None else cfg, null_label=self.num_classes, rescale=cfg_rescale)
+            null = self.card.conditioning.null_label
+            d = CFGDenoiser(d, DEFAULT_CFG if cfg is None else cfg, null_label=null, rescale=cfg_rescale)
         elif cfg is not None and cfg != 1.0:
             raise ValueError("a CFG scale needs a class-conditional model; this one is unconditional")
         elif cfg_rescale:
@@ -109,13 +122,21 @@ class Pipeline:
         if steps is not None and steps < 1:
             raise ValueError(f"steps must be >= 1, got {steps}")
         steps = steps if steps is not None else DEFAULT_STEPS.get(sampler, 50)
-        return sigma_grid(self.schedule, steps or self.schedule.timesteps, grid or default_grid(sampler))
+        return sigma_grid(self.process, steps or self.process.timesteps, grid or default_grid(sampler))
 
     def to_images(self, x: torch.Tensor) -> torch.Tensor:
         """Model-space images (N, C, S, S) -> uint8 at the data's native size."""
         from difforge.data import from_model_output
 
-        return from_model_output(x.float().cpu(), self.info["native_size"])
+        return from_model_output(x.float().cpu(), self.card.native_size)
+
+    def _sampler(self, sampler: str, options: dict) -> Callable:
+        sample_fn = get_sampler(sampler)
+        known = sampler_options(sampler)
+        unknown = sorted(set(options) - set(known))
+        if unknown:
+            raise ValueError(f"sampler {sampler!r} takes no option {unknown[0]!r}; its options: {sorted(known)}")
+        return sample_fn
 
     @torch.no_grad()
     def generate(
@@ -143,13 +164,9 @@ class Pipeline:
         The callback runs once per sampler step and batch. Returns uint8 images
         (N, C, h, w) at the data's native size, and the labels.
         """
-        if self.info.get("task") == "superres":
+        if self.card.task == "superres":
             raise ValueError("this is a super-resolution model: use `difforge upscale` (difforge.tasks.upscale)")
-        sample_fn = get_sampler(sampler)
-        known = sampler_options(sampler)
-        unknown = sorted(set(options) - set(known))
-        if unknown:
-            raise ValueError(f"sampler {sampler!r} takes no option {unknown[0]!r}; its options: {sorted(known)}")
+        sample_fn = self._sampler(sampler, options)
         if labels is not None:
             if not self.num_classes:
                 raise ValueError("this model is unconditional: it takes no class labels")
@@ -160,9 +177,9 @@ class Pipeline:
             raise ValueError(f"got {len(seeds)} seeds for {n} images")
         den = self.denoiser(cfg, clip, cfg_rescale, threshold).to(self.device)
         sigmas = self.sigmas(sampler, steps, grid)
-        size, c = self.info["image_size"], self.info["channels"]
+        size, c = self.card.image_size, self.card.channels
         out = []
-        prior_std = EpsDenoiser(self.net, self.schedule).prior_std(float(sigmas[0]))
+        prior_std = self.model.prior_std(float(sigmas[0]))
         for start in range(0, n, batch_size):
             stop = min(n, start + batch_size)
             gens = per_sample_generators(seeds[start:stop] if seeds is not None else range(seed + start, seed + stop))
@@ -172,6 +189,40 @@ class Pipeline:
             x = sample_fn(den, x, sigmas, generator=gens, callback=callback, cond=cond, **options)
             out.append(self.to_images(x))
         return torch.cat(out), labels
+
+    @torch.no_grad()
+    def upscale(self, low: torch.Tensor, *, cfg: float | None = None, sampler: str = "ddpm", steps: int = 50,
+                seed: int = 0, clip: bool = True, callback: Callable[[dict], None] | None = None,
+                **options) -> torch.Tensor:
+        """SR3 (Saharia et al. 2022): upscale `low` (N, C, native/scale, native/scale) in
+        [-1, 1] with this super-resolution model, which runs with the bicubic upsampling of
+        `low` as its conditioning image. Image i uses seed + i. Returns float
+        (N, C, native, native) in [-1, 1]."""
+        if self.card.task != "superres":
+            raise ValueError("this is not a super-resolution model (train one with --task superres)")
+        up = self.card.conditioning.from_low(low, self.card.native_size)
+        up = self.card.check_images(up, "low-resolution image")
+        sample_fn = self._sampler(sampler, options)
+        den = self.denoiser(cfg, clip).to(self.device)
+        cond = self.card.to_model(up).to(self.device)
+        sigmas = self.sigmas(sampler, steps)
+        gens = per_sample_generators(range(seed, seed + len(up)))
+        x = randn_like(cond, gens) * self.model.prior_std(float(sigmas[0]))
+        x = sample_fn(den, x, sigmas, generator=gens, callback=callback, cond=cond, **options)
+        return self.card.from_model(x.float().cpu())
+
+    def save_upscale_grid(self, images: torch.Tensor, path: str | Path) -> Path:
+        """A super-resolution model's preview: uint8 native-size `images` (first 10), their
+        low-resolution versions (nearest) and the model's upscaling, one row each."""
+        from difforge.io import save_grid, to_uint8
+
+        scale = self.card.conditioning.scale
+        truth = images[:10].float() / 127.5 - 1
+        low = downsample(truth, scale)
+        out = self.upscale(low)
+        nearest = low.repeat_interleave(scale, -2).repeat_interleave(scale, -1)
+        grid = to_uint8(torch.cat([truth, nearest, out]))
+        return save_grid(grid, path, nrow=len(truth), scale=2 if self.card.native_size <= 32 else 1)
 
     def _layout(self, images: torch.Tensor, labels: torch.Tensor | None) -> dict:
         """One grid row per class when labelled in class blocks, else rows of 10."""
@@ -193,6 +244,26 @@ class Pipeline:
         return save_gif(frames, path, **self._layout(frames[-1], labels))
 
 
+def _card_and_weights(path: Path, ema: bool) -> tuple[ModelCard, Path]:
+    if (path / "config.json").is_file() and (path / "model.safetensors").is_file():
+        card_file, weights = path / "config.json", path / "model.safetensors"
+    elif (path / "model.json").is_file():
+        from difforge.runs import find_resumable, weights_file  # reads files only
+
+        card_file = path / "model.json"
+        ckpt, problems = find_resumable(path / "checkpoints")
+        if ckpt is None:
+            detail = f" ({'; '.join(problems)})" if problems else ""
+            raise ModelLoadError(f"{path} has no valid checkpoint yet{detail}")
+        weights = weights_file(ckpt, ema)
+    else:
+        raise ModelLoadError(f"{path} is neither a run directory (model.json) nor a model directory (config.json + model.safetensors)")
+    try:
+        return ModelCard.load(card_file), weights
+    except ValueError as e:
+        raise ModelLoadError(f"{card_file}: {e}") from None
+
+
 def load_pipeline(path: str | Path, ema: bool = True, device: str | torch.device = "cpu") -> Pipeline:
     """Load a run directory (its newest valid checkpoint) or an exported model directory."""
     from safetensors import SafetensorError
@@ -201,35 +272,13 @@ def load_pipeline(path: str | Path, ema: bool = True, device: str | torch.device
     path = Path(path)
     if not path.is_dir():
         raise ModelLoadError(f"no such run or model directory: {path}")
-    if (path / "config.json").is_file() and (path / "model.safetensors").is_file():
-        info = json.loads((path / "config.json").read_text())
-        weights = path / "model.safetensors"
-    elif (path / "model.json").is_file():
-        from difforge.runs import find_resumable, weights_file
-
-        info = json.loads((path / "model.json").read_text())
-        ckpt, problems = find_resumable(path / "checkpoints")
-        if ckpt is None:
-            detail = f" ({'; '.join(problems)})" if problems else ""
-            raise ModelLoadError(f"{path} has no valid checkpoint yet{detail}")
-        weights = weights_file(ckpt, ema)
-    else:
-        raise ModelLoadError(f"{path} is neither a run directory (model.json) nor a model directory (config.json + model.safetensors)")
-    if info.get("format") != "difforge-model":
-        raise ModelLoadError(f"{path}: not a difforge model description")
-    m = info["model"]
+    card, weights = _card_and_weights(path, ema)
     try:
-        net = build_model(m["preset"], in_channels=m["in_channels"], num_classes=m["num_classes"],
-                          cond_channels=m.get("cond_channels", 0))
+        net = card.build_network()
         net.load_state_dict(load_file(weights))
     except (RuntimeError, OSError, ValueError, SafetensorError) as e:  # SafetensorError: a corrupt file
         raise ModelLoadError(f"cannot load weights {weights}: {str(e).splitlines()[0]}") from None
-    d = info["diffusion"]
-    from difforge.diffusion.frameworks import make_noise
-
-    noise = make_noise(d)  # the framework's noise process (a model without "framework" is DDPM)
-    schedule = noise.schedule if noise.name == "ddpm" else noise
-    return Pipeline(net.to(device).eval(), schedule, info, device)
+    return Pipeline(card.denoiser(net.to(device).eval()), card, device)
 
 
 def is_model_dir(path: str | Path) -> bool:
@@ -254,10 +303,12 @@ def export_model(run_dir: str | Path, out: str | Path, ema: bool = True, overwri
     ckpt, problems = find_resumable(run_dir / "checkpoints")
     if ckpt is None:
         raise ModelLoadError(f"{run_dir} has no valid checkpoint to export" + (f" ({'; '.join(problems)})" if problems else ""))
-    info = json.loads((run_dir / "model.json").read_text())
-    info["weights"] = "ema" if ema else "raw"
-    info["step"] = int(json.loads((ckpt / "meta.json").read_text())["step"])
+    try:
+        card = ModelCard.load(run_dir / "model.json")
+    except ValueError as e:
+        raise ModelLoadError(f"{run_dir / 'model.json'}: {e}") from None
+    step = int(json.loads((ckpt / "meta.json").read_text())["step"])
     out.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(weights_file(ckpt, ema), out / "model.safetensors")
-    (out / "config.json").write_text(json.dumps(info, indent=2))
+    card.exported(step, "ema" if ema else "raw").save(out / "config.json")
     return out

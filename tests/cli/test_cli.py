@@ -45,8 +45,11 @@ def test_sample_npz_native_size_and_labels(tiny_run, tmp_path):
 
 def test_export_round_trip_samples_identically(tiny_run, tmp_path):
     assert run(["export", str(tiny_run), "--out", str(tmp_path / "m")]) == 0
-    cfg = json.loads((tmp_path / "m" / "config.json").read_text())
-    assert cfg["step"] == 8 and cfg["weights"] == "ema" and cfg["class_names"][0] == "0"
+    from difforge.models.card import ModelCard
+
+    card = ModelCard.load(tmp_path / "m" / "config.json")
+    assert card.step == 8 and card.weights == "ema" and card.class_names[0] == "0"
+    assert card == ModelCard.load(tiny_run / "model.json").exported(8, "ema")
     for src, name in ((tiny_run, "a"), (tmp_path / "m", "b")):
         assert run(["sample", str(src), "--class", "5", "--n", "3", "--steps", "4", "--seed", "9",
                     "--out", str(tmp_path / f"{name}.png"), "--npz", str(tmp_path / f"{name}.npz")]) == 0
@@ -177,8 +180,8 @@ def test_pipeline_defaults_and_errors(tiny_run):
     pipe = load_pipeline(tiny_run)
     assert len(pipe.sigmas("ddpm")) == 1001  # every timestep
     ddim, heun = pipe.sigmas("ddim"), pipe.sigmas("heun")
-    assert len(ddim) == 51 and ddim[0] == pipe.schedule.sigma_max  # trailing starts at t = T - 1
-    assert len(heun) == 26 and heun[-2] == pipe.schedule.sigma_min  # karras spans the whole range
+    assert len(ddim) == 51 and ddim[0] == pipe.process.sigma_max  # trailing starts at t = T - 1
+    assert len(heun) == 26 and heun[-2] == pipe.process.sigma_min  # karras spans the whole range
     with pytest.raises(ValueError, match="unknown sampler 'plms'"):
         pipe.sigmas("plms")
     with pytest.raises(ValueError, match=r"unknown sigma grid 'cosine'; expected one of \['karras', "):

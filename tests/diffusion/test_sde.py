@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from difforge.diffusion import make_schedule
-from difforge.diffusion.frameworks import FRAMEWORKS, make_noise
+from difforge.diffusion.frameworks import FRAMEWORKS, FrameworkSpec, make_process
 from difforge.diffusion.sde import VESDE, VPSDE, NCSNLevels, SubVPSDE, ncsn_sigmas
 
 SDES = {"vp": VPSDE(), "subvp": SubVPSDE(), "ve": VESDE(0.01, 50.0)}
@@ -117,7 +117,7 @@ def test_ncsn_levels_are_geometric():
 
 @pytest.mark.parametrize("framework", FRAMEWORKS)
 def test_every_process_has_a_consistent_grid(framework):
-    p = make_noise({"framework": framework, "timesteps": 100})
+    p = make_process(FrameworkSpec(framework, timesteps=100))
     s = p.sigmas
     assert s.dtype == torch.float64 and len(s) == p.timesteps == 100
     assert (s[1:] > s[:-1]).all()
@@ -134,4 +134,4 @@ def test_bad_ranges_are_clear_errors():
     with pytest.raises(ValueError, match="at least 2 noise levels"):
         ncsn_sigmas(0.01, 1.0, 1)
     with pytest.raises(ValueError, match="unknown framework 'ddim'"):
-        make_noise({"framework": "ddim"})
+        make_process(FrameworkSpec("ddim"))

@@ -16,7 +16,8 @@ from difforge.eval.likelihood import (
     discretized_gaussian_log_prob,
     pf_ode_log_likelihood,
 )
-from difforge.models.denoiser import EpsDenoiser
+from difforge.diffusion.frameworks import DDPMProcess
+from difforge.models.denoiser import Denoiser
 
 
 def gaussian_bpd(x: torch.Tensor, sd: float) -> torch.Tensor:
@@ -95,10 +96,10 @@ def test_ode_full_covariance_exact_trace_and_unbiased_hutchinson():
 
 
 def test_ode_variance_preserving_frame():
-    """A DDPM eps model seen through EpsDenoiser: its prior is N(0, (1 + sigma_max^2) I) in
+    """A DDPM eps model seen through its Denoiser: its prior is N(0, (1 + sigma_max^2) I) in
     the VE frame (taken from the denoiser), and the ODE gives the Gaussian's likelihood."""
     sched = make_schedule("linear", 1000)
-    den = EpsDenoiser(GaussianEps(sched, 1.0).double(), sched)
+    den = Denoiser(GaussianEps(sched, 1.0).double(), DDPMProcess(sched), "eps")
     assert den.prior_std() == pytest.approx(math.sqrt(1 + sched.sigma_max**2))
     x = torch.randn(8, 32, generator=g(5), dtype=torch.float64)
     r = pf_ode_log_likelihood(den, x, trace="rademacher", generator=g(6), steps=48)
@@ -134,7 +135,7 @@ def test_vlb_equals_gaussian_nll_when_reverse_process_is_exact():
     is tight (Ho et al. 2020, Sec. 3.2): its expectation is the exact NLL, for any T (and
     q(x_T) = N(0, I) exactly, so a short schedule keeps the test fast)."""
     sched = make_schedule("linear", 100)
-    den = EpsDenoiser(GaussianEps(sched, 1.0), sched)
+    den = Denoiser(GaussianEps(sched, 1.0), DDPMProcess(sched), "eps")
     x = torch.randn(64, 4096, generator=g(10), dtype=torch.float64)  # standard error ~0.003 bits/dim
     vlb = ddpm_vlb(den, x, generator=g(11), decoder="gaussian")
     assert vlb.dims == 4096
@@ -146,7 +147,7 @@ def test_vlb_equals_gaussian_nll_when_reverse_process_is_exact():
 def test_vlb_near_nll_for_other_variances_and_subsampling_is_unbiased():
     sched = make_schedule("linear", 250)
     sd = 0.5
-    den = EpsDenoiser(GaussianEps(sched, sd), sched)
+    den = Denoiser(GaussianEps(sched, sd), DDPMProcess(sched), "eps")
     x = torch.randn(8, 2048, generator=g(12), dtype=torch.float64) * sd
     nll = float(gaussian_bpd(x, sd).mean())
     full = float(ddpm_vlb(den, x, generator=g(13), decoder="gaussian").bits_per_dim().mean())
@@ -158,7 +159,7 @@ def test_vlb_near_nll_for_other_variances_and_subsampling_is_unbiased():
 
 def test_vlb_discretized_on_8bit_data_is_a_probability():
     sched = make_schedule("linear", 100)
-    den = EpsDenoiser(GaussianEps(sched, 0.5), sched)
+    den = Denoiser(GaussianEps(sched, 0.5), DDPMProcess(sched), "eps")
     x = torch.randint(0, 256, (4, 64), generator=g(14)).double() / 127.5 - 1
     bpd = ddpm_vlb(den, x, generator=g(15)).bits_per_dim()
     assert torch.isfinite(bpd).all() and (bpd > 0).all()  # -log2 of a probability
@@ -175,11 +176,11 @@ def test_bad_options_are_named():
         pf_ode_log_likelihood(den, x, sigma_min=1.0, sigma_max=0.5)
     sched = make_schedule("linear", 10)
     with pytest.raises(ValueError, match="unknown decoder"):
-        ddpm_vlb(EpsDenoiser(GaussianEps(sched, 1.0), sched), x, decoder="laplace")
+        ddpm_vlb(Denoiser(GaussianEps(sched, 1.0), DDPMProcess(sched), "eps"), x, decoder="laplace")
 
 
 def test_real_network_exact_trace_is_per_image_and_hutchinson_is_unbiased():
-    """A (randomly perturbed) UNet through EpsDenoiser: the exact trace of a batch equals each
+    """A (randomly perturbed) UNet through its DDPM Denoiser: the exact trace of a batch equals each
     image alone, and Hutchinson's estimate over many probes agrees with it."""
     from difforge.models import build_model
 
@@ -188,7 +189,7 @@ def test_real_network_exact_trace_is_per_image_and_hutchinson_is_unbiased():
     with torch.no_grad():
         for p in net.parameters():  # the output layer starts at zero: D would be the identity
             p.add_(torch.randn_like(p) * 0.05)
-    den = EpsDenoiser(net, make_schedule("linear", 1000))
+    den = Denoiser(net, DDPMProcess(make_schedule("linear", 1000)), "eps")
     x = torch.rand(2, 1, 8, 8, generator=g(20), dtype=torch.float64) * 2 - 1
     both = pf_ode_log_likelihood(den, x, trace="exact", steps=3).log_prob
     alone = pf_ode_log_likelihood(den, x[:1], trace="exact", steps=3).log_prob

@@ -17,9 +17,9 @@ import pytest
 import torch
 from torch import nn
 
-from difforge.diffusion.frameworks import ALLOWED_PREDICTIONS, FRAMEWORKS, make_noise
+from difforge.diffusion.frameworks import ALLOWED_PREDICTIONS, FRAMEWORKS, FrameworkSpec, make_process
 from difforge.diffusion.parameterization import skip_out
-from difforge.models.denoiser import Denoiser, EpsDenoiser
+from difforge.models.denoiser import Denoiser
 
 SD = 0.5
 CASES = [(fw, p) for fw in FRAMEWORKS for p in ALLOWED_PREDICTIONS[fw]]
@@ -50,7 +50,7 @@ class ExactNet(nn.Module):
 
 @pytest.mark.parametrize("framework, prediction", CASES)
 def test_adapter_recovers_the_exact_denoiser(framework, prediction):
-    noise = make_noise({"framework": framework})
+    noise = make_process(FrameworkSpec(framework))
     den = Denoiser(ExactNet(noise, prediction), noise, prediction)
     sigmas = torch.exp(torch.linspace(math.log(noise.sigma_min), math.log(noise.sigma_max), 9, dtype=torch.float64))
     x = torch.randn(9, 1, 2, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
@@ -64,7 +64,7 @@ def test_adapter_recovers_the_exact_denoiser(framework, prediction):
 @pytest.mark.parametrize("framework, prior", [("ddpm", "vp"), ("vp-sde", "vp"), ("subvp-sde", "subvp"),
                                               ("ve-sde", "ve"), ("ncsn", "ve"), ("edm", "ve")])
 def test_prior_std_and_ranges(framework, prior):
-    noise = make_noise({"framework": framework})
+    noise = make_process(FrameworkSpec(framework))
     den = Denoiser(ExactNet(noise, ALLOWED_PREDICTIONS[framework][0]), noise, ALLOWED_PREDICTIONS[framework][0])
     s = den.sigma_max
     expected = {"vp": math.sqrt(1 + s * s), "ve": s, "subvp": s + 2 / (s + math.sqrt(s * s + 4))}[prior]
@@ -72,21 +72,26 @@ def test_prior_std_and_ranges(framework, prior):
     assert 0 < den.sigma_min < 0.05 and den.sigma_max > 40
 
 
-def test_eps_denoiser_is_the_ddpm_eps_adapter():
-    noise = make_noise({"framework": "ddpm"})
+def test_ddpm_eps_denoiser_is_x_minus_sigma_eps_of_the_vp_input():
+    """Ho et al. (2020) through the preconditioning: D = x - sigma eps(x / sqrt(1 + sigma^2), t(sigma))."""
+    noise = make_process(FrameworkSpec("ddpm"))
     net = ExactNet(noise, "eps")
     x = torch.randn(3, 1, 2, 2, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
     sig = torch.tensor([0.1, 1.0, 10.0], dtype=torch.float64)
-    assert torch.equal(EpsDenoiser(net, noise.schedule)(x, sig), Denoiser(net, noise, "eps")(x, sig))
+    s = sig.view(-1, 1, 1, 1)
+    eps = net(1.0 / torch.sqrt(1.0 + s**2) * x, noise.discrete.sigma_to_t(sig).float())
+    assert torch.equal(Denoiser(net, noise, "eps")(x, sig), x - s * eps)
     with pytest.raises(ValueError, match="unknown prediction 'score'"):
         Denoiser(net, noise, "score")
+    with pytest.raises(ValueError, match="framework 'ncsn' trains prediction \\['eps'\\], not 'v'"):
+        Denoiser(net, make_process(FrameworkSpec("ncsn")), "v")
 
 
 @pytest.mark.parametrize("framework", FRAMEWORKS)
 def test_pf_ode_likelihood_of_gaussian_data_is_analytic(framework):
     from difforge.eval.likelihood import pf_ode_log_likelihood
 
-    noise = make_noise({"framework": framework})
+    noise = make_process(FrameworkSpec(framework))
     prediction = ALLOWED_PREDICTIONS[framework][-1]  # x0 / v where there is a choice, else the only one
     den = Denoiser(ExactNet(noise, prediction), noise, prediction)
     dims = 8

@@ -10,8 +10,9 @@ import torch
 from torch import nn
 
 from difforge.diffusion import make_schedule
+from difforge.diffusion.frameworks import DDPMProcess
 from difforge.diffusion.grids import discrete_sigmas, sigma_grid, timestep_subset
-from difforge.models.denoiser import EpsDenoiser
+from difforge.models.denoiser import Denoiser
 from difforge.sampling import sample_ddim, sample_ddpm, sample_dpmpp_2m, sample_dpmpp_2m_sde, sample_dpmpp_3m
 
 diffusers = pytest.importorskip("diffusers")
@@ -39,7 +40,7 @@ class FixedEps(nn.Module):
 
 
 def _run_ours(sampler, sched, sigmas, x_T, seed, eps_model=None, **opts):
-    den = EpsDenoiser(eps_model or FixedEps(), sched)
+    den = Denoiser(eps_model or FixedEps(), DDPMProcess(sched), "eps")
     trace = []
 
     def cb(d):

@@ -6,25 +6,21 @@ from torch import nn
 
 from difforge.diffusion import make_schedule
 from difforge.models import build_model
-from difforge.pipeline import Pipeline
-
-
-def info(size=8, native=8, channels=1, num_classes=None):
-    return {"model": {"num_classes": num_classes}, "image_size": size, "native_size": native, "channels": channels}
+from model_cards import pipeline, tiny_card
 
 
 @pytest.fixture(scope="session")
 def tiny_pipe():
     torch.manual_seed(0)
     net = build_model("tiny", in_channels=1, num_classes=None).eval()
-    return Pipeline(net, make_schedule("linear", 1000), info())
+    return pipeline(net, tiny_card())
 
 
 @pytest.fixture(scope="session")
 def tiny_cond_pipe():
     torch.manual_seed(1)
     net = build_model("tiny", in_channels=1, num_classes=3).eval()
-    return Pipeline(net, make_schedule("linear", 1000), info(num_classes=3))
+    return pipeline(net, tiny_card(num_classes=3))
 
 
 @pytest.fixture(scope="session")
@@ -36,7 +32,7 @@ def steered_cond_pipe():
     with torch.no_grad():
         for p in net.out_conv.parameters():
             p.normal_(0, 0.05)
-    return Pipeline(net, make_schedule("linear", 1000), info(num_classes=3))
+    return pipeline(net, tiny_card(num_classes=3))
 
 
 @pytest.fixture(scope="session")
@@ -44,19 +40,18 @@ def padded_pipe():
     """Native 7x7 images padded to the model's 8x8 (one pixel right and bottom)."""
     torch.manual_seed(2)
     net = build_model("tiny", in_channels=1, num_classes=None).eval()
-    return Pipeline(net, make_schedule("linear", 1000), info(size=8, native=7))
+    return pipeline(net, tiny_card(size=8, native=7))
 
 
 @pytest.fixture(scope="session")
 def make_sr_pipe():
     """Builds an untrained SR3 `tiny` model (x2, conditioned on the upsampled image)."""
+    from difforge.models.conditioning import LowResImage
 
     def make(size=8, native=8):
         torch.manual_seed(0)
-        net = build_model("tiny", in_channels=1, num_classes=None, cond_channels=1).eval()
-        sr = {"model": {"num_classes": None, "cond_channels": 1}, "image_size": size, "native_size": native,
-              "channels": 1, "task": "superres", "scale": 2}
-        return Pipeline(net, make_schedule("linear", 1000), sr)
+        card = tiny_card(size, native, conditioning=LowResImage(2))
+        return pipeline(card.build_network().eval(), card)
 
     return make
 
@@ -79,5 +74,4 @@ class GaussianEps(nn.Module):
 
 @pytest.fixture(scope="session")
 def gaussian_pipe():
-    sched = make_schedule("linear", 1000)
-    return Pipeline(GaussianEps(sched, 0.3), sched, info())
+    return pipeline(GaussianEps(make_schedule("linear", 1000), 0.3), tiny_card())

@@ -39,7 +39,7 @@ def test_restore_grid_and_determinism(tiny_pipe):
     assert seen[0] == pytest.approx(strength_sigma(tiny_pipe, 0.5))
     assert 8 <= len(seen) <= 11  # about half of the 20-step grid
     # the sigma at strength s is the schedule's at timestep s * (T - 1)
-    assert strength_sigma(tiny_pipe, 1.0) == pytest.approx(tiny_pipe.schedule.sigma_max)
+    assert strength_sigma(tiny_pipe, 1.0) == pytest.approx(tiny_pipe.process.sigma_max)
 
 
 def test_restore_low_strength_stays_close_with_the_exact_denoiser(gaussian_pipe):

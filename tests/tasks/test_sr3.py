@@ -1,13 +1,11 @@
-import json
-
 import pytest
 import torch
 
 from difforge import tasks
 from difforge.models import build_model
+from difforge.models.card import ModelCard
+from difforge.models.conditioning import LowResImage, downsample, upsample_bicubic
 from difforge.pipeline import load_pipeline
-from difforge.tasks.ilvr import downsample
-from difforge.tasks.superres import condition_from_x0, upsample_bicubic
 
 
 def test_training_and_sampling_conditions_agree_on_a_padded_model(make_sr_pipe):
@@ -16,7 +14,7 @@ def test_training_and_sampling_conditions_agree_on_a_padded_model(make_sr_pipe):
     native = torch.rand(2, 1, 6, 6, generator=g) * 2 - 1
     x0 = tasks.common.to_model(pipe, native)  # what training sees
     at_sampling = tasks.common.to_model(pipe, upsample_bicubic(downsample(native, 2), 6))
-    torch.testing.assert_close(condition_from_x0(x0, 2, 6), at_sampling)
+    torch.testing.assert_close(pipe.card.conditioning.from_clean(x0, 6), at_sampling)
 
 
 def test_sr3_upscale_shape_seed_and_errors(make_sr_pipe):
@@ -51,9 +49,9 @@ def test_train_superres_then_upscale(tmp_path):
               "--max-steps", "2", "--batch-size", "8", "--sample-every", "0", "--no-progress", "--out", str(out)])
     except SystemExit as e:
         assert e.code == 0
-    info = json.loads((out / "model.json").read_text())
-    assert info["task"] == "superres" and info["scale"] == 2 and info["model"]["cond_channels"] == 1
-    assert info["model"]["num_classes"] is None
+    card = ModelCard.load(out / "model.json")
+    assert card.task == "superres" and card.conditioning == LowResImage(2)
+    assert card.network_kwargs() == {"num_classes": None, "cond_channels": 1} and card.class_names is None
     assert (out / "samples" / "final.png").is_file()  # the preview grid: truth, low-res, upscaled
     pipe = load_pipeline(out)
     y = tasks.upscale(pipe, torch.zeros(2, 1, 4, 4), 2, steps=3)

@@ -4,7 +4,7 @@ import torch
 from torch import nn
 
 from difforge.train.ema import EMA
-from difforge.train.objective import drop_labels
+from difforge.models.conditioning import drop_labels
 
 
 def test_ema_warmup_copies_then_follows_formula():

@@ -1,19 +1,19 @@
-"""Framework losses: DDPM eps is exactly `ddpm_loss`; the other targets against their
-definitions on the same draws; min-SNR weighting; noise per sample of the global batch;
-and every framework trains a few steps and samples through the CLI."""
+"""The one training loss (`Denoiser.loss`) of every framework: against its definition on
+the same draws (the DDPM eps case against Ho et al.'s q_sample form too); min-SNR
+weighting; noise per sample of the global batch; and every framework trains a few steps
+and samples through the CLI."""
 
 from __future__ import annotations
-
-import json
 
 import pytest
 import torch
 from torch import nn
 
 from difforge.cli import main
-from difforge.diffusion import make_schedule
-from difforge.diffusion.frameworks import ALLOWED_PREDICTIONS, FRAMEWORKS, make_noise
-from difforge.train.objective import ddpm_loss, framework_loss
+from difforge.diffusion import q_sample
+from difforge.diffusion.frameworks import ALLOWED_PREDICTIONS, FRAMEWORKS, FrameworkSpec, make_process
+from difforge.models.card import ModelCard
+from difforge.models.denoiser import Denoiser
 
 
 class Affine(nn.Module):
@@ -26,19 +26,29 @@ class Affine(nn.Module):
 X0 = torch.rand(6, 1, 4, 4, generator=torch.Generator().manual_seed(0)) * 2 - 1
 
 
-def test_ddpm_eps_is_exactly_ddpm_loss():
-    sched = make_schedule("linear", 1000)
-    a = ddpm_loss(Affine(), sched, X0, None, torch.Generator().manual_seed(3))
-    b = framework_loss(Affine(), make_noise({"framework": "ddpm"}), X0, None, torch.Generator().manual_seed(3))
-    assert torch.equal(a, b)
+def loss_of(framework: str, prediction: str | None = None, seed: int = 3, min_snr_gamma=None, **kw) -> torch.Tensor:
+    process = make_process(FrameworkSpec(framework, min_snr_gamma=min_snr_gamma))
+    den = Denoiser(Affine(), process, prediction or ALLOWED_PREDICTIONS[framework][0])
+    return den.loss(kw.pop("x0", X0), None, generator=torch.Generator().manual_seed(seed), **kw)
+
+
+def test_ddpm_eps_is_ho_et_al_algorithm_1():
+    """Uniform integer t (0 included), then the noise, from the generator; the network sees
+    q_sample's x_t and t; the loss is the eps MSE (Ho et al. 2020, Algorithm 1)."""
+    process = make_process(FrameworkSpec("ddpm"))
+    g = torch.Generator().manual_seed(3)
+    t = torch.randint(0, 1000, (6,), generator=g)
+    eps = torch.randn(X0.shape, generator=g)
+    pred = Affine()(q_sample(process.discrete, X0, t, eps), t.float())
+    expected = torch.mean((pred - eps) ** 2)
+    assert loss_of("ddpm").item() == pytest.approx(expected.item(), rel=1e-6)
 
 
 @pytest.mark.parametrize("framework, prediction", [(f, p) for f in FRAMEWORKS for p in ALLOWED_PREDICTIONS[f]])
 def test_loss_is_the_mse_to_the_target_on_the_same_draws(framework, prediction):
-    noise = make_noise({"framework": framework})
-    g = torch.Generator().manual_seed(5)
-    loss = framework_loss(Affine(), noise, X0, None, g, prediction=prediction, min_snr_gamma=None)
+    loss = loss_of(framework, prediction, seed=5)
     # the same draws, in the documented order: noise levels, then the noise
+    noise = make_process(FrameworkSpec(framework))
     g = torch.Generator().manual_seed(5)
     sigma = noise.sample_sigmas(6, g)
     n = torch.randn(X0.shape, generator=g)
@@ -49,32 +59,29 @@ def test_loss_is_the_mse_to_the_target_on_the_same_draws(framework, prediction):
     if prediction == "edm":
         sd2 = 0.25
         target = (X0.double() - sd2 / (s**2 + sd2) * x) / (s * 0.5 / torch.sqrt(s**2 + sd2))
-    c_in = noise.c_in(sigma).view(-1, 1, 1, 1)
+    c_in = noise.precondition(sigma, prediction).c_in.view(-1, 1, 1, 1)
     out = Affine()((c_in * x).float(), noise.c_noise(sigma).float())
     expected = ((out.double() - target) ** 2).mean()
     assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
 
 
 def test_min_snr_weighting():
-    noise = make_noise({"framework": "vp-sde"})
-    plain = framework_loss(Affine(), noise, X0, None, torch.Generator().manual_seed(1), prediction="x0")
-    huge = framework_loss(Affine(), noise, X0, None, torch.Generator().manual_seed(1), prediction="eps",
-                          min_snr_gamma=1e30)
-    eps = framework_loss(Affine(), noise, X0, None, torch.Generator().manual_seed(1), prediction="eps")
+    plain = loss_of("vp-sde", "x0", seed=1)
+    huge = loss_of("vp-sde", "eps", seed=1, min_snr_gamma=1e30)
+    eps = loss_of("vp-sde", "eps", seed=1)
     assert huge.item() == pytest.approx(eps.item(), rel=1e-6)  # min(SNR, inf) / SNR = 1
-    small = framework_loss(Affine(), noise, X0, None, torch.Generator().manual_seed(1), prediction="x0",
-                           min_snr_gamma=1e-3)
+    small = loss_of("vp-sde", "x0", seed=1, min_snr_gamma=1e-3)
     assert small.item() < 1e-2 * plain.item()  # every weight min(SNR, 1e-3) <= 1e-3
+    with pytest.raises(ValueError, match="min-SNR weighting applies to"):
+        make_process(FrameworkSpec("edm", min_snr_gamma=5.0))
 
 
 @pytest.mark.parametrize("framework", ["edm", "ncsn", "ddpm"])
 def test_noise_is_drawn_per_sample_of_the_global_batch(framework):
     # two halves with rows= give the same per-sample losses as the whole batch
-    noise = make_noise({"framework": framework})
-    pred = "v" if framework == "ddpm" else ALLOWED_PREDICTIONS[framework][0]
-    whole = framework_loss(Affine(), noise, X0, None, torch.Generator().manual_seed(7), prediction=pred)
-    halves = [framework_loss(Affine(), noise, X0[r], None, torch.Generator().manual_seed(7), prediction=pred,
-                             rows=r, global_batch=6) for r in (slice(0, 3), slice(3, 6))]
+    pred = "v" if framework == "ddpm" else None
+    whole = loss_of(framework, pred, seed=7)
+    halves = [loss_of(framework, pred, seed=7, x0=X0[r], rows=r, global_batch=6) for r in (slice(0, 3), slice(3, 6))]
     assert whole.item() == pytest.approx(sum(h.item() for h in halves) / 2, rel=1e-6)
 
 
@@ -91,9 +98,9 @@ def test_each_framework_trains_and_samples_through_the_cli(tmp_path, framework, 
               "--out", str(run), "--no-progress", "--sample-every", "0", "--unconditional",
               "--framework", framework, *extra])
     assert e.value.code == 0
-    info = json.loads((run / "model.json").read_text())
-    assert info["diffusion"]["framework"] == framework
-    assert info["prediction"] == (extra[1] if extra[:1] == ["--prediction"] else ALLOWED_PREDICTIONS[framework][0])
+    card = ModelCard.load(run / "model.json")
+    assert card.framework == framework and card.diffusion.min_snr_gamma == (5.0 if "--min-snr-gamma" in extra else None)
+    assert card.prediction == (extra[1] if extra[:1] == ["--prediction"] else ALLOWED_PREDICTIONS[framework][0])
     out = tmp_path / f"{framework}.png"
     with pytest.raises(SystemExit) as e:
         main(["sample", str(run), "--sampler", sampler, "--steps", "4", "--n", "3", "--out", str(out)])

@@ -1,6 +1,8 @@
-"""Pure tensor maths of diffusion: schedules, noise levels, the forward process, losses.
+"""Pure tensor maths of diffusion: schedules, noise processes, the forward process.
 
 No I/O, no logging, no global RNG: randomness comes in as a `torch.Generator`.
+Every framework is a `NoiseProcess` (`process.py`), built by name from a `FrameworkSpec`
+(`frameworks.make_process`).
 """
 
 from difforge.diffusion.schedules import (
@@ -10,7 +12,8 @@ from difforge.diffusion.schedules import (
     make_schedule,
 )
 from difforge.diffusion.forward import q_sample, sample_timesteps
-from difforge.diffusion.losses import eps_mse_loss
+from difforge.diffusion.process import NoiseProcess, Preconditioning
+from difforge.diffusion.frameworks import FRAMEWORKS, FrameworkSpec, make_process
 
 __all__ = [
     "SCHEDULES",
@@ -19,5 +22,9 @@ __all__ = [
     "make_schedule",
     "q_sample",
     "sample_timesteps",
-    "eps_mse_loss",
+    "NoiseProcess",
+    "Preconditioning",
+    "FRAMEWORKS",
+    "FrameworkSpec",
+    "make_process",
 ]

@@ -1,4 +1,5 @@
-"""Which noise levels a sampler visits: sigma grids built from a discrete schedule.
+"""Which noise levels a sampler visits: sigma grids built from a process's discretization
+(a `NoiseProcess`, or a `DiscreteSchedule`).
 
 Every grid is a float64 tensor of decreasing noise levels ending in 0 (the clean image),
 so a sampler with `len(sigmas) - 1` steps makes that many denoiser calls (first order).
@@ -11,7 +12,7 @@ import math
 
 import torch
 
-from difforge.diffusion.schedules import DiscreteSchedule
+from difforge.diffusion.process import Discretization
 
 SPACINGS = ("leading", "trailing", "linspace")
 
@@ -38,7 +39,7 @@ def timestep_subset(timesteps: int, steps: int, spacing: str = "leading") -> tor
 
 
 def discrete_sigmas(
-    schedule: DiscreteSchedule, steps: int | None = None, spacing: str = "leading"
+    schedule: Discretization, steps: int | None = None, spacing: str = "leading"
 ) -> torch.Tensor:
     """Sigmas at a subset of the schedule's timesteps (all of them when `steps` is None),
     in decreasing order, with a final 0. With all timesteps this is the grid of DDPM's
@@ -85,8 +86,8 @@ def log_snr_sigmas(sigma_min: float, sigma_max: float, steps: int) -> torch.Tens
 GRIDS = SPACINGS + ("karras", "log-snr")
 
 
-def sigma_grid(schedule: DiscreteSchedule, steps: int | None, name: str = "trailing") -> torch.Tensor:
-    """The sampler grid `name` with `steps` steps for a discrete schedule: float64,
+def sigma_grid(schedule: Discretization, steps: int | None, name: str = "trailing") -> torch.Tensor:
+    """The sampler grid `name` with `steps` steps for a process's levels: float64,
     decreasing, ending in 0, `steps + 1` values.
 
     - "leading", "trailing", "linspace": sigmas at a subset of the training timesteps

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 
 import torch
 
+from difforge.diffusion.process import index_to_sigma, sigma_to_index
+
 
 def _linear_betas(timesteps: int, beta_start: float, beta_end: float) -> torch.Tensor:
     # Ho et al. (2020), Section 4: betas linear from 1e-4 to 0.02 over T = 1000.
@@ -85,26 +87,13 @@ class DiscreteSchedule:
         return float(self.sigmas[-1])
 
     def sigma_to_t(self, sigma: torch.Tensor) -> torch.Tensor:
-        """Continuous timestep for a noise level: linear interpolation in log sigma.
-
-        Exact (returns the integer t) for sigmas on the grid; used to feed samplers'
-        off-grid noise levels to a network trained on integer timesteps.
-        """
-        log_sigmas = self.sigmas.log().to(sigma.device)
-        log_sigma = sigma.to(torch.float64).clamp(min=self.sigma_min, max=self.sigma_max).log()
-        idx = torch.searchsorted(log_sigmas, log_sigma.contiguous()).clamp(1, self.timesteps - 1)
-        lo, hi = log_sigmas[idx - 1], log_sigmas[idx]
-        w = ((log_sigma - lo) / (hi - lo)).clamp(0, 1)
-        return (idx - 1).to(torch.float64) + w
+        """Continuous timestep for a noise level: linear interpolation in log sigma
+        (`difforge.diffusion.process.sigma_to_index`); exact on the grid."""
+        return sigma_to_index(self.sigmas, sigma)
 
     def t_to_sigma(self, t: torch.Tensor) -> torch.Tensor:
         """Noise level of (possibly fractional) timesteps, interpolating log sigma."""
-        log_sigmas = self.sigmas.log().to(t.device)
-        t = t.to(torch.float64).clamp(0, self.timesteps - 1)
-        lo = t.floor().long()
-        hi = (lo + 1).clamp(max=self.timesteps - 1)
-        w = t - lo
-        return ((1 - w) * log_sigmas[lo] + w * log_sigmas[hi]).exp()
+        return index_to_sigma(self.sigmas, t)
 
 
 def make_schedule(

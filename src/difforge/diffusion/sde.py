@@ -4,70 +4,31 @@ Ermon 2019, "Generative modeling by estimating gradients of the data distributio
 
 Each process has a marginal x_t = alpha(t) x0 + std(t) n. Seen in the variance-exploding
 frame of Karras et al. (2022), x_t / alpha(t) = x0 + sigma(t) n with sigma = std / alpha:
-that noise level is all the samplers see. Every class here also exposes what a sampler
-and a denoiser adapter need from a noise process (the same duck type as
-`DiscreteSchedule`): `timesteps` and increasing `sigmas` (a discretization, so the
-"leading"/"trailing" grids work), `sigma_min`/`sigma_max` (the sampling range),
-`sigma_to_t`/`t_to_sigma` over 0..timesteps-1, `c_in(sigma)` (what scales x before the
-network), `c_noise(sigma)` (the network's noise input, on the 0..999 scale of DDPM
-timesteps), `prior_std(sigma)` and `sample_sigmas(batch, generator)` (training).
+that noise level is all the samplers see. Each class is a `NoiseProcess`
+(`difforge.diffusion.process`): a grid of `timesteps` levels at equally spaced times (so
+the "leading"/"trailing" grids work), c_in = alpha (the network sees its own x_t),
+c_noise = 999 t(sigma) (the 0..999 scale of DDPM timesteps), its prior and its training
+noise levels.
 """
 
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 import torch
+
+from difforge.diffusion.process import GridProcess
+
+if TYPE_CHECKING:
+    from difforge.diffusion.frameworks import FrameworkSpec
 
 
 def _f64(v) -> torch.Tensor:
     return torch.as_tensor(v, dtype=torch.float64)
 
 
-def _interp_log(sigmas: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
-    """Fractional index of `sigma` in the increasing grid `sigmas` (linear in log sigma)."""
-    log_s = sigmas.log().to(sigma.device)
-    ls = _f64(sigma).to(sigma.device).clamp(min=float(sigmas[0]), max=float(sigmas[-1])).log()
-    idx = torch.searchsorted(log_s, ls.contiguous()).clamp(1, len(sigmas) - 1)
-    lo, hi = log_s[idx - 1], log_s[idx]
-    return (idx - 1).to(torch.float64) + ((ls - lo) / (hi - lo)).clamp(0, 1)
-
-
-def _index_to_sigma(sigmas: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-    log_s = sigmas.log().to(t.device)
-    t = _f64(t).to(t.device).clamp(0, len(sigmas) - 1)
-    lo = t.floor().long()
-    hi = (lo + 1).clamp(max=len(sigmas) - 1)
-    w = t - lo
-    return ((1 - w) * log_s[lo] + w * log_s[hi]).exp()
-
-
-class _Discretized:
-    """Shared by the processes: a grid of `timesteps` noise levels at times
-    `self.grid_times()`, and index <-> sigma conversions by log interpolation on it."""
-
-    timesteps: int
-
-    @property
-    def sigmas(self) -> torch.Tensor:
-        return self.sigma(self.grid_times())
-
-    @property
-    def sigma_min(self) -> float:
-        return float(self.sigmas[0])
-
-    @property
-    def sigma_max(self) -> float:
-        return float(self.sigmas[-1])
-
-    def sigma_to_t(self, sigma: torch.Tensor) -> torch.Tensor:
-        return _interp_log(self.sigmas, _f64(sigma))
-
-    def t_to_sigma(self, t: torch.Tensor) -> torch.Tensor:
-        return _index_to_sigma(self.sigmas, _f64(t))
-
-
-class VPSDE(_Discretized):
+class VPSDE(GridProcess):
     """Variance-preserving SDE dx = -beta(t)/2 x dt + sqrt(beta(t)) dw, t in [0, 1],
     beta(t) = beta_min + t (beta_max - beta_min): the continuous limit of DDPM's linear
     schedule (Song et al. 2021, Eq. 11; beta_min = T beta_1, beta_max = T beta_T).
@@ -79,14 +40,22 @@ class VPSDE(_Discretized):
     """
 
     name = "vp-sde"
-    variance_preserving = True
+    predictions = ("eps", "x0", "v")
+    allows_min_snr = True
 
     def __init__(self, beta_min: float = 0.1, beta_max: float = 20.0, timesteps: int = 1000,
-                 t_min: float = 1e-3, t_train: float = 1e-5):
+                 t_min: float = 1e-3, t_train: float = 1e-5, *, min_snr_gamma: float | None = None):
         if not 0 < beta_min < beta_max:
             raise ValueError(f"need 0 < beta_min < beta_max, got {beta_min}, {beta_max}")
         self.beta_min, self.beta_max, self.timesteps = float(beta_min), float(beta_max), int(timesteps)
         self.t_min, self.t_train = float(t_min), float(t_train)
+        self._weighting(min_snr_gamma)
+
+    @classmethod
+    def from_spec(cls, spec: FrameworkSpec) -> VPSDE:
+        # the continuous limit of the linear schedule: beta(t) = T beta_start .. T beta_end
+        T = spec.timesteps
+        return cls(T * spec.beta_start, T * spec.beta_end, T, min_snr_gamma=spec.min_snr_gamma)
 
     def grid_times(self) -> torch.Tensor:
         return torch.linspace(self.t_min, 1.0, self.timesteps, dtype=torch.float64)
@@ -123,7 +92,7 @@ class VPSDE(_Discretized):
     def t_of_sigma(self, sigma) -> torch.Tensor:
         return self._t_of_integral(torch.log1p(_f64(sigma) ** 2))
 
-    def c_in(self, sigma) -> torch.Tensor:
+    def scale(self, sigma) -> torch.Tensor:
         return 1.0 / torch.sqrt(1.0 + _f64(sigma) ** 2)  # = alpha(t(sigma))
 
     def c_noise(self, sigma) -> torch.Tensor:
@@ -164,7 +133,7 @@ class SubVPSDE(VPSDE):
     def t_of_sigma(self, sigma) -> torch.Tensor:
         return self._t_of_integral(-2.0 * torch.log(self.alpha_of_sigma(sigma)))
 
-    def c_in(self, sigma) -> torch.Tensor:
+    def scale(self, sigma) -> torch.Tensor:
         return self.alpha_of_sigma(sigma)  # the network sees the sub-VP x_t itself
 
     def prior_std(self, sigma: float | None = None) -> float:
@@ -172,7 +141,7 @@ class SubVPSDE(VPSDE):
         return float(1.0 / self.alpha_of_sigma(s))  # x_t ~ N(0, I) at the end, as Song et al.
 
 
-class VESDE(_Discretized):
+class VESDE(GridProcess):
     """Variance-exploding SDE dx = sqrt(d sigma^2/dt) dw with sigma(t) = sigma_min
     (sigma_max / sigma_min)^t (Song et al. 2021, Eq. 9 and Appendix C): the continuous
     limit of NCSN. Drift 0, diffusion g(t) = sigma(t) sqrt(2 ln(sigma_max / sigma_min)).
@@ -185,7 +154,10 @@ class VESDE(_Discretized):
     """
 
     name = "ve-sde"
-    variance_preserving = False
+    predictions = ("eps",)  # a score network, trained and stored as eps = -sigma * score
+    # sigma_max about the largest distance between two training images in [-1, 1]
+    # (Song & Ermon 2020, "Improved techniques for training score-based models", technique 1)
+    default_sigma_range = (0.01, 50.0)
 
     def __init__(self, sigma_min: float = 0.01, sigma_max: float = 50.0, timesteps: int = 1000):
         if not 0 < sigma_min < sigma_max:
@@ -213,7 +185,7 @@ class VESDE(_Discretized):
         s = self.sigma(t)
         return torch.ones_like(s), torch.sqrt(s**2 - self.smin**2)
 
-    def c_in(self, sigma) -> torch.Tensor:
+    def scale(self, sigma) -> torch.Tensor:
         return torch.ones_like(_f64(sigma))
 
     def c_noise(self, sigma) -> torch.Tensor:

@@ -40,21 +40,15 @@ def test_set_bits_per_dim(
     """Bits/dim of uint8 `images` (N, C, h, w) under a loaded `Pipeline` (module docstring).
     `timesteps`: VLB timesteps (None: all T - 1, exact sum); `ode`: also the PF-ODE."""
     from difforge.data import to_model_input
-    from difforge.models.denoiser import EpsDenoiser
 
-    info = pipe.info
-    size, native = info["image_size"], info["native_size"]
+    model = pipe.model.to(pipe.device)
+    size, native = pipe.card.image_size, pipe.card.native_size
     if size < native:
         raise ValueError(f"bits/dim needs the model to see the 8-bit pixels unchanged; this one resizes "
                          f"{native} to {size}")
-    from difforge.diffusion import DiscreteSchedule
-    from difforge.models.denoiser import Denoiser
-
     # The VLB needs a discrete eps model (DDPM); every framework has the PF-ODE, through its denoiser.
-    has_vlb = isinstance(pipe.schedule, DiscreteSchedule) and info.get("prediction", "eps") == "eps"
+    has_vlb = model.process.discrete is not None and model.prediction == "eps"
     ode = ode or not has_vlb
-    den = EpsDenoiser(pipe.net, pipe.schedule).to(pipe.device) if has_vlb else None
-    ode_den = Denoiser(pipe.net, pipe.schedule, info.get("prediction", "eps")).to(pipe.device)
     dims_model = images.shape[1] * size * size
     dims_native = images[0].numel()
     n = len(images)
@@ -65,9 +59,9 @@ def test_set_bits_per_dim(
     t0 = time.perf_counter()
     for start in range(0, n if has_vlb else 0, batch_size):
         x = to_model_input(images[start : start + batch_size], size).to(pipe.device)
-        cond = torch.full((len(x),), pipe.num_classes, device=pipe.device) if pipe.num_classes else None
+        cond = pipe.card.conditioning.null(len(x), pipe.device)  # the null label: log p(x)
         g = torch.Generator().manual_seed(seed + start)  # depends on the batch start only
-        vlb = ddpm_vlb(den, x, cond, generator=g, timesteps=timesteps)
+        vlb = ddpm_vlb(model, x, cond, generator=g, timesteps=timesteps)
         for v in nats:
             nats[v].append(vlb.nats(v).cpu())
         if log:
@@ -88,10 +82,10 @@ def test_set_bits_per_dim(
         t0 = time.perf_counter()
         for start in range(0, n, batch_size):
             x = to_model_input(images[start : start + batch_size], size).to(pipe.device)
-            cond = torch.full((len(x),), pipe.num_classes, device=pipe.device) if pipe.num_classes else None
+            cond = pipe.card.conditioning.null(len(x), pipe.device)  # the null label: log p(x)
             g = torch.Generator().manual_seed(seed + start)
             y = dequantize(x, g)
-            r = pf_ode_log_likelihood(ode_den, y, cond=cond, trace="rademacher", generator=g, steps=ode_steps)
+            r = pf_ode_log_likelihood(model, y, cond=cond, trace="rademacher", generator=g, steps=ode_steps)
             # -log P(k) <= -log p(y) - dims * log(BIN), for the whole model-size image
             ode_nats.append((-r.log_prob - dims_model * math.log(BIN)).cpu())
             nfe = r.nfe

@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from difforge.eval import metrics as M
+from difforge.models.card import ModelCard
 
 KID_SUBSETS = 50
 
@@ -28,7 +29,7 @@ class InTrainingEval:
     """Built once before training (trains and caches the domain classifier on first use);
     called with the EMA network, returns the metrics to log."""
 
-    def __init__(self, data, bundle, info: dict, schedule, device: torch.device, n: int = 500, seed: int = 0,
+    def __init__(self, data, bundle, card: ModelCard, device: torch.device, n: int = 500, seed: int = 0,
                  log: Callable[[str], None] | None = print):
         from difforge.eval.classifier import load_or_train_classifier
         from difforge.eval.evaluate import _matched_indices, class_balanced_labels
@@ -40,11 +41,11 @@ class InTrainingEval:
         ref = bundle.test if bundle.test is not None else bundle.val
         if ref is None or len(ref) < 2:
             raise ValueError("--eval-every needs a test or validation split to compare with")
-        self.info, self.schedule, self.device, self.n, self.seed = info, schedule, device, n, seed
+        self.card, self.device, self.n, self.seed = card, device, n, seed
         self.clf = load_or_train_classifier(data, bundle=bundle, device=device, log=log)
         if self.clf.class_names != bundle.class_names:
             raise ValueError(f"the cached domain classifier was trained on other data ({self.clf.meta['dataset']})")
-        self.labels = class_balanced_labels(n, info["model"]["num_classes"]) if info["model"]["num_classes"] else None
+        self.labels = class_balanced_labels(n, card.num_classes) if card.num_classes else None
         self.ref = self.clf.features(ref.images)
         rng = np.random.default_rng(seed)
         floor_labels = class_balanced_labels(n, bundle.num_classes)
@@ -63,7 +64,7 @@ class InTrainingEval:
         was_training = net.training
         net.eval()
         try:
-            pipe = Pipeline(net, self.schedule, self.info, self.device)
+            pipe = Pipeline(self.card.denoiser(net), self.card, self.device)
             images, _ = pipe.generate(n=self.n, labels=self.labels, cfg=DEFAULT_CFG if self.labels is not None else None,
                                       sampler="ddim", seed=self.seed)
         finally:

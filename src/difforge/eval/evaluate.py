@@ -84,13 +84,13 @@ def read_npz(path: str | Path) -> tuple[torch.Tensor, torch.Tensor | None]:
     return torch.from_numpy(x).permute(0, 3, 1, 2).contiguous(), labels
 
 
-def data_config_for(model_dir: Path, info: dict) -> DataConfig:
+def data_config_for(model_dir: Path, card) -> DataConfig:
     """The data a model was trained on: the run's config.yaml, else the model's config.json."""
     from difforge.config import load_config
 
     if (model_dir / "config.yaml").is_file():
         return load_config(model_dir / "config.yaml").data
-    dataset = info.get("dataset")
+    dataset = card.dataset
     if dataset in (None, "folder"):
         raise ValueError(f"{model_dir} does not say where its training images are; give --data PATH")
     return DataConfig(dataset=dataset)
@@ -138,7 +138,7 @@ def _extractors(data: DataConfig, bundle, classifier, inception, device, log) ->
     from difforge.eval.classifier import load_or_train_classifier
     from difforge.eval.inception import InceptionFeatures, default_inception_path
 
-    found, info = [], {"classifier": None, "inception": None}
+    found, spaces = [], {"classifier": None, "inception": None}
     if bundle.class_names is not None:
         clf = load_or_train_classifier(data, classifier, bundle=bundle, device=device, log=log)
         shape = (clf.meta["channels"], clf.meta["image_size"])
@@ -150,21 +150,21 @@ def _extractors(data: DataConfig, bundle, classifier, inception, device, log) ->
             return f, M.softmax(z)
 
         found.append(("classifier", by_classifier))
-        info["classifier"] = {k: clf.meta.get(k) for k in ("dataset", "test_accuracy", "eval_split", "eval_images",
+        spaces["classifier"] = {k: clf.meta.get(k) for k in ("dataset", "test_accuracy", "eval_split", "eval_images",
                                                           "feature_dim", "class_names", "epochs", "train_seconds")}
-        info["classifier"]["dir"] = str(classifier) if classifier else None
+        spaces["classifier"]["dir"] = str(classifier) if classifier else None
     path = inception if inception is not None else default_inception_path()
     if path is not None:
         net = InceptionFeatures(path, device)
         found.append(("inception", lambda images: (net.features(images), net.probs(images))))
-        info["inception"] = {"status": "computed", "path": str(path)}
+        spaces["inception"] = {"status": "computed", "path": str(path)}
     else:
-        info["inception"] = {"status": "skipped: no Inception-v3 weights (offline); give --inception PATH to a "
+        spaces["inception"] = {"status": "skipped: no Inception-v3 weights (offline); give --inception PATH to a "
                                        "TorchScript inception-2015-12-05.pt for the standard FID"}
     if not found:
         raise ValueError("nothing to measure with: the data has no labels for a domain classifier and no "
                          "Inception weights were given (--inception PATH)")
-    return found, info
+    return found, spaces
 
 
 def evaluate(
@@ -212,7 +212,7 @@ def evaluate(
     if data is None:
         if pipe is None:
             raise ValueError("with --npz and no model, say which data to compare with (--dataset or --data)")
-        data = data_config_for(Path(model_dir), pipe.info)
+        data = data_config_for(Path(model_dir), pipe.card)
     if npz is not None:
         images, labels = read_npz(npz)
     elif cfg.n < 2:
@@ -221,7 +221,7 @@ def evaluate(
     ref, ref_split = (bundle.test, "test") if bundle.test is not None else (bundle.val, "val")
     if ref is None or len(ref) < 2:
         raise ValueError("the data has no test split and no validation split to compare with")
-    extractors, ext_info = _extractors(data, bundle, classifier, inception, device, log)
+    extractors, spaces = _extractors(data, bundle, classifier, inception, device, log)
 
     t_sample = time.perf_counter()
     if npz is None:
@@ -313,8 +313,8 @@ def evaluate(
             "ema": cfg.ema, "conditional": bool(pipe.num_classes), "seconds": round(sample_seconds, 1)},
         "protocol": {"k": cfg.k, "kid_subsets": cfg.kid_subsets, "kid_subset_size": min(cfg.kid_subset_size, n, len(ref)),
                      "precision_recall_reference": len(ref_sub), "fd_reference": len(ref)},
-        "classifier": ext_info["classifier"],
-        "inception": ext_info["inception"],
+        "classifier": spaces["classifier"],
+        "inception": spaces["inception"],
         "metrics": metrics,
         "floor": floors,
         "per_class": per_class,

@@ -4,8 +4,8 @@ probability-flow ODE likelihood.
 Two estimators, both of -log p(x) for images in model space ([-1, 1]):
 
 - `ddpm_vlb`: the variational bound of Ho et al. (2020), Eq. 5,
-  L = L_T + sum_{t>1} L_{t-1} + L_0, for a discrete-time eps-prediction model
-  (`EpsDenoiser`: its network and `DiscreteSchedule`). L_0 is the discretized Gaussian
+  L = L_T + sum_{t>1} L_{t-1} + L_0, for a discrete-time eps-prediction model (a
+  `Denoiser` whose process is DDPM's: its network and `process.discrete`). L_0 is the discretized Gaussian
   decoder of Ho et al. (2020), Sec. 3.3, which gives 8-bit images a probability.
 - `pf_ode_log_likelihood`: the exact log-density of the probability-flow ODE (Song et
   al. 2021, "Score-based generative modeling through SDEs", Sec. 4.3 and App. D.2) by the
@@ -124,8 +124,8 @@ def ddpm_vlb(
 ) -> VLB:
     """The variational bound of Ho et al. (2020), Eq. 5, for each image in `x0` (model space).
 
-    `denoiser` is an `EpsDenoiser` (anything with `.net(x_vp, t, cond) -> eps` and a
-    `.schedule: DiscreteSchedule`). Each L_{t-1} = KL(q(x_{t-1} | x_t, x0) || p(x_{t-1} | x_t))
+    `denoiser` is a DDPM eps-prediction `Denoiser` (anything with `.net(x_vp, t, cond) -> eps`
+    and a `.process.discrete: DiscreteSchedule`). Each L_{t-1} = KL(q(x_{t-1} | x_t, x0) || p(x_{t-1} | x_t))
     is evaluated in closed form at one x_t ~ q(x_t | x0) (noise from `generator`, on the CPU).
     `timesteps=None` sums every t exactly; an int k estimates the sum from k stratified
     timesteps (unbiased, k network calls instead of T - 1). L_0 uses the discretized decoder
@@ -137,7 +137,9 @@ def ddpm_vlb(
     """
     if decoder not in DECODERS:
         raise ValueError(f"unknown decoder {decoder!r}; expected one of {sorted(DECODERS)}")
-    net, sched = denoiser.net, denoiser.schedule
+    net, sched = denoiser.net, denoiser.process.discrete
+    if sched is None or denoiser.prediction != "eps":
+        raise ValueError("the variational bound needs a discrete-time (DDPM) eps-prediction model")
     first = next(net.parameters(), None)
     net_dtype = torch.float32 if first is None else first.dtype
     dev = x0.device

@@ -1,4 +1,6 @@
-"""Networks (nn.Modules only): shared layers, the UNets, and the name -> model registry."""
+"""The model side: networks (shared layers, the UNets, the name -> model registry), the
+model object (`Denoiser`: a network with its noise process and prediction target), the
+typed model card and its conditioning specs. Never imports train, eval, serve or tasks."""
 
 from difforge.models.registry import PRESETS, Preset, build_model, size_multiple
 from difforge.models.unet import UNet

@@ -60,17 +60,20 @@ def _preset(name: str) -> Preset:
 
 
 def build_model(
-    preset: str, *, in_channels: int, num_classes: int | None, out_channels: int | None = None, cond_channels: int = 0
+    preset: str, *, in_channels: int, num_classes: int | None, out_channels: int | None = None, cond_channels: int = 0,
+    kwargs: Mapping[str, Any] | None = None,
 ) -> nn.Module:
     """Build the preset's model; `out_channels` defaults to `in_channels`. `cond_channels`
-    > 0 adds image-conditioning input channels (UNet presets only)."""
+    > 0 adds image-conditioning input channels (UNet presets only). `kwargs`: the
+    architecture's keyword arguments as a model card recorded them (default: the preset's)."""
     p = _preset(preset)
     out = in_channels if out_channels is None else out_channels
+    kwargs = p.kwargs if kwargs is None else kwargs
     if cond_channels:
         if p.cls is not UNet:
             raise ValueError(f"model {preset!r} cannot take a conditioning image; use a UNet preset such as 'unet'")
-        return p.cls(in_channels, out, num_classes, cond_channels=cond_channels, **p.kwargs)
-    return p.cls(in_channels, out, num_classes, **p.kwargs)
+        return p.cls(in_channels, out, num_classes, cond_channels=cond_channels, **kwargs)
+    return p.cls(in_channels, out, num_classes, **kwargs)
 
 
 def size_multiple(preset: str) -> int:

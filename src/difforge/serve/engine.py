@@ -199,9 +199,9 @@ class Engine:
     def _callback(self, batch: list[Job], spans: list[tuple[int, int]], steps: int) -> Callable[[dict], None]:
         """Per sampler step: count it, stop if every request gave up, stream previews.
 
-        The preview is the current noisy state x scaled back to the data's range,
-        x / sqrt(1 + sigma^2) (the VP x_t of the variance-exploding x = x0 + sigma n),
-        so the page shows the image emerging from noise."""
+        The preview is the current noisy state in the model's own frame, s(sigma) x (the
+        process's `scale`: the VP x_t = x / sqrt(1 + sigma^2) for DDPM and VP models, x
+        itself for VE and EDM ones), so the page shows the image emerging from noise."""
         every = max(1, math.ceil(steps / self.config.preview_frames))
         streams = [(j, s) for j, s in zip(batch, spans) if j.on_progress is not None]
 
@@ -214,7 +214,7 @@ class Engine:
             if not streams or (i % every and i != steps - 1) or "x" not in d:
                 return
             sigma = float(d.get("sigma", 0.0))
-            x = d["x"].float() / math.sqrt(1.0 + sigma**2)
+            x = d["x"].float() * float(self.pipe.process.scale(sigma))
             images = self.pipe.to_images(x)
             for j, (a, b) in streams:
                 if not j.cancelled.is_set():

@@ -38,8 +38,8 @@ def describe_model(path: str | Path, pipe) -> dict:
     from difforge.pipeline import DEFAULT_CFG
 
     path = Path(path)
-    info = pipe.info
-    step, weights = info.get("step"), info.get("weights")
+    card = pipe.card
+    step, weights = card.step, card.weights
     if (path / "model.json").is_file():  # a run directory: the checkpoint load_pipeline picks
         from difforge.runs import find_resumable
 
@@ -50,16 +50,16 @@ def describe_model(path: str | Path, pipe) -> dict:
     evaluation = _eval_metrics(path / "eval" / "report.json")
     return {
         "name": path.resolve().name,
-        "preset": info["model"]["preset"],
+        "preset": card.architecture.preset,
         "parameters": sum(p.numel() for p in pipe.net.parameters()),
-        "image_size": info["native_size"],
-        "model_size": info["image_size"],
-        "channels": info["channels"],
+        "image_size": card.native_size,
+        "model_size": card.image_size,
+        "channels": card.channels,
         "num_classes": pipe.num_classes,
         "class_names": pipe.class_names,
-        "dataset": info.get("dataset"),
-        "diffusion": info["diffusion"],
-        "prediction": info.get("prediction", "eps"),
+        "dataset": card.dataset,
+        "diffusion": card.diffusion.to_dict(),
+        "prediction": card.prediction,
         "training_steps": step,
         "weights": weights,
         "metrics": {"training": metrics or None, "evaluation": evaluation},

@@ -91,7 +91,7 @@ class Validator:
     def _image(self, uploads: dict, name: str = "image") -> torch.Tensor:
         """The uploaded image as float (1, C, S, S) in [-1, 1] at the model's native size."""
         try:
-            img = decode_image(uploads[name], name, self.pipe.info["channels"], self.pipe.info["native_size"])
+            img = decode_image(uploads[name], name, self.pipe.card.channels, self.pipe.card.native_size)
         except BadInput as e:
             raise self._fail(str(e)) from None
         return img.float() / 127.5 - 1

@@ -13,7 +13,6 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 
 import torch
-import torch.nn.functional as F
 
 from difforge.sampling import get_sampler, per_sample_generators, randn_like, sampler_options
 
@@ -22,22 +21,7 @@ Hook = Callable[[torch.Tensor, int, torch.Tensor], torch.Tensor]
 
 def check_images(pipe, image: torch.Tensor, what: str = "image") -> torch.Tensor:
     """A float (N, C, H, W) batch at the model's native size and channels; clear errors."""
-    if not isinstance(image, torch.Tensor):
-        raise ValueError(f"{what} must be a tensor, got {type(image).__name__}")
-    if image.ndim != 4:
-        raise ValueError(f"{what} must be a batch (N, C, H, W), got shape {tuple(image.shape)}")
-    c, size = pipe.info["channels"], pipe.info["native_size"]
-    if image.shape[1] != c:
-        raise ValueError(f"{what} has {image.shape[1]} channels; this model takes {c}")
-    if tuple(image.shape[-2:]) != (size, size):
-        raise ValueError(f"{what} is {image.shape[-2]}x{image.shape[-1]}; this model works at {size}x{size}")
-    if image.shape[0] < 1:
-        raise ValueError(f"{what} is an empty batch")
-    if not image.is_floating_point():
-        raise ValueError(f"{what} must be float in [-1, 1], got {image.dtype}")
-    if not torch.isfinite(image).all():
-        raise ValueError(f"{what} has NaN or infinite values")
-    return image.float()
+    return pipe.card.check_images(image, what)
 
 
 def check_labels(pipe, labels: torch.Tensor | None, n: int) -> torch.Tensor | None:
@@ -56,31 +40,18 @@ def check_labels(pipe, labels: torch.Tensor | None, n: int) -> torch.Tensor | No
 
 
 def to_model(pipe, x: torch.Tensor, fill: float = -1.0) -> torch.Tensor:
-    """Native-size float images -> the model's input size: padded with `fill` (the data's
-    black, as `difforge.data.to_model_input`), or resized (bilinear) for a smaller model."""
-    size, native = pipe.info["image_size"], pipe.info["native_size"]
-    if size == native:
-        return x
-    if size > native:
-        top = (size - native) // 2
-        return F.pad(x, (top, size - native - top, top, size - native - top), value=fill)
-    return F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+    """Native-size float images -> the model's input size (`ModelCard.to_model`)."""
+    return pipe.card.to_model(x, fill)
 
 
 def from_model(pipe, x: torch.Tensor) -> torch.Tensor:
-    """Model-size images -> native size (inverse of `to_model`), float in [-1, 1]."""
-    size, native = pipe.info["image_size"], pipe.info["native_size"]
-    if size > native:
-        top = (size - native) // 2
-        x = x[..., top : top + native, top : top + native]
-    elif size < native:
-        x = F.interpolate(x, size=(native, native), mode="bilinear", align_corners=False)
-    return x.clamp(-1, 1)
+    """Model-size images -> native size, float in [-1, 1] (`ModelCard.from_model`)."""
+    return pipe.card.from_model(x)
 
 
 def native_view(pipe, x: torch.Tensor) -> torch.Tensor:
     """The native-size region of a model-size tensor, as a view (writes go through)."""
-    size, native = pipe.info["image_size"], pipe.info["native_size"]
+    size, native = pipe.card.image_size, pipe.card.native_size
     if size < native:
         raise ValueError(f"this task needs a model input size >= the data's size ({size} < {native})")
     top = (size - native) // 2
@@ -111,16 +82,14 @@ def generators(seed: int, n: int) -> list[torch.Generator]:
 
 def prior_std(pipe, sigma: float) -> float:
     """Standard deviation of pure noise at level `sigma` for the pipeline's model."""
-    from difforge.models.denoiser import EpsDenoiser
-
-    return EpsDenoiser(pipe.net, pipe.schedule).prior_std(sigma)
+    return pipe.model.prior_std(sigma)
 
 
 def grid_from(pipe, sampler: str, steps: int | None, sigma_start: float) -> torch.Tensor:
     """The sampler's grid (as `Pipeline.sigmas`) started at `sigma_start`: sigma_start
     followed by the grid's levels below it, ending in 0 (SDEdit's truncated reverse process)."""
-    if not 0 < sigma_start <= pipe.schedule.sigma_max * (1 + 1e-9):
-        raise ValueError(f"noise level {sigma_start:.4g} outside the model's range (0, {pipe.schedule.sigma_max:.4g}]")
+    if not 0 < sigma_start <= pipe.process.sigma_max * (1 + 1e-9):
+        raise ValueError(f"noise level {sigma_start:.4g} outside the model's range (0, {pipe.process.sigma_max:.4g}]")
     full = pipe.sigmas(sampler, steps)
     below = full[full < sigma_start * (1 - 1e-6)]
     return torch.cat([torch.tensor([sigma_start], dtype=torch.float64), below])

@@ -50,8 +50,8 @@ def _kwargs(pipe, c: Common, n: int) -> dict:
 
 def _read(pipe, path: str | Path) -> torch.Tensor:
     """Float images in [-1, 1] at the model's native size."""
-    x = read_images(path, pipe.info["channels"])
-    size = pipe.info["native_size"]
+    x = read_images(path, pipe.card.channels)
+    size = pipe.card.native_size
     if tuple(x.shape[-2:]) != (size, size):
         raise ValueError(f"{path} is {x.shape[-1]}x{x.shape[-2]}; this model works at {size}x{size}")
     return x.float() / 127.5 - 1
@@ -157,10 +157,10 @@ def upscale_files(c: Common, image: str | None, scale: int, out: str, base: str 
     if base is not None:
         if image is not None:
             raise ValueError("give --image or --base, not both")
-        low = superres.cascade_low(base, n, c, pipe.info["native_size"] // scale)
+        low = superres.cascade_low(base, n, c, pipe.card.native_size // scale)
     elif image is None:
         raise ValueError("give --image (a low-resolution picture) or --base (a model to generate them)")
     else:
-        low = read_images(image, pipe.info["channels"]).float() / 127.5 - 1
+        low = read_images(image, pipe.card.channels).float() / 127.5 - 1
     y = superres.upscale(pipe, low, scale, callback=callback, **_kwargs(pipe, c, len(low)))
     return write(y, out)

@@ -14,16 +14,11 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
-import torch.nn.functional as F
 
+from difforge.models.conditioning import downsample  # D: the mean over each scale x scale block
 from difforge.sampling import randn_like
 from difforge.tasks.common import check_images, from_model, generators, native_view, prior_std
 from difforge.tasks.common import run_steps, setup, straight
-
-
-def downsample(x: torch.Tensor, scale: int) -> torch.Tensor:
-    """D: the mean over each `scale` x `scale` block (area downsampling)."""
-    return F.avg_pool2d(x, scale)
 
 
 def upsample(x: torch.Tensor, scale: int) -> torch.Tensor:
@@ -49,7 +44,7 @@ def fit_block_means(x: torch.Tensor, low: torch.Tensor, scale: int, iters: int =
 
 
 def check_low_res(pipe, low: torch.Tensor, scale: int) -> torch.Tensor:
-    size = pipe.info["native_size"]
+    size = pipe.card.native_size
     if scale < 2 or size % scale:
         raise ValueError(f"scale must be >= 2 and divide the model's size {size}, got {scale}")
     if not isinstance(low, torch.Tensor) or low.ndim != 4:
@@ -95,7 +90,7 @@ def superres_ilvr(
         view += low_pass(target, scale) - low_pass(view, scale)
         return x
 
-    size, c = pipe.info["image_size"], pipe.info["channels"]
+    size, c = pipe.card.image_size, pipe.card.channels
     x = randn_like(torch.empty(len(ref), c, size, size, device=pipe.device), gens) * prior_std(pipe, float(sigmas[0]))
     x = run_steps(sample_fn, den, x, sigmas, straight(len(sigmas) - 1), gens=gens, cond=cond, callback=callback,
                   options=options, after_step=keep_low)

@@ -26,8 +26,8 @@ def strength_sigma(pipe, strength: float) -> float:
     """SDEdit's starting noise level: the schedule's sigma at timestep strength * (T - 1)."""
     if not 0.0 < strength <= 1.0:
         raise ValueError(f"strength must be in (0, 1], got {strength}")
-    t = torch.tensor(strength * (pipe.schedule.timesteps - 1), dtype=torch.float64)
-    return float(pipe.schedule.t_to_sigma(t))
+    t = torch.tensor(strength * (pipe.process.timesteps - 1), dtype=torch.float64)
+    return float(pipe.process.t_to_sigma(t))
 
 
 @torch.no_grad()
@@ -92,8 +92,8 @@ def denoise(
         raise ValueError(f"noise sigma must be > 0, got {sigma}")
     sampler = sampler or "ddim"
     s = pixel_sigma_to_model(sigma)
-    if s > pipe.schedule.sigma_max:
-        raise ValueError(f"noise sigma {sigma} is above this model's largest, {pipe.schedule.sigma_max / 2:.4g} (pixel units)")
+    if s > pipe.process.sigma_max:
+        raise ValueError(f"noise sigma {sigma} is above this model's largest, {pipe.process.sigma_max / 2:.4g} (pixel units)")
     den, sample_fn, cond = setup(pipe, len(image), labels, cfg, sampler, options)
     if steps is None or steps == 1:
         sigmas = torch.tensor([s, 0.0], dtype=torch.float64)

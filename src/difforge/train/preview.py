@@ -13,7 +13,7 @@ def draw_previews(trainer, name: str, nets: tuple[tuple[str, nn.Module], ...],
     """For each (tag, network): samples/NAME{tag}.png; yields (tag, path).
 
     A class-conditional or unconditional model draws a grid (one row per class); an SR3
-    model upscales held-out images (`difforge.tasks.superres.save_preview`).
+    model upscales held-out images (`Pipeline.save_upscale_grid`).
     """
     for tag, net in nets:
         was_training = net.training
@@ -29,11 +29,11 @@ def draw_previews(trainer, name: str, nets: tuple[tuple[str, nn.Module], ...],
 
 
 def _upscale_preview(trainer, net: nn.Module, path: Path) -> Path:
-    from difforge.tasks.superres import save_preview
+    from difforge.pipeline import Pipeline
 
     bundle = trainer.bundle
     held_out = (bundle.val if bundle.val is not None and len(bundle.val) else trainer.train_set).images
-    return save_preview(net, trainer.schedule, trainer.info, trainer.device, held_out, path)
+    return Pipeline(trainer.card.denoiser(net), trainer.card, trainer.device).save_upscale_grid(held_out, path)
 
 
 def _sample_grid(trainer, net: nn.Module, path: Path, title: str, per_class: int) -> Path:
@@ -41,7 +41,7 @@ def _sample_grid(trainer, net: nn.Module, path: Path, title: str, per_class: int
 
     from difforge.pipeline import Pipeline  # sampling code, shared with `difforge sample`
 
-    pipe = Pipeline(net, trainer.schedule, trainer.info, trainer.device)
+    pipe = Pipeline(trainer.card.denoiser(net), trainer.card, trainer.device)
     labels = pipe.default_labels(per_class=per_class)
     n = len(labels) if labels is not None else 10 * per_class
     steps = len(pipe.sigmas("ddim")) - 1

@@ -26,12 +26,13 @@ import torch
 from difforge.config import ConfigError, RunConfig, config_to_dict
 from difforge.data import load_dataset, to_model_input
 from difforge.data.batches import EpochBatches
-from difforge.diffusion.frameworks import make_noise, prediction_of
+from difforge.diffusion.frameworks import FrameworkSpec
 from difforge.models import build_model, size_multiple
+from difforge.models.card import Architecture, ModelCard
+from difforge.models.conditioning import ClassLabels, LowResImage, Unconditional
 from difforge.train import distributed
 from difforge.train.checkpoint import find_resumable, load_checkpoint, restore_rng, rng_state, save_checkpoint
 from difforge.train.ema import EMA
-from difforge.train.objective import drop_labels, framework_loss
 from difforge.train.optim import build_optimizer, build_scheduler, set_schedule_step
 from difforge.train.signals import StopFlag
 
@@ -52,20 +53,19 @@ class TrainResult:
     signum: int | None = None  # the signal (SIGTERM, SIGINT) that stopped the run early, if one did
 
 
-def model_info(cfg: RunConfig, bundle, image_size: int, num_classes: int | None) -> dict:
-    """What a sampler needs to rebuild the model: written as model.json / config.json."""
-    return {
-        "format": "difforge-model",
-        "version": 1,
-        "model": {"preset": cfg.model.preset, "in_channels": bundle.channels, "num_classes": num_classes},
-        "diffusion": config_to_dict(cfg)["diffusion"],
-        "prediction": prediction_of(cfg.diffusion),
-        "image_size": image_size,
-        "native_size": bundle.native_size,
-        "channels": bundle.channels,
-        "class_names": bundle.class_names if num_classes else None,
-        "dataset": cfg.data.dataset,
-    }
+def model_card(cfg: RunConfig, bundle, image_size: int, num_classes: int | None) -> ModelCard:
+    """What a sampler needs to rebuild the model: written as model.json / config.json.
+    ValueError for a super-resolution scale the data's size does not allow."""
+    if cfg.model.task == "superres":
+        conditioning = LowResImage(cfg.model.scale)
+        conditioning.check(bundle.native_size, image_size)
+    elif num_classes:
+        conditioning = ClassLabels(num_classes)
+    else:
+        conditioning = Unconditional()
+    return ModelCard(Architecture.of_preset(cfg.model.preset), image_size, bundle.native_size, bundle.channels,
+                     FrameworkSpec.from_dict(config_to_dict(cfg)["diffusion"]), cfg.diffusion.prediction,
+                     conditioning, bundle.class_names if num_classes else None, cfg.data.dataset)
 
 
 class Trainer:
@@ -106,30 +106,25 @@ class Trainer:
             self.cfg = dataclasses.replace(cfg, train=dataclasses.replace(t, batch_size=smaller))
 
     def describe_model(self) -> None:
-        """The model description (model.json) and how a batch's conditioning is made."""
-        self.info = model_info(self.cfg, self.bundle, self.image_size, self.num_classes)
+        """The model card (model.json) and how a batch's conditioning image is made (SR3)."""
+        try:
+            self.card = model_card(self.cfg, self.bundle, self.image_size, self.num_classes)
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
         self.cond_image = None  # superres: makes each batch's conditioning image from x0 (SR3)
-        if self.cfg.model.task == "superres":
-            from difforge.tasks.superres import training_setup
-
-            try:
-                self.info, self.cond_image = training_setup(self.info, self.cfg.model.scale)
-            except ValueError as e:
-                raise ConfigError(str(e)) from None
+        if self.card.task == "superres":
+            self.cond_image = functools.partial(self.card.conditioning.from_clean, native_size=self.card.native_size)
 
     def build(self) -> None:
         """Network, EMA, noise process, loss, batches, optimiser, LR schedule, grad scaler, RNG."""
-        cfg, t, world = self.cfg, self.cfg.train, self.world
+        t, world = self.cfg.train, self.world
         torch.manual_seed(t.seed)
-        self.model = build_model(cfg.model.preset, in_channels=self.bundle.channels, num_classes=self.num_classes,
-                                 cond_channels=self.info["model"].get("cond_channels", 0)).to(self.device)
+        self.model = build_model(**self.card.build_kwargs()).to(self.device)
         self.ema = EMA(self.model, t.ema_decay, t.ema_warmup)
         self.net = distributed.wrap(self.model, world, self.device)  # the loss runs through it (DDP syncs)
         if world.rank:  # in-model randomness (dropout): a distinct stream on each rank
             torch.manual_seed(t.seed + 7919 * world.rank)
-        self.schedule = make_noise(cfg.diffusion)  # the framework's noise process (diffusion/frameworks.py)
-        self.loss_fn = functools.partial(  # every framework's loss; for DDPM eps it is ddpm_loss
-            framework_loss, prediction=prediction_of(cfg.diffusion), min_snr_gamma=cfg.diffusion.min_snr_gamma)
+        self.objective = self.card.denoiser(self.net)  # the loss runs through `net` (DDP's wrapper, if any)
         self.batches = EpochBatches(len(self.train_set), t.batch_size, seed=t.seed)
         self.total = t.max_steps or (t.epochs or 1) * self.batches.steps_per_epoch
         self.optimizer = build_optimizer(self.model, t)
@@ -236,7 +231,7 @@ class Trainer:
             x0 = to_model_input(self.val_images[i: i + 256], self.image_size).to(self.device)
             cond = self.val_labels[i: i + 256].to(self.device) if self.val_labels is not None else None
             cond = self.cond_image(x0) if self.cond_image is not None else cond
-            loss = self.loss_fn(net, self.schedule, x0, cond, g, self.amp_dtype)
+            loss = self.card.denoiser(net).loss(x0, cond, generator=g, autocast=self.amp_dtype)
             total_loss += loss.item() * len(x0)
             count += len(x0)
         net.train(was_training)
@@ -262,7 +257,7 @@ class Trainer:
         if t.eval_every and self.world.main:
             from difforge.eval.during_training import InTrainingEval
 
-            self.in_training_eval = InTrainingEval(self.cfg.data, self.bundle, self.info, self.schedule, self.device,
+            self.in_training_eval = InTrainingEval(self.cfg.data, self.bundle, self.card, self.device,
                                                    n=t.eval_samples, seed=t.seed, log=self.say)
 
     # ------------------------------------------------------------------ one step
@@ -272,7 +267,7 @@ class Trainer:
         x0 = to_model_input(self.train_set.images[idx[self.rows]], self.image_size).to(self.device)
         cond = None
         if self.num_classes:  # labels dropped per sample of the global batch, then sliced
-            labels = drop_labels(self.train_set.labels[idx], self.cfg.model.label_dropout, self.num_classes, self.gen)
+            labels = self.card.conditioning.drop(self.train_set.labels[idx], self.cfg.model.label_dropout, self.gen)
             cond = labels[self.rows].to(self.device)
         if self.cond_image is not None:
             cond = self.cond_image(x0)
@@ -302,8 +297,8 @@ class Trainer:
     def train_step(self, stop: StopFlag) -> tuple[bool, float, bool, int]:
         """One optimisation step: (applied, mean loss, a rank was signalled, images)."""
         x0, cond, n = self.batch()
-        loss = self.loss_fn(self.net, self.schedule, x0, cond, self.gen, self.amp_dtype, rows=self.rows,
-                            global_batch=n)
+        loss = self.objective.loss(x0, cond, generator=self.gen, autocast=self.amp_dtype, rows=self.rows,
+                                   global_batch=n)
         self.optimizer.zero_grad(set_to_none=True)
         finite, loss_value = bool(torch.isfinite(loss)), loss.item()
         signalled = stop.signum is not None
@@ -405,12 +400,12 @@ class Trainer:
         """Build, resume, train; a finished run that is resumed without a new length is left alone."""
         from tqdm.auto import tqdm
 
-        from difforge.train.loop import create_run_dir
+        from difforge.train.run_dir import create_run_dir
 
         self.load_data()
         self.describe_model()
         if self.world.main:  # every check has passed: now the run directory is written
-            create_run_dir(self.cfg, self.run_dir, resume, self.info, self.bundle.skipped)
+            create_run_dir(self.cfg, self.run_dir, resume, self.card, self.bundle.skipped)
         self.build()
         if resume:
             self.resume()

@@ -1,0 +1,187 @@
+"""What a model is conditioned on: the conditioning spec of a model card.
+
+Each kind is a frozen dataclass with a `kind` name (its "kind" in model.json), the
+`task` it serves, the inputs it adds to the network (`network_kwargs`), its null value
+(`null`: the unconditional input of classifier-free guidance, Ho & Salimans 2022, and
+what label dropout trains), and `to_dict` / `from_dict`:
+
+- `Unconditional`: no conditioning.
+- `ClassLabels`: an integer label per image; the null label is `num_classes`, the extra
+  embedding row the network learns for "no class".
+- `LowResImage`: SR3 super-resolution (Saharia et al. 2022, "Image super-resolution via
+  iterative refinement"): the low-resolution image, upsampled bicubically to the model's
+  size and concatenated to the network input as `channels` extra channels.
+
+To add a kind (text embeddings: tokens + padding mask + pooled vector; observed video
+frames + mask): a dataclass with these members whose `null` builds the kind's null value
+(empty-prompt embeddings; an all-unobserved mask), registered in `KINDS`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, ClassVar, Protocol
+
+import torch
+import torch.nn.functional as F
+
+
+class Conditioning(Protocol):
+    kind: ClassVar[str]
+    task: ClassVar[str]  # "generate" (sample from nothing) or "superres" (needs a low-resolution image)
+
+    def network_kwargs(self, channels: int) -> dict[str, Any]: ...
+    def null(self, n: int, device: torch.device | str | None = None) -> Any: ...
+    def to_dict(self) -> dict[str, Any]: ...
+
+
+def _plain(spec) -> dict[str, Any]:
+    return {"kind": spec.kind, **dataclasses.asdict(spec)}
+
+
+@dataclass(frozen=True)
+class Unconditional:
+    kind: ClassVar[str] = "none"
+    task: ClassVar[str] = "generate"
+
+    def network_kwargs(self, channels: int) -> dict[str, Any]:
+        return {"num_classes": None}
+
+    def null(self, n: int, device=None) -> None:
+        return None
+
+    def to_dict(self) -> dict[str, Any]:
+        return _plain(self)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> Unconditional:
+        return cls()
+
+
+def drop_labels(
+    labels: torch.Tensor, p: float, null_label: int, generator: torch.Generator | None = None
+) -> torch.Tensor:
+    """Replace each label by the null label independently with probability p
+    (classifier-free guidance training, Ho & Salimans 2022)."""
+    if p <= 0:
+        return labels
+    drop = torch.rand(labels.shape, generator=generator) < p
+    return torch.where(drop.to(labels.device), torch.full_like(labels, null_label), labels)
+
+
+@dataclass(frozen=True)
+class ClassLabels:
+    """`num_classes` classes (their names are the card's `class_names`); the null label
+    (no class) is `num_classes`."""
+
+    kind: ClassVar[str] = "class-labels"
+    task: ClassVar[str] = "generate"
+    num_classes: int
+
+    def __post_init__(self) -> None:
+        if self.num_classes < 1:
+            raise ValueError(f"a class-conditional model needs num_classes >= 1, got {self.num_classes}")
+
+    @property
+    def null_label(self) -> int:
+        return self.num_classes
+
+    def network_kwargs(self, channels: int) -> dict[str, Any]:
+        return {"num_classes": self.num_classes}
+
+    def null(self, n: int, device=None) -> torch.Tensor:
+        return torch.full((n,), self.null_label, dtype=torch.long, device=device)
+
+    def drop(self, labels: torch.Tensor, p: float, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Label dropout for classifier-free guidance: each label null with probability p."""
+        return drop_labels(labels, p, self.null_label, generator)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**_plain(self), "null_label": self.null_label}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> ClassLabels:
+        spec = cls(int(d["num_classes"]))
+        if d.get("null_label", spec.null_label) != spec.null_label:
+            raise ValueError(f"null label {d['null_label']} is not num_classes = {spec.num_classes}")
+        return spec
+
+
+# ---------------------------------------------------------------- SR3
+
+
+def downsample(x: torch.Tensor, scale: int) -> torch.Tensor:
+    """The mean over each `scale` x `scale` block (area downsampling)."""
+    return F.avg_pool2d(x, scale)
+
+
+def upsample_bicubic(low: torch.Tensor, size: int) -> torch.Tensor:
+    """The conditioning image (and the classical baseline): bicubic to `size`, clamped."""
+    return F.interpolate(low, size=(size, size), mode="bicubic", align_corners=False).clamp(-1, 1)
+
+
+@dataclass(frozen=True)
+class LowResImage:
+    """SR3's conditioning: the image at 1/`scale` of the data's size, upsampled back."""
+
+    kind: ClassVar[str] = "low-res-image"
+    task: ClassVar[str] = "superres"
+    scale: int
+
+    def __post_init__(self) -> None:
+        if self.scale < 2:
+            raise ValueError(f"the super-resolution scale must be >= 2, got {self.scale}")
+
+    def check(self, native_size: int, image_size: int) -> None:
+        """Reject a data / model size this scale cannot work with (one-line reasons)."""
+        if native_size % self.scale:
+            raise ValueError(f"the super-resolution scale must divide the image size {native_size}, got {self.scale}")
+        if image_size < native_size:
+            raise ValueError("super-resolution training needs a model input size >= the data's size")
+
+    def network_kwargs(self, channels: int) -> dict[str, Any]:
+        return {"num_classes": None, "cond_channels": channels}
+
+    def null(self, n: int, device=None):
+        raise ValueError("a super-resolution model has no null condition: it takes no classifier-free guidance")
+
+    def from_clean(self, x0: torch.Tensor, native_size: int) -> torch.Tensor:
+        """The conditioning image for model-space images x0 (N, C, S, S) in training: the
+        native-size region area-downsampled by `scale`, upsampled back bicubically,
+        padded as x0 is. Sampling makes the same from a user's image (`from_low`)."""
+        size = x0.shape[-1]
+        top = (size - native_size) // 2
+        crop = x0[..., top : top + native_size, top : top + native_size] if size > native_size else x0
+        up = upsample_bicubic(downsample(crop, self.scale), native_size)
+        if size > native_size:
+            return F.pad(up, (top, size - native_size - top, top, size - native_size - top), value=-1.0)
+        return up
+
+    def from_low(self, low: torch.Tensor, native_size: int) -> torch.Tensor:
+        """A low-resolution batch (N, C, native/scale, native/scale) in [-1, 1], upsampled
+        to the native size (float); a clear error for any other shape."""
+        side = native_size // self.scale
+        if not isinstance(low, torch.Tensor) or low.ndim != 4 or tuple(low.shape[-2:]) != (side, side):
+            got = tuple(low.shape) if isinstance(low, torch.Tensor) else type(low).__name__
+            raise ValueError(f"low-resolution image must be (N, C, {side}, {side}) for this x{self.scale} model, "
+                             f"got {got}")
+        return upsample_bicubic(low.float(), native_size)
+
+    def to_dict(self) -> dict[str, Any]:
+        return _plain(self)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> LowResImage:
+        return cls(int(d["scale"]))
+
+
+KINDS: dict[str, type] = {cls.kind: cls for cls in (Unconditional, ClassLabels, LowResImage)}
+
+
+def conditioning_from_dict(d: Mapping[str, Any]) -> Conditioning:
+    kind = d.get("kind")
+    if kind not in KINDS:
+        raise ValueError(f"unknown conditioning kind {kind!r}; expected one of {sorted(KINDS)}")
+    return KINDS[kind].from_dict(d)

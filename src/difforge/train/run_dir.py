@@ -1,0 +1,56 @@
+"""The run directory before training: which config a run uses (a resumed run's own
+config.yaml, its length changed when asked) and what is written once every check has
+passed."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+from difforge.config import ConfigError, RunConfig, load_config, save_config
+from difforge.runs import is_run_dir, step_dirs
+from difforge.train.checkpoint import clean_stale
+
+
+def resolve_run(cfg: RunConfig, resume: bool, length: dict | None = None) -> tuple[RunConfig, Path]:
+    """The config to train with (a resumed run's own config.yaml, its length changed by
+    `length`: max_steps / epochs); writes nothing."""
+    from difforge.io.outputs import OutputError, check_output_dir
+
+    run_dir = Path(cfg.out)
+    if resume:
+        saved = run_dir / "config.yaml"
+        if not saved.is_file():
+            raise ConfigError(f"cannot resume: {run_dir} has no config.yaml (no run there yet)")
+        cfg = load_config(saved)
+        if length:
+            changed = {k: v for k, v in length.items() if v is not None}
+            if "epochs" in changed and "max_steps" not in changed:
+                changed["max_steps"] = None  # --epochs alone sets the length: max_steps would win over it
+            cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, **changed))
+        return cfg, run_dir
+    try:
+        check_output_dir(run_dir, holds="run", is_ours=is_run_dir, allow_ours=True)
+    except OutputError as e:
+        raise ConfigError(str(e)) from None
+    if step_dirs(run_dir / "checkpoints"):
+        raise ConfigError(
+            f"{run_dir} already holds a run with checkpoints; pass --resume to continue it or choose another --out"
+        )
+    return cfg, run_dir
+
+
+def create_run_dir(cfg: RunConfig, run_dir: Path, resume: bool, card, skipped: list) -> None:
+    """Write config.yaml (new, or a resumed run with a new length), the model card and the
+    list of skipped files; remove what an interrupted checkpoint write left. Rank 0 only."""
+    if not resume:
+        (run_dir / "samples").mkdir(parents=True, exist_ok=True)
+    if not resume or load_config(run_dir / "config.yaml") != cfg:
+        save_config(cfg, run_dir / "config.yaml")
+    for name in clean_stale(run_dir / "checkpoints"):
+        print(f"removed {name}: an incomplete checkpoint left by an interrupted write")
+    if skipped:
+        report = run_dir / "skipped_files.txt"
+        report.write_text("".join(f"{path}\t{reason}\n" for path, reason in skipped))
+        print(f"warning: skipped {len(skipped)} unusable file(s); list in {report}")
+    card.save(run_dir / "model.json")
