@@ -96,7 +96,6 @@ class Validator:
             raise self._fail(str(e)) from None
         return img.float() / 127.5 - 1
 
-
     def inpaint(self, req, uploads: dict) -> tuple[Job, dict]:
         from difforge.tasks import METHODS
         from difforge.tasks.inpaint import DEFAULT_STEPS
@@ -107,12 +106,9 @@ class Validator:
         params.update({k: v for k, v in (("jump_length", req.jump_length), ("resample", req.resample)) if v is not None})
         image = self._image(uploads)
         try:
-            mask = decode_mask(uploads["mask"], "mask")
+            mask = decode_mask(uploads["mask"], image.shape[-1], "mask")
         except BadInput as e:
             raise self._fail(str(e)) from None
-        if mask.shape[-2:] != image.shape[-2:]:
-            raise self._fail(f"mask is {mask.shape[-1]}x{mask.shape[-2]} but the image is "
-                             f"{image.shape[-1]}x{image.shape[-2]}; they must match")
         if not mask.any():
             raise self._fail("mask is empty: paint (white) the region to fill")
         params["method"] = req.method
