@@ -52,6 +52,10 @@ MASK = b64png(np.pad(np.full((SIZE, SIZE // 2), 255), ((0, 0), (0, SIZE // 2))))
     ("/v1/inpaint", {"image": IMAGE, "mask": MASK, "method": "magic"}, "unknown inpainting method 'magic'"),
     ("/v1/inpaint", {"image": IMAGE, "mask": MASK, "n": 20}, "n = 20 is over this server's maximum of 8"),
     ("/v1/inpaint", {"image": "", "mask": MASK}, "image: empty"),
+    # RePaint walks its jumps down again: 50 steps with the default jumps are 230 network steps
+    ("/v1/inpaint", {"image": IMAGE, "mask": MASK}, "RePaint takes 230 steps with steps = 50, jump_length = 5 and "
+                                                    "resample = 5: over this server's maximum of 50"),
+    ("/v1/inpaint", {"image": IMAGE, "mask": MASK, "steps": 20, "resample": 20}, "RePaint takes 305 steps"),
     ("/v1/restore", {"image": IMAGE, "strength": 0}, "strength: Input should be greater than 0"),
     ("/v1/restore", {"image": IMAGE, "strength": 1.5}, "strength: Input should be less than or equal to 1"),
     ("/v1/restore", {"strength": 0.5}, "image: missing"),
