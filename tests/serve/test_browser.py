@@ -28,14 +28,13 @@ def free_port() -> int:
 
 @pytest.fixture(scope="module")
 def server(pipe, model_dir):
-    """uvicorn serving the tiny model on a loopback port, in a thread."""
-    import uvicorn
-
+    """`difforge serve`'s server (its headers and limits) with the tiny model on a loopback port, in a thread."""
     from difforge.serve import ServeConfig, create_app
+    from difforge.serve.net import make_server
 
     port = free_port()
-    srv = uvicorn.Server(uvicorn.Config(create_app(pipe, model_dir, ServeConfig(max_steps=100)), host="127.0.0.1",
-                                        port=port, log_level="warning"))
+    config = ServeConfig(max_steps=100)
+    srv = make_server(create_app(pipe, model_dir, config), "127.0.0.1", port, config)
     thread = threading.Thread(target=srv.run, daemon=True)
     thread.start()
     for _ in range(300):
@@ -128,5 +127,21 @@ def test_page_generates_then_inpaints(server, browser, tmp_path):
     assert masked and kept
     assert any(after[i] != generated[i] for i in masked)  # the masked part was filled anew
     assert all(after[i] == generated[i] for i in kept)  # the rest kept exactly
+    assert not [e for e in d.get_log("browser") if "Content Security Policy" in e.get("message", "")]
     d.save_screenshot(str(tmp_path / "page.png"))
     assert (tmp_path / "page.png").stat().st_size > 0
+
+
+def test_api_reference_works_offline_under_its_content_security_policy(server, browser):
+    """/docs serves Swagger UI's scripts itself (the machine running the tests has no CDN)."""
+    from selenium.webdriver.common.by import By
+
+    d = browser
+    d.get(server + "/docs")
+    end = time.monotonic() + 30
+    while time.monotonic() < end and len(d.find_elements(By.CSS_SELECTOR, ".opblock")) < 7:
+        time.sleep(0.1)
+    paths = {e.text for e in d.find_elements(By.CSS_SELECTOR, ".opblock-summary-path")}
+    assert {"/v1/generate", "/v1/inpaint", "/v1/restore", "/v1/model", "/healthz", "/readyz", "/metrics"} <= paths
+    blocked = [e for e in d.get_log("browser") if "Content Security Policy" in e.get("message", "")]
+    assert blocked == []

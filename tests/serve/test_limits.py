@@ -244,6 +244,28 @@ def test_images_and_masks_are_refused_from_their_header_before_decoding(monkeypa
     assert rgb.shape == (1, 3, SIZE, SIZE) and rgb.dtype == torch.uint8 and rgb[0, :, 0, 0].tolist() == [10, 20, 30]
 
 
+def test_masks_are_decoded_off_the_event_loop(client, monkeypatch):
+    import asyncio
+
+    import difforge.serve.requests as requests
+
+    seen = []
+
+    def spy(*args, **kwargs):
+        try:
+            asyncio.get_running_loop()
+            seen.append("event loop")
+        except RuntimeError:
+            seen.append("worker thread")
+        return decode_mask(*args, **kwargs)
+
+    decode_mask = requests.decode_mask
+    monkeypatch.setattr(requests, "decode_mask", spy)
+    r = client.post("/v1/inpaint", json={"image": IMAGE, "mask": MASK, "steps": 2, "method": "blend"})
+    assert r.status_code == 200, r.text
+    assert seen == ["worker thread"]
+
+
 def test_a_request_that_gives_up_stops_its_batch_at_the_next_step(pipe):
     from difforge.serve import ServeConfig
     from difforge.serve.engine import Cancelled, Engine, Job
