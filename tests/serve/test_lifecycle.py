@@ -234,6 +234,8 @@ def test_slow_and_silent_clients_are_cut_off(pipe, model_dir):
                 assert data.startswith(b"HTTP/1.1 408") and b'"detail": "request not received within 0.5 s"' in data
             s.close()
         assert post(port, "/v1/generate", {"steps": 1})[0] == 200  # others are served as before
+        text = app.state.metrics.render()[0].decode()
+        assert 'status="499"' in text and 'status="500"' not in text  # the cut-off body is no server error
 
 
 def test_connections_over_the_cap_get_a_json_503(pipe, model_dir):

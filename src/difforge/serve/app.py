@@ -17,6 +17,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
 from fastapi.security import HTTPBearer
 from fastapi.staticfiles import StaticFiles
+from starlette.requests import ClientDisconnect
 
 from difforge.serve.bodies import body_doc, parse
 from difforge.serve.codec import BadInput, grid_png, png_b64
@@ -83,8 +84,9 @@ def create_app(pipe, model_path: str | Path, config: ServeConfig | None = None, 
         return JSONResponse({"detail": one_line(e.errors())}, status_code=422)
 
     @app.exception_handler(ClientGone)
-    async def _gone(request: Request, e: ClientGone):
-        return Response(status_code=499)  # never delivered; counted in the metrics
+    @app.exception_handler(ClientDisconnect)
+    async def _gone(request: Request, e: Exception):
+        return Response(status_code=499)  # the client left (or was cut off): never delivered; counted in the metrics
 
     @app.exception_handler(Exception)
     async def _crash(request: Request, e: Exception):  # the details go to the log, not to the client
@@ -150,6 +152,7 @@ def create_app(pipe, model_path: str | Path, config: ServeConfig | None = None, 
             except Exception as e:  # noqa: BLE001
                 raise _job_error(e) from None
         job.cancel()
+        result.cancel()  # its outcome is nobody's business now (and never "unretrieved")
         if gone in done:
             metrics.rejected.labels(reason="disconnect").inc()
             raise ClientGone()
