@@ -151,11 +151,21 @@ def test_every_answer_carries_the_security_headers(client):
     for path in ("/", "/v1/model", "/nowhere", "/static/app.js", "/docs"):
         r = client.get(path)
         assert r.headers["x-content-type-options"] == "nosniff", path
-        assert r.headers["x-frame-options"] == "DENY"
+        assert r.headers["x-frame-options"] == "DENY" and r.headers["referrer-policy"] == "no-referrer"
         assert "frame-ancestors 'none'" in r.headers["content-security-policy"]
     page = client.get("/").headers["content-security-policy"]
     assert "script-src 'self'" in page and "unsafe-inline" not in page.split("style-src")[0]
     assert client.post("/v1/generate", json={"n": 0}).headers["x-content-type-options"] == "nosniff"
+
+
+def test_docs_answer_404_without_the_viewer_package(pipe, model_dir, serve_helpers, monkeypatch):
+    import difforge.serve.app as app
+
+    monkeypatch.setattr(app, "swagger_assets", lambda: None)
+    with serve_helpers["make_client"](pipe, model_dir) as c:
+        r = c.get("/docs")
+        assert r.status_code == 404 and "the schema is at /openapi.json" in r.json()["detail"]
+        assert c.get("/openapi.json").status_code == 200
 
 
 def test_failures_do_not_show_their_internals(pipe, model_dir, serve_helpers, monkeypatch):

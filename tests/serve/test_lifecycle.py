@@ -78,7 +78,7 @@ def raw_request(body: bytes, accept: str) -> bytes:
 
 
 # ---------------------------------------------------------------- 4. disconnects cancel the work
-@pytest.mark.parametrize("accept", ["application/json", "image/png"])
+@pytest.mark.parametrize("accept", ["application/json", "image/png", "text/event-stream"])
 def test_a_client_that_disconnects_stops_its_work(pipe, model_dir, accept):
     with live_server(pipe, model_dir, max_steps=1000) as (srv, port, app):
         engine, metrics = app.state.engine, app.state.metrics
@@ -89,6 +89,27 @@ def test_a_client_that_disconnects_stops_its_work(pipe, model_dir, accept):
         assert wait_for(lambda: engine.running == 0, 5.0)
         assert metrics.sampler_steps._value.get() < 1000
         assert metrics.rejected.labels(reason="disconnect")._value.get() == 1
+
+
+def test_a_request_that_gives_up_is_answered_at_the_next_step_of_its_batch(pipe):
+    from difforge.serve import ServeConfig
+    from difforge.serve.engine import Cancelled, Engine, Job
+
+    engine = Engine(pipe, ServeConfig(max_batch=8, batch_window_s=0.3))
+    params = {"sampler": "ddim", "steps": 400, "cfg": 2.0}
+    key = tuple(sorted(params.items()))
+    leaving, staying = Job("generate", params, [1], [0], key=key), Job("generate", params, [2], [1], key=key)
+    for j in (leaving, staying):
+        engine.submit(j)
+    engine.start(warmup=False)
+    assert wait_for(lambda: engine.running == 2)
+    t0 = time.monotonic()
+    leaving.cancel()
+    with pytest.raises(Cancelled):
+        leaving.future.result(timeout=2)  # answered now, not when the batch ends (about 5 s)
+    assert time.monotonic() - t0 < 1 and not staying.future.done()
+    assert staying.future.result(timeout=60).shape[0] == 1  # the other request is served
+    engine.stop()
 
 
 # ---------------------------------------------------------------- 6. a dead worker takes no traffic
@@ -262,6 +283,11 @@ def test_malformed_http_gets_a_json_400(pipe, model_dir):
         s.sendall(b"GET / HTTP/1.1\r\nHost 127.0.0.1\r\n\r\n")  # no colon
         data = s.recv(4096)
         assert data.startswith(b"HTTP/1.1 400") and b"application/json" in data and b'"detail"' in data
+        s = socket.create_connection(("127.0.0.1", port))
+        s.settimeout(5)
+        s.sendall(b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Pad: " + b"a" * 20_000)  # headers over 16 KiB
+        data = s.recv(4096)
+        assert data.startswith(b"HTTP/1.1 400") and b"application/json" in data
 
 
 # ---------------------------------------------------------------- 8. shutdown drains; streams keep alive
@@ -286,6 +312,17 @@ def test_shutdown_lets_running_work_finish_and_answers_the_rest_503(pipe, model_
         assert time.monotonic() - t0 < 4  # not uvicorn's grace period, not the 12 s of work
     status, ctype, body = answers["long"]
     assert status == 503 and ctype == "application/json" and json.loads(body)["detail"] == "the server is shutting down"
+
+
+def test_while_shutting_down_new_requests_get_503_and_readiness_says_so(pipe, model_dir, serve_helpers):
+    with serve_helpers["make_client"](pipe, model_dir) as c:
+        engine = c.app.state.engine
+        assert engine.ready.wait(60)
+        engine.drain(0)  # what the server does first on Ctrl-C
+        r = c.post("/v1/generate", json={"steps": 2})
+        assert r.status_code == 503 and r.json()["detail"] == "busy: the server is shutting down; retry later"
+        r = c.get("/readyz")
+        assert r.status_code == 503 and r.json()["reason"] == "shutting down"
 
 
 def test_an_event_stream_sends_keep_alives_while_queued(pipe, model_dir, serve_helpers):

@@ -162,6 +162,7 @@ def create_app(pipe, model_path: str | Path, config: ServeConfig | None = None, 
 
     async def _stream(job: Job, events: asyncio.Queue, deadline: float, render):
         loop = asyncio.get_running_loop()
+        ended = False  # False in `finally`: the client left (the stream was closed under us)
         try:
             while True:
                 left = deadline - loop.time()
@@ -172,20 +173,23 @@ def create_app(pipe, model_path: str | Path, config: ServeConfig | None = None, 
                         yield ": keep-alive\n\n"  # a comment: proxies and clients see the stream is alive
                         continue
                     job.cancel()
+                    ended = True
                     metrics.rejected.labels(reason="timeout").inc()
                     yield _sse("error", {"status": 504, "detail": f"not finished within {config.timeout_s:g} s"})
                     return
                 if event is None:
                     break
                 yield _sse("progress", event)
+            ended = True
             try:
                 yield _sse("result", render(job.future.result()).model_dump())
             except BaseException as e:  # noqa: BLE001 - the future's error, or its cancellation at shutdown
                 err = _job_error(e)
                 yield _sse("error", {"status": err.status, "detail": err.detail})
         finally:
-            if not job.future.done():
+            if not ended:
                 job.cancel()
+                metrics.rejected.labels(reason="disconnect").inc()
 
     def _images(seeds, labels, sampler, steps, cfg):
         def render(result: torch.Tensor, seconds: float) -> ImagesResponse:
@@ -243,8 +247,8 @@ def create_app(pipe, model_path: str | Path, config: ServeConfig | None = None, 
         state = {"queue_depth": engine.depth(), "queue_size": config.queue_size, "running_images": engine.running}
         if engine.serving:
             return {"ready": True, **state}
-        reason = (engine.error or ("starting" if not engine.ready.is_set() else
-                                   "shutting down" if engine.alive else "worker stopped"))
+        reason = engine.error or ("shutting down" if engine.closing else "starting" if not engine.ready.is_set()
+                                  else "worker stopped")
         return JSONResponse({"ready": False, "reason": reason, **state}, status_code=503)
 
     @app.get("/metrics", dependencies=auth, responses=ERRORS)

@@ -158,6 +158,11 @@ class Engine:
         return self.error is not None
 
     @property
+    def closing(self) -> bool:
+        """Shutting down: no new jobs are taken."""
+        return self._closing.is_set()
+
+    @property
     def serving(self) -> bool:
         """Warmed up, running and taking work."""
         return self.ready.is_set() and self.alive and not self.failed and not self._closing.is_set()
