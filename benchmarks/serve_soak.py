@@ -121,11 +121,13 @@ class Soak:
         if kind == "inpaint":
             body = {"image": base64.b64encode(self.png(rng.randrange(256))).decode(),
                     "mask": base64.b64encode(self.mask()).decode(), "steps": rng.randint(4, 10),
-                    "method": rng.choice(["blend", "repaint"]), "jump_length": 2, "resample": 2, "n": rng.randint(1, 2)}
+                    "method": rng.choice(["blend", "repaint"]), "jump_length": 2, "resample": 2,
+                    "n": rng.randint(1, 2)}
             return kind, "/v1/inpaint", json.dumps(body).encode(), j
         boundary = "soakboundary"
         parts = [f'--{boundary}\r\nContent-Disposition: form-data; name="strength"\r\n\r\n0.4\r\n'.encode(),
-                 f'--{boundary}\r\nContent-Disposition: form-data; name="steps"\r\n\r\n{rng.randint(4, 12)}\r\n'.encode(),
+                 f'--{boundary}\r\nContent-Disposition: form-data; name="steps"\r\n\r\n'
+                 f'{rng.randint(4, 12)}\r\n'.encode(),
                  f'--{boundary}\r\nContent-Disposition: form-data; name="image"; filename="a.png"\r\n'
                  f'Content-Type: image/png\r\n\r\n'.encode() + self.png(rng.randrange(256)) + b"\r\n",
                  f"--{boundary}--\r\n".encode()]
@@ -179,7 +181,8 @@ class Soak:
                 is_json = h.get("content-type") == "application/json" and "detail" in json.loads(data)
             except ValueError:
                 is_json = False
-            self.record("invalid", status, 400 <= status < 500 and is_json, f"{method[:12]} {path[:40]} {data[:100]!r}")
+            self.record("invalid", status, 400 <= status < 500 and is_json,
+                        f"{method[:12]} {path[:40]} {data[:100]!r}")
             time.sleep(0.05)
 
     def oversized(self) -> None:

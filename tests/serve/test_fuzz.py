@@ -76,8 +76,10 @@ def image_files() -> st.SearchStrategy[bytes]:
 
 def any_json() -> st.SearchStrategy:
     scalars = st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20)
-    return st.recursive(scalars, lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner,
-                                                                                            max_size=4), max_leaves=12)
+    def nested(inner):
+        return st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4)
+
+    return st.recursive(scalars, nested, max_leaves=12)
 
 
 @st.composite
@@ -104,8 +106,8 @@ def requests(draw, ops):
             headers["Content-Type"] = "application/json"
         elif kind == "multipart" and "multipart/form-data" in content:
             props = content["multipart/form-data"]["schema"]["properties"]
-            files = {k: ("f", draw(image_files()), "image/png") for k, p in props.items() if p.get("format") == "binary"
-                     and draw(st.integers(0, 5))}
+            files = {k: ("f", draw(image_files()), "image/png") for k, p in props.items()
+                     if p.get("format") == "binary" and draw(st.integers(0, 5))}
             fields = {k: str(draw(st.sampled_from([1, 2, 0.5, "ddim", "blend", "x", -1]))) for k in props
                       if k not in files and draw(st.integers(0, 3)) == 0}
             kw.update(files=files or None, data=fields)

@@ -311,7 +311,8 @@ def test_shutdown_lets_running_work_finish_and_answers_the_rest_503(pipe, model_
         t.join(30)
         assert time.monotonic() - t0 < 4  # not uvicorn's grace period, not the 12 s of work
     status, ctype, body = answers["long"]
-    assert status == 503 and ctype == "application/json" and json.loads(body)["detail"] == "the server is shutting down"
+    assert status == 503 and ctype == "application/json"
+    assert json.loads(body)["detail"] == "the server is shutting down"
 
 
 def test_while_shutting_down_new_requests_get_503_and_readiness_says_so(pipe, model_dir, serve_helpers):

@@ -44,10 +44,13 @@ MASK = b64png(np.pad(np.full((SIZE, SIZE // 2), 255), ((0, 0), (0, SIZE // 2))))
     ("/v1/generate", {"seed": -3}, "seed: Input should be greater than or equal to 0"),
     ("/v1/generate", {"color": "red"}, "color: unknown field"),
     ("/v1/inpaint", {"image": "not base64!", "mask": MASK}, "image: not valid base64"),
-    ("/v1/inpaint", {"image": base64.b64encode(b"plain text").decode(), "mask": MASK, "steps": 8}, "image: not a readable image"),
-    ("/v1/inpaint", {"image": IMAGE, "mask": b64png(np.zeros((4, 4))), "steps": 8}, "mask is 4x4 but the image is 8x8"),
+    ("/v1/inpaint", {"image": base64.b64encode(b"plain text").decode(), "mask": MASK, "steps": 8},
+     "image: not a readable image"),
+    ("/v1/inpaint", {"image": IMAGE, "mask": b64png(np.zeros((4, 4))), "steps": 8},
+     "mask is 4x4 but the image is 8x8"),
     ("/v1/inpaint", {"image": IMAGE, "mask": b64png(np.zeros((SIZE, SIZE))), "steps": 8}, "mask is empty"),
-    ("/v1/inpaint", {"image": b64png(np.zeros((16, 16))), "mask": MASK, "steps": 8}, "image is 16x16; this model takes 8x8"),
+    ("/v1/inpaint", {"image": b64png(np.zeros((16, 16))), "mask": MASK, "steps": 8},
+     "image is 16x16; this model takes 8x8"),
     ("/v1/inpaint", {"image": IMAGE}, "mask: missing"),
     ("/v1/inpaint", {"image": IMAGE, "mask": MASK, "method": "magic"}, "unknown inpainting method 'magic'"),
     ("/v1/inpaint", {"image": IMAGE, "mask": MASK, "n": 20}, "n = 20 is over this server's maximum of 8"),
@@ -82,8 +85,9 @@ def test_malformed_bodies(client):
 def test_non_image_upload(client):
     r = client.post("/v1/restore", files={"image": ("notes.txt", b"hello, not an image", "text/plain")},
                     data={"strength": "0.5"})
-    assert r.status_code == 422 and r.json()["detail"] == ("image: not a readable image (UnidentifiedImageError: "
-                                                    "cannot identify image file); send PNG, JPEG, BMP, GIF, WebP or TIFF")
+    assert r.status_code == 422 and r.json()["detail"] == (
+        "image: not a readable image (UnidentifiedImageError: cannot identify image file); "
+        "send PNG, JPEG, BMP, GIF, WebP or TIFF")
     r = client.post("/v1/restore", files={"photo": ("a.png", base64.b64decode(IMAGE), "image/png")})
     assert r.status_code == 422
 

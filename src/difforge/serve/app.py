@@ -200,7 +200,8 @@ def create_app(pipe, model_path: str | Path, config: ServeConfig | None = None, 
         return render
 
     # ------------------------------------------------------------ routes
-    @app.post("/v1/generate", dependencies=auth, response_model=ImagesResponse, openapi_extra=body_doc(GenerateRequest),
+    @app.post("/v1/generate", dependencies=auth, response_model=ImagesResponse,
+              openapi_extra=body_doc(GenerateRequest),
               responses={**ERRORS, 200: {"content": {"image/png": {}, "text/event-stream": {}},
                                          "description": "JSON (default); a PNG grid with `Accept: image/png` (seeds "
                                                         "in X-Seeds); server-sent events `progress` ... `result` "

@@ -45,8 +45,8 @@ class ServeConfig:
     keepalive_s: float = 15.0
 
     def __post_init__(self) -> None:
-        for name in ("max_n", "max_steps", "max_body_bytes", "queue_size", "max_batch", "retry_after_s", "preview_frames",
-                     "max_connections"):
+        for name in ("max_n", "max_steps", "max_body_bytes", "queue_size", "max_batch", "retry_after_s",
+                     "preview_frames", "max_connections"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         for name in ("timeout_s", "read_timeout_s", "keepalive_s"):
