@@ -21,8 +21,8 @@ import os
 import platform
 import random
 import re
-import subprocess
 import sys
+import tempfile
 import threading
 import time
 import urllib.request
@@ -31,17 +31,8 @@ from pathlib import Path
 import numpy as np
 
 HERE = Path(__file__).parent
-
-
-def wait_ready(url: str, timeout: float = 120) -> None:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        try:
-            if urllib.request.urlopen(url + "/readyz", timeout=1).status == 200:
-                return
-        except OSError:
-            time.sleep(0.2)
-    raise RuntimeError("server did not become ready")
+sys.path.insert(0, str(HERE))
+from serve_common import HOST, difforge_exe, log_tail, start_server, stop_server, wait_ready  # noqa: E402
 
 
 def batch_stats(metrics_text: str) -> dict:
@@ -58,12 +49,11 @@ def run_phase(model: str, port: int, clients: int, seconds: float, body: dict, s
               patience: float | None) -> dict:
     import httpx
 
-    url = f"http://127.0.0.1:{port}"
-    exe = Path(sys.executable).with_name("difforge")
-    server = subprocess.Popen([str(exe), "serve", model, "--port", str(port), *server_args],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    url = f"http://{HOST}:{port}"
+    log = Path(tempfile.mkdtemp(prefix="serve-load-")) / "server.log"  # read on failure; a pipe would fill up
+    server = start_server([difforge_exe(), "serve", model, "--port", str(port), *server_args], log)
     try:
-        wait_ready(url)
+        wait_ready(url, proc=server, log=log)
         stop = threading.Event()
         results: list[tuple[int, float, float]] = []  # (status, start, latency)
         health: list[tuple[int, float]] = []
@@ -104,9 +94,11 @@ def run_phase(model: str, port: int, clients: int, seconds: float, body: dict, s
             t.join()
         wall = time.monotonic() - t0
         metrics = urllib.request.urlopen(url + "/metrics", timeout=10).read().decode()
+    except BaseException:
+        print(f"server log ({log}):\n{log_tail(log)}", file=sys.stderr)
+        raise
     finally:
-        server.terminate()
-        server.wait(30)
+        stop_server(server)
     ok = [lat for s, _, lat in results if s == 200]
     statuses: dict[str, int] = {}
     for s, _, _ in results:

@@ -46,7 +46,7 @@ def test_zip_with_class_folders(tmp_path):
     reasons = {e["source"]: e["reason"] for e in p.report["quarantined"]}
     assert set(reasons) == {"zip:cat/broken.png", "zip:readme.txt", "zip:loose.png"}
     assert "class sub-folder" in reasons["zip:loose.png"] and "'.txt'" in reasons["zip:readme.txt"]
-    assert reasons["zip:cat/broken.png"] == "UnidentifiedImageError: cannot identify image file 'cat/broken.png'"
+    assert "UnidentifiedImageError: cannot identify image file 'cat/broken.png'" in reasons["zip:cat/broken.png"]
     dup = p.report["duplicates"][0]
     assert dup["source"] == "zip:dog/copy.png" and dup["duplicate_of"] == "zip:cat/0.png"
     assert dup["label_conflict"] == ["cat", "dog"]

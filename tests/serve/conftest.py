@@ -44,12 +44,15 @@ def pipe(model_dir):
     return load_pipeline(model_dir)
 
 
-def make_client(pipe, model_dir, **limits):
+BASE_URL = "http://127.0.0.1:8000"  # a name the server answers to (its Host check)
+
+
+def make_client(pipe, model_dir, warmup: bool = True, **limits):
     from fastapi.testclient import TestClient
 
     from difforge.serve import ServeConfig, create_app
 
-    return TestClient(create_app(pipe, model_dir, ServeConfig(**limits)))
+    return TestClient(create_app(pipe, model_dir, ServeConfig(**limits), warmup=warmup), base_url=BASE_URL)
 
 
 @pytest.fixture(scope="module")

@@ -135,7 +135,7 @@ def test_inpaint_transparent_mask_counts_opaque_pixels():
     rgba[2:4, 3:6] = (255, 0, 0, 255)
     buf = io.BytesIO()
     Image.fromarray(rgba, "RGBA").save(buf, format="PNG")
-    mask = decode_mask(buf.getvalue())
+    mask = decode_mask(buf.getvalue(), SIZE)
     assert mask.shape == (1, 1, SIZE, SIZE) and mask.sum() == 6 and mask[0, 0, 2:4, 3:6].all()
 
 

@@ -26,16 +26,14 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def server(pipe, model_dir):
-    """uvicorn serving the tiny model on a loopback port, in a thread."""
-    import uvicorn
-
+def serving(pipe, model_dir, **limits):
+    """`difforge serve`'s server (its headers and limits) with the tiny model on a loopback port, in a thread."""
     from difforge.serve import ServeConfig, create_app
+    from difforge.serve.net import make_server
 
     port = free_port()
-    srv = uvicorn.Server(uvicorn.Config(create_app(pipe, model_dir, ServeConfig(max_steps=100)), host="127.0.0.1",
-                                        port=port, log_level="warning"))
+    config = ServeConfig(max_steps=100, **limits)
+    srv = make_server(create_app(pipe, model_dir, config), "127.0.0.1", port, config)
     thread = threading.Thread(target=srv.run, daemon=True)
     thread.start()
     for _ in range(300):
@@ -46,6 +44,16 @@ def server(pipe, model_dir):
     yield f"http://127.0.0.1:{port}"
     srv.should_exit = True
     thread.join(10)
+
+
+@pytest.fixture(scope="module")
+def server(pipe, model_dir):
+    yield from serving(pipe, model_dir)
+
+
+@pytest.fixture(scope="module")
+def locked_server(pipe, model_dir):
+    yield from serving(pipe, model_dir, token="page-token-123")
 
 
 @pytest.fixture(scope="module")
@@ -128,5 +136,40 @@ def test_page_generates_then_inpaints(server, browser, tmp_path):
     assert masked and kept
     assert any(after[i] != generated[i] for i in masked)  # the masked part was filled anew
     assert all(after[i] == generated[i] for i in kept)  # the rest kept exactly
+    assert not [e for e in d.get_log("browser") if "Content Security Policy" in e.get("message", "")]
     d.save_screenshot(str(tmp_path / "page.png"))
     assert (tmp_path / "page.png").stat().st_size > 0
+
+
+def test_api_reference_works_offline_under_its_content_security_policy(server, browser):
+    """/docs serves Swagger UI's scripts itself (the machine running the tests has no CDN)."""
+    from selenium.webdriver.common.by import By
+
+    d = browser
+    d.get(server + "/docs")
+    end = time.monotonic() + 30
+    while time.monotonic() < end and len(d.find_elements(By.CSS_SELECTOR, ".opblock")) < 7:
+        time.sleep(0.1)
+    paths = {e.text for e in d.find_elements(By.CSS_SELECTOR, ".opblock-summary-path")}
+    assert {"/v1/generate", "/v1/inpaint", "/v1/restore", "/v1/model", "/healthz", "/readyz", "/metrics"} <= paths
+    blocked = [e for e in d.get_log("browser") if "Content Security Policy" in e.get("message", "")]
+    assert blocked == []
+
+
+def test_page_asks_for_the_token_and_sends_it(locked_server, browser):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+
+    d = browser
+    d.get(locked_server + "/")
+    wait_state(d, {"locked"})
+    assert d.find_element(By.ID, "token-row").is_displayed()
+    token = d.find_element(By.ID, "token")
+    token.send_keys("page-token-123")
+    token.send_keys(Keys.TAB)  # the page reloads the model with the token
+    wait_state(d, {"idle"})
+    steps = d.find_element(By.ID, "steps")
+    steps.clear()
+    steps.send_keys("3")
+    d.find_element(By.ID, "generate").click()
+    assert wait_state(d, {"done", "error"}) == "done", d.find_element(By.ID, "status").text

@@ -44,14 +44,21 @@ MASK = b64png(np.pad(np.full((SIZE, SIZE // 2), 255), ((0, 0), (0, SIZE // 2))))
     ("/v1/generate", {"seed": -3}, "seed: Input should be greater than or equal to 0"),
     ("/v1/generate", {"color": "red"}, "color: unknown field"),
     ("/v1/inpaint", {"image": "not base64!", "mask": MASK}, "image: not valid base64"),
-    ("/v1/inpaint", {"image": base64.b64encode(b"plain text").decode(), "mask": MASK}, "image: not a readable image"),
-    ("/v1/inpaint", {"image": IMAGE, "mask": b64png(np.zeros((4, 4)))}, "mask is 4x4 but the image is 8x8"),
-    ("/v1/inpaint", {"image": IMAGE, "mask": b64png(np.zeros((SIZE, SIZE)))}, "mask is empty"),
-    ("/v1/inpaint", {"image": b64png(np.zeros((16, 16))), "mask": MASK}, "image is 16x16; this model takes 8x8"),
+    ("/v1/inpaint", {"image": base64.b64encode(b"plain text").decode(), "mask": MASK, "steps": 8},
+     "image: not a readable image"),
+    ("/v1/inpaint", {"image": IMAGE, "mask": b64png(np.zeros((4, 4))), "steps": 8},
+     "mask is 4x4 but the image is 8x8"),
+    ("/v1/inpaint", {"image": IMAGE, "mask": b64png(np.zeros((SIZE, SIZE))), "steps": 8}, "mask is empty"),
+    ("/v1/inpaint", {"image": b64png(np.zeros((16, 16))), "mask": MASK, "steps": 8},
+     "image is 16x16; this model takes 8x8"),
     ("/v1/inpaint", {"image": IMAGE}, "mask: missing"),
     ("/v1/inpaint", {"image": IMAGE, "mask": MASK, "method": "magic"}, "unknown inpainting method 'magic'"),
     ("/v1/inpaint", {"image": IMAGE, "mask": MASK, "n": 20}, "n = 20 is over this server's maximum of 8"),
     ("/v1/inpaint", {"image": "", "mask": MASK}, "image: empty"),
+    # RePaint walks its jumps down again: 50 steps with the default jumps are 230 network steps
+    ("/v1/inpaint", {"image": IMAGE, "mask": MASK}, "RePaint takes 230 steps with steps = 50, jump_length = 5 and "
+                                                    "resample = 5: over this server's maximum of 50"),
+    ("/v1/inpaint", {"image": IMAGE, "mask": MASK, "steps": 20, "resample": 20}, "RePaint takes 305 steps"),
     ("/v1/restore", {"image": IMAGE, "strength": 0}, "strength: Input should be greater than 0"),
     ("/v1/restore", {"image": IMAGE, "strength": 1.5}, "strength: Input should be less than or equal to 1"),
     ("/v1/restore", {"strength": 0.5}, "image: missing"),
@@ -78,7 +85,9 @@ def test_malformed_bodies(client):
 def test_non_image_upload(client):
     r = client.post("/v1/restore", files={"image": ("notes.txt", b"hello, not an image", "text/plain")},
                     data={"strength": "0.5"})
-    assert r.status_code == 422 and r.json()["detail"] == "image: not a readable image (UnidentifiedImageError)"
+    assert r.status_code == 422 and r.json()["detail"] == (
+        "image: not a readable image (UnidentifiedImageError: cannot identify image file); "
+        "send PNG, JPEG, BMP, GIF, WebP or TIFF")
     r = client.post("/v1/restore", files={"photo": ("a.png", base64.b64decode(IMAGE), "image/png")})
     assert r.status_code == 422
 
@@ -218,21 +227,47 @@ def test_compatible_requests_share_one_batch_and_keep_their_seeds(pipe):
         assert torch.equal(got, solo)  # whatever it was batched with
 
 
-def test_oversized_images_are_refused_from_their_header():
+def test_images_and_masks_are_refused_from_their_header_before_decoding(monkeypatch):
+    from PIL import ImageFile
+
     from difforge.serve.codec import BadInput, decode_image, decode_mask
 
     buf = io.BytesIO()
-    Image.new("L", (5000, 4000)).save(buf, format="PNG")  # 20 M pixels, a few kB compressed
-    with pytest.raises(BadInput, match="image: 5000x4000 is too large"):
-        decode_image(buf.getvalue(), "image", 1)
-    with pytest.raises(BadInput, match="mask: 5000x4000 is too large"):
-        decode_mask(buf.getvalue())
+    Image.new("L", (4096, 4096)).save(buf, format="PNG")  # 16.7 M pixels in about 17 kB
+    loads = []
+    load = ImageFile.ImageFile.load
+    monkeypatch.setattr(ImageFile.ImageFile, "load", lambda im: loads.append(im.size) or load(im))
+    with pytest.raises(BadInput, match=r"^image is 4096x4096; this model takes 8x8 images$"):
+        decode_image(buf.getvalue(), "image", 1, SIZE)
+    with pytest.raises(BadInput, match=r"^mask is 4096x4096 but the image is 8x8; they must match$"):
+        decode_mask(buf.getvalue(), SIZE)
+    assert loads == []  # neither was decoded
     small = io.BytesIO()
-    Image.new("RGB", (30, 20)).save(small, format="PNG")
-    with pytest.raises(BadInput, match="image is 30x20; this model takes 8x8"):
-        decode_image(small.getvalue(), "image", 1, size=8)
-    rgb = decode_image(small.getvalue(), "image", 3)
-    assert rgb.shape == (1, 3, 20, 30) and rgb.dtype == torch.uint8
+    Image.new("RGB", (SIZE, SIZE), (10, 20, 30)).save(small, format="PNG")
+    rgb = decode_image(small.getvalue(), "image", 3, SIZE)
+    assert rgb.shape == (1, 3, SIZE, SIZE) and rgb.dtype == torch.uint8 and rgb[0, :, 0, 0].tolist() == [10, 20, 30]
+
+
+def test_masks_are_decoded_off_the_event_loop(client, monkeypatch):
+    import asyncio
+
+    import difforge.serve.requests as requests
+
+    seen = []
+
+    def spy(*args, **kwargs):
+        try:
+            asyncio.get_running_loop()
+            seen.append("event loop")
+        except RuntimeError:
+            seen.append("worker thread")
+        return decode_mask(*args, **kwargs)
+
+    decode_mask = requests.decode_mask
+    monkeypatch.setattr(requests, "decode_mask", spy)
+    r = client.post("/v1/inpaint", json={"image": IMAGE, "mask": MASK, "steps": 2, "method": "blend"})
+    assert r.status_code == 200, r.text
+    assert seen == ["worker thread"]
 
 
 def test_a_request_that_gives_up_stops_its_batch_at_the_next_step(pipe):

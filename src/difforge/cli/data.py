@@ -29,8 +29,8 @@ def _prepare_options(f):
         click.option("--min-side", type=int, help="Flag images whose shorter side is below this. [default: size / 2]"),
         click.option("--drop-outliers", is_flag=True, help="Remove flagged outliers instead of only reporting them."),
         click.option("--drop-near-duplicates", is_flag=True, help="Remove the later file of each near-duplicate pair."),
-        click.option("--max-pixels", type=int, default=64_000_000, show_default=True,
-                     help="Quarantine images with more pixels than this (decompression bombs)."),
+        click.option("--max-pixels", type=int, help="Quarantine images with more pixels than this (decompression "
+                     "bombs). [default: difforge.io.decode.MAX_PIXELS, 64 million]"),
         click.option("--workers", type=int, default=0, show_default=True,
                      help="Decoding processes (0: one per core for 5000+ images)."),
     ]
@@ -43,6 +43,8 @@ def _prepare_config(kw: dict):
     from difforge.data.prepare import PrepareConfig
 
     channels = kw.pop("channels")
+    if kw.get("max_pixels") is None:  # the decoder's own limit
+        kw.pop("max_pixels", None)
     return PrepareConfig(channels=None if channels is None else int(channels), **kw)
 
 

@@ -6,17 +6,13 @@ flat and unlabelled (labels None, unconditional training). Hidden files and fold
 (names starting with ".") are ignored.
 
 Decoding never stops on one bad file: unreadable, truncated, oversized (decompression
-bomb) or non-image files are skipped and returned as (path, reason) pairs.
+bomb), non-image files and images in formats difforge does not read are skipped and
+returned as (path, reason) pairs.
 
-Conversions (documented choices):
-- transparency (RGBA, LA, PA, P or L/RGB with a transparent colour) is composited over a
-  *white* background (`background=255`), as image viewers show it;
-- CMYK, YCbCr, palette and other colour modes convert with Pillow's `convert("RGB")`
-  (no ICC colour management); bilevel "1" becomes 0/255 "L";
-- 16-bit "I;16*" is scaled by 255/65535; 32-bit "I" and float "F" are kept when in 0..255,
-  scaled by 255/65535 when in 0..65535 ("F" in 0..1 by 255), else min-max stretched;
-- EXIF orientation is applied;
-- colour -> grayscale uses Pillow's ITU-R 601-2 luma; grayscale -> RGB repeats the channel.
+Decoding (formats, transparency over a *white* background by default, CMYK and palettes,
+16-bit scaling, EXIF orientation, the pixel limit) is `difforge.io.decode`'s, the
+decoder the task commands and the HTTP API share.
+
 With `channels=None` the set is grayscale (1) when every image is: grayscale modes, or
 colour images whose three channels are equal; otherwise RGB (3).
 
@@ -30,21 +26,17 @@ from __future__ import annotations
 
 import os
 import statistics
-import warnings
 from pathlib import Path
-from typing import BinaryIO
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps
+from PIL import Image
 
 from difforge.data.dataset import ImageDataset
+from difforge.io.decode import MAX_PIXELS, decode_image, open_image
 
 IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
 DEFAULT_MAX_SIZE = 64  # the default load size is min(this, median shorter side)
-MAX_PIXELS = 64_000_000  # decompression-bomb limit per image (width * height)
-_HIGH_BIT_MODES = frozenset({"I", "I;16", "I;16L", "I;16B", "I;16N", "F"})
-_ALPHA_MODES = frozenset({"RGBA", "RGBa", "LA", "La", "PA"})
 
 Skipped = list[tuple[str, str]]
 
@@ -71,71 +63,6 @@ def _scan(root: Path) -> tuple[list[tuple[Path, str | None]], Skipped]:
         files = [(p, top) for p, top in files if top is not None]
     files.sort(key=lambda pt: (pt[1] or "", str(pt[0])))
     return files, others
-
-
-def _open(path: Path | BinaryIO, max_pixels: int) -> Image.Image:
-    """Image.open (a path or a binary file) with the decompression-bomb checks turned
-    into errors."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("error", Image.DecompressionBombWarning)
-        im = Image.open(path)
-    w, h = im.size
-    if w * h > max_pixels or w < 1 or h < 1:
-        im.close()
-        raise ValueError(f"{w}x{h} pixels is outside 1..{max_pixels} (decompression-bomb limit)")
-    return im
-
-
-def _scale_to_l(im: Image.Image) -> Image.Image:
-    """High-bit-depth or float grayscale -> 8-bit "L" (Pillow's convert would clip)."""
-    a = np.nan_to_num(np.asarray(im).astype(np.float64))
-    lo, hi = (float(a.min()), float(a.max())) if a.size else (0.0, 0.0)
-    if im.mode.startswith("I;16"):
-        a = a * 255 / 65535
-    elif im.mode == "F" and lo >= 0 and hi <= 1:
-        a = a * 255
-    elif lo >= 0 and hi <= 255:
-        pass
-    elif lo >= 0 and hi <= 65535:
-        a = a * 255 / 65535
-    else:
-        a = (a - lo) * (255 / (hi - lo)) if hi > lo else np.zeros_like(a)
-    return Image.fromarray(np.clip(np.floor(a + 0.5), 0, 255).astype(np.uint8), mode="L")
-
-
-def _to_l_or_rgb(im: Image.Image, background: int) -> Image.Image:
-    """Any Pillow mode -> "L" (grayscale modes) or "RGB" (everything else)."""
-    mode = im.mode
-    if mode in _HIGH_BIT_MODES:  # a 16-bit transparent colour key, if any, is ignored
-        return _scale_to_l(im)
-    if mode in _ALPHA_MODES or "transparency" in im.info:
-        rgba = im.convert("RGBA")
-        bg = Image.new("RGBA", rgba.size, (background, background, background, 255))
-        return Image.alpha_composite(bg, rgba).convert("RGB")
-    if mode == "L":
-        return im
-    if mode == "1":
-        return im.convert("L")
-    return im if mode == "RGB" else im.convert("RGB")
-
-
-def decode_image(
-    src: Path | BinaryIO, *, background: int = 255, max_pixels: int = MAX_PIXELS, draft: int | None = None
-) -> tuple[Image.Image, tuple[int, int], str]:
-    """One image file -> (pixels as an "L" or "RGB" image, stored (width, height), stored mode).
-
-    Applies every conversion documented above (transparency over `background`, CMYK,
-    palette, 16-bit, EXIF orientation). `draft` lets JPEG decode at a reduced scale that
-    still covers draft x draft; None decodes at full resolution. Raises on a corrupt,
-    truncated, oversized or non-image file.
-    """
-    with _open(src, max_pixels) as im:
-        stored_size, stored_mode = im.size, im.mode
-        if draft is not None:
-            im.draft(None, (draft, draft))
-        im = ImageOps.exif_transpose(im)  # loads the pixels
-        im = _to_l_or_rgb(im, background)
-    return im, stored_size, stored_mode
 
 
 def fit_square(im: Image.Image, size: int, channels: int | None) -> np.ndarray:
@@ -199,7 +126,7 @@ def load_image_folder(
         sides, readable = [], []
         for path, cls in files:
             try:
-                with _open(path, max_pixels) as im:
+                with open_image(path, max_pixels=max_pixels) as im:
                     sides.append(min(im.size))
                 readable.append((path, cls))
             except MemoryError:

@@ -2,7 +2,7 @@
 
 Steps, in order:
 1. enumerate the source (`sources.open_source`) and decode every candidate with the
-   image-folder decoder (`folder.decode_image`): unusable files are quarantined with the
+   shared image decoder (`difforge.io.decode`): unusable files are quarantined with the
    decoder's reason, never fatal;
 2. exact duplicates: identical content hash of the decoded pixels (`hashing.content_hash`);
    the first in source order is kept, the others removed and reported;
@@ -42,9 +42,10 @@ from pathlib import Path
 
 import numpy as np
 
-from difforge.data.folder import DEFAULT_MAX_SIZE, MAX_PIXELS
+from difforge.data.folder import DEFAULT_MAX_SIZE
 from difforge.data.hashing import THUMB, content_hash, near_pairs, pair_work, phash
 from difforge.data.sources import MAX_MEMBER_BYTES, Source, SourceItem, open_source
+from difforge.io.decode import MAX_PIXELS
 
 SPLITS = ("train", "val", "test")
 HASH_DRAFT = 512  # JPEGs decode at the smallest 1/2, 1/4 or 1/8 scale that keeps >= this many pixels
@@ -123,7 +124,8 @@ def _decode_one(item: SourceItem, size: int, channels: int | None, background: i
     """-> ("ok", pixels, sha256, thumb, width, height, mode) or ("error", reason)."""
     from PIL import Image
 
-    from difforge.data.folder import _error, decode_image, fit_square
+    from difforge.data.folder import _error, fit_square
+    from difforge.io.decode import decode_image
 
     try:
         if item.row is not None:
@@ -168,14 +170,14 @@ def _default_size(src: Source, cfg: PrepareConfig) -> int:
     """Median shorter side of up to 2000 evenly spaced candidates, capped at 64."""
     if src.kind == "idx":
         return min(next(iter(src.arrays.values())).shape[1:])
-    from difforge.data.folder import _open
+    from difforge.io.decode import open_image
 
     step = max(1, len(src.items) // 2000)
     sides = []
     for it in src.items[::step]:  # headers only
         try:
             f = io.BytesIO(_member_bytes(it.path, it.member)) if it.member is not None else Path(it.path)
-            with _open(f, cfg.max_pixels) as im:
+            with open_image(f, max_pixels=cfg.max_pixels) as im:
                 sides.append(min(im.size))
         except MemoryError:
             raise

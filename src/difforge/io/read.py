@@ -7,34 +7,26 @@ from pathlib import Path
 import numpy as np
 import torch
 
-MAX_PIXELS = 4096 * 4096  # refuse decompression bombs before decoding them
+from difforge.io.decode import ImageError, read_image
+from difforge.io.decode import read_mask as decode_mask
 
 
 def read_images(path: str | Path, channels: int) -> torch.Tensor:
     """A PNG/JPEG/... file -> uint8 (1, channels, H, W); an .npz with `images` (N, H, W, C)
-    uint8 -> (N, channels, H, W). Grayscale <-> RGB is converted to `channels`; transparent
-    pixels go on black. Any problem is a ValueError naming the file."""
+    uint8 -> (N, channels, H, W). Picture files are decoded by `difforge.io.decode` (its
+    formats, pixel limit, EXIF orientation, transparency over white, 16-bit scaling), as
+    training reads them; grayscale <-> RGB is converted to `channels`. Any problem is a
+    ValueError naming the file."""
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"no such image file: {path}")
     if path.suffix.lower() == ".npz":
         return _read_npz(path, channels)
-    from PIL import Image, UnidentifiedImageError
-
     try:
-        with Image.open(path) as img:
-            if img.width * img.height > MAX_PIXELS:
-                raise ValueError(f"{path}: {img.width}x{img.height} pixels is too large")
-            img.load()
-            if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
-                rgba = img.convert("RGBA")
-                img = Image.alpha_composite(Image.new("RGBA", rgba.size, (0, 0, 0, 255)), rgba)
-            img = img.convert("L" if channels == 1 else "RGB")
-    except (UnidentifiedImageError, OSError, SyntaxError, Image.DecompressionBombError) as e:
-        raise ValueError(f"{path}: not a readable image ({type(e).__name__})") from None
-    arr = np.asarray(img, dtype=np.uint8)
-    arr = arr[:, :, None] if arr.ndim == 2 else arr  # (H, W, C)
-    return torch.from_numpy(arr.copy()).permute(2, 0, 1).unsqueeze(0)  # (1, C, H, W)
+        arr = read_image(path, channels)  # (H, W, C)
+    except ImageError as e:
+        raise ValueError(f"{path}: {e}") from None
+    return torch.from_numpy(arr).permute(2, 0, 1).unsqueeze(0)  # (1, C, H, W)
 
 
 def _read_npz(path: Path, channels: int) -> torch.Tensor:
@@ -59,17 +51,14 @@ def _read_npz(path: Path, channels: int) -> torch.Tensor:
 
 
 def read_mask(path: str | Path) -> torch.Tensor:
-    """A mask image -> float (N, 1, H, W) of 0/1: white (>= 128) = fill, black = keep.
-    A transparent PNG counts its opaque pixels as painted (alpha >= 128)."""
+    """A mask -> float (N, 1, H, W) of 0/1: white (>= 128) = fill, black = keep. A picture
+    with transparent pixels counts its opaque ones as painted (alpha >= 128); see
+    `difforge.io.decode.read_mask`. An .npz mask is thresholded at 128."""
     path = Path(path)
-    if path.suffix.lower() != ".npz" and path.is_file():
-        from PIL import Image
-
-        try:
-            with Image.open(path) as img:
-                if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
-                    alpha = np.asarray(img.convert("RGBA"), dtype=np.uint8)[..., 3]
-                    return torch.from_numpy((alpha >= 128).astype(np.float32))[None, None]
-        except Exception:  # read_images below names the problem
-            pass
-    return (read_images(path, 1) >= 128).float()
+    if path.suffix.lower() == ".npz" or not path.is_file():
+        return (read_images(path, 1) >= 128).float()
+    try:
+        painted = decode_mask(path)
+    except ImageError as e:
+        raise ValueError(f"{path}: {e}") from None
+    return torch.from_numpy(painted.astype(np.float32))[None, None]

@@ -3,30 +3,49 @@
 from __future__ import annotations
 
 import asyncio
-import hmac
+import importlib.util
 import json
+import logging
 import time
 from contextlib import asynccontextmanager
 from importlib.resources import files
 from pathlib import Path
 
 import torch
-from fastapi import Depends, FastAPI, Header, Request
+from fastapi import FastAPI, Request, Security
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
+from fastapi.security import HTTPBearer
 from fastapi.staticfiles import StaticFiles
-from pydantic import ValidationError
+from starlette.requests import ClientDisconnect
 
-from difforge.serve.codec import BadInput, b64decode, grid_png, png_b64
+from difforge.serve.bodies import body_doc, parse
+from difforge.serve.codec import BadInput, grid_png, png_b64
 from difforge.serve.config import ServeConfig
-from difforge.serve.engine import Cancelled, Engine, Job, QueueFull, progress_to_loop
+from difforge.serve.engine import Cancelled, Engine, Job, OutOfMemory, QueueFull, Unavailable, progress_to_loop
+from difforge.serve.guard import Guard, Observe
 from difforge.serve.info import describe_model
 from difforge.serve.limits import BodyLimit, HTTPError, one_line
 from difforge.serve.metrics import ServeMetrics
 from difforge.serve.schemas import ErrorResponse, GenerateRequest, ImagesResponse, InpaintRequest, RestoreRequest
 
 STATIC = files("difforge.serve") / "static"
-ERRORS = {code: {"model": ErrorResponse} for code in (401, 413, 415, 422, 503, 504)}
+ERRORS = {code: {"model": ErrorResponse} for code in (400, 401, 403, 413, 415, 422, 503, 504)}
+log = logging.getLogger("difforge.serve")
+
+
+def swagger_assets() -> Path | None:
+    """Swagger UI's files from the swagger-ui-py package (the `serve` extra), served by this
+    server itself so /docs works offline; None when it is not installed."""
+    spec = importlib.util.find_spec("swagger_ui")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    static = Path(list(spec.submodule_search_locations)[0]) / "static"
+    return static if (static / "swagger-ui-bundle.js").is_file() else None
+
+
+class ClientGone(Exception):
+    """The client closed its connection while its request waited: nothing to answer."""
 
 
 def create_app(pipe, model_path: str | Path, config: ServeConfig | None = None, warmup: bool = True) -> FastAPI:
@@ -51,40 +70,31 @@ def create_app(pipe, model_path: str | Path, config: ServeConfig | None = None, 
         finally:
             await asyncio.to_thread(engine.stop)
 
-    app = FastAPI(title="difforge", version="1", lifespan=lifespan,
+    app = FastAPI(title="difforge", version="1", lifespan=lifespan, docs_url=None, redoc_url=None,
                   description="Generate, inpaint and restore images with a difforge diffusion model.")
     app.state.engine, app.state.metrics, app.state.config = engine, metrics, config
 
-    # ------------------------------------------------------------ errors, metrics, limits
+    # ------------------------------------------------------------ errors
     @app.exception_handler(HTTPError)
     async def _http_error(request: Request, e: HTTPError):
         return JSONResponse({"detail": e.detail}, status_code=e.status, headers=e.headers)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, e: RequestValidationError):
-        return JSONResponse({"detail": one_line(e.errors()), "errors": json.loads(json.dumps(e.errors(), default=str))},
-                            status_code=422)
+        return JSONResponse({"detail": one_line(e.errors())}, status_code=422)
 
-    @app.middleware("http")
-    async def _observe(request: Request, call_next):
-        start = time.perf_counter()
-        response = await call_next(request)
-        route = getattr(request.scope.get("route"), "path", "other")
-        metrics.requests.labels(route=route, method=request.method, status=str(response.status_code)).inc()
-        metrics.latency.labels(route=route).observe(time.perf_counter() - start)
-        return response
+    @app.exception_handler(ClientGone)
+    @app.exception_handler(ClientDisconnect)
+    async def _gone(request: Request, e: Exception):
+        return Response(status_code=499)  # the client left (or was cut off): never delivered; counted in the metrics
 
-    app.add_middleware(BodyLimit, max_bytes=config.max_body_bytes)
+    @app.exception_handler(Exception)
+    async def _crash(request: Request, e: Exception):  # the details go to the log, not to the client
+        log.error("difforge serve: %s %s failed", request.method, request.url.path, exc_info=e)
+        return JSONResponse({"detail": "internal error; see the server log"}, status_code=500)
 
-    def authorized(authorization: str | None = Header(None, include_in_schema=False)) -> None:
-        if config.token is None:
-            return
-        scheme, _, given = (authorization or "").partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), config.token.encode()):
-            raise HTTPError(401, "missing or wrong token: send 'Authorization: Bearer <token>'",
-                            {"WWW-Authenticate": "Bearer"})
-
-    auth = [Depends(authorized)]
+    bearer = HTTPBearer(auto_error=False, description="The server's token (--token-file or DIFFORGE_TOKEN).")
+    auth = [Security(bearer)] if config.token else []  # documents the scheme; `Guard` checks the token
 
     # ------------------------------------------------------------ running a job
     async def run(job: Job, request: Request, render) -> Response:
@@ -103,57 +113,83 @@ def create_app(pipe, model_path: str | Path, config: ServeConfig | None = None, 
         except QueueFull as e:
             metrics.rejected.labels(reason="queue_full").inc()
             raise HTTPError(503, f"busy: {e}; retry later", {"Retry-After": str(config.retry_after_s)}) from None
+        except Unavailable as e:
+            metrics.rejected.labels(reason="unavailable").inc()
+            raise HTTPError(503, str(e)) from None
         deadline = loop.time() + config.timeout_s
         if events is not None:
             return StreamingResponse(_stream(job, events, deadline, lambda r: render(r, time.perf_counter() - t0)),
                                      media_type="text/event-stream",
                                      headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
-        result = await _wait(job, deadline)
+        result = await _wait(job, request, deadline)
         body = render(result, time.perf_counter() - t0)
         if accept == "image/png":
             rows = min(len(result), 10)
-            return Response(grid_png(result, rows, scale=1), media_type="image/png",
+            png = await asyncio.to_thread(grid_png, result, rows, 1)
+            return Response(png, media_type="image/png",
                             headers={"X-Seeds": ",".join(map(str, body.seeds)),
                                      "X-Labels": ",".join("" if k is None else str(k) for k in body.labels)})
         return JSONResponse(body.model_dump())
 
-    async def _wait(job: Job, deadline: float):
+    async def _wait(job: Job, request: Request, deadline: float):
+        """The job's result; cancels it when the client disconnects or the deadline passes."""
         loop = asyncio.get_running_loop()
+        result = asyncio.wrap_future(job.future)
+        gone = asyncio.ensure_future(_disconnected(request))
         try:
-            return await asyncio.wait_for(asyncio.wrap_future(job.future), max(0.0, deadline - loop.time()))
-        except (asyncio.TimeoutError, TimeoutError):
-            job.cancel()
-            metrics.rejected.labels(reason="timeout").inc()
-            raise HTTPError(504, f"not finished within this server's {config.timeout_s:g} s limit; "
-                                 f"ask for fewer images or steps") from None
-        except asyncio.CancelledError:  # the client went away
+            done, _ = await asyncio.wait({result, gone}, timeout=max(0.0, deadline - loop.time()),
+                                         return_when=asyncio.FIRST_COMPLETED)
+        except asyncio.CancelledError:  # the server cancelled the handler
             job.cancel()
             raise
-        except Exception as e:  # noqa: BLE001
-            raise _job_error(e) from None
+        finally:
+            gone.cancel()
+        if result in done:
+            try:
+                return result.result()
+            except asyncio.CancelledError:  # dropped while queued: by shutdown
+                raise HTTPError(503, "the server is shutting down", {"Retry-After": "1"}) from None
+            except Exception as e:  # noqa: BLE001
+                raise _job_error(e) from None
+        job.cancel()
+        result.cancel()  # its outcome is nobody's business now (and never "unretrieved")
+        if gone in done:
+            metrics.rejected.labels(reason="disconnect").inc()
+            raise ClientGone()
+        metrics.rejected.labels(reason="timeout").inc()
+        raise HTTPError(504, f"not finished within this server's {config.timeout_s:g} s limit; "
+                             f"ask for fewer images or steps")
 
     async def _stream(job: Job, events: asyncio.Queue, deadline: float, render):
         loop = asyncio.get_running_loop()
+        ended = False  # False in `finally`: the client left (the stream was closed under us)
         try:
             while True:
+                left = deadline - loop.time()
                 try:
-                    event = await asyncio.wait_for(events.get(), max(0.0, deadline - loop.time()))
+                    event = await asyncio.wait_for(events.get(), max(0.0, min(left, config.keepalive_s)))
                 except (asyncio.TimeoutError, TimeoutError):
+                    if loop.time() < deadline:
+                        yield ": keep-alive\n\n"  # a comment: proxies and clients see the stream is alive
+                        continue
                     job.cancel()
+                    ended = True
                     metrics.rejected.labels(reason="timeout").inc()
                     yield _sse("error", {"status": 504, "detail": f"not finished within {config.timeout_s:g} s"})
                     return
                 if event is None:
                     break
                 yield _sse("progress", event)
+            ended = True
             try:
                 yield _sse("result", render(job.future.result()).model_dump())
-            except Exception as e:  # noqa: BLE001
+            except BaseException as e:  # noqa: BLE001 - the future's error, or its cancellation at shutdown
                 err = _job_error(e)
                 yield _sse("error", {"status": err.status, "detail": err.detail})
         finally:
-            if not job.future.done():
+            if not ended:
                 job.cancel()
+                metrics.rejected.labels(reason="disconnect").inc()
 
     def _images(seeds, labels, sampler, steps, cfg):
         def render(result: torch.Tensor, seconds: float) -> ImagesResponse:
@@ -164,53 +200,59 @@ def create_app(pipe, model_path: str | Path, config: ServeConfig | None = None, 
         return render
 
     # ------------------------------------------------------------ routes
-    @app.post("/v1/generate", dependencies=auth, response_model=ImagesResponse, responses={
-        **ERRORS, 200: {"content": {"image/png": {}, "text/event-stream": {}},
-                        "description": "JSON (default); a PNG grid with `Accept: image/png` (seeds in X-Seeds); "
-                                       "server-sent events `progress` ... `result` with `Accept: text/event-stream`."}})
-    async def generate(req: GenerateRequest, request: Request):
+    @app.post("/v1/generate", dependencies=auth, response_model=ImagesResponse,
+              openapi_extra=body_doc(GenerateRequest),
+              responses={**ERRORS, 200: {"content": {"image/png": {}, "text/event-stream": {}},
+                                         "description": "JSON (default); a PNG grid with `Accept: image/png` (seeds "
+                                                        "in X-Seeds); server-sent events `progress` ... `result` "
+                                                        "with `Accept: text/event-stream`."}})
+    async def generate(request: Request):
         """Sample images: class label(s) or none, n, sampler, steps, CFG scale, seed."""
+        req, _ = await parse(request, GenerateRequest)
         job, meta = check.generate(req)
         return await run(job, request, _images(**meta))
 
     @app.post("/v1/inpaint", dependencies=auth, response_model=ImagesResponse, responses=ERRORS,
-              openapi_extra=_body_doc(InpaintRequest, ("image", "mask")))
+              openapi_extra=body_doc(InpaintRequest, ("image", "mask")))
     async def inpaint(request: Request):
         """Fill the masked part of an image (mask: white = fill), keeping the rest."""
-        req, uploads = await _parse(request, InpaintRequest, ("image", "mask"))
-        job, meta = check.inpaint(req, uploads)
+        req, uploads = await parse(request, InpaintRequest, ("image", "mask"))
+        job, meta = await asyncio.to_thread(check.inpaint, req, uploads)  # decoding stays off the event loop
         return await run(job, request, _images(**meta))
 
     @app.post("/v1/restore", dependencies=auth, response_model=ImagesResponse, responses=ERRORS,
-              openapi_extra=_body_doc(RestoreRequest, ("image",)))
+              openapi_extra=body_doc(RestoreRequest, ("image",)))
     async def restore(request: Request):
         """SDEdit: noise the image to `strength`, then denoise it with the model."""
-        req, uploads = await _parse(request, RestoreRequest, ("image",))
-        job, meta = check.restore(req, uploads)
+        req, uploads = await parse(request, RestoreRequest, ("image",))
+        job, meta = await asyncio.to_thread(check.restore, req, uploads)
         return await run(job, request, _images(**meta))
 
-    @app.get("/v1/model", dependencies=auth)
+    @app.get("/v1/model", dependencies=auth, responses=ERRORS)
     async def model() -> dict:
         """What the model is: classes, size, channels, training steps, recorded metrics, samplers, limits."""
         return model_info
 
     @app.get("/healthz")
     async def healthz():
-        """Liveness: 200 while the process and its worker run."""
+        """Liveness: 200 while the process and its worker run; 503 once the worker failed for good."""
+        if engine.failed:
+            return JSONResponse({"status": f"worker failed: {engine.error}"}, status_code=503)
         if engine.ready.is_set() and not engine.alive:
             return JSONResponse({"status": "worker stopped"}, status_code=503)
         return {"status": "ok"}
 
     @app.get("/readyz")
     async def readyz():
-        """Readiness: 200 once the model is loaded and warmed up, with the queue's state."""
+        """Readiness: 200 once the model is loaded and warmed up and the worker takes work, with the queue's state."""
         state = {"queue_depth": engine.depth(), "queue_size": config.queue_size, "running_images": engine.running}
-        if engine.ready.is_set() and engine.alive:
+        if engine.serving:
             return {"ready": True, **state}
-        reason = engine.error or ("starting" if not engine.ready.is_set() else "worker stopped")
+        reason = engine.error or ("shutting down" if engine.closing else "starting" if not engine.ready.is_set()
+                                  else "worker stopped")
         return JSONResponse({"ready": False, "reason": reason, **state}, status_code=503)
 
-    @app.get("/metrics", dependencies=auth)
+    @app.get("/metrics", dependencies=auth, responses=ERRORS)
     async def prometheus():
         """Prometheus text format."""
         body, ctype = metrics.render()
@@ -220,8 +262,30 @@ def create_app(pipe, model_path: str | Path, config: ServeConfig | None = None, 
     async def page():
         return FileResponse(str(STATIC / "index.html"))
 
+    swagger = swagger_assets()
+
+    @app.get("/docs", include_in_schema=False)
+    async def docs():
+        if swagger is None:
+            raise HTTPError(404, "the API viewer needs swagger-ui-py (pip install 'difforge[serve]'); "
+                                 "the schema is at /openapi.json")
+        return FileResponse(str(STATIC / "docs.html"))
+
+    if swagger is not None:
+        app.mount("/docs/assets", StaticFiles(directory=str(swagger)), name="docs-assets")
     app.mount("/static", StaticFiles(directory=str(STATIC)), name="static")
+
+    routes = frozenset(getattr(r, "path", "") for r in app.routes) - {""}
+    app.add_middleware(BodyLimit, max_bytes=config.max_body_bytes)
+    app.add_middleware(Guard, config=config)
+    app.add_middleware(Observe, metrics=metrics, routes=routes)  # outermost: counts every answer
     return app
+
+
+async def _disconnected(request: Request) -> None:
+    """Returns when the client has gone (the body has been read by then)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
 
 
 def _accepted(accept: str) -> str:
@@ -238,65 +302,13 @@ def _sse(event: str, data: dict) -> str:
 
 
 def _job_error(e: BaseException) -> HTTPError:
-    if isinstance(e, Cancelled):
-        return HTTPError(503, str(e), {"Retry-After": "1"})
+    if isinstance(e, (Cancelled, asyncio.CancelledError)):
+        return HTTPError(503, str(e) or "the server is shutting down", {"Retry-After": "1"})
+    if isinstance(e, OutOfMemory):
+        return HTTPError(503, str(e), {"Retry-After": "5"})
+    if isinstance(e, Unavailable):
+        return HTTPError(503, str(e))
     if isinstance(e, (ValueError, BadInput)):
         return HTTPError(422, str(e).splitlines()[0] if str(e) else type(e).__name__)
-    return HTTPError(500, f"generation failed: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
-
-
-async def _parse(request: Request, model, file_fields: tuple[str, ...]):
-    """A task request from JSON (base64 images) or multipart/form-data (image files)."""
-    ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    uploads: dict[str, bytes] = {}
-    if ctype == "multipart/form-data":
-        from starlette.datastructures import UploadFile
-
-        try:
-            form = await request.form(max_files=len(file_fields), max_fields=32)
-        except Exception as e:  # noqa: BLE001 - malformed multipart
-            raise HTTPError(422, f"unreadable multipart body: {one_line(e)}") from None
-        fields = {}
-        for k, v in form.multi_items():
-            if isinstance(v, UploadFile):
-                if k not in file_fields:
-                    raise HTTPError(422, f"unexpected file field {k!r}; expected {list(file_fields)}")
-                uploads[k] = await v.read()
-            else:
-                fields[k] = v
-        body = fields
-    elif ctype in ("application/json", ""):
-        try:
-            body = json.loads(await request.body() or b"null")
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise HTTPError(422, f"body is not valid JSON: {e}") from None
-        if not isinstance(body, dict):
-            raise HTTPError(422, "body must be a JSON object")
-    else:
-        raise HTTPError(415, f"unsupported content type {ctype!r}; send application/json or multipart/form-data")
-    try:
-        req = model.model_validate(body)
-    except ValidationError as e:
-        raise HTTPError(422, one_line(e.errors())) from None
-    for name in file_fields:
-        text = getattr(req, name)
-        if name in uploads and text is not None:
-            raise HTTPError(422, f"{name}: given both as a file and as base64")
-        if name not in uploads:
-            if text is None:
-                raise HTTPError(422, f"{name}: missing")
-            try:
-                uploads[name] = b64decode(text, name)
-            except BadInput as e:
-                raise HTTPError(422, str(e)) from None
-    return req, uploads
-
-
-def _body_doc(model, file_fields: tuple[str, ...]) -> dict:
-    """OpenAPI request body for a route parsed by hand: JSON or multipart with files."""
-    schema = model.model_json_schema()
-    form = json.loads(json.dumps(schema))
-    for f in file_fields:
-        form["properties"][f] = {"type": "string", "format": "binary", "description": f"{f} file (PNG)"}
-    return {"requestBody": {"required": True, "content": {"application/json": {"schema": schema},
-                                                          "multipart/form-data": {"schema": form}}}}
+    log.error("difforge serve: generation failed", exc_info=e)
+    return HTTPError(500, "generation failed; see the server log")

@@ -13,7 +13,7 @@ import io
 import numpy as np
 import torch
 
-MAX_PIXELS = 4096 * 4096  # refuse decompression bombs before decoding them
+from difforge.io.decode import ImageError, WrongSize, read_image, read_mask
 
 
 class BadInput(ValueError):
@@ -31,59 +31,35 @@ def b64decode(text: str, field: str) -> bytes:
         raise BadInput(f"{field}: not valid base64") from None
 
 
-def decode_image(data: bytes, field: str, channels: int, size: int | None = None) -> torch.Tensor:
-    """Image file bytes (PNG, JPEG, ... anything Pillow reads) -> uint8 (1, channels, H, W).
-
-    With `size`, an image that is not size x size is refused from its header, before its
+def decode_image(data: bytes, field: str, channels: int, size: int) -> torch.Tensor:
+    """Image file bytes -> uint8 (1, channels, size, size) by the project's one decoder
+    (`difforge.io.decode`: its formats, EXIF orientation, transparency over white, 16-bit
+    scaling). An image that is not size x size is refused from its header, before its
     pixels are decoded."""
-    from PIL import Image, UnidentifiedImageError
-
     if not data:
         raise BadInput(f"{field}: empty file; expected an image")
     try:
-        with Image.open(io.BytesIO(data)) as img:
-            if img.width * img.height > MAX_PIXELS:
-                raise BadInput(f"{field}: {img.width}x{img.height} is too large")
-            if size is not None and img.size != (size, size):
-                raise BadInput(f"{field} is {img.width}x{img.height}; this model takes {size}x{size} images")
-            img.load()
-            if img.mode in ("RGBA", "LA", "P", "PA"):
-                img = img.convert("RGBA")
-                background = Image.new("RGBA", img.size, (0, 0, 0, 255))
-                img = Image.alpha_composite(background, img)
-            img = img.convert("L" if channels == 1 else "RGB")
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
-        if isinstance(e, BadInput):
-            raise
-        raise BadInput(f"{field}: not a readable image ({type(e).__name__})") from None
-    arr = np.asarray(img, dtype=np.uint8)
-    arr = arr[:, :, None] if arr.ndim == 2 else arr  # (H, W, C)
-    return torch.from_numpy(arr.copy()).permute(2, 0, 1).unsqueeze(0)  # (1, C, H, W)
+        arr = read_image(data, channels, max_pixels=size * size, expect=(size, size))
+    except WrongSize as e:
+        raise BadInput(f"{field} is {e.size[0]}x{e.size[1]}; this model takes {size}x{size} images") from None
+    except ImageError as e:
+        raise BadInput(f"{field}: {e}") from None
+    return torch.from_numpy(arr).permute(2, 0, 1).unsqueeze(0)  # (1, C, H, W)
 
 
-def decode_mask(data: bytes, field: str = "mask") -> torch.Tensor:
-    """A mask image -> float (1, 1, H, W) of 0/1: bright pixels (>= 128) are 1 = to fill.
-
-    A transparent PNG counts its opaque pixels as painted (alpha >= 128), as a brush on a
-    transparent layer leaves them.
-    """
-    from PIL import Image
-
+def decode_mask(data: bytes, size: int, field: str = "mask") -> torch.Tensor:
+    """A mask image -> float (1, 1, size, size) of 0/1 (`difforge.io.decode.read_mask`:
+    bright pixels are 1 = to fill; in a mask with transparent pixels, the opaque ones).
+    A mask that is not size x size is refused from its header, before it is decoded."""
+    if not data:
+        raise BadInput(f"{field}: empty file; expected an image")
     try:
-        with Image.open(io.BytesIO(data)) as probe:
-            has_alpha = probe.mode in ("RGBA", "LA", "PA") or (probe.mode == "P" and "transparency" in probe.info)
-            has_alpha = has_alpha and probe.width * probe.height <= MAX_PIXELS
-    except Exception:  # noqa: BLE001 - decode_image below gives the message
-        has_alpha = False
-    if has_alpha:
-        try:
-            with Image.open(io.BytesIO(data)) as img:
-                alpha = np.asarray(img.convert("RGBA"), dtype=np.uint8)[..., 3]
-        except (OSError, SyntaxError, ValueError):
-            raise BadInput(f"{field}: not a readable image") from None
-        return torch.from_numpy((alpha >= 128).astype(np.float32))[None, None]
-    gray = decode_image(data, field, channels=1)
-    return (gray >= 128).float()
+        painted = read_mask(data, max_pixels=size * size, expect=(size, size))
+    except WrongSize as e:
+        raise BadInput(f"{field} is {e.size[0]}x{e.size[1]} but the image is {size}x{size}; they must match") from None
+    except ImageError as e:
+        raise BadInput(f"{field}: {e}") from None
+    return torch.from_numpy(painted.astype(np.float32))[None, None]
 
 
 def encode_png(image: torch.Tensor, scale: int = 1) -> bytes:

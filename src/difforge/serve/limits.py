@@ -30,28 +30,28 @@ def one_line(errors) -> str:
     return msg + (f" (and {len(errors) - 1} more problems)" if len(errors) > 1 else "")
 
 
+async def reply(send, status: int, detail: str, headers: dict | None = None) -> None:
+    """A JSON error answer straight from ASGI middleware."""
+    body = json.dumps({"detail": detail}).encode()
+    extra = [(k.lower().encode(), v.encode()) for k, v in (headers or {}).items()]
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+                            *extra]})
+    await send({"type": "http.response.body", "body": body})
+
+
 class BodyTooLarge(Exception):
     """Raised from the wrapped `receive` once a streamed body passes the limit."""
 
 
-def _holds(e: BaseException, kind: type) -> bool:
-    """True if `e` is `kind` or an exception group (anyio task groups) holding one."""
-    return isinstance(e, kind) or any(_holds(x, kind) for x in getattr(e, "exceptions", ()))
-
-
 class BodyLimit:
     """ASGI middleware: bodies over `max_bytes` get 413, whether announced by
-    Content-Length or streamed in chunks, before they are read into memory."""
+    Content-Length or streamed in chunks, before they are read into memory. Once a chunked
+    body passes the limit, whatever the route answers instead (a parse error, say) is
+    replaced by the 413."""
 
     def __init__(self, app, max_bytes: int):
         self.app, self.max_bytes = app, max_bytes
-
-    async def _reply(self, send, status: int, detail: str) -> None:
-        body = json.dumps({"detail": detail}).encode()
-        await send({"type": "http.response.start", "status": status,
-                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-                                (b"connection", b"close")]})
-        await send({"type": "http.response.body", "body": body})
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
@@ -59,28 +59,32 @@ class BodyLimit:
         too_large = f"request body over this server's limit of {self.max_bytes} bytes"
         length = dict(scope.get("headers") or []).get(b"content-length")
         if length is not None and not length.isdigit():
-            return await self._reply(send, 400, "bad Content-Length header")
+            return await reply(send, 400, "bad Content-Length header", {"Connection": "close"})
         if length is not None and int(length) > self.max_bytes:
-            return await self._reply(send, 413, too_large)
-        seen, started = 0, False
+            return await reply(send, 413, too_large, {"Connection": "close"})
+        seen, started, over = 0, False, False
 
         async def limited():
-            nonlocal seen
+            nonlocal seen, over
             message = await receive()
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
                 if seen > self.max_bytes:
+                    over = True
                     raise BodyTooLarge(too_large)
             return message
 
         async def watched(message):
             nonlocal started
+            if over and not started:  # the route's answer to a cut-off body: replaced by the 413
+                return
             started = started or message["type"] == "http.response.start"
             await send(message)
 
         try:
             await self.app(scope, limited, watched)
-        except Exception as e:  # noqa: BLE001 - only our own exception is answered here
-            if not _holds(e, BodyTooLarge) or started:
+        except Exception:  # noqa: BLE001 - answered below when it came from the cut-off body
+            if not over or started:
                 raise
-            await self._reply(send, 413, too_large)
+        if over and not started:
+            await reply(send, 413, too_large, {"Connection": "close"})

@@ -96,23 +96,26 @@ class Validator:
             raise self._fail(str(e)) from None
         return img.float() / 127.5 - 1
 
-
     def inpaint(self, req, uploads: dict) -> tuple[Job, dict]:
-        from difforge.tasks import METHODS
+        from difforge.tasks import METHODS, repaint_path
         from difforge.tasks.inpaint import DEFAULT_STEPS
 
         if req.method not in METHODS:
             raise self._fail(f"unknown inpainting method {req.method!r}; expected one of {sorted(METHODS)}")
         params, seeds, labels, steps = self._common(req, req.n, DEFAULT_STEPS)
         params.update({k: v for k, v in (("jump_length", req.jump_length), ("resample", req.resample)) if v is not None})
+        if req.method == "repaint":  # its jumps back up are walked down again: count every step it takes
+            moves = repaint_path(steps, params.get("jump_length", 5), params.get("resample", 5))
+            taken = sum(1 for a, b in moves if b == a + 1)
+            if taken > self.config.max_steps:
+                raise self._fail(f"RePaint takes {taken} steps with steps = {steps}, jump_length = "
+                                 f"{params.get('jump_length', 5)} and resample = {params.get('resample', 5)}: over "
+                                 f"this server's maximum of {self.config.max_steps}; lower steps or resample")
         image = self._image(uploads)
         try:
-            mask = decode_mask(uploads["mask"], "mask")
+            mask = decode_mask(uploads["mask"], image.shape[-1], "mask")
         except BadInput as e:
             raise self._fail(str(e)) from None
-        if mask.shape[-2:] != image.shape[-2:]:
-            raise self._fail(f"mask is {mask.shape[-1]}x{mask.shape[-2]} but the image is "
-                             f"{image.shape[-1]}x{image.shape[-2]}; they must match")
         if not mask.any():
             raise self._fail("mask is empty: paint (white) the region to fill")
         params["method"] = req.method

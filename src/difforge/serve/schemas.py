@@ -33,10 +33,12 @@ class GenerateRequest(SamplingOptions):
 
 
 class InpaintRequest(SamplingOptions):
-    """POST /v1/inpaint: `image` and `mask` are base64 PNGs (or files in multipart/form-data)."""
+    """POST /v1/inpaint: `image` and `mask` are base64 images (or files in multipart/form-data)."""
 
-    image: str | None = Field(None, description="Base64 PNG at the model's native size.")
-    mask: str | None = Field(None, description="Base64 PNG of the same size: white (or opaque) = fill, black = keep.")
+    image: str | None = Field(None, description="Base64 image (PNG, JPEG, BMP, GIF, WebP or TIFF) at the model's "
+                              "native size.")
+    mask: str | None = Field(None, description="Base64 image of the same size: white = fill, black = keep (with "
+                             "transparent pixels: opaque = fill).")
     n: int = Field(1, ge=1, description="Variations, seeds seed .. seed + n - 1.")
     method: str = Field("repaint", description="repaint (Lugmayr et al. 2022: resampling jumps) or blend "
                         "(replace the known pixels after every step).")
@@ -47,9 +49,10 @@ class InpaintRequest(SamplingOptions):
 
 
 class RestoreRequest(SamplingOptions):
-    """POST /v1/restore (SDEdit): `image` is a base64 PNG (or a file in multipart/form-data)."""
+    """POST /v1/restore (SDEdit): `image` is a base64 image (or a file in multipart/form-data)."""
 
-    image: str | None = Field(None, description="Base64 PNG at the model's native size.")
+    image: str | None = Field(None, description="Base64 image (PNG, JPEG, BMP, GIF, WebP or TIFF) at the model's "
+                              "native size.")
     strength: float = Field(0.5, gt=0, le=1, description="How far to noise the image before denoising it: "
                             "0 keeps it, 1 starts from pure noise.")
     n: int = Field(1, ge=1, description="Variations, seeds seed .. seed + n - 1.")

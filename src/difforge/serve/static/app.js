@@ -222,7 +222,7 @@ $("upload").onchange = async () => {
     setState("error", `${file.name} is not an image this browser can read`, true);
     return;
   }
-  imageCtx.fillStyle = "#000";
+  imageCtx.fillStyle = "#fff";  // transparent pixels on white, as the server and training read them
   imageCtx.fillRect(0, 0, imageCanvas.width, imageCanvas.height);
   imageCtx.drawImage(img, 0, 0, imageCanvas.width, imageCanvas.height);
   current = imageCanvas.toDataURL("image/png").split(",")[1];
