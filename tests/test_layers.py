@@ -13,7 +13,7 @@ SRC = Path(difforge.__file__).parent
 LAYERS = [
     {"diffusion"},  # pure tensor maths
     {"sampling", "models"},  # samplers over D(x, sigma, cond); networks and the Denoiser
-    {"io", "config"},  # pixels <-> files, output paths; typed configs
+    {"io", "config", "defaults"},  # pixels <-> files, output paths; typed configs; sampling defaults
     {"runs", "runtime"},  # run directories and checkpoints (reading); device and precision
     {"data"},  # datasets, prepare / inspect
     {"pipeline"},  # a loaded model that generates

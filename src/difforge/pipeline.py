@@ -23,26 +23,13 @@ from difforge.sampling import (
     CFGDenoiser,
     ClampDenoiser,
     DynamicThresholdDenoiser,
+    checked_sampler,
     get_sampler,
     per_sample_generators,
     randn_like,
-    sampler_options,
 )
 
-# Steps per sampler when not given (None: every timestep of the schedule). Heun makes two
-# denoiser calls per step (2N - 1 in all), so 25 Heun steps cost about 50 Euler steps.
-DEFAULT_STEPS = {"ddpm": None, "ddim": 50, "euler": 50, "euler-a": 50, "heun": 25, "dpmpp-2m": 25, "dpmpp-2m-sde": 25,
-                 "dpmpp-3m": 25, "langevin": 50, "reverse-sde": 100, "pc": 50}
-# Sigma grid per sampler when not given: the discrete samplers step through the training
-# timesteps ("trailing" starts at the last one, Lin et al. 2024); the ODE/SDE solvers use
-# Karras et al. (2022)'s rho = 7 grid, which they were tuned with.
-DEFAULT_GRID = {"ddpm": "trailing", "ddim": "trailing", "langevin": "log-snr"}  # langevin: NCSN's geometric levels
-DEFAULT_GRID_OTHERS = "karras"
-DEFAULT_CFG = 3.0
-
-
-def default_grid(sampler: str) -> str:
-    return DEFAULT_GRID.get(sampler, DEFAULT_GRID_OTHERS)
+from difforge.defaults import DEFAULT_CFG, DEFAULT_GRID, DEFAULT_STEPS, default_grid  # noqa: F401 - re-exported
 
 
 class ModelLoadError(ValueError):
@@ -131,12 +118,7 @@ class Pipeline:
         return from_model_output(x.float().cpu(), self.card.native_size)
 
     def _sampler(self, sampler: str, options: dict) -> Callable:
-        sample_fn = get_sampler(sampler)
-        known = sampler_options(sampler)
-        unknown = sorted(set(options) - set(known))
-        if unknown:
-            raise ValueError(f"sampler {sampler!r} takes no option {unknown[0]!r}; its options: {sorted(known)}")
-        return sample_fn
+        return checked_sampler(sampler, options)
 
     @torch.no_grad()
     def generate(

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import click
 
+from difforge.defaults import DEFAULT_CFG
+
 from difforge.cli.common import DATASET_NAMES, GRID_NAMES, SAMPLER_NAMES, _fail, cli, data_config
 
 
@@ -64,7 +66,7 @@ def _float_list(text: str) -> tuple[float, ...]:
               "conditional model); the real-vs-real floor uses as many training images.")
 @click.option("--npz", type=click.Path(dir_okay=False), help="Score these samples (images N,H,W,C uint8 and optional "
               "labels, as `sample --npz` writes) instead of sampling.")
-@click.option("--cfg", type=float, help="Classifier-free guidance scale. [default: 3]")
+@click.option("--cfg", type=float, help=f"Classifier-free guidance scale. [default: {DEFAULT_CFG:g}]")
 @click.option("--cfg-sweep", help="Also sample and score N images at each of these guidance scales, e.g. 1,2,3,5.")
 @click.option("--sampler", type=click.Choice(SAMPLER_NAMES), default="ddim", show_default=True)
 @click.option("--steps", type=int, help="Sampler steps. [default: as for `sample`]")

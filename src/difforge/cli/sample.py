@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import click
 
+from difforge.defaults import DEFAULT_CFG
+
 from difforge.cli.common import GIF_FRAMES, GRID_NAMES, IMAGE_SUFFIXES, SAMPLER_NAMES, _fail, cli, no_progress_option
 
 # sampler options of `sample`: (flag, keyword of the sampler functions)
@@ -17,7 +19,7 @@ SAMPLER_FLAGS = (("--eta", "eta"), ("--snr", "snr"), ("--corrector-steps", "corr
 @click.option("--n", "n", type=int, help="Images in all. [default: 10 per class, or 64 unconditional]")
 @click.option("--class", "klass", help="Sample only this class (index or name).")
 @click.option("--classes", help="Comma-separated classes (indices or names), one grid row each.")
-@click.option("--cfg", type=float, help="Classifier-free guidance scale (1: none). [default: 3]")
+@click.option("--cfg", type=float, help=f"Classifier-free guidance scale (1: none). [default: {DEFAULT_CFG:g}]")
 @click.option("--cfg-rescale", type=float, default=0.0, help="Guidance rescale phi in [0, 1] (Lin et al. 2024; 0.7 is "
               "typical): pulls the guided prediction's spread back to the conditional one's. [default: 0, off]")
 @click.option("--threshold", type=float, help="Dynamic thresholding of x0 at this percentile of |x0| (Imagen; e.g. "
@@ -110,15 +112,14 @@ def _labels(pipe, n: int | None, klass: str | None, classes: str | None):
 
 def _sampler_options(sampler: str, flags: dict) -> dict:
     """The sampler flags given, refused where the sampler takes no such option."""
-    from difforge.sampling import sampler_options
+    from difforge.sampling import sampler_options, samplers_taking
 
     options = {}
     for flag, key in SAMPLER_FLAGS:
         if flags[key] is None:
             continue
         if key not in sampler_options(sampler):
-            takers = ", ".join(k for k in SAMPLER_NAMES if key in sampler_options(k))
-            raise ValueError(f"{flag} applies to {takers}, not to {sampler}")
+            raise ValueError(f"{flag} applies to {', '.join(samplers_taking(key))}, not to {sampler}")
         options[key] = flags[key]
     return options
 

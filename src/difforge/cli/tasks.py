@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import click
 
+from difforge.defaults import DEFAULT_CFG
+
 from difforge.cli.common import SAMPLER_NAMES, _fail, cli, no_progress_option
 
 
@@ -15,7 +17,7 @@ def task_options(sampler_default: str):
         click.option("--out", required=True, help="Output: a PNG (one image), a grid PNG (several), or .npz."),
         click.option("--class", "klass", help="Class (index or name) for a class-conditional model. "
                      "[default: none, the unconditional model]"),
-        click.option("--cfg", type=float, help="Classifier-free guidance scale with --class. [default: 3]"),
+        click.option("--cfg", type=float, help=f"Classifier-free guidance scale with --class. [default: {DEFAULT_CFG:g}]"),
         click.option("--sampler", type=click.Choice(SAMPLER_NAMES), help=f"[default: {sampler_default}]"),
         click.option("--steps", type=int, help="Sampler steps (of the whole noise range)."),
         click.option("--eta", type=float, help="Fresh noise per step, for ddim and euler-a."),

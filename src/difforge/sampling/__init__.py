@@ -61,10 +61,28 @@ def sampler_options(name: str) -> dict[str, object]:
     return {k: p.default for k, p in params.items() if k not in _COMMON}
 
 
+def checked_sampler(name: str, options: dict):
+    """The sampler `name` after checking that it takes every option in `options`: the one
+    place sampler names and options are validated (API, tasks, commands, server)."""
+    sample_fn = get_sampler(name)
+    known = sampler_options(name)
+    unknown = sorted(set(options) - set(known))
+    if unknown:
+        raise ValueError(f"sampler {name!r} takes no option {unknown[0]!r}; its options: {sorted(known)}")
+    return sample_fn
+
+
+def samplers_taking(option: str) -> list[str]:
+    """The samplers that take `option` (e.g. eta), for error messages."""
+    return [name for name in SAMPLERS if option in sampler_options(name)]
+
+
 __all__ = [
     "SAMPLERS",
     "get_sampler",
     "sampler_options",
+    "checked_sampler",
+    "samplers_taking",
     "few_steps_warning",
     "MIN_STEPS",
     "sample_ddpm",

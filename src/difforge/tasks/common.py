@@ -11,10 +11,11 @@ per-step hook it runs as its first-order (DDIM) step.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 
 import torch
 
-from difforge.sampling import get_sampler, per_sample_generators, randn_like, sampler_options
+from difforge.sampling import checked_sampler, per_sample_generators, randn_like
 
 Hook = Callable[[torch.Tensor, int, torch.Tensor], torch.Tensor]
 
@@ -62,11 +63,7 @@ def setup(pipe, n: int, labels, cfg, sampler: str, options: dict, clip: bool = T
     """(denoiser, sample_fn, cond) with the pipeline's guidance and clipping, after
     checking the sampler's options and the labels. A class-conditional model without labels runs unconditionally (the null
     label, no guidance unless `cfg` is given)."""
-    sample_fn = get_sampler(sampler)
-    known = sampler_options(sampler)
-    unknown = sorted(set(options) - set(known))
-    if unknown:
-        raise ValueError(f"sampler {sampler!r} takes no option {unknown[0]!r}; its options: {sorted(known)}")
+    sample_fn = checked_sampler(sampler, options)
     labels = check_labels(pipe, labels, n)
     if pipe.num_classes and labels is None and cfg is None:
         cfg = 1.0
@@ -135,3 +132,44 @@ def run_steps(
 def straight(n: int) -> list[tuple[int, int]]:
     """The plain path 0 -> 1 -> ... -> n."""
     return [(i, i + 1) for i in range(n)]
+
+
+@dataclass
+class TaskRun:
+    """What a task runs: the guided denoiser, the sampler with its options, the
+    conditioning, the sigma grid and one generator per image. `steps` is how many
+    sampler steps a straight run takes (what a progress bar counts to)."""
+
+    den: torch.nn.Module
+    sample_fn: Callable
+    cond: torch.Tensor | None
+    sigmas: torch.Tensor
+    gens: list[torch.Generator]
+    options: dict = field(default_factory=dict)
+
+    @property
+    def steps(self) -> int:
+        return len(self.sigmas) - 1
+
+    def noise(self, like: torch.Tensor, pipe) -> torch.Tensor:
+        """Pure noise at the grid's first level, shaped like `like`."""
+        return randn_like(like, self.gens) * prior_std(pipe, float(self.sigmas[0]))
+
+    def sample(self, x: torch.Tensor, callback=None) -> torch.Tensor:
+        """One straight run of the sampler over the whole grid."""
+        return self.sample_fn(self.den, x, self.sigmas, generator=self.gens, callback=counted(callback, self.steps),
+                              cond=self.cond, **self.options)
+
+    def walk(self, x: torch.Tensor, path, callback=None, after_step: Hook | None = None) -> torch.Tensor:
+        """`run_steps` along `path` (a hook between steps, jumps back up)."""
+        return run_steps(self.sample_fn, self.den, x, self.sigmas, path, gens=self.gens, cond=self.cond,
+                         callback=callback, options=self.options, after_step=after_step)
+
+
+def prepare(pipe, n: int, *, labels, cfg, sampler: str, steps: int | None, seed: int, options: dict,
+            sigma_start: float | None = None, clip: bool = True) -> TaskRun:
+    """The set-up every task shares (after `setup`'s checks): the sampler's grid, from
+    `sigma_start` down when given (SDEdit, denoising), and per-image generators."""
+    den, sample_fn, cond = setup(pipe, n, labels, cfg, sampler, options, clip)
+    sigmas = pipe.sigmas(sampler, steps) if sigma_start is None else grid_from(pipe, sampler, steps, sigma_start)
+    return TaskRun(den, sample_fn, cond, sigmas, generators(seed, n), dict(options))

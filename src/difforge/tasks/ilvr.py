@@ -17,8 +17,7 @@ import torch
 
 from difforge.models.conditioning import downsample  # D: the mean over each scale x scale block
 from difforge.sampling import randn_like
-from difforge.tasks.common import check_images, from_model, generators, native_view, prior_std
-from difforge.tasks.common import run_steps, setup, straight
+from difforge.tasks.common import check_images, from_model, native_view, prepare, straight
 
 
 def upsample(x: torch.Tensor, scale: int) -> torch.Tensor:
@@ -74,10 +73,9 @@ def superres_ilvr(
     i uses seed + i. Returns (N, C, size, size) whose block means equal `low`."""
     ref = check_low_res(pipe, low, scale)
     low = downsample(ref, scale).to(pipe.device)  # == low, as float
-    sampler = sampler or "ddpm"
-    den, sample_fn, cond = setup(pipe, len(ref), labels, cfg, sampler, options)
-    sigmas = pipe.sigmas(sampler, steps or 50)
-    gens = generators(seed, len(ref))
+    run = prepare(pipe, len(ref), labels=labels, cfg=cfg, sampler=sampler or "ddpm", steps=steps or 50, seed=seed,
+                  options=options)
+    gens = run.gens
     ref = ref.to(pipe.device)
 
     def keep_low(x: torch.Tensor, _i: int, sigma: torch.Tensor) -> torch.Tensor:
@@ -91,7 +89,6 @@ def superres_ilvr(
         return x
 
     size, c = pipe.card.image_size, pipe.card.channels
-    x = randn_like(torch.empty(len(ref), c, size, size, device=pipe.device), gens) * prior_std(pipe, float(sigmas[0]))
-    x = run_steps(sample_fn, den, x, sigmas, straight(len(sigmas) - 1), gens=gens, cond=cond, callback=callback,
-                  options=options, after_step=keep_low)
+    x = run.noise(torch.empty(len(ref), c, size, size, device=pipe.device), pipe)
+    x = run.walk(x, straight(run.steps), callback, after_step=keep_low)
     return from_model(pipe, x.float().cpu())

@@ -15,16 +15,7 @@ from collections.abc import Callable
 import torch
 
 from difforge.sampling import randn_like
-from difforge.tasks.common import (
-    check_images,
-    from_model,
-    generators,
-    prior_std,
-    run_steps,
-    setup,
-    straight,
-    to_model,
-)
+from difforge.tasks.common import check_images, from_model, prepare, straight, to_model
 from difforge.tasks.masks import check_mask
 
 METHODS = ("repaint", "blend")
@@ -80,23 +71,20 @@ def inpaint(
         raise ValueError(f"unknown inpainting method {method!r}; expected one of {sorted(METHODS)}")
     image = check_images(pipe, image)
     mask = check_mask(mask, image)
-    sampler = sampler or "ddpm"
-    den, sample_fn, cond = setup(pipe, len(image), labels, cfg, sampler, options)
-    sigmas = pipe.sigmas(sampler, steps or DEFAULT_STEPS)
-    n = len(sigmas) - 1
-    path = repaint_path(n, jump_length, resample) if method == "repaint" else straight(n)
+    run = prepare(pipe, len(image), labels=labels, cfg=cfg, sampler=sampler or "ddpm", steps=steps or DEFAULT_STEPS,
+                  seed=seed, options=options)
+    path = repaint_path(run.steps, jump_length, resample) if method == "repaint" else straight(run.steps)
 
     dev = pipe.device
     known = to_model(pipe, image).to(dev)
     keep = 1 - to_model(pipe, mask, fill=0.0).to(dev)  # 1 where the pixel is known (padding too)
-    gens = generators(seed, len(image))
+    gens = run.gens
 
     def paste(x: torch.Tensor, _i: int, sigma: torch.Tensor) -> torch.Tensor:
         s = float(sigma)
         noisy = known if s == 0 else known + s * randn_like(x, gens)
         return keep * noisy + (1 - keep) * x
 
-    x = randn_like(known, gens) * prior_std(pipe, float(sigmas[0]))
-    x = run_steps(sample_fn, den, x, sigmas, path, gens=gens, cond=cond, callback=callback, options=options, after_step=paste)
+    x = run.walk(run.noise(known, pipe), path, callback, after_step=paste)
     out = from_model(pipe, x.float().cpu())
     return mask * out + (1 - mask) * image  # the known pixels exactly

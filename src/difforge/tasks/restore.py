@@ -19,7 +19,7 @@ from collections.abc import Callable
 import torch
 
 from difforge.sampling import randn_like
-from difforge.tasks.common import check_images, counted, from_model, generators, grid_from, setup, to_model
+from difforge.tasks.common import check_images, from_model, prepare, to_model
 
 
 def strength_sigma(pipe, strength: float) -> float:
@@ -49,15 +49,11 @@ def restore(
     `Pipeline.sigmas`), of which the levels below the start are run; image i uses seed + i.
     """
     image = check_images(pipe, image)
-    sampler = sampler or "ddim"
     sigma = strength_sigma(pipe, strength)
-    den, sample_fn, cond = setup(pipe, len(image), labels, cfg, sampler, options)
-    sigmas = grid_from(pipe, sampler, steps, sigma)
-    gens = generators(seed, len(image))
+    run = prepare(pipe, len(image), labels=labels, cfg=cfg, sampler=sampler or "ddim", steps=steps, seed=seed,
+                  options=options, sigma_start=sigma)
     x0 = to_model(pipe, image).to(pipe.device)
-    x = x0 + sigma * randn_like(x0, gens)
-    x = sample_fn(den, x, sigmas, generator=gens, callback=counted(callback, len(sigmas) - 1), cond=cond,
-                  **options)
+    x = run.sample(x0 + sigma * randn_like(x0, run.gens), callback)
     return from_model(pipe, x.float().cpu())
 
 
@@ -94,17 +90,12 @@ def denoise(
     s = pixel_sigma_to_model(sigma)
     if s > pipe.process.sigma_max:
         raise ValueError(f"noise sigma {sigma} is above this model's largest, {pipe.process.sigma_max / 2:.4g} (pixel units)")
-    den, sample_fn, cond = setup(pipe, len(image), labels, cfg, sampler, options)
-    if steps is None or steps == 1:
-        sigmas = torch.tensor([s, 0.0], dtype=torch.float64)
-        grid_from(pipe, sampler, None, s)  # range check
-    else:
-        sigmas = grid_from(pipe, sampler, steps, s)
-    gens = generators(seed, len(image))
+    run = prepare(pipe, len(image), labels=labels, cfg=cfg, sampler=sampler, steps=steps, seed=seed,
+                  options=options, sigma_start=s)
+    if steps is None or steps == 1:  # one call: the posterior mean
+        run.sigmas = torch.tensor([s, 0.0], dtype=torch.float64)
     x = to_model(pipe, image).to(pipe.device)
     pad = to_model(pipe, torch.zeros_like(image[:, :1]), fill=1.0).to(pipe.device)
     if pad.any():  # padding is clean -1: give it the same noise as the image
-        x = x + pad * s * randn_like(x, gens)
-    x = sample_fn(den, x, sigmas, generator=gens, callback=counted(callback, len(sigmas) - 1), cond=cond,
-                  **options)
-    return from_model(pipe, x.float().cpu())
+        x = x + pad * s * randn_like(x, run.gens)
+    return from_model(pipe, run.sample(x, callback).float().cpu())
