@@ -35,8 +35,10 @@ def test_maths_and_samplers_import_only_torch():
 
 def test_models_do_not_import_training_serving_or_cli():
     # the model object and its card too: the model side never imports train, eval, serve or tasks
-    parts = _difforge_parts(_modules_after("import difforge.models, difforge.models.card, difforge.models.denoiser"))
-    assert parts <= {"models", "diffusion"}, parts
+    mods = _modules_after("import difforge.models, difforge.models.card, difforge.models.denoiser")
+    parts = _difforge_parts(mods)
+    assert parts <= {"models", "diffusion", "io"}, parts  # io: the pixels <-> model-space conversion
+    assert "PIL" not in _tops(mods)
 
 
 def test_the_command_line_and_its_help_do_not_import_torch():

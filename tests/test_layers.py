@@ -11,9 +11,9 @@ SRC = Path(difforge.__file__).parent
 
 # Lowest first; a package may import from its own package and from lower layers only.
 LAYERS = [
-    {"diffusion"},  # pure tensor maths
+    {"diffusion", "io"},  # pure tensor maths; pixels <-> files and model space, output paths
     {"sampling", "models"},  # samplers over D(x, sigma, cond); networks and the Denoiser
-    {"io", "config", "defaults"},  # pixels <-> files, output paths; typed configs; sampling defaults
+    {"config", "defaults"},  # typed configs; sampling defaults
     {"runs", "runtime"},  # run directories and checkpoints (reading); device and precision
     {"data"},  # datasets, prepare / inspect
     {"pipeline"},  # a loaded model that generates

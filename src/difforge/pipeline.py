@@ -30,6 +30,7 @@ from difforge.sampling import (
 )
 
 from difforge.defaults import DEFAULT_CFG, DEFAULT_GRID, DEFAULT_STEPS, default_grid  # noqa: F401 - re-exported
+from difforge.io.space import from_uint8
 
 
 class ModelLoadError(ValueError):
@@ -199,7 +200,7 @@ class Pipeline:
         from difforge.io import save_grid, to_uint8
 
         scale = self.card.conditioning.scale
-        truth = images[:10].float() / 127.5 - 1
+        truth = from_uint8(images[:10])
         low = downsample(truth, scale)
         out = self.upscale(low)
         nearest = low.repeat_interleave(scale, -2).repeat_interleave(scale, -1)

@@ -13,7 +13,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-import torch.nn.functional as F
+
+from difforge.io.space import from_model_output, to_model_input  # noqa: F401 - re-exported
 
 
 
@@ -113,50 +114,6 @@ def split_validation(ds: ImageDataset, fraction: float, seed: int) -> tuple[Imag
     train_idx = torch.cat(train_parts).sort().values
     val_idx = torch.cat(val_parts).sort().values
     return ds.subset(train_idx), ds.subset(val_idx)
-
-
-def to_model_input(
-    batch: torch.Tensor, image_size: int, *, dtype: torch.dtype = torch.float32
-) -> torch.Tensor:
-    """uint8 (N, C, h, w) -> float (N, C, S, S) in [-1, 1], S = image_size.
-
-    x / 127.5 - 1; a smaller image is padded symmetrically with -1 (black), the extra
-    pixel of an odd difference going right/bottom (28 -> 32: 2 px each side); a larger
-    one is resized (bilinear, antialiased). `from_model_output` inverts this exactly.
-    """
-    if batch.dtype != torch.uint8 or batch.ndim != 4:
-        raise ValueError(f"expected a uint8 batch (N, C, H, W), got {batch.dtype} {tuple(batch.shape)}")
-    x = batch.float() / 127.5 - 1  # float32 maths, cast once at the end
-    h, w = x.shape[-2:]
-    if h <= image_size and w <= image_size:
-        top, left = (image_size - h) // 2, (image_size - w) // 2
-        pad = (left, image_size - w - left, top, image_size - h - top)
-        x = F.pad(x, pad, value=-1.0) if any(pad) else x
-    elif h == w:
-        size = (image_size, image_size)
-        x = F.interpolate(x, size=size, mode="bilinear", antialias=True, align_corners=False)
-    else:
-        raise ValueError(f"cannot resize non-square images {h}x{w} to {image_size}")
-    return x.to(dtype)
-
-
-def from_model_output(x: torch.Tensor, native_size: int) -> torch.Tensor:
-    """Model-space float (N, C, S, S) -> uint8 (N, C, native_size, native_size).
-
-    Inverse of `to_model_input`: the padding is center-cropped away (S > native) or the
-    image resized back (S < native, bilinear); values clamped to [-1, 1], then
-    round((x + 1) * 127.5).
-    """
-    if x.ndim != 4:
-        raise ValueError(f"expected a batch (N, C, H, W), got shape {tuple(x.shape)}")
-    x = x.float()
-    h, w = x.shape[-2:]
-    if h >= native_size and w >= native_size:
-        top, left = (h - native_size) // 2, (w - native_size) // 2
-        x = x[..., top : top + native_size, left : left + native_size]
-    else:
-        x = F.interpolate(x, size=(native_size, native_size), mode="bilinear", align_corners=False)
-    return ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
 
 
 @dataclass(frozen=True, eq=False)

@@ -9,9 +9,7 @@ import numpy as np
 import torch
 
 
-def to_uint8(x: torch.Tensor) -> torch.Tensor:
-    """Model-space images in [-1, 1] (N, C, H, W) -> uint8 (N, C, H, W)."""
-    return ((x.detach().float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).cpu()
+from difforge.io.space import to_uint8  # noqa: E402,F401 - the one conversion, re-exported
 
 
 def make_grid(images: torch.Tensor, nrow: int, pad: int = 2, pad_value: int = 255) -> np.ndarray:

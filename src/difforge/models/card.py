@@ -27,11 +27,11 @@ from types import MappingProxyType
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from difforge.diffusion.frameworks import FrameworkSpec, check_framework, make_process, resolve_prediction
 from difforge.diffusion.process import NoiseProcess
+from difforge.io.space import to_model_size, to_native_size
 from difforge.models.conditioning import ClassLabels, Conditioning, LowResImage, Unconditional, conditioning_from_dict
 from difforge.models.denoiser import Denoiser
 from difforge.models.registry import PRESETS, build_model
@@ -159,23 +159,11 @@ class ModelCard:
     def to_model(self, x: torch.Tensor, fill: float = -1.0) -> torch.Tensor:
         """Native-size float images -> the model's input size: padded with `fill` (the data's
         black, as `difforge.data.to_model_input`), or resized (bilinear) for a smaller model."""
-        size, native = self.image_size, self.native_size
-        if size == native:
-            return x
-        if size > native:
-            top = (size - native) // 2
-            return F.pad(x, (top, size - native - top, top, size - native - top), value=fill)
-        return F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+        return to_model_size(x, self.image_size, fill)
 
     def from_model(self, x: torch.Tensor) -> torch.Tensor:
         """Model-size images -> native size (inverse of `to_model`), float in [-1, 1]."""
-        size, native = self.image_size, self.native_size
-        if size > native:
-            top = (size - native) // 2
-            x = x[..., top : top + native, top : top + native]
-        elif size < native:
-            x = F.interpolate(x, size=(native, native), mode="bilinear", align_corners=False)
-        return x.clamp(-1, 1)
+        return to_native_size(x, self.native_size).clamp(-1, 1)
 
     # ------------------------------------------------------------ files
     def to_dict(self) -> dict[str, Any]:

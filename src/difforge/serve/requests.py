@@ -13,6 +13,7 @@ import torch
 from difforge.serve.codec import BadInput, decode_image, decode_mask
 from difforge.serve.engine import Job
 from difforge.serve.limits import HTTPError
+from difforge.io.space import from_uint8
 
 
 class Validator:
@@ -94,7 +95,7 @@ class Validator:
             img = decode_image(uploads[name], name, self.pipe.card.channels, self.pipe.card.native_size)
         except BadInput as e:
             raise self._fail(str(e)) from None
-        return img.float() / 127.5 - 1
+        return from_uint8(img)
 
     def inpaint(self, req, uploads: dict) -> tuple[Job, dict]:
         from difforge.tasks import METHODS, repaint_path

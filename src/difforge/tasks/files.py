@@ -13,6 +13,7 @@ import torch
 from difforge.io.outputs import check_output_file
 from difforge.io.read import read_images, read_mask
 from difforge.tasks.masks import PRESETS, make_mask
+from difforge.io.space import from_uint8
 
 OUT_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".npz")  # a picture, a grid, or an .npz batch
 
@@ -54,7 +55,7 @@ def _read(pipe, path: str | Path) -> torch.Tensor:
     size = pipe.card.native_size
     if tuple(x.shape[-2:]) != (size, size):
         raise ValueError(f"{path} is {x.shape[-1]}x{x.shape[-2]}; this model works at {size}x{size}")
-    return x.float() / 127.5 - 1
+    return from_uint8(x)
 
 
 def write(images: torch.Tensor, out: str | Path, nrow: int = 10) -> Path:
@@ -161,6 +162,6 @@ def upscale_files(c: Common, image: str | None, scale: int, out: str, base: str 
     elif image is None:
         raise ValueError("give --image (a low-resolution picture) or --base (a model to generate them)")
     else:
-        low = read_images(image, pipe.card.channels).float() / 127.5 - 1
+        low = from_uint8(read_images(image, pipe.card.channels))
     y = superres.upscale(pipe, low, scale, callback=callback, **_kwargs(pipe, c, len(low)))
     return write(y, out)

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 
 from difforge.tasks.common import counted
 from difforge.tasks.ilvr import superres_ilvr
+from difforge.io.space import from_uint8
 
 TASKS = ("generate", "superres")
 
@@ -40,7 +41,7 @@ def cascade_low(base_dir: str, n: int, c, size: int) -> torch.Tensor:
         if c.klass is not None:
             labels = torch.full((n,), base.parse_class(c.klass), dtype=torch.long)
     images, _ = base.generate(n=n, labels=labels, seed=c.seed)
-    x = images.float() / 127.5 - 1
+    x = from_uint8(images)
     if x.shape[-1] != size:
         x = F.interpolate(x, size=(size, size), mode="area" if x.shape[-1] > size else "bicubic").clamp(-1, 1)
     return x
