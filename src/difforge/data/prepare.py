@@ -245,16 +245,9 @@ def _flags(cfg: PrepareConfig, size: int, w: np.ndarray, h: np.ndarray, std: np.
 
 
 # ---------------------------------------------------------------- the pipeline
-def prepare(source: str | Path, cfg: PrepareConfig = PrepareConfig(), *, progress: bool = True,
-            log: Callable[[str], None] = print) -> Prepared:
-    """Run every step on `source` and return the result in memory (see `store.write_store`)."""
-    src = open_source(source)
-    size = cfg.size or _default_size(src, cfg)
-    log(f"{len(src.items)} candidate images in {src.kind} {src.root} ({len(src.skipped)} other files); size {size}")
-    t0 = time.perf_counter()
-    decoded = _decode_all(src, cfg, size, progress)
-    log(f"decoded in {time.perf_counter() - t0:.1f} s")
-
+def _first_copies(src, decoded) -> tuple[list[int], list[dict], list[dict]]:
+    """Indices of the first copy of each decodable image (by pixel hash), the quarantined
+    files with their reasons, and the exact duplicates removed (label conflicts noted)."""
     quarantined = [{"source": k, "reason": r} for k, r in src.skipped]
     duplicates = []
     first: dict[str, int] = {}
@@ -274,39 +267,27 @@ def prepare(source: str | Path, cfg: PrepareConfig = PrepareConfig(), *, progres
     if not kept:
         first_bad = f"; first: {quarantined[0]['source']}: {quarantined[0]['reason']}" if quarantined else ""
         raise ValueError(f"{src.root}: no usable images ({len(quarantined)} quarantined{first_bad})")
+    return kept, quarantined, duplicates
 
-    recs = [decoded[i] for i in kept]
-    items = [src.items[i] for i in kept]
-    channels = cfg.channels or (1 if all(r[1].ndim == 2 or _gray(r[1]) for r in recs) else 3)
+
+def _stack(recs: list, channels: int) -> np.ndarray:
+    """The decoded images as one contiguous uint8 array (N, channels, S, S)."""
     if channels == 1:
         images = np.stack([r[1] if r[1].ndim == 2 else r[1][..., 0] for r in recs])[:, None]  # (N, 1, S, S)
     else:
         images = np.stack([np.repeat(r[1][..., None], 3, 2) if r[1].ndim == 2 else r[1] for r in recs])
         images = images.transpose(0, 3, 1, 2)  # (N, S, S, 3) -> (N, 3, S, S)
-    images = np.ascontiguousarray(images)
-    shas = [r[2] for r in recs]
-    thumbs = np.stack([r[3] for r in recs])
-    w = np.array([r[4] for r in recs])
-    h = np.array([r[5] for r in recs])
-    modes = [r[6] for r in recs]
-    hashes = phash(thumbs)
+    return np.ascontiguousarray(images)
 
-    class_names = src.class_names
-    if class_names is not None and src.kind != "idx":  # classes whose images all failed are dropped
-        present = {it.label for it in items}
-        class_names = [c for c in class_names if c in present]
-    labels = None if class_names is None else np.array([class_names.index(it.label) for it in items], np.int64)
-    splits = np.array([split_of(s, cfg.val_fraction, cfg.test_fraction, cfg.split_seed) for s in shas])
 
-    std = images.reshape(len(images), -1).std(axis=1)
-    z = far_scores(thumbs, labels if labels is not None else np.zeros(len(items), np.int64))
-    flags = _flags(cfg, size, w, h, std, z, [it.label for it in items])
-    outliers = [{"source": it.key, "split": str(s), "reasons": f} for it, s, f in zip(items, splits, flags) if f]
-    keep = np.array([not (cfg.drop_outliers and f) for f in flags], dtype=bool)
-
-    t0 = time.perf_counter()
+def _near_duplicates(cfg: PrepareConfig, hashes: np.ndarray, thumbs: np.ndarray, keep: np.ndarray, items: list,
+                     splits: np.ndarray, progress: bool, log: Callable[[str], None]) -> dict:
+    """Near-duplicate pairs among the kept images (pHash candidates confirmed by thumbnail
+    difference), pairs across splits first; with `drop_near_duplicates`, the later file of
+    each pair is dropped from `keep` (in place)."""
     from tqdm.auto import tqdm
 
+    t0 = time.perf_counter()
     with tqdm(total=pair_work(len(hashes)), desc="near duplicates", unit="cmp", unit_scale=True,
               disable=not progress, dynamic_ncols=True) as bar:
         pairs = near_pairs(hashes, cfg.near_distance, on_work=bar.update)
@@ -335,14 +316,53 @@ def prepare(source: str | Path, cfg: PrepareConfig = PrepareConfig(), *, progres
             if keep[a] and keep[b]:
                 keep[b] = False
                 near["removed"].append({"source": items[b].key, "near": items[a].key, "split": str(splits[b])})
+    return near
+
+
+def prepare(source: str | Path, cfg: PrepareConfig = PrepareConfig(), *, progress: bool = True,
+            log: Callable[[str], None] = print) -> Prepared:
+    """Run every step on `source` and return the result in memory (see `store.write_store`)."""
+    src = open_source(source)
+    size = cfg.size or _default_size(src, cfg)
+    log(f"{len(src.items)} candidate images in {src.kind} {src.root} ({len(src.skipped)} other files); size {size}")
+    t0 = time.perf_counter()
+    decoded = _decode_all(src, cfg, size, progress)
+    log(f"decoded in {time.perf_counter() - t0:.1f} s")
+
+    kept, quarantined, duplicates = _first_copies(src, decoded)
+    recs = [decoded[i] for i in kept]
+    items = [src.items[i] for i in kept]
+    channels = cfg.channels or (1 if all(r[1].ndim == 2 or _gray(r[1]) for r in recs) else 3)
+    images = _stack(recs, channels)
+    shas = [r[2] for r in recs]
+    thumbs = np.stack([r[3] for r in recs])
+    w = np.array([r[4] for r in recs])
+    h = np.array([r[5] for r in recs])
+    modes = [r[6] for r in recs]
+    hashes = phash(thumbs)
+
+    class_names = src.class_names
+    if class_names is not None and src.kind != "idx":  # classes whose images all failed are dropped
+        present = {it.label for it in items}
+        class_names = [c for c in class_names if c in present]
+    labels = None if class_names is None else np.array([class_names.index(it.label) for it in items], np.int64)
+    splits = np.array([split_of(s, cfg.val_fraction, cfg.test_fraction, cfg.split_seed) for s in shas])
+
+    std = images.reshape(len(images), -1).std(axis=1)
+    z = far_scores(thumbs, labels if labels is not None else np.zeros(len(items), np.int64))
+    flags = _flags(cfg, size, w, h, std, z, [it.label for it in items])
+    outliers = [{"source": it.key, "split": str(s), "reasons": f} for it, s, f in zip(items, splits, flags) if f]
+    keep = np.array([not (cfg.drop_outliers and f) for f in flags], dtype=bool)
+
+    near = _near_duplicates(cfg, hashes, thumbs, keep, items, splits, progress, log)  # may clear `keep` entries
 
     arrays, label_arrays, columns = {}, ({} if labels is not None else None), {}
-    for s in SPLITS:
-        idx = np.nonzero((splits == s) & keep)[0]
-        arrays[s] = images[idx]
+    for split in SPLITS:
+        idx = np.nonzero((splits == split) & keep)[0]
+        arrays[split] = images[idx]
         if labels is not None:
-            label_arrays[s] = labels[idx]
-        columns[s] = {
+            label_arrays[split] = labels[idx]
+        columns[split] = {
             "source": [items[i].key for i in idx],
             "sha256": [shas[i] for i in idx],
             "phash": [f"{int(hashes[i]):016x}" for i in idx],

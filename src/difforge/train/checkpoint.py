@@ -26,7 +26,14 @@ import torch
 from safetensors.torch import save_file
 
 from difforge.runs import (  # noqa: F401 - reading lives in runs; re-exported for training code
-    FILES, CheckpointError, sha256_file, find_resumable, load_checkpoint, step_dirs, verify_checkpoint, weights_file,
+    FILES,
+    CheckpointError,
+    find_resumable,
+    load_checkpoint,
+    sha256_file,
+    step_dirs,
+    verify_checkpoint,
+    weights_file,
 )
 
 

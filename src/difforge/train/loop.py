@@ -9,7 +9,12 @@ from difforge.runtime import autocast_dtype, resolve_device
 from difforge.train import distributed
 from difforge.train.run_dir import resolve_run
 from difforge.train.trainer import (  # noqa: F401 - the training API, re-exported
-    MAX_BAD_STEPS, VAL_MAX_IMAGES, Trainer, TrainingError, TrainResult, model_card,
+    MAX_BAD_STEPS,
+    VAL_MAX_IMAGES,
+    Trainer,
+    TrainingError,
+    TrainResult,
+    model_card,
 )
 
 

@@ -39,7 +39,9 @@ def _upscale_preview(trainer, net: nn.Module, path: Path) -> Path:
 def _sample_grid(trainer, net: nn.Module, path: Path, title: str, per_class: int) -> Path:
     from tqdm.auto import tqdm
 
-    from difforge.pipeline import Pipeline  # sampling code, shared with `difforge sample`
+    from difforge.pipeline import (
+        Pipeline,  # sampling code, shared with `difforge sample`
+    )
 
     pipe = Pipeline(trainer.card.denoiser(net), trainer.card, trainer.device)
     labels = pipe.default_labels(per_class=per_class)

@@ -7,7 +7,16 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-from difforge.config import ConfigError, RunConfig, load_config, save_config
+from difforge.config import (
+    ConfigError,
+    RunConfig,
+    config_to_dict,
+    load_config,
+    save_config,
+)
+from difforge.diffusion.frameworks import FrameworkSpec
+from difforge.models.card import Architecture, ModelCard
+from difforge.models.conditioning import ClassLabels, LowResImage, Unconditional
 from difforge.runs import is_run_dir, step_dirs
 from difforge.train.checkpoint import clean_stale
 
@@ -54,3 +63,18 @@ def create_run_dir(cfg: RunConfig, run_dir: Path, resume: bool, card, skipped: l
         report.write_text("".join(f"{path}\t{reason}\n" for path, reason in skipped))
         print(f"warning: skipped {len(skipped)} unusable file(s); list in {report}")
     card.save(run_dir / "model.json")
+
+
+def model_card(cfg: RunConfig, bundle, image_size: int, num_classes: int | None) -> ModelCard:
+    """What a sampler needs to rebuild the model: written as model.json / config.json.
+    ValueError for a super-resolution scale the data's size does not allow."""
+    if cfg.model.task == "superres":
+        conditioning = LowResImage(cfg.model.scale)
+        conditioning.check(bundle.native_size, image_size)
+    elif num_classes:
+        conditioning = ClassLabels(num_classes)
+    else:
+        conditioning = Unconditional()
+    return ModelCard(Architecture.of_preset(cfg.model.preset), image_size, bundle.native_size, bundle.channels,
+                     FrameworkSpec.from_dict(config_to_dict(cfg)["diffusion"]), cfg.diffusion.prediction,
+                     conditioning, bundle.class_names if num_classes else None, cfg.data.dataset)

@@ -17,7 +17,6 @@ import dataclasses
 import functools
 import math
 import time
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,22 +25,22 @@ import torch
 from difforge.config import ConfigError, RunConfig, config_to_dict
 from difforge.data import load_dataset, to_model_input
 from difforge.data.batches import EpochBatches
-from difforge.diffusion.frameworks import FrameworkSpec
 from difforge.models import build_model, size_multiple
-from difforge.models.card import Architecture, ModelCard
-from difforge.models.conditioning import ClassLabels, LowResImage, Unconditional
 from difforge.train import distributed
-from difforge.train.checkpoint import find_resumable, load_checkpoint, restore_rng, rng_state, save_checkpoint
+from difforge.train.checkpoint import (
+    find_resumable,
+    load_checkpoint,
+    restore_rng,
+    rng_state,
+    save_checkpoint,
+)
 from difforge.train.ema import EMA
+from difforge.train.faults import MAX_BAD_STEPS, FaultHandling, TrainingError
 from difforge.train.optim import build_optimizer, build_scheduler, set_schedule_step
+from difforge.train.run_dir import model_card
 from difforge.train.signals import StopFlag
 
 VAL_MAX_IMAGES = 2000  # validation loss is measured on at most this many held-out images
-MAX_BAD_STEPS = 20  # consecutive non-finite steps before a rollback (once), then a stop
-
-
-class TrainingError(RuntimeError):
-    """Training cannot go on (e.g. non-finite losses persist after a rollback)."""
 
 
 @dataclass
@@ -53,22 +52,7 @@ class TrainResult:
     signum: int | None = None  # the signal (SIGTERM, SIGINT) that stopped the run early, if one did
 
 
-def model_card(cfg: RunConfig, bundle, image_size: int, num_classes: int | None) -> ModelCard:
-    """What a sampler needs to rebuild the model: written as model.json / config.json.
-    ValueError for a super-resolution scale the data's size does not allow."""
-    if cfg.model.task == "superres":
-        conditioning = LowResImage(cfg.model.scale)
-        conditioning.check(bundle.native_size, image_size)
-    elif num_classes:
-        conditioning = ClassLabels(num_classes)
-    else:
-        conditioning = Unconditional()
-    return ModelCard(Architecture.of_preset(cfg.model.preset), image_size, bundle.native_size, bundle.channels,
-                     FrameworkSpec.from_dict(config_to_dict(cfg)["diffusion"]), cfg.diffusion.prediction,
-                     conditioning, bundle.class_names if num_classes else None, cfg.data.dataset)
-
-
-class Trainer:
+class Trainer(FaultHandling):
     """Trains the run `cfg` into `run_dir`; `run()` returns where it ended.
 
     State that changes while training (step, rollbacks, skipped steps, the step of the last
@@ -245,7 +229,10 @@ class Trainer:
                                     "val_loss_ema": self.validation_loss(self.ema.shadow)})
 
     def start_logging(self) -> None:
-        from difforge.train.logging import MetricsLogger, NullLogger  # optional backends load lazily
+        from difforge.train.logging import (  # optional backends load lazily
+            MetricsLogger,
+            NullLogger,
+        )
 
         t = self.cfg.train
         if self.world.main:
@@ -315,36 +302,6 @@ class Trainer:
             self.skip_step("loss" if not finite else "gradients")
         self.step += 1
         return ok, loss_value, signalled, n
-
-    def skip_step(self, what: str) -> None:
-        with warnings.catch_warnings():  # a skipped first step is not a misordered scheduler
-            warnings.filterwarnings("ignore", "Detected call of `lr_scheduler.step")
-            self.scheduler.step()
-        self.bad_in_a_row += 1
-        self.skipped += 1
-        self.logger.log(self.step, {"skipped_nonfinite": what})
-        if self.bad_in_a_row == 1:
-            self.say(f"warning: non-finite {what} at step {self.step}: step skipped")
-
-    def non_finite_streak(self) -> None:
-        """MAX_BAD_STEPS non-finite steps in a row: roll back once, else stop."""
-        ckpt = self.newest_checkpoint() if self.rollbacks == 0 else None
-        if ckpt is not None:
-            self.load_weights_and_optimizer(ckpt)
-            self.rollbacks += 1
-            self.bad_in_a_row = 0
-            self.logger.log(self.step, {"rollback_to": int(ckpt.name[5:])})
-            self.say(f"warning: {MAX_BAD_STEPS} non-finite steps in a row at step {self.step}: rolled weights, EMA "
-                     f"and optimizer back to {ckpt.name}; going on from step {self.step} with the following batches")
-            return
-        if self.amp_dtype == torch.float16:
-            hint = "fp16 overflow is the likely cause: train with --precision bf16 (or fp32)"
-        else:
-            hint = f"the learning rate ({self.cfg.train.lr:g}) is the likely cause: try a lower --lr"
-        when = ("again after rolling back to the last checkpoint" if self.rollbacks
-                else "and no checkpoint to roll back to")
-        raise TrainingError(f"{MAX_BAD_STEPS} non-finite losses or gradients in a row at step {self.step}, {when}; "
-                            f"{hint}")
 
     def after_step(self) -> None:
         """What runs on a schedule after a step: validation, previews, evaluation, checkpoints."""
