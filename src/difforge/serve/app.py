@@ -4,29 +4,26 @@ from __future__ import annotations
 
 import asyncio
 import importlib.util
-import json
 import logging
-import time
 from contextlib import asynccontextmanager
 from importlib.resources import files
 from pathlib import Path
 
-import torch
 from fastapi import FastAPI, Request, Security
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
+from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.security import HTTPBearer
 from fastapi.staticfiles import StaticFiles
 from starlette.requests import ClientDisconnect
 
 from difforge.serve.bodies import body_doc, parse
-from difforge.serve.codec import BadInput, grid_png, png_b64
 from difforge.serve.config import ServeConfig
-from difforge.serve.engine import Cancelled, Engine, Job, OutOfMemory, QueueFull, Unavailable, progress_to_loop
+from difforge.serve.engine import Engine
 from difforge.serve.guard import Guard, Observe
 from difforge.serve.info import describe_model
 from difforge.serve.limits import BodyLimit, HTTPError, one_line
 from difforge.serve.metrics import ServeMetrics
+from difforge.serve.respond import ClientGone, Responder
 from difforge.serve.schemas import ErrorResponse, GenerateRequest, ImagesResponse, InpaintRequest, RestoreRequest
 
 STATIC = files("difforge.serve") / "static"
@@ -44,10 +41,6 @@ def swagger_assets() -> Path | None:
     return static if (static / "swagger-ui-bundle.js").is_file() else None
 
 
-class ClientGone(Exception):
-    """The client closed its connection while its request waited: nothing to answer."""
-
-
 def create_app(pipe, model_path: str | Path, config: ServeConfig | None = None, warmup: bool = True) -> FastAPI:
     """The service for one loaded `Pipeline`; the worker starts and stops with the app's lifespan."""
     from difforge.serve.requests import Validator
@@ -56,7 +49,6 @@ def create_app(pipe, model_path: str | Path, config: ServeConfig | None = None, 
     engine = Engine(pipe, config)
     metrics = ServeMetrics(depth_fn=engine.depth, running_fn=lambda: engine.running)
     engine.metrics = metrics
-    check = Validator(pipe, config)
     model_info = describe_model(model_path, pipe)
     model_info["limits"] = {"max_n": config.max_n, "max_steps": config.max_steps, "max_batch": config.max_batch,
                             "max_body_bytes": config.max_body_bytes, "timeout_s": config.timeout_s,
@@ -73,8 +65,24 @@ def create_app(pipe, model_path: str | Path, config: ServeConfig | None = None, 
     app = FastAPI(title="difforge", version="1", lifespan=lifespan, docs_url=None, redoc_url=None,
                   description="Generate, inpaint and restore images with a difforge diffusion model.")
     app.state.engine, app.state.metrics, app.state.config = engine, metrics, config
+    responder = Responder(engine, metrics, config)
 
-    # ------------------------------------------------------------ errors
+    _error_handlers(app)
+    bearer = HTTPBearer(auto_error=False, description="The server's token (--token-file or DIFFORGE_TOKEN).")
+    auth = [Security(bearer)] if config.token else []  # documents the scheme; `Guard` checks the token
+    _task_routes(app, Validator(pipe, config), responder, auth)
+    _probe_routes(app, engine, metrics, config, model_info, auth)
+    _page_routes(app)
+    routes = frozenset(getattr(r, "path", "") for r in app.routes) - {""}
+    app.add_middleware(BodyLimit, max_bytes=config.max_body_bytes)
+    app.add_middleware(Guard, config=config)
+    app.add_middleware(Observe, metrics=metrics, routes=routes)  # outermost: counts every answer
+    return app
+
+
+def _error_handlers(app: FastAPI) -> None:
+    """One-line JSON errors; a client that left gets 499; crashes go to the log."""
+
     @app.exception_handler(HTTPError)
     async def _http_error(request: Request, e: HTTPError):
         return JSONResponse({"detail": e.detail}, status_code=e.status, headers=e.headers)
@@ -93,113 +101,10 @@ def create_app(pipe, model_path: str | Path, config: ServeConfig | None = None, 
         log.error("difforge serve: %s %s failed", request.method, request.url.path, exc_info=e)
         return JSONResponse({"detail": "internal error; see the server log"}, status_code=500)
 
-    bearer = HTTPBearer(auto_error=False, description="The server's token (--token-file or DIFFORGE_TOKEN).")
-    auth = [Security(bearer)] if config.token else []  # documents the scheme; `Guard` checks the token
 
-    # ------------------------------------------------------------ running a job
-    async def run(job: Job, request: Request, render) -> Response:
-        """Queue the job and answer as the client asked (Accept): JSON, a PNG grid, or events."""
-        t0 = time.perf_counter()
-        accept = _accepted(request.headers.get("accept", ""))
-        loop = asyncio.get_running_loop()
-        events: asyncio.Queue | None = None
-        if accept == "text/event-stream":
-            events = asyncio.Queue()
-            job.on_progress = progress_to_loop(loop, events)
-            post = job.on_progress
-            job.future.add_done_callback(lambda _: post(None))
-        try:
-            engine.submit(job)
-        except QueueFull as e:
-            metrics.rejected.labels(reason="queue_full").inc()
-            raise HTTPError(503, f"busy: {e}; retry later", {"Retry-After": str(config.retry_after_s)}) from None
-        except Unavailable as e:
-            metrics.rejected.labels(reason="unavailable").inc()
-            raise HTTPError(503, str(e)) from None
-        deadline = loop.time() + config.timeout_s
-        if events is not None:
-            return StreamingResponse(_stream(job, events, deadline, lambda r: render(r, time.perf_counter() - t0)),
-                                     media_type="text/event-stream",
-                                     headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
-        result = await _wait(job, request, deadline)
-        body = render(result, time.perf_counter() - t0)
-        if accept == "image/png":
-            rows = min(len(result), 10)
-            png = await asyncio.to_thread(grid_png, result, rows, 1)
-            return Response(png, media_type="image/png",
-                            headers={"X-Seeds": ",".join(map(str, body.seeds)),
-                                     "X-Labels": ",".join("" if k is None else str(k) for k in body.labels)})
-        return JSONResponse(body.model_dump())
+def _task_routes(app: FastAPI, check, responder: Responder, auth: list) -> None:
+    """The work routes: generate, inpaint, restore (checked by `check`, answered by `responder`)."""
 
-    async def _wait(job: Job, request: Request, deadline: float):
-        """The job's result; cancels it when the client disconnects or the deadline passes."""
-        loop = asyncio.get_running_loop()
-        result = asyncio.wrap_future(job.future)
-        gone = asyncio.ensure_future(_disconnected(request))
-        try:
-            done, _ = await asyncio.wait({result, gone}, timeout=max(0.0, deadline - loop.time()),
-                                         return_when=asyncio.FIRST_COMPLETED)
-        except asyncio.CancelledError:  # the server cancelled the handler
-            job.cancel()
-            raise
-        finally:
-            gone.cancel()
-        if result in done:
-            try:
-                return result.result()
-            except asyncio.CancelledError:  # dropped while queued: by shutdown
-                raise HTTPError(503, "the server is shutting down", {"Retry-After": "1"}) from None
-            except Exception as e:  # noqa: BLE001
-                raise _job_error(e) from None
-        job.cancel()
-        result.cancel()  # its outcome is nobody's business now (and never "unretrieved")
-        if gone in done:
-            metrics.rejected.labels(reason="disconnect").inc()
-            raise ClientGone()
-        metrics.rejected.labels(reason="timeout").inc()
-        raise HTTPError(504, f"not finished within this server's {config.timeout_s:g} s limit; "
-                             f"ask for fewer images or steps")
-
-    async def _stream(job: Job, events: asyncio.Queue, deadline: float, render):
-        loop = asyncio.get_running_loop()
-        ended = False  # False in `finally`: the client left (the stream was closed under us)
-        try:
-            while True:
-                left = deadline - loop.time()
-                try:
-                    event = await asyncio.wait_for(events.get(), max(0.0, min(left, config.keepalive_s)))
-                except (asyncio.TimeoutError, TimeoutError):
-                    if loop.time() < deadline:
-                        yield ": keep-alive\n\n"  # a comment: proxies and clients see the stream is alive
-                        continue
-                    job.cancel()
-                    ended = True
-                    metrics.rejected.labels(reason="timeout").inc()
-                    yield _sse("error", {"status": 504, "detail": f"not finished within {config.timeout_s:g} s"})
-                    return
-                if event is None:
-                    break
-                yield _sse("progress", event)
-            ended = True
-            try:
-                yield _sse("result", render(job.future.result()).model_dump())
-            except BaseException as e:  # noqa: BLE001 - the future's error, or its cancellation at shutdown
-                err = _job_error(e)
-                yield _sse("error", {"status": err.status, "detail": err.detail})
-        finally:
-            if not ended:
-                job.cancel()
-                metrics.rejected.labels(reason="disconnect").inc()
-
-    def _images(seeds, labels, sampler, steps, cfg):
-        def render(result: torch.Tensor, seconds: float) -> ImagesResponse:
-            return ImagesResponse(images=[png_b64(im) for im in result], seeds=seeds, labels=labels,
-                                  width=result.shape[-1], height=result.shape[-2], channels=result.shape[1],
-                                  sampler=sampler, steps=steps, cfg=cfg, seconds=round(seconds, 4))
-
-        return render
-
-    # ------------------------------------------------------------ routes
     @app.post("/v1/generate", dependencies=auth, response_model=ImagesResponse,
               openapi_extra=body_doc(GenerateRequest),
               responses={**ERRORS, 200: {"content": {"image/png": {}, "text/event-stream": {}},
@@ -210,7 +115,7 @@ def create_app(pipe, model_path: str | Path, config: ServeConfig | None = None, 
         """Sample images: class label(s) or none, n, sampler, steps, CFG scale, seed."""
         req, _ = await parse(request, GenerateRequest)
         job, meta = check.generate(req)
-        return await run(job, request, _images(**meta))
+        return await responder.run(job, request, responder.images(**meta))
 
     @app.post("/v1/inpaint", dependencies=auth, response_model=ImagesResponse, responses=ERRORS,
               openapi_extra=body_doc(InpaintRequest, ("image", "mask")))
@@ -218,7 +123,7 @@ def create_app(pipe, model_path: str | Path, config: ServeConfig | None = None, 
         """Fill the masked part of an image (mask: white = fill), keeping the rest."""
         req, uploads = await parse(request, InpaintRequest, ("image", "mask"))
         job, meta = await asyncio.to_thread(check.inpaint, req, uploads)  # decoding stays off the event loop
-        return await run(job, request, _images(**meta))
+        return await responder.run(job, request, responder.images(**meta))
 
     @app.post("/v1/restore", dependencies=auth, response_model=ImagesResponse, responses=ERRORS,
               openapi_extra=body_doc(RestoreRequest, ("image",)))
@@ -226,7 +131,11 @@ def create_app(pipe, model_path: str | Path, config: ServeConfig | None = None, 
         """SDEdit: noise the image to `strength`, then denoise it with the model."""
         req, uploads = await parse(request, RestoreRequest, ("image",))
         job, meta = await asyncio.to_thread(check.restore, req, uploads)
-        return await run(job, request, _images(**meta))
+        return await responder.run(job, request, responder.images(**meta))
+
+
+def _probe_routes(app: FastAPI, engine: Engine, metrics: ServeMetrics, config: ServeConfig, model_info: dict, auth: list) -> None:
+    """/v1/model, /healthz, /readyz and /metrics."""
 
     @app.get("/v1/model", dependencies=auth, responses=ERRORS)
     async def model() -> dict:
@@ -258,6 +167,10 @@ def create_app(pipe, model_path: str | Path, config: ServeConfig | None = None, 
         body, ctype = metrics.render()
         return Response(body, media_type=ctype)
 
+
+def _page_routes(app: FastAPI) -> None:
+    """The web page, /docs (served locally) and the static files."""
+
     @app.get("/", include_in_schema=False)
     async def page():
         return FileResponse(str(STATIC / "index.html"))
@@ -274,41 +187,3 @@ def create_app(pipe, model_path: str | Path, config: ServeConfig | None = None, 
     if swagger is not None:
         app.mount("/docs/assets", StaticFiles(directory=str(swagger)), name="docs-assets")
     app.mount("/static", StaticFiles(directory=str(STATIC)), name="static")
-
-    routes = frozenset(getattr(r, "path", "") for r in app.routes) - {""}
-    app.add_middleware(BodyLimit, max_bytes=config.max_body_bytes)
-    app.add_middleware(Guard, config=config)
-    app.add_middleware(Observe, metrics=metrics, routes=routes)  # outermost: counts every answer
-    return app
-
-
-async def _disconnected(request: Request) -> None:
-    """Returns when the client has gone (the body has been read by then)."""
-    while (await request.receive())["type"] != "http.disconnect":
-        pass
-
-
-def _accepted(accept: str) -> str:
-    """The first of JSON, PNG or event-stream named in an Accept header (default JSON)."""
-    for part in accept.split(","):
-        kind = part.split(";")[0].strip().lower()
-        if kind in ("application/json", "image/png", "text/event-stream"):
-            return kind
-    return "application/json"
-
-
-def _sse(event: str, data: dict) -> str:
-    return f"event: {event}\ndata: {json.dumps(data)}\n\n"
-
-
-def _job_error(e: BaseException) -> HTTPError:
-    if isinstance(e, (Cancelled, asyncio.CancelledError)):
-        return HTTPError(503, str(e) or "the server is shutting down", {"Retry-After": "1"})
-    if isinstance(e, OutOfMemory):
-        return HTTPError(503, str(e), {"Retry-After": "5"})
-    if isinstance(e, Unavailable):
-        return HTTPError(503, str(e))
-    if isinstance(e, (ValueError, BadInput)):
-        return HTTPError(422, str(e).splitlines()[0] if str(e) else type(e).__name__)
-    log.error("difforge serve: generation failed", exc_info=e)
-    return HTTPError(500, "generation failed; see the server log")
