@@ -43,15 +43,7 @@ def load_dataset(cfg: DataConfig) -> DatasetBundle:
         train, val = split_validation(full, cfg.val_fraction, cfg.split_seed)
     else:
         train, val = full, None
-    return DatasetBundle(
-        train=train,
-        val=val,
-        test=test,
-        native_size=train.size,
-        channels=train.channels,
-        class_names=train.class_names,
-        skipped=skipped,
-    )
+    return _bundle(train, val, test, skipped)
 
 
 def _load_prepared(cfg: DataConfig) -> DatasetBundle:
@@ -66,11 +58,10 @@ def _load_prepared(cfg: DataConfig) -> DatasetBundle:
     train = _with_channels(train, cfg.channels)
     val = None if val is None else _with_channels(val, cfg.channels)
     test = None if test is None else _with_channels(test, cfg.channels)
-    return DatasetBundle(
-        train=train,
-        val=val,
-        test=test,
-        native_size=train.size,
-        channels=train.channels,
-        class_names=train.class_names,
-    )
+    return _bundle(train, val, test)
+
+
+def _bundle(train, val, test, skipped: list | None = None) -> DatasetBundle:
+    """The splits, with the size, channels and class names of the training split."""
+    return DatasetBundle(train=train, val=val, test=test, native_size=train.size, channels=train.channels,
+                         class_names=train.class_names, skipped=skipped or [])

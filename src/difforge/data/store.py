@@ -14,13 +14,14 @@ DIR and renamed into place, so a crash never leaves a half-written store under D
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
 from pathlib import Path
 
 import numpy as np
+
+from difforge.runs import sha256_file  # one hashing of files, shared with checkpoints
 
 FORMAT = "difforge-prepared"
 VERSION = 1
@@ -35,14 +36,6 @@ def is_store(path: str | Path) -> bool:
         return f'"format":"{FORMAT}"'.encode() in f.read(64).replace(b" ", b"")
 
 
-def _sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _write_json(path: Path, obj: dict) -> None:
     with open(path, "w") as f:
         json.dump(obj, f, separators=(",", ":"))
@@ -55,7 +48,7 @@ def _save_npy(path: Path, a: np.ndarray) -> str:
         np.save(f, a, allow_pickle=False)
         f.flush()
         os.fsync(f.fileno())
-    return _sha256_file(path)
+    return sha256_file(path)
 
 
 def check_out_dir(out_dir: str | Path, overwrite: bool) -> Path:
@@ -169,7 +162,7 @@ def load_split_arrays(path: str | Path, manifest: dict, split: str, *, mmap: boo
             raise ValueError(f"{path / entry['labels']}: labels outside 0..{len(manifest['class_names']) - 1}")
     if verify:
         for name, want in files:
-            if _sha256_file(path / name) != want:
+            if sha256_file(path / name) != want:
                 raise ValueError(f"{path / name}: SHA-256 does not match the manifest (file changed or corrupt)")
     return images, labels
 
