@@ -97,16 +97,28 @@ class Pipeline:
         classes = list(range(self.num_classes)) if classes is None else list(classes)
         return torch.tensor(classes, dtype=torch.long).repeat_interleave(per_class)
 
+    @property
+    def default_cfg(self) -> float | None:
+        """The guidance scale when none is given: DEFAULT_CFG, 1 (none) for a model without a
+        learned null class, None for an unconditional model."""
+        if not self.num_classes:
+            return None
+        return DEFAULT_CFG if self.card.conditioning.has_null else 1.0
+
     def denoiser(
         self, cfg: float | None = None, clip: bool = True, cfg_rescale: float = 0.0, threshold: float | None = None
     ) -> nn.Module:
-        """D(x, sigma, cond) with guidance (conditional models; default scale DEFAULT_CFG,
+        """D(x, sigma, cond) with guidance (conditional models; default scale `default_cfg`,
         optional guidance rescale phi = `cfg_rescale`) and x0 kept in [-1, 1]: by static
         clipping (`clip`), or by dynamic thresholding at percentile `threshold` (Imagen)."""
         d: nn.Module = self.model
         if self.num_classes:
+            scale = self.default_cfg if cfg is None else cfg
             null = self.card.conditioning.null_label
-            d = CFGDenoiser(d, DEFAULT_CFG if cfg is None else cfg, null_label=null, rescale=cfg_rescale)
+            if null is None and (scale != 1.0 or cfg_rescale):
+                raise ValueError("classifier-free guidance needs a null class, which this model did not learn; "
+                                 "use --cfg 1")
+            d = CFGDenoiser(d, scale, null_label=-1 if null is None else null, rescale=cfg_rescale)
         elif cfg is not None and cfg != 1.0:
             raise ValueError("a CFG scale needs a class-conditional model; this one is unconditional")
         elif cfg_rescale:

@@ -26,8 +26,8 @@ OPTIONS: dict[str, tuple[str, Any, str]] = {
     "--batch-size": ("train.batch_size", None, "Images per step. [default: 128]"),
     "--lr": ("train.lr", None, "Peak learning rate. [default: 2e-3]"),
     "--lr-schedule": ("train.lr_schedule", click.Choice(LR_SCHEDULES), "[default: onecycle]"),
-    "--schedule": ("diffusion.schedule", click.Choice(["linear", "cosine"]), "Noise (beta) schedule. "
-                   "[default: linear]"),
+    "--schedule": ("diffusion.schedule", click.Choice(["linear", "scaled_linear", "cosine"]),
+                   "Noise (beta) schedule. [default: linear]"),
     "--framework": ("diffusion.framework", click.Choice(FRAMEWORK_NAMES), "ddpm (Ho et al. 2020), ncsn (Song & "
                     "Ermon 2019), vp-sde / subvp-sde / ve-sde (Song et al. 2021), edm (Karras et al. 2022); "
                     "docs/frameworks.md. [default: ddpm]"),

@@ -225,7 +225,7 @@ def evaluate(
 
     t_sample = time.perf_counter()
     if npz is None:
-        scale = (cfg.cfg if cfg.cfg is not None else _default_cfg()) if pipe.num_classes else None
+        scale = (cfg.cfg if cfg.cfg is not None else pipe.default_cfg) if pipe.num_classes else None
         images, labels = _sample(pipe, cfg.n, cfg, scale, progress)
     n = len(images)
     if n < 2:
@@ -262,7 +262,7 @@ def evaluate(
         if labels is not None and "classifier" in feats else []
 
     sweep = []
-    main_scale = cfg.cfg if cfg.cfg is not None else _default_cfg()
+    main_scale = cfg.cfg if cfg.cfg is not None or pipe is None else pipe.default_cfg
     for s in cfg.cfg_sweep:
         imgs = images if npz is None and s == main_scale else _sample(pipe, cfg.n, cfg, s, progress)[0]
         row: dict = {"cfg": s}
@@ -339,9 +339,3 @@ def _per_class(feats: tuple, ref, floor, labels: torch.Tensor, class_names: list
     return [{"class": c, "name": name, "n": int((y == c).sum()), "fd": fd[c], "floor_fd": fd_floor[c],
              "accuracy": float((pred[y == c] == c).mean()) if (y == c).any() else None}
             for c, name in enumerate(class_names)]
-
-
-def _default_cfg() -> float:
-    from difforge.pipeline import DEFAULT_CFG
-
-    return DEFAULT_CFG

@@ -35,8 +35,6 @@ def _eval_metrics(path: Path) -> dict | None:
 
 def describe_model(path: str | Path, pipe) -> dict:
     """A JSON-able description of the loaded model and where it came from."""
-    from difforge.pipeline import DEFAULT_CFG
-
     path = Path(path)
     card = pipe.card
     step, weights = card.step, card.weights
@@ -64,7 +62,7 @@ def describe_model(path: str | Path, pipe) -> dict:
         "weights": weights,
         "metrics": {"training": metrics or None, "evaluation": evaluation},
         "device": str(pipe.device),
-        "default_cfg": DEFAULT_CFG if pipe.num_classes else None,
+        "default_cfg": pipe.default_cfg,
         "samplers": _samplers(pipe),
     }
 

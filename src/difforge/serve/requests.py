@@ -26,7 +26,6 @@ class Validator:
         """Sampler, steps, guidance and seeds of any request; raises HTTPError(422).
 
         Returns (params for the pipeline or task, seeds, labels, the number of sampler steps)."""
-        from difforge.pipeline import DEFAULT_CFG
         from difforge.sampling import SAMPLERS, sampler_options
 
         pipe, cfg = self.pipe, self.config
@@ -58,7 +57,7 @@ class Validator:
             except ValueError as e:
                 raise self._fail(f"class: {e}") from None
         seed = req.seed if req.seed is not None else secrets.randbelow(2**31)
-        guidance = (req.cfg if req.cfg is not None else DEFAULT_CFG) if pipe.num_classes else None
+        guidance = (req.cfg if req.cfg is not None else pipe.default_cfg) if pipe.num_classes else None
         params = {"sampler": req.sampler, "steps": asked, "cfg": guidance, **options}
         if grid is not None:
             params["grid"] = grid
