@@ -16,6 +16,7 @@ from torch import nn
 
 from difforge.diffusion.grids import sigma_grid
 from difforge.diffusion.process import NoiseProcess
+from difforge.hub import model_readme, not_found, resolve_model_dir
 from difforge.models.card import ModelCard
 from difforge.models.conditioning import downsample
 from difforge.models.denoiser import Denoiser
@@ -277,13 +278,14 @@ def _card_and_weights(path: Path, ema: bool) -> tuple[ModelCard, Path]:
 
 
 def load_pipeline(path: str | Path, ema: bool = True, device: str | torch.device = "cpu") -> Pipeline:
-    """Load a run directory (its newest valid checkpoint) or an exported model directory."""
+    """Load a run directory (its newest valid checkpoint), an exported model directory, or
+    a Hub id `owner/name` of a model in the local Hugging Face cache (`difforge.hub`)."""
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
-    path = Path(path)
+    given, path = path, resolve_model_dir(path)
     if not path.is_dir():
-        raise ModelLoadError(f"no such run or model directory: {path}")
+        raise ModelLoadError(not_found(given))
     card, weights = _card_and_weights(path, ema)
     try:
         net = card.build_network()
@@ -299,7 +301,8 @@ def is_model_dir(path: str | Path) -> bool:
 
 
 def export_model(run_dir: str | Path, out: str | Path, ema: bool = True, overwrite: bool = False) -> Path:
-    """Write `out/model.safetensors` + `out/config.json` from a run's newest checkpoint.
+    """Write `out/model.safetensors` + `out/config.json` (and a Hub README.md) from a run's
+    newest checkpoint.
 
     `out` must be new, empty, or (with `overwrite`) an exported model: a folder of other
     files is refused before anything is written."""
@@ -322,5 +325,7 @@ def export_model(run_dir: str | Path, out: str | Path, ema: bool = True, overwri
     step = int(json.loads((ckpt / "meta.json").read_text())["step"])
     out.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(weights_file(ckpt, ema), out / "model.safetensors")
-    card.exported(step, "ema" if ema else "raw").save(out / "config.json")
+    card = card.exported(step, "ema" if ema else "raw")
+    card.save(out / "config.json")
+    (out / "README.md").write_text(model_readme(card, title=run_dir.resolve().name))
     return out

@@ -204,9 +204,10 @@ def evaluate(
         raise ValueError("--bpd needs a model to measure, not only --npz samples")
     pipe = None
     if model_dir is not None:
-        from difforge.pipeline import load_pipeline
+        from difforge.pipeline import load_pipeline, resolve_model_dir
 
         pipe = load_pipeline(model_dir, ema=cfg.ema, device=device)
+        given, model_dir = model_dir, resolve_model_dir(model_dir)  # a Hub id: its folder in the cache
         if cfg.cfg_sweep and not pipe.num_classes:
             raise ValueError("--cfg-sweep needs a class-conditional model; this one is unconditional")
     if data is None:
@@ -301,7 +302,7 @@ def evaluate(
     report = {
         "format": REPORT_FORMAT,
         "version": 1,
-        "model": None if model_dir is None else str(model_dir),
+        "model": None if model_dir is None else str(given),
         "npz": None if npz is None else str(npz),
         "n": n,
         "floor_n": len(floor),
