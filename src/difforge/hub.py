@@ -76,7 +76,7 @@ def readme_metadata(card: ModelCard, library: str = "difforge") -> dict:
     if card.num_classes:
         tags.append("class-conditional")
     pipeline_tag = "image-to-image" if card.task == "superres" else "unconditional-image-generation"
-    meta = {"library_name": library, "pipeline_tag": pipeline_tag, "tags": tags, "license": "other"}
+    meta = {"library_name": library, "pipeline_tag": pipeline_tag, "tags": tags}
     if card.dataset:
         meta["datasets"] = [card.dataset]
     return meta
@@ -102,16 +102,16 @@ def model_readme(card: ModelCard, *, library: str = "difforge", title: str | Non
         rows.append(("training steps", f"{card.step} ({card.weights or 'ema'} weights)"))
     table = "\n".join(f"| {k} | {v} |" for k, v in rows)
     if library == "diffusers":
-        use = ("```python\nfrom diffusers import DDPMPipeline\n\npipe = DDPMPipeline.from_pretrained(\"PATH_OR_ID\")\n"
-               "images = pipe(batch_size=4).images\n```\n\nor with difforge: `difforge import PATH_OR_ID --out model`, "
+        use = ("```python\nfrom diffusers import DDPMPipeline\n\npipe = DDPMPipeline.from_pretrained(\"OWNER/NAME\")\n"
+               "images = pipe(batch_size=4).images\n```\n\nor with difforge: `difforge import OWNER/NAME --out model`, "
                "then `difforge sample model`.")
         if card.num_classes:
             use += (f"\n\nThe UNet is class-conditional: pass `class_labels` 0..{card.num_classes - 1} to "
                     "`UNet2DModel`" + (f"; label {card.num_classes} is the null class of classifier-free guidance."
                                        if card.conditioning.has_null else "."))
     else:
-        use = ("```bash\nhuggingface-cli download PATH_OR_ID   # once; difforge reads the local cache\n"
-               "difforge sample PATH_OR_ID --out samples.png\n```\n\nEvery command that takes a model directory "
+        use = ("```bash\nhuggingface-cli download OWNER/NAME   # once; difforge reads the local cache\n"
+               "difforge sample OWNER/NAME --out samples.png\n```\n\nEvery command that takes a model directory "
                "takes the Hub id as well (`serve`, `evaluate`, `inpaint`, ...).")
     return (f"---\n{front}\n---\n\n# {title or 'A difforge diffusion model'}\n\n"
             f"| | |\n|---|---|\n{table}\n\n## Use\n\n{use}\n")
