@@ -243,3 +243,22 @@ def test_export_refuses_difforge_presets_in_one_line(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "is difforge's own network, which diffusers has no class for" in err
     assert len(err.strip().splitlines()) == 1 and not (tmp_path / "hf").exists()
+
+
+def test_trained_diffusers_unet_run_exports_to_diffusers(tmp_path):
+    """difforge trains the diffusers-unet preset (class-conditional digits, with its null
+    class); the run's newest checkpoint exports to a folder diffusers loads."""
+    run_dir = tmp_path / "run"
+    assert run(["train", "--dataset", "digits", "--model", "diffusers-unet", "--max-steps", "2", "--batch-size", "8",
+                "--out", str(run_dir), "--no-progress"]) == 0
+    assert run(["export", str(run_dir), "--out", str(tmp_path / "hf"), "--format", "diffusers", "--no-ema"]) == 0
+    unet = diffusers.UNet2DModel.from_pretrained(tmp_path / "hf" / "unet")
+    assert unet.config.num_class_embeds == 11  # 10 digits and the null class
+    card = ModelCard.load(tmp_path / "hf" / "difforge.json")
+    assert (card.step, card.weights, card.dataset) == (2, "raw", "digits")
+    assert "label 10 is the null class" in (tmp_path / "hf" / "README.md").read_text()
+    pipe = load_pipeline(run_dir, ema=False)
+    x, t, y = torch.randn(2, 1, unet.config.sample_size, unet.config.sample_size), torch.tensor([3.0, 700.0]), \
+        torch.tensor([4, 10])
+    with torch.no_grad():
+        assert torch.equal(unet(x, t, class_labels=y).sample, pipe.net(x, t, y))
