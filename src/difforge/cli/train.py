@@ -20,7 +20,8 @@ OPTIONS: dict[str, tuple[str, Any, str]] = {
     "--data": ("data.path", click.Path(), "Image folder (sub-folders = classes; flat = unconditional), a folder of "
                "Fashion-MNIST idx files, or a `difforge prepare` store."),
     "--out": ("out", None, "Run directory. [default: runs/default]"),
-    "--model": ("model.preset", None, "Model preset: unet (default), unet-seed (the article's), tiny, ..."),
+    "--model": ("model.preset", None, "Model preset: unet (default), unet-seed (the article's), tiny, "
+                "diffusers-unet (diffusers' UNet2DModel: exports to diffusers), ..."),
     "--max-steps": ("train.max_steps", None, "Stop after this many optimiser steps (wins over --epochs)."),
     "--epochs": ("train.epochs", None, "Passes over the training split. [default: 1 when --max-steps is absent]"),
     "--batch-size": ("train.batch_size", None, "Images per step. [default: 128]"),
