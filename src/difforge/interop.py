@@ -191,7 +191,10 @@ def import_diffusers(src: str | Path, out: str | Path, *, scheduler: str | Path 
     except (OSError, ValueError, RuntimeError) as e:
         raise InteropError(f"{unet_dir}: cannot load the UNet ({str(e).splitlines()[0]})") from None
     net = card.build_network()
-    net.unet.load_state_dict(loaded.state_dict())  # strict: the card rebuilds exactly this network
+    try:
+        net.unet.load_state_dict(loaded.state_dict())  # strict: the card rebuilds exactly this network
+    except RuntimeError as e:
+        raise InteropError(f"{unet_dir}: its weights do not fit its config ({str(e).splitlines()[0]})") from None
     state = {k: v.detach().to(torch.float32).contiguous() for k, v in net.state_dict().items()}
     out.mkdir(parents=True, exist_ok=True)
     save_file(state, out / "model.safetensors")

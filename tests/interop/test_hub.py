@@ -50,16 +50,19 @@ def hub_cache(tmp_path, monkeypatch):
     return cache
 
 
-def test_load_pipeline_takes_a_hub_id_from_the_cache(hub_cache, tmp_path):
+def test_load_pipeline_takes_a_hub_id_from_the_cache(hub_cache, tmp_path, monkeypatch):
     _cache(hub_cache, "someone/ddpm-toy", FIXTURES / "model-ddpm")
     by_id, by_path = load_pipeline("someone/ddpm-toy"), load_pipeline(FIXTURES / "model-ddpm")
     assert by_id.card == by_path.card
     a, b = by_id.net.state_dict(), by_path.net.state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
-    # a local folder of that name wins over the cache
     with pytest.raises(ModelLoadError, match="no such run or model directory: someone/other .*huggingface-cli "
                                              "download someone/other"):
         load_pipeline("someone/other")
+    # a local folder of that name wins over the cache
+    monkeypatch.chdir(tmp_path)
+    shutil.copytree(FIXTURES / "model-sr3", tmp_path / "someone" / "ddpm-toy")
+    assert load_pipeline("someone/ddpm-toy").card.task == "superres" and by_id.card.task == "generate"
 
 
 def test_every_model_command_takes_a_hub_id(hub_cache, tmp_path, capsys):
