@@ -184,6 +184,8 @@ class Pipeline:
             if not self.num_classes:
                 raise ValueError("this model is unconditional: it takes no class labels")
             n = len(labels)
+        elif self.num_classes and self.card.conditioning.null_label is None:
+            raise ValueError("this model learned no null class, so it cannot sample without a class; give labels")
         if n is None or n < 1:
             raise ValueError(f"number of images must be >= 1, got {n}")
         if seeds is not None and len(seeds) != n:

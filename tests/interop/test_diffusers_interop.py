@@ -111,6 +111,20 @@ def test_class_conditional_import_maps_num_class_embeds(tmp_path):
     assert (ours - _diffusers_ddim(unet.eval(), sched, _noise(3), labels)).abs().max() < TOL
     with pytest.raises(ValueError, match="needs a null class, which this model did not learn"):
         pipe.generate(2, torch.tensor([0, 1]), cfg=3.0, steps=2)
+    with pytest.raises(ValueError, match="learned no null class, so it cannot sample without a class"):
+        pipe.generate(2, steps=2)
+    # serving refuses both with a 422 before any work
+    pytest.importorskip("pydantic")
+    from difforge.serve.config import ServeConfig
+    from difforge.serve.limits import HTTPError
+    from difforge.serve.requests import Validator
+    from difforge.serve.schemas import GenerateRequest
+
+    validator = Validator(pipe, ServeConfig())
+    for body, message in (({"n": 2}, "cannot sample without one"), ({"class": "a", "cfg": 3.0}, "cfg: this model")):
+        with pytest.raises(HTTPError, match=message) as err:
+            validator.generate(GenerateRequest.model_validate(body))
+        assert err.value.status == 422
     assert ModelCard.load(tmp_path / "plain" / "config.json").to_dict()["conditioning"]["null_label"] is None
 
     # --null-class: the last embedding is the null class; CFG then works and mixes both branches
