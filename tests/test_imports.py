@@ -21,7 +21,8 @@ def _difforge_parts(mods: set[str]) -> set[str]:
 
 def test_import_difforge_is_light():
     tops = _tops(_modules_after("import difforge"))
-    for heavy in ("torch", "click", "yaml", "PIL", "safetensors", "tqdm", "sklearn", "diffusers", "wandb"):
+    for heavy in ("torch", "click", "yaml", "PIL", "safetensors", "tqdm", "sklearn", "diffusers", "wandb",
+                  "huggingface_hub"):
         assert heavy not in tops, heavy
 
 
@@ -39,17 +40,19 @@ def test_models_do_not_import_training_serving_or_cli():
     parts = _difforge_parts(mods)
     assert parts <= {"models", "diffusion", "io"}, parts  # io: the pixels <-> model-space conversion
     assert "PIL" not in _tops(mods)
+    # the diffusers-unet preset is registered without importing diffusers (optional: difforge[interop])
+    assert not {"diffusers", "huggingface_hub"} & _tops(mods)
 
 
 def test_the_command_line_and_its_help_do_not_import_torch():
     """`difforge --help` (and a command's help) answers at once: no torch, numpy or PIL."""
     for stmt in ("import difforge.cli", "from difforge.cli import main\nfor argv in (['--help'], ['train', '--help'], "
-                 "['inpaint', '--help']):\n    try: main(argv)\n    except SystemExit: pass"):
+                 "['inpaint', '--help'], ['import', '--help']):\n    try: main(argv)\n    except SystemExit: pass"):
         code = f"import sys\n{stmt}\nprint('\\n'.join(sorted(sys.modules)), file=sys.stderr)"
         proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
         tops = _tops(set(proc.stderr.split()))
         assert "click" in tops
-        for heavy in ("torch", "numpy", "PIL", "yaml", "tqdm", "safetensors"):
+        for heavy in ("torch", "numpy", "PIL", "yaml", "tqdm", "safetensors", "diffusers", "huggingface_hub"):
             assert heavy not in tops, (stmt, heavy)
 
 

@@ -14,10 +14,10 @@ LAYERS = [
     {"diffusion", "io"},  # pure tensor maths; pixels <-> files and model space, output paths
     {"sampling", "models"},  # samplers over D(x, sigma, cond); networks and the Denoiser
     {"config", "defaults"},  # typed configs; sampling defaults
-    {"runs", "runtime"},  # run directories and checkpoints (reading); device and precision
+    {"runs", "runtime", "hub"},  # run directories and checkpoints (reading); device and precision; Hub cache
     {"data"},  # datasets, prepare / inspect
     {"pipeline"},  # a loaded model that generates
-    {"train", "eval", "tasks"},  # what is done with models
+    {"train", "eval", "tasks", "interop"},  # what is done with models (interop: diffusers folders)
     {"serve"},  # the HTTP service
     {"cli"},  # the command line
     {"__main__"},  # `python -m difforge`

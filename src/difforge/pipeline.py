@@ -16,6 +16,7 @@ from torch import nn
 
 from difforge.diffusion.grids import sigma_grid
 from difforge.diffusion.process import NoiseProcess
+from difforge.hub import model_readme, not_found, resolve_model_dir
 from difforge.models.card import ModelCard
 from difforge.models.conditioning import downsample
 from difforge.models.denoiser import Denoiser
@@ -85,16 +86,28 @@ class Pipeline:
         classes = list(range(self.num_classes)) if classes is None else list(classes)
         return torch.tensor(classes, dtype=torch.long).repeat_interleave(per_class)
 
+    @property
+    def default_cfg(self) -> float | None:
+        """The guidance scale when none is given: DEFAULT_CFG, 1 (none) for a model without a
+        learned null class, None for an unconditional model."""
+        if not self.num_classes:
+            return None
+        return DEFAULT_CFG if self.card.conditioning.has_null else 1.0
+
     def denoiser(
         self, cfg: float | None = None, clip: bool = True, cfg_rescale: float = 0.0, threshold: float | None = None
     ) -> nn.Module:
-        """D(x, sigma, cond) with guidance (conditional models; default scale DEFAULT_CFG,
+        """D(x, sigma, cond) with guidance (conditional models; default scale `default_cfg`,
         optional guidance rescale phi = `cfg_rescale`) and x0 kept in [-1, 1]: by static
         clipping (`clip`), or by dynamic thresholding at percentile `threshold` (Imagen)."""
         d: nn.Module = self.model
         if self.num_classes:
+            scale = self.default_cfg if cfg is None else cfg
             null = self.card.conditioning.null_label
-            d = CFGDenoiser(d, DEFAULT_CFG if cfg is None else cfg, null_label=null, rescale=cfg_rescale)
+            if null is None and (scale != 1.0 or cfg_rescale):
+                raise ValueError("classifier-free guidance needs a null class, which this model did not learn; "
+                                 "use --cfg 1")
+            d = CFGDenoiser(d, scale, null_label=-1 if null is None else null, rescale=cfg_rescale)
         elif cfg is not None and cfg != 1.0:
             raise ValueError("a CFG scale needs a class-conditional model; this one is unconditional")
         elif cfg_rescale:
@@ -154,6 +167,8 @@ class Pipeline:
             if not self.num_classes:
                 raise ValueError("this model is unconditional: it takes no class labels")
             n = len(labels)
+        elif self.num_classes and self.card.conditioning.null_label is None:
+            raise ValueError("this model learned no null class, so it cannot sample without a class; give labels")
         if n is None or n < 1:
             raise ValueError(f"number of images must be >= 1, got {n}")
         if seeds is not None and len(seeds) != n:
@@ -248,13 +263,14 @@ def _card_and_weights(path: Path, ema: bool) -> tuple[ModelCard, Path]:
 
 
 def load_pipeline(path: str | Path, ema: bool = True, device: str | torch.device = "cpu") -> Pipeline:
-    """Load a run directory (its newest valid checkpoint) or an exported model directory."""
+    """Load a run directory (its newest valid checkpoint), an exported model directory, or
+    a Hub id `owner/name` of a model in the local Hugging Face cache (`difforge.hub`)."""
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
-    path = Path(path)
+    given, path = path, resolve_model_dir(path)
     if not path.is_dir():
-        raise ModelLoadError(f"no such run or model directory: {path}")
+        raise ModelLoadError(not_found(given))
     card, weights = _card_and_weights(path, ema)
     try:
         net = card.build_network()
@@ -270,7 +286,8 @@ def is_model_dir(path: str | Path) -> bool:
 
 
 def export_model(run_dir: str | Path, out: str | Path, ema: bool = True, overwrite: bool = False) -> Path:
-    """Write `out/model.safetensors` + `out/config.json` from a run's newest checkpoint.
+    """Write `out/model.safetensors` + `out/config.json` (and a Hub README.md) from a run's
+    newest checkpoint.
 
     `out` must be new, empty, or (with `overwrite`) an exported model: a folder of other
     files is refused before anything is written."""
@@ -293,5 +310,7 @@ def export_model(run_dir: str | Path, out: str | Path, ema: bool = True, overwri
     step = int(json.loads((ckpt / "meta.json").read_text())["step"])
     out.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(weights_file(ckpt, ema), out / "model.safetensors")
-    card.exported(step, "ema" if ema else "raw").save(out / "config.json")
+    card = card.exported(step, "ema" if ema else "raw")
+    card.save(out / "config.json")
+    (out / "README.md").write_text(model_readme(card, title=run_dir.resolve().name))
     return out

@@ -26,6 +26,16 @@ def test_cosine_alpha_bar_closed_form():
     assert sched.betas.max() <= 0.999
 
 
+def test_scaled_linear_betas_closed_form():
+    # linear in sqrt(beta): the k-th of T is (sqrt(b0) + k (sqrt(b1) - sqrt(b0)) / (T - 1))^2
+    b = beta_schedule("scaled_linear", 1000, 0.00085, 0.012)
+    k = torch.arange(1000, dtype=torch.float64)
+    lo, hi = math.sqrt(0.00085), math.sqrt(0.012)
+    assert torch.allclose(b, (lo + k * (hi - lo) / 999) ** 2, atol=1e-15, rtol=0)
+    with pytest.raises(ValueError, match="scaled_linear schedule needs 0 < beta_start < beta_end < 1"):
+        beta_schedule("scaled_linear", 10, 0.02, 0.01)
+
+
 def test_alpha_bar_is_product_and_sigmas_increase():
     sched = make_schedule("linear", 50)
     prod = 1.0
@@ -36,7 +46,7 @@ def test_alpha_bar_is_product_and_sigmas_increase():
 
 
 def test_unknown_schedule_names_choices():
-    with pytest.raises(ValueError, match=r"unknown schedule 'quadratic'; expected one of \['cosine', 'linear'\]"):
+    with pytest.raises(ValueError, match=r"unknown schedule 'quadratic'; expected one of \['cosine', 'linear', 'scaled_linear'\]"):
         beta_schedule("quadratic", 10)
 
 

@@ -105,6 +105,15 @@ def test_conditioning_kinds_know_their_null_and_network_inputs():
         assert conditioning_from_dict(json.loads(json.dumps(spec.to_dict()))) == spec
     with pytest.raises(ValueError, match="2 class names for 3 classes"):
         tiny_card(num_classes=3, class_names=("a", "b"))
+    # a model that learned no null class (imported from diffusers): no null, no dropout, same network
+    bare = ClassLabels(4, has_null=False)
+    assert bare.to_dict() == {"kind": "class-labels", "num_classes": 4, "null_label": None}
+    assert conditioning_from_dict(json.loads(json.dumps(bare.to_dict()))) == bare
+    assert labels.to_dict() == {"kind": "class-labels", "num_classes": 4, "null_label": 4}  # unchanged format
+    assert bare.network_kwargs(1) == labels.network_kwargs(1) and bare.drop(torch.arange(4), 0.0) is not None
+    for refused in (lambda: bare.null(2), lambda: bare.drop(torch.arange(4), 0.1)):
+        with pytest.raises(ValueError, match="needs a null class, which this model did not learn"):
+            refused()
     with pytest.raises(ValueError, match="must divide the image size 9"):
         LowResImage(2).check(9, 9)
 

@@ -4,6 +4,7 @@ options, builds a config and makes one call into the library.
   common.py    the click group, UserError, the names the option choices offer
   train.py     train (options made from the config dataclasses, plus --set)
   sample.py    sample, export
+  interop.py   import (diffusers models)
   evaluate.py  evaluate, train-classifier, report
   tasks.py     inpaint, restore, denoise, upscale, interpolate
   data.py      prepare, inspect
@@ -14,7 +15,7 @@ Importing the package registers every command; none imports torch until it runs.
 
 from __future__ import annotations
 
-from difforge.cli import data, evaluate, sample, serve, tasks, train  # noqa: F401  (registers the commands)
+from difforge.cli import data, evaluate, interop, sample, serve, tasks, train  # noqa: F401  (registers the commands)
 from difforge.cli.common import (  # noqa: F401  (the names other modules and tests use)
     DATASET_NAMES,
     FRAMEWORK_NAMES,

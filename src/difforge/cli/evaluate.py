@@ -112,6 +112,11 @@ def evaluate(model_dir, out, npz, cfg_sweep, dataset, data_path, classifier_path
         if out is None:
             if model_dir is None and npz is None:
                 raise ValueError("give a MODEL_DIR, or --npz FILE with --dataset/--data")
+            if model_dir is not None and not Path(model_dir).exists():
+                from difforge.hub import is_hub_model
+
+                if is_hub_model(model_dir):  # the cache's folders are not ours to write in
+                    raise ValueError(f"{model_dir} is a Hub model in the local cache: give --out for the report")
             out = str(Path(model_dir) / "eval") if model_dir is not None else str(Path(npz).with_suffix("")) + "-eval"
         if inception is not None and not Path(inception).is_file():
             raise FileNotFoundError(f"--inception {inception}: no such file (difforge never downloads weights)")

@@ -166,15 +166,27 @@ def _write(pipe, images, labels, frames: dict, *, out: str, npz: str | None, png
 
 @cli.command()
 @click.argument("run_dir", type=click.Path())
-@click.option("--out", required=True, help="Directory to write model.safetensors and config.json to.")
+@click.option("--out", required=True, help="Directory to write the model to.")
+@click.option("--format", "fmt", type=click.Choice(["difforge", "diffusers"]), default="difforge", show_default=True,
+              help="difforge: model.safetensors + config.json (+ README.md for the Hub). diffusers: a DDPMPipeline "
+              "folder (unet/, scheduler/, model_index.json) that diffusers' from_pretrained loads; needs a model "
+              "trained with --model diffusers-unet (or imported from diffusers), and takes a model directory too.")
 @click.option("--ema/--no-ema", default=True, show_default=True, help="Export the EMA weights.")
 @click.option("--overwrite", is_flag=True, help="Replace an exported model already in --out.")
-def export(run_dir, out, ema, overwrite) -> None:
+def export(run_dir, out, fmt, ema, overwrite) -> None:
     """Export a run's newest checkpoint as a standalone model directory."""
-    from difforge.pipeline import export_model
-
     try:
-        path = export_model(run_dir, out, ema=ema, overwrite=overwrite)
-    except (ValueError, FileNotFoundError) as e:
+        if fmt == "diffusers":
+            from difforge.interop import export_diffusers
+
+            path = export_diffusers(run_dir, out, ema=ema, overwrite=overwrite)
+        else:
+            from difforge.pipeline import export_model
+
+            path = export_model(run_dir, out, ema=ema, overwrite=overwrite)
+    except (ValueError, FileNotFoundError, ImportError) as e:
         _fail(e)
-    click.echo(f"wrote {path / 'model.safetensors'} and {path / 'config.json'}")
+    if fmt == "diffusers":
+        click.echo(f"wrote {path} (diffusers DDPMPipeline: unet/, scheduler/, model_index.json; README.md)")
+    else:
+        click.echo(f"wrote {path / 'model.safetensors'} and {path / 'config.json'} (and README.md)")

@@ -20,14 +20,15 @@ OPTIONS: dict[str, tuple[str, Any, str]] = {
     "--data": ("data.path", click.Path(), "Image folder (sub-folders = classes; flat = unconditional), a folder of "
                "Fashion-MNIST idx files, or a `difforge prepare` store."),
     "--out": ("out", None, "Run directory. [default: runs/default]"),
-    "--model": ("model.preset", None, "Model preset: unet (default), unet-seed (the article's), tiny, ..."),
+    "--model": ("model.preset", None, "Model preset: unet (default), unet-seed (the article's), tiny, "
+                "diffusers-unet (diffusers' UNet2DModel: exports to diffusers), ..."),
     "--max-steps": ("train.max_steps", None, "Stop after this many optimiser steps (wins over --epochs)."),
     "--epochs": ("train.epochs", None, "Passes over the training split. [default: 1 when --max-steps is absent]"),
     "--batch-size": ("train.batch_size", None, "Images per step. [default: 128]"),
     "--lr": ("train.lr", None, "Peak learning rate. [default: 2e-3]"),
     "--lr-schedule": ("train.lr_schedule", click.Choice(LR_SCHEDULES), "[default: onecycle]"),
-    "--schedule": ("diffusion.schedule", click.Choice(["linear", "cosine"]), "Noise (beta) schedule. "
-                   "[default: linear]"),
+    "--schedule": ("diffusion.schedule", click.Choice(["linear", "scaled_linear", "cosine"]),
+                   "Noise (beta) schedule. [default: linear]"),
     "--framework": ("diffusion.framework", click.Choice(FRAMEWORK_NAMES), "ddpm (Ho et al. 2020), ncsn (Song & "
                     "Ermon 2019), vp-sde / subvp-sde / ve-sde (Song et al. 2021), edm (Karras et al. 2022); "
                     "docs/frameworks.md. [default: ddpm]"),

@@ -31,7 +31,12 @@ def _cosine_betas(timesteps: int, s: float = 0.008, max_beta: float = 0.999) -> 
     return betas.clamp(max=max_beta)
 
 
-SCHEDULES = ("linear", "cosine")
+def _scaled_linear_betas(timesteps: int, beta_start: float, beta_end: float) -> torch.Tensor:
+    # Linear in sqrt(beta) (Rombach et al. 2022's latent diffusion; diffusers' "scaled_linear").
+    return torch.linspace(beta_start**0.5, beta_end**0.5, timesteps, dtype=torch.float64) ** 2
+
+
+SCHEDULES = ("linear", "scaled_linear", "cosine")
 
 
 def beta_schedule(
@@ -40,12 +45,13 @@ def beta_schedule(
     """Betas (float64, length `timesteps`) of a named schedule."""
     if timesteps < 1:
         raise ValueError(f"timesteps must be >= 1, got {timesteps}")
-    if name == "linear":
+    if name in ("linear", "scaled_linear"):
         if not 0 < beta_start < beta_end < 1:
             raise ValueError(
-                f"linear schedule needs 0 < beta_start < beta_end < 1, got {beta_start}, {beta_end}"
+                f"{name} schedule needs 0 < beta_start < beta_end < 1, got {beta_start}, {beta_end}"
             )
-        return _linear_betas(timesteps, beta_start, beta_end)
+        betas = _linear_betas if name == "linear" else _scaled_linear_betas
+        return betas(timesteps, beta_start, beta_end)
     if name == "cosine":
         return _cosine_betas(timesteps)
     raise ValueError(f"unknown schedule {name!r}; expected one of {sorted(SCHEDULES)}")

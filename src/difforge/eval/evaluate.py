@@ -204,9 +204,10 @@ def evaluate(
         raise ValueError("--bpd needs a model to measure, not only --npz samples")
     pipe = None
     if model_dir is not None:
-        from difforge.pipeline import load_pipeline
+        from difforge.pipeline import load_pipeline, resolve_model_dir
 
         pipe = load_pipeline(model_dir, ema=cfg.ema, device=device)
+        given, model_dir = model_dir, resolve_model_dir(model_dir)  # a Hub id: its folder in the cache
         if cfg.cfg_sweep and not pipe.num_classes:
             raise ValueError("--cfg-sweep needs a class-conditional model; this one is unconditional")
     if data is None:
@@ -225,7 +226,7 @@ def evaluate(
 
     t_sample = time.perf_counter()
     if npz is None:
-        scale = (cfg.cfg if cfg.cfg is not None else _default_cfg()) if pipe.num_classes else None
+        scale = (cfg.cfg if cfg.cfg is not None else pipe.default_cfg) if pipe.num_classes else None
         images, labels = _sample(pipe, cfg.n, cfg, scale, progress)
     n = len(images)
     if n < 2:
@@ -262,7 +263,7 @@ def evaluate(
         if labels is not None and "classifier" in feats else []
 
     sweep = []
-    main_scale = cfg.cfg if cfg.cfg is not None else _default_cfg()
+    main_scale = cfg.cfg if cfg.cfg is not None or pipe is None else pipe.default_cfg
     for s in cfg.cfg_sweep:
         imgs = images if npz is None and s == main_scale else _sample(pipe, cfg.n, cfg, s, progress)[0]
         row: dict = {"cfg": s}
@@ -301,7 +302,7 @@ def evaluate(
     report = {
         "format": REPORT_FORMAT,
         "version": 1,
-        "model": None if model_dir is None else str(model_dir),
+        "model": None if model_dir is None else str(given),
         "npz": None if npz is None else str(npz),
         "n": n,
         "floor_n": len(floor),
@@ -339,9 +340,3 @@ def _per_class(feats: tuple, ref, floor, labels: torch.Tensor, class_names: list
     return [{"class": c, "name": name, "n": int((y == c).sum()), "fd": fd[c], "floor_fd": fd_floor[c],
              "accuracy": float((pred[y == c] == c).mean()) if (y == c).any() else None}
             for c, name in enumerate(class_names)]
-
-
-def _default_cfg() -> float:
-    from difforge.pipeline import DEFAULT_CFG
-
-    return DEFAULT_CFG

@@ -74,38 +74,51 @@ def drop_labels(
 @dataclass(frozen=True)
 class ClassLabels:
     """`num_classes` classes (their names are the card's `class_names`); the null label
-    (no class) is `num_classes`."""
+    (no class) is `num_classes`. `has_null` False: the network learned no null class (a
+    model imported from a library that trains none), so it takes no classifier-free
+    guidance and no label dropout; its card says `"null_label": null`."""
 
     kind: ClassVar[str] = "class-labels"
     task: ClassVar[str] = "generate"
     num_classes: int
+    has_null: bool = True
 
     def __post_init__(self) -> None:
         if self.num_classes < 1:
             raise ValueError(f"a class-conditional model needs num_classes >= 1, got {self.num_classes}")
 
     @property
-    def null_label(self) -> int:
-        return self.num_classes
+    def null_label(self) -> int | None:
+        return self.num_classes if self.has_null else None
 
     def network_kwargs(self, channels: int) -> dict[str, Any]:
         return {"num_classes": self.num_classes}
 
+    def _need_null(self, what: str) -> int:
+        if not self.has_null:
+            raise ValueError(f"{what} needs a null class, which this model did not learn; use guidance scale 1")
+        return self.num_classes
+
     def null(self, n: int, device=None) -> torch.Tensor:
-        return torch.full((n,), self.null_label, dtype=torch.long, device=device)
+        return torch.full((n,), self._need_null("unconditional sampling"), dtype=torch.long, device=device)
 
     def drop(self, labels: torch.Tensor, p: float, generator: torch.Generator | None = None) -> torch.Tensor:
         """Label dropout for classifier-free guidance: each label null with probability p."""
-        return drop_labels(labels, p, self.null_label, generator)
+        if p <= 0:
+            return labels
+        return drop_labels(labels, p, self._need_null("label dropout"), generator)
 
     def to_dict(self) -> dict[str, Any]:
-        return {**_plain(self), "null_label": self.null_label}
+        return {"kind": self.kind, "num_classes": self.num_classes, "null_label": self.null_label}
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> ClassLabels:
         spec = cls(int(d["num_classes"]))
-        if d.get("null_label", spec.null_label) != spec.null_label:
-            raise ValueError(f"null label {d['null_label']} is not num_classes = {spec.num_classes}")
+        null = d.get("null_label", spec.null_label)
+        if null is None:
+            return cls(spec.num_classes, has_null=False)
+        if null != spec.null_label:
+            raise ValueError(f"null label {null} is not num_classes = {spec.num_classes}")
         return spec
 
 

@@ -9,6 +9,7 @@ from typing import Any, Mapping
 import torch
 from torch import nn
 
+from difforge.models.diffusers_unet import DiffusersUNet
 from difforge.models.unet import UNet
 from difforge.models.unet_seed import SeedUNet
 
@@ -50,7 +51,17 @@ PRESETS: dict[str, Preset] = {
         dict(base_channels=8, channel_mults=(1, 2), num_res_blocks=1, attention_levels=(), num_heads=2),
         "a very small UNet for fast tests (attention in the middle block only)",
     ),
+    # kwargs: a diffusers UNet2DModel config; an imported model records its own (`difforge import`)
+    "diffusers-unet": Preset(
+        DiffusersUNet,
+        dict(block_out_channels=(32, 64, 64), down_block_types=("DownBlock2D", "AttnDownBlock2D", "DownBlock2D"),
+             up_block_types=("UpBlock2D", "AttnUpBlock2D", "UpBlock2D"), layers_per_block=1, norm_num_groups=8,
+             attention_head_dim=8),
+        "diffusers' UNet2DModel (needs difforge[interop]); exports to and imports from diffusers",
+    ),
 }
+# the networks that take an SR3 conditioning image as extra input channels
+TAKES_COND_IMAGE = (UNet, DiffusersUNet)
 
 
 def _preset(name: str) -> Preset:
@@ -70,7 +81,7 @@ def build_model(
     out = in_channels if out_channels is None else out_channels
     kwargs = p.kwargs if kwargs is None else kwargs
     if cond_channels:
-        if p.cls is not UNet:
+        if p.cls not in TAKES_COND_IMAGE:
             raise ValueError(f"model {preset!r} cannot take a conditioning image; use a UNet preset such as 'unet'")
         return p.cls(in_channels, out, num_classes, cond_channels=cond_channels, **kwargs)
     return p.cls(in_channels, out, num_classes, **kwargs)

@@ -35,9 +35,10 @@ def _eval_metrics(path: Path) -> dict | None:
 
 def describe_model(path: str | Path, pipe) -> dict:
     """A JSON-able description of the loaded model and where it came from."""
-    from difforge.pipeline import DEFAULT_CFG
+    from difforge.pipeline import resolve_model_dir
 
-    path = Path(path)
+    name = str(path) if not Path(path).exists() else Path(path).resolve().name  # a Hub id names itself
+    path = resolve_model_dir(path)
     card = pipe.card
     step, weights = card.step, card.weights
     if (path / "model.json").is_file():  # a run directory: the checkpoint load_pipeline picks
@@ -49,7 +50,7 @@ def describe_model(path: str | Path, pipe) -> dict:
     metrics = _last_metrics(path / "metrics.jsonl")
     evaluation = _eval_metrics(path / "eval" / "report.json")
     return {
-        "name": path.resolve().name,
+        "name": name,
         "preset": card.architecture.preset,
         "parameters": sum(p.numel() for p in pipe.net.parameters()),
         "image_size": card.native_size,
@@ -64,7 +65,7 @@ def describe_model(path: str | Path, pipe) -> dict:
         "weights": weights,
         "metrics": {"training": metrics or None, "evaluation": evaluation},
         "device": str(pipe.device),
-        "default_cfg": DEFAULT_CFG if pipe.num_classes else None,
+        "default_cfg": pipe.default_cfg,
         "samplers": _samplers(pipe),
     }
 

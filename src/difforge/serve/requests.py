@@ -27,7 +27,6 @@ class Validator:
         """Sampler, steps, guidance and seeds of any request; raises HTTPError(422).
 
         Returns (params for the pipeline or task, seeds, labels, the number of sampler steps)."""
-        from difforge.pipeline import DEFAULT_CFG
         from difforge.sampling import SAMPLERS, sampler_options
 
         pipe, cfg = self.pipe, self.config
@@ -59,7 +58,9 @@ class Validator:
             except ValueError as e:
                 raise self._fail(f"class: {e}") from None
         seed = req.seed if req.seed is not None else secrets.randbelow(2**31)
-        guidance = (req.cfg if req.cfg is not None else DEFAULT_CFG) if pipe.num_classes else None
+        guidance = (req.cfg if req.cfg is not None else pipe.default_cfg) if pipe.num_classes else None
+        if guidance not in (None, 1.0) and pipe.card.conditioning.null_label is None:
+            raise self._fail("cfg: this model learned no null class, so it takes no guidance; use cfg 1")
         params = {"sampler": req.sampler, "steps": asked, "cfg": guidance, **options}
         if grid is not None:
             params["grid"] = grid
@@ -86,6 +87,9 @@ class Validator:
                 labels = [pipe.parse_class(k) for k in req.labels]
             except ValueError as e:
                 raise self._fail(f"labels: {e}") from None
+        if labels is None and pipe.num_classes and pipe.card.conditioning.null_label is None:
+            raise self._fail("this model learned no null class, so it cannot sample without one: give `class` or "
+                             "`labels`")
         key = ("generate",) + tuple(sorted((k, v) for k, v in params.items()))
         return Job("generate", params, seeds, labels, key=key), self._meta(params, seeds, labels, steps)
 
