@@ -27,6 +27,7 @@ class DataConfig:
     channels: int | None = None  # 1 or 3 for image folders; None: as the data has it
     val_fraction: float = 0.1  # held out of the training split for validation loss
     split_seed: int = 0  # the validation split depends only on this seed
+    hflip: bool = False  # mirror each training image left-right with probability 1/2 (not for text or digits)
 
 
 @dataclass(frozen=True)
@@ -38,6 +39,7 @@ class ModelConfig:
     label_dropout: float = 0.1  # per-sample probability of the null label (for CFG)
     task: str = "generate"  # generate | superres (SR3: conditioned on the upsampled low-res image)
     scale: int = 2  # superres: upscaling factor (low-res side = image side / scale)
+    grad_checkpoint: bool = False  # recompute the UNet blocks' activations in backward: less memory, ~30% slower
 
 
 @dataclass(frozen=True)
@@ -66,6 +68,7 @@ class TrainConfig:
     max_steps: int | None = None  # wins over epochs when both are given
     epochs: int | None = None  # default when neither is given: 1 epoch
     batch_size: int = 128
+    grad_accum: int = 1  # micro-batches per step: batch_size images in grad_accum pieces, one optimiser update
     lr: float = 2e-3  # peak learning rate
     weight_decay: float = 1e-3
     lr_schedule: str = "onecycle"  # onecycle | cosine | constant
@@ -79,7 +82,7 @@ class TrainConfig:
     checkpoint_every: int = 1000  # 0: only at the end
     keep_checkpoints: int = 3
     seed: int = 0
-    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    device: str = "auto"  # auto (CUDA, else MPS, else CPU) | cpu | cuda | cuda:N | mps
     wandb: bool = False
     tensorboard: bool = False
     eval_every: int = 0  # steps between FD/KID evaluations of the EMA weights (eval/during_training.py); 0: off
@@ -242,6 +245,8 @@ def validate(cfg: RunConfig) -> RunConfig:
     need(t.max_steps is None or t.max_steps >= 1, f"train.max_steps must be >= 1, got {t.max_steps}")
     need(t.epochs is None or t.epochs >= 1, f"train.epochs must be >= 1, got {t.epochs}")
     need(t.batch_size >= 1, f"train.batch_size must be >= 1, got {t.batch_size}")
+    need(1 <= t.grad_accum <= t.batch_size, f"train.grad_accum must be in 1..batch_size ({t.batch_size}), "
+         f"got {t.grad_accum}")
     need(t.lr > 0, f"train.lr must be > 0, got {t.lr}")
     need(0 <= t.ema_decay < 1, f"train.ema_decay must be in [0, 1), got {t.ema_decay}")
     need(t.ema_warmup >= 0, f"train.ema_warmup must be >= 0, got {t.ema_warmup}")
@@ -256,6 +261,9 @@ def validate(cfg: RunConfig) -> RunConfig:
 
     need(f.schedule in SCHEDULES, f"unknown schedule {f.schedule!r}; expected one of {sorted(SCHEDULES)}")
     need(m.preset in PRESETS, f"unknown model {m.preset!r}; expected one of {sorted(PRESETS)}")
+    checkpointable = sorted(name for name, p in PRESETS.items() if hasattr(p.cls, "grad_checkpoint"))
+    need(not m.grad_checkpoint or m.preset in checkpointable, f"model {m.preset!r} does not support "
+         f"model.grad_checkpoint; these do: {checkpointable}")
     need(m.task in ("generate", "superres"), f"unknown task {m.task!r}; expected one of ['generate', 'superres']")
     need(m.task != "superres" or m.scale >= 2, f"model.scale must be >= 2 for super-resolution, got {m.scale}")
     from difforge.diffusion.frameworks import FrameworkSpec, check_framework

@@ -11,6 +11,8 @@ import json
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from typing import TYPE_CHECKING
+
 import torch
 from torch import nn
 
@@ -31,7 +33,12 @@ from difforge.sampling import (
 )
 
 from difforge.defaults import DEFAULT_CFG, DEFAULT_GRID, DEFAULT_STEPS, default_grid  # noqa: F401 - re-exported
+from difforge.io.formats import OUTPUT_TYPES, uint8_as
 from difforge.io.space import from_uint8
+
+
+if TYPE_CHECKING:
+    import numpy as np
 
 
 class ModelLoadError(ValueError):
@@ -45,6 +52,12 @@ class Pipeline:
     def __init__(self, model: Denoiser, card: ModelCard, device: torch.device | str = "cpu"):
         self.model, self.card = model, card
         self.device = torch.device(device)
+
+    def to(self, device: torch.device | str) -> Pipeline:
+        """Move the model to `device` (where it samples from now on); returns the pipeline."""
+        self.model.to(device)
+        self.device = torch.device(device)
+        return self
 
     @property
     def net(self) -> nn.Module:
@@ -151,17 +164,27 @@ class Pipeline:
         threshold: float | None = None,
         callback: Callable[[dict], None] | None = None,
         seeds: Sequence[int] | None = None,
+        generator: torch.Generator | Sequence[torch.Generator] | None = None,
+        output_type: str = "pt",
         **options,
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    ) -> tuple[torch.Tensor | np.ndarray | list, torch.Tensor | None]:
         """Sample images; image i uses seed `seed + i` (or `seeds[i]` when given), whatever the batch size.
+
+        `generator` replaces the seeds: a list of `torch.Generator`s, one per image (image i
+        draws all its noise from `generator[i]`, so `[Generator().manual_seed(s) for s in
+        seeds]` gives the images of `seeds`), or one generator that every batch draws from
+        in turn (its images then depend on `batch_size`).
 
         `sampler` names one of `difforge.sampling.SAMPLERS`, `steps` and `grid` pick its
         sigma grid (`sigmas`), `options` go to the sampler (e.g. eta for ddim and euler-a).
-        The callback runs once per sampler step and batch. Returns uint8 images
-        (N, C, h, w) at the data's native size, and the labels.
+        The callback runs once per sampler step and batch. Returns the images at the data's
+        native size, as `output_type`: "pt" uint8 (N, C, h, w), "np" uint8 (N, h, w, C) or
+        "pil" a list of PIL images; and the labels.
         """
         if self.card.task == "superres":
             raise ValueError("this is a super-resolution model: use `difforge upscale` (difforge.tasks.upscale)")
+        if output_type not in OUTPUT_TYPES:
+            raise ValueError(f"unknown output_type {output_type!r}; expected one of {list(OUTPUT_TYPES)}")
         sample_fn = self._sampler(sampler, options)
         if labels is not None:
             if not self.num_classes:
@@ -171,8 +194,7 @@ class Pipeline:
             raise ValueError("this model learned no null class, so it cannot sample without a class; give labels")
         if n is None or n < 1:
             raise ValueError(f"number of images must be >= 1, got {n}")
-        if seeds is not None and len(seeds) != n:
-            raise ValueError(f"got {len(seeds)} seeds for {n} images")
+        gens_of = _noise_source(n, seed, seeds, generator)
         den = self.denoiser(cfg, clip, cfg_rescale, threshold).to(self.device)
         sigmas = self.sigmas(sampler, steps, grid)
         size, c = self.card.image_size, self.card.channels
@@ -180,13 +202,13 @@ class Pipeline:
         prior_std = self.model.prior_std(float(sigmas[0]))
         for start in range(0, n, batch_size):
             stop = min(n, start + batch_size)
-            gens = per_sample_generators(seeds[start:stop] if seeds is not None else range(seed + start, seed + stop))
+            gens = gens_of(start, stop)
             x = randn_like(torch.empty(stop - start, c, size, size), gens)
             x = (x * prior_std).to(self.device)
             cond = labels[start:stop].to(self.device) if labels is not None else None
             x = sample_fn(den, x, sigmas, generator=gens, callback=callback, cond=cond, **options)
             out.append(self.to_images(x))
-        return torch.cat(out), labels
+        return uint8_as(torch.cat(out), output_type), labels
 
     @torch.no_grad()
     def upscale(self, low: torch.Tensor, *, cfg: float | None = None, sampler: str = "ddpm", steps: int = 50,
@@ -240,6 +262,25 @@ class Pipeline:
         from difforge.io import save_gif
 
         return save_gif(frames, path, **self._layout(frames[-1], labels))
+
+
+def _noise_source(n: int, seed: int, seeds: Sequence[int] | None, generator) -> Callable:
+    """(start, stop) -> the generators of images start..stop-1: from `generator` (one per
+    image, or one shared), from `seeds`, else seed + i; one-line errors for a bad count."""
+    if generator is not None and seeds is not None:
+        raise ValueError("give seeds or generator, not both")
+    if isinstance(generator, torch.Generator):
+        return lambda start, stop: generator
+    if generator is not None:
+        gens = list(generator)
+        if len(gens) != n or not all(isinstance(g, torch.Generator) for g in gens):
+            raise ValueError(f"generator must be a torch.Generator or a list of {n} of them (one per image), "
+                             f"got {len(gens)} items")
+        return lambda start, stop: gens[start:stop]
+    if seeds is not None and len(seeds) != n:
+        raise ValueError(f"got {len(seeds)} seeds for {n} images")
+    return lambda start, stop: per_sample_generators(
+        seeds[start:stop] if seeds is not None else range(seed + start, seed + stop))
 
 
 def _card_and_weights(path: Path, ema: bool) -> tuple[ModelCard, Path]:

@@ -8,12 +8,25 @@ import torch
 from difforge.config import ConfigError
 
 
+def mps_available() -> bool:
+    """Whether Apple's Metal (MPS) backend can run here."""
+    mps = getattr(torch.backends, "mps", None)
+    return bool(mps is not None and mps.is_available())
+
+
 def resolve_device(name: str) -> torch.device:
+    """"auto": CUDA when available, else MPS (Apple silicon), else the CPU; or the named
+    device, refused in one line when its backend is missing."""
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(name)
+        return torch.device("cuda" if torch.cuda.is_available() else "mps" if mps_available() else "cpu")
+    try:
+        dev = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"unknown device {name!r}; expected auto, cpu, cuda, cuda:N or mps") from None
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"device {name!r} requested but CUDA is not available")
+    if dev.type == "mps" and not mps_available():
+        raise ConfigError(f"device {name!r} requested but MPS (Apple Metal) is not available")
     return dev
 
 

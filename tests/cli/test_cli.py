@@ -40,6 +40,9 @@ def test_sample_npz_native_size_and_labels(tiny_run, tmp_path):
     data = np.load(npz)
     assert data["images"].shape == (4, 8, 8, 1) and data["images"].dtype == np.uint8
     assert data["labels"].tolist() == [3, 3, 7, 7] and data["labels"].dtype == np.int64
+    # OpenAI's ADM evaluator reads arr_0 (N, H, W, 3) uint8 and arr_1: the same pixels, gray repeated as RGB
+    assert data["arr_0"].dtype == np.uint8 and np.array_equal(data["arr_0"], np.repeat(data["images"], 3, axis=-1))
+    assert np.array_equal(data["arr_1"], data["labels"])
     assert (tmp_path / "s.png").is_file()
 
 

@@ -14,13 +14,13 @@ from difforge.config import SECTIONS, RunConfig, load_config
 # and the settings some need beside them to pass validation.
 VALUES = {
     "data.dataset": "digits", "data.path": "some/idx-folder", "data.image_size": 16, "data.channels": 3,
-    "data.val_fraction": 0.25, "data.split_seed": 7,
+    "data.val_fraction": 0.25, "data.split_seed": 7, "data.hflip": True,
     "model.preset": "tiny", "model.conditional": False, "model.label_dropout": 0.2, "model.task": "superres",
-    "model.scale": 4,
+    "model.scale": 4, "model.grad_checkpoint": True,
     "diffusion.timesteps": 500, "diffusion.schedule": "cosine", "diffusion.beta_start": 0.0002,
     "diffusion.beta_end": 0.03, "diffusion.framework": "vp-sde", "diffusion.prediction": "v",
     "diffusion.min_snr_gamma": 5.0, "diffusion.sigma_min": 0.02, "diffusion.sigma_max": 50.0,
-    "train.max_steps": 12, "train.epochs": 3, "train.batch_size": 32, "train.lr": 0.0005, "train.weight_decay": 0.01,
+    "train.max_steps": 12, "train.epochs": 3, "train.batch_size": 32, "train.grad_accum": 2, "train.lr": 0.0005, "train.weight_decay": 0.01,
     "train.lr_schedule": "cosine", "train.warmup_steps": 50, "train.grad_clip": 0.5, "train.precision": "bf16",
     "train.ema_decay": 0.999, "train.ema_warmup": 10, "train.log_every": 5, "train.sample_every": 0,
     "train.checkpoint_every": 200, "train.keep_checkpoints": 1, "train.seed": 3, "train.device": "cpu",

@@ -65,6 +65,34 @@ def test_evaluate_an_npz_of_samples(cache, tmp_path):
     assert r["n"] == 10 and r["sampling"] is None and r["model"] is None and len(r["per_class"]) == 10
 
 
+def test_reference_statistics_are_cached_saved_and_reused(cache, tmp_path, capsys):
+    """FD against --reference (the statistics --save-reference wrote) equals FD against the
+    reference split itself; the cache holds the same statistics; other statistics are refused."""
+    npz = tmp_path / "s.npz"
+    assert run(["sample", str(cache / "run"), "--n", "10", "--steps", "3", "--out", str(tmp_path / "s.png"),
+                "--npz", str(npz), "--device", "cpu"]) == 0
+    base = ["evaluate", "--npz", str(npz), "--dataset", "digits", "--no-progress", "--no-memorization"]
+    saved = tmp_path / "ref.npz"
+    assert run([*base, "--out", str(tmp_path / "a"), "--save-reference", str(saved)]) == 0
+    assert run([*base, "--out", str(tmp_path / "b"), "--reference", str(saved)]) == 0
+    a, b = (json.loads((tmp_path / d / "report.json").read_text()) for d in "ab")
+    assert b["metrics"]["classifier"]["fd"] == a["metrics"]["classifier"]["fd"]
+    assert b["floor"]["classifier"]["fd"] == a["floor"]["classifier"]["fd"]
+    assert b["classifier"]["fd_reference"] == str(saved)
+    cached = a["classifier"]["fd_reference"]
+    assert cached.startswith(str(cache / "cache" / "references" / "digits-val-"))
+    ref, again = np.load(saved), np.load(cached)
+    assert np.array_equal(ref["mu"], again["mu"]) and np.array_equal(ref["sigma"], again["sigma"])
+    assert ref["mu"].shape == (128,) and ref["sigma"].shape == (128, 128) and int(ref["n"]) == a["data"]["reference_count"]
+    np.savez(tmp_path / "other.npz", mu=np.zeros(4), sigma=np.eye(4))
+    capsys.readouterr()
+    assert run([*base, "--out", str(tmp_path / "c"), "--reference", str(tmp_path / "other.npz")]) == 1
+    assert "holds 4-dimensional statistics; the classifier's features have 128" in capsys.readouterr().err
+    np.savez(tmp_path / "bad.npz", mean=np.zeros(4))
+    assert run([*base, "--out", str(tmp_path / "d"), "--reference", str(tmp_path / "bad.npz")]) == 1
+    assert "expected arrays 'mu' and 'sigma'" in capsys.readouterr().err
+
+
 @pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:DeprecationWarning")
 def test_inception_from_a_torchscript_file(cache, tmp_path):
     class FakeInception(torch.nn.Module):  # NVIDIA's calling convention, tiny

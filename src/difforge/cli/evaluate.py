@@ -83,6 +83,12 @@ def _float_list(text: str) -> tuple[float, ...]:
 @click.option("--inception", type=click.Path(dir_okay=False), help="TorchScript Inception-v3 (NVIDIA's "
               "inception-2015-12-05.pt) for the standard FID; never downloaded. [default: "
               "$DIFFORGE_CACHE/inception-2015-12-05.pt when present]")
+@click.option("--reference", type=click.Path(dir_okay=False), help="Measure the classifier-space FD against these "
+              "feature statistics (.npz with mu and sigma, as --save-reference and the cache write them) instead "
+              "of the reference split's.")
+@click.option("--save-reference", type=click.Path(dir_okay=False), help="Also write the reference split's "
+              "classifier-feature statistics (mu, sigma) to this .npz. [always cached in "
+              "$DIFFORGE_CACHE/references/]")
 @click.option("--k", "k", type=int, default=3, show_default=True, help="Neighbours for precision/recall radii.")
 @click.option("--bpd", type=int, default=0, show_default=True, help="Bits/dim on this many test images: the DDPM "
               "variational bound (Ho et al. 2020); 0: skip.")
@@ -94,8 +100,8 @@ def _float_list(text: str) -> tuple[float, ...]:
 @click.option("--device", default="auto", show_default=True)
 @click.option("--overwrite", is_flag=True, help="Replace a report already in --out.")
 @click.option("--no-progress", is_flag=True, help="No progress bars.")
-def evaluate(model_dir, out, npz, cfg_sweep, dataset, data_path, classifier_path, inception, device, overwrite,
-             no_progress, **settings) -> None:
+def evaluate(model_dir, out, npz, cfg_sweep, dataset, data_path, classifier_path, inception, reference,
+             save_reference, device, overwrite, no_progress, **settings) -> None:
     """Measure a model: FD, KID, precision/recall, classifier score, conditional accuracy,
     per-class FD, each next to its real-vs-real floor at the same N.
 
@@ -123,7 +129,8 @@ def evaluate(model_dir, out, npz, cfg_sweep, dataset, data_path, classifier_path
         ecfg = _eval_config(cfg_sweep, **settings)
         report = run_eval(model_dir, out, ecfg, data=data_config(dataset, data_path), npz=npz,
                           classifier=classifier_path, inception=inception, device=resolve_device(device),
-                          progress=not no_progress, log=click.echo, overwrite=overwrite)
+                          progress=not no_progress, log=click.echo, overwrite=overwrite, reference=reference,
+                          save_reference=save_reference)
     except (ConfigError, ValueError, FileNotFoundError, ImportError) as e:
         _fail(e)
     for line in summary_lines(report):

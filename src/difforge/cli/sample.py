@@ -41,7 +41,8 @@ SAMPLER_FLAGS = (("--eta", "eta"), ("--snr", "snr"), ("--corrector-steps", "corr
               "dpmpp-2m-sde (default 1: full ancestral / SDE noise).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Image i uses seed + i.")
 @click.option("--ema/--no-ema", default=True, show_default=True, help="Use the EMA weights of a run.")
-@click.option("--npz", type=click.Path(dir_okay=False), help="Also write images (N,H,W,C uint8) and labels to this .npz.")
+@click.option("--npz", type=click.Path(dir_okay=False), help="Also write images (N,H,W,C uint8) and labels to this .npz, with arr_0 "
+              "(N,H,W,3 uint8) and arr_1 (labels) for OpenAI's ADM evaluator.")
 @click.option("--png-dir", type=click.Path(file_okay=False), help="Also write each image as a PNG at its native size "
               "into this new or empty folder (000000.png, ...).")
 @click.option("--gif", type=click.Path(dir_okay=False), help=f"Also write an animated GIF of the denoised estimate "

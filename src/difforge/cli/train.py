@@ -25,6 +25,12 @@ OPTIONS: dict[str, tuple[str, Any, str]] = {
     "--max-steps": ("train.max_steps", None, "Stop after this many optimiser steps (wins over --epochs)."),
     "--epochs": ("train.epochs", None, "Passes over the training split. [default: 1 when --max-steps is absent]"),
     "--batch-size": ("train.batch_size", None, "Images per step. [default: 128]"),
+    "--grad-accum": ("train.grad_accum", None, "Micro-batches per step: the batch is processed in this many pieces "
+                     "(less memory), one optimiser update as for the whole batch. [default: 1]"),
+    "--grad-checkpoint": ("model.grad_checkpoint", None, "Recompute the network's activations in the backward pass: "
+                          "less memory for large models, about a third slower."),
+    "--hflip/--no-hflip": ("data.hflip", None, "Mirror each training image left-right with probability 1/2 (not "
+                           "for text or digits). [default: off]"),
     "--lr": ("train.lr", None, "Peak learning rate. [default: 2e-3]"),
     "--lr-schedule": ("train.lr_schedule", click.Choice(LR_SCHEDULES), "[default: onecycle]"),
     "--schedule": ("diffusion.schedule", click.Choice(["linear", "scaled_linear", "cosine"]),
@@ -50,7 +56,8 @@ OPTIONS: dict[str, tuple[str, Any, str]] = {
     "--ema-decay": ("train.ema_decay", None, "[default: 0.995]"),
     "--ema-warmup": ("train.ema_warmup", None, "Steps during which the EMA is a plain copy. [default: 2000]"),
     "--seed": ("train.seed", None, "Seed for initialisation, data order and noise. [default: 0]"),
-    "--device": ("train.device", None, "auto, cpu, cuda or cuda:N. [default: auto]"),
+    "--device": ("train.device", None, "auto (CUDA, else MPS, else CPU), cpu, cuda, cuda:N or mps. "
+                 "[default: auto]"),
     "--wandb": ("train.wandb", None, "Log to Weights & Biases (offline without WANDB_API_KEY)."),
     "--tensorboard": ("train.tensorboard", None, "Log to TensorBoard under RUN_DIR/tensorboard."),
     "--eval-every": ("train.eval_every", None, "Steps between FD/KID evaluations of the EMA weights (domain "

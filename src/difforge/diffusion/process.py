@@ -27,6 +27,12 @@ if TYPE_CHECKING:
     from difforge.diffusion.schedules import DiscreteSchedule
 
 
+def float64_device(device: torch.device) -> torch.device:
+    """Where float64 coefficient maths for tensors on `device` runs: the device itself, or
+    the CPU for Apple's MPS, which has no float64 (the results move over in x's dtype)."""
+    return torch.device("cpu") if device.type == "mps" else device
+
+
 def _f64(v) -> torch.Tensor:
     return torch.as_tensor(v, dtype=torch.float64)
 

@@ -123,10 +123,12 @@ def _matched_indices(pool_labels: torch.Tensor | None, pool_size: int, labels: t
     return np.concatenate(parts)
 
 
-def _suite(ref: np.ndarray, ref_sub: np.ndarray, x: np.ndarray, cfg: EvalConfig) -> dict:
+def _suite(ref: np.ndarray, ref_sub: np.ndarray, x: np.ndarray, cfg: EvalConfig, stats=None) -> dict:
+    """FD (against `stats`, a `ReferenceStats`, when given), KID and precision/recall."""
     kid = M.kernel_inception_distance(x, ref, cfg.kid_subsets, cfg.kid_subset_size, seed=cfg.seed)
     pr = M.precision_recall(ref_sub, x, k=cfg.k)
-    return {"fd": M.frechet_distance_features(ref, x), "kid": kid.mean, "kid_std": kid.std, "kid_sem": kid.sem,
+    fd = stats.frechet_distance(x) if stats is not None else M.frechet_distance_features(ref, x)
+    return {"fd": fd, "kid": kid.mean, "kid_std": kid.std, "kid_sem": kid.sem,
             "kid_subset_size": kid.subset_size, "precision": pr.precision, "recall": pr.recall}
 
 
@@ -153,6 +155,9 @@ def _extractors(data: DataConfig, bundle, classifier, inception, device, log) ->
         spaces["classifier"] = {k: clf.meta.get(k) for k in ("dataset", "test_accuracy", "eval_split", "eval_images",
                                                           "feature_dim", "class_names", "epochs", "train_seconds")}
         spaces["classifier"]["dir"] = str(classifier) if classifier else None
+        from difforge.eval.reference import weights_digest
+
+        spaces["classifier"]["digest"] = weights_digest(clf.net.state_dict())
     path = inception if inception is not None else default_inception_path()
     if path is not None:
         net = InceptionFeatures(path, device)
@@ -180,11 +185,17 @@ def evaluate(
     progress: bool = False,
     log: Callable[[str], None] | None = None,
     overwrite: bool = False,
+    reference: str | Path | None = None,
+    save_reference: str | Path | None = None,
 ) -> dict:
     """Score a model (or an .npz of samples) and write out/report.json, report.md and plots.
     Returns the report dict (see the module docstring for the protocol). `out` must be new,
     empty, or (with `overwrite`) an earlier report; `classifier`, a classifier or a folder
-    to train one into that is new or empty: both are checked before any work."""
+    to train one into that is new or empty: both are checked before any work.
+
+    FD in the classifier's feature space is measured against `reference` (an .npz of `mu`
+    and `sigma`, `eval/reference.py`) when given, else against the reference split, whose
+    statistics are cached and, with `save_reference`, written to that file too."""
     from difforge.eval.classifier import check_classifier_dir, is_classifier_dir
     from difforge.eval.report import write_report
     from difforge.io.outputs import check_output_dir
@@ -196,6 +207,7 @@ def evaluate(
         check_classifier_dir(classifier, what="--classifier")
     if model_dir is None and npz is None:
         raise ValueError("give a run or model directory, or --npz FILE with --dataset/--data")
+    _check_reference_files(reference, save_reference)
     if cfg.cfg_sweep and model_dir is None:
         raise ValueError("--cfg-sweep needs a model to sample from")
     if cfg.bpd < 0:
@@ -223,6 +235,8 @@ def evaluate(
     if ref is None or len(ref) < 2:
         raise ValueError("the data has no test split and no validation split to compare with")
     extractors, spaces = _extractors(data, bundle, classifier, inception, device, log)
+    if reference is not None and spaces["classifier"] is None:
+        raise ValueError("--reference holds domain-classifier statistics: the data has no labels for a classifier")
 
     t_sample = time.perf_counter()
     if npz is None:
@@ -243,14 +257,17 @@ def evaluate(
     rng = np.random.default_rng(cfg.seed)
     floor = bundle.train.subset(_matched_indices(bundle.train.labels, len(bundle.train), labels, n, rng))
     ref_sub = np.sort(rng.choice(len(ref), min(n, len(ref)), replace=False))
-    metrics, floors, feats = {}, {}, {}
+    metrics, floors, feats, stats = {}, {}, {}, {}
     for name, fn in extractors:
         if log:
             log(f"scoring in the {name} feature space")
         (ref_f, _), (fake_f, fake_p), (floor_f, floor_p) = fn(ref.images), fn(images), fn(floor.images)
         feats[name] = (ref_f, fake_f, floor_f, fake_p)
-        metrics[name] = _suite(ref_f, ref_f[ref_sub], fake_f, cfg)
-        floors[name] = _suite(ref_f, ref_f[ref_sub], floor_f, cfg)
+        if name == "classifier":
+            stats[name], spaces[name]["fd_reference"] = _reference_stats(ref_f, data, spaces[name]["digest"],
+                                                                         ref_split, reference, save_reference, log)
+        metrics[name] = _suite(ref_f, ref_f[ref_sub], fake_f, cfg, stats.get(name))
+        floors[name] = _suite(ref_f, ref_f[ref_sub], floor_f, cfg, stats.get(name))
         if fake_p is not None:
             key = "classifier_score" if name == "classifier" else "inception_score"
             metrics[name][key] = M.classifier_score(fake_p)[0]
@@ -270,7 +287,7 @@ def evaluate(
         for name, fn in extractors:
             ref_f = feats[name][0]
             f, p = fn(imgs)
-            suite = _suite(ref_f, ref_f[ref_sub], f, cfg)
+            suite = _suite(ref_f, ref_f[ref_sub], f, cfg, stats.get(name))
             prefix = "" if name == "classifier" else "inception_"
             row.update({prefix + key: v for key, v in suite.items() if key in ("fd", "kid", "precision", "recall")})
             if name == "classifier":
@@ -327,6 +344,26 @@ def evaluate(
     report["seconds"] = round(time.perf_counter() - t0, 1)
     write_report(report, Path(out), images, labels)
     return report
+
+
+def _check_reference_files(reference, save_reference) -> None:
+    """--reference readable and --save-reference writable, before any work."""
+    from difforge.eval.reference import load_reference
+    from difforge.io.outputs import check_output_file
+
+    if reference is not None:
+        load_reference(reference)
+    if save_reference is not None:
+        check_output_file(save_reference, what="--save-reference", suffixes=(".npz",))
+
+
+def _reference_stats(ref_f: np.ndarray, data: DataConfig, digest: str, split: str, reference, save_reference, log):
+    """The classifier space's FD statistics and where they came from (eval/reference.py)."""
+    from difforge.eval.classifier import cache_root, dataset_key
+    from difforge.eval.reference import reference_stats
+
+    return reference_stats(ref_f, dataset=dataset_key(data), classifier=digest, split=split, root=cache_root(),
+                           given=reference, save=save_reference, log=log)
 
 
 def _per_class(feats: tuple, ref, floor, labels: torch.Tensor, class_names: list[str]) -> list[dict]:

@@ -202,6 +202,14 @@ def to_array(im, channels: int) -> np.ndarray:
     return (arr[:, :, None] if arr.ndim == 2 else arr).copy()
 
 
+def pil_to_array(im, channels: int | None = None) -> np.ndarray:
+    """A PIL image of any mode (already in memory) -> uint8 (H, W, C) by the policy above
+    (transparency over white, 16-bit scaling); C = `channels`, else 1 for grayscale modes
+    and 3 for the others."""
+    im = _to_l_or_rgb(im, 255)
+    return to_array(im, channels or (1 if im.mode == "L" else 3))
+
+
 def read_image(src: Source, channels: int, *, max_pixels: int = MAX_PIXELS,
                expect: tuple[int, int] | None = None) -> np.ndarray:
     """One image file -> uint8 (H, W, channels) by the policy above."""

@@ -61,12 +61,16 @@ def save_gif(
 
 
 def save_npz(path: str | Path, images: torch.Tensor, labels: torch.Tensor | None = None) -> Path:
-    """Save uint8 images (N, C, H, W) as `images` (N, H, W, C) and, when given, int64 `labels`."""
+    """Save uint8 images (N, C, H, W) as `images` (N, H, W, C) and, when given, int64 `labels`;
+    and the same as `arr_0` (N, H, W, 3), RGB with grayscale repeated, and `arr_1` (the
+    labels): the arrays OpenAI's ADM evaluator (guided-diffusion's `evaluations/evaluator.py`)
+    reads."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    arrays = {"images": images.permute(0, 2, 3, 1).contiguous().numpy().astype(np.uint8)}
+    nhwc = images.permute(0, 2, 3, 1).contiguous().numpy().astype(np.uint8)
+    arrays = {"images": nhwc, "arr_0": np.repeat(nhwc, 3, axis=-1) if nhwc.shape[-1] == 1 else nhwc}
     if labels is not None:
-        arrays["labels"] = labels.cpu().numpy().astype(np.int64)
+        arrays["labels"] = arrays["arr_1"] = labels.cpu().numpy().astype(np.int64)
     np.savez_compressed(path, **arrays)
     return path
 

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from difforge.diffusion.parameterization import skip_out
-from difforge.diffusion.process import NoiseProcess, Preconditioning
+from difforge.diffusion.process import NoiseProcess, Preconditioning, float64_device
 
 
 class Denoiser(nn.Module):
@@ -68,12 +68,13 @@ class Denoiser(nn.Module):
 
     def forward(self, x: torch.Tensor, sigma: torch.Tensor | float, cond=None) -> torch.Tensor:
         """D(x, sigma, cond): the estimate of x0 (EDM, Eq. 7)."""
-        sigma = torch.as_tensor(sigma, dtype=torch.float64, device=x.device)
+        sigma = torch.as_tensor(sigma, dtype=torch.float64, device=float64_device(x.device))
         sigma = sigma.expand(x.shape[0]) if sigma.ndim == 0 else sigma
         shape = (-1,) + (1,) * (x.ndim - 1)
         pre = self.precondition(sigma)
         out = self.network_output(x, sigma, cond, pre)
-        return pre.c_skip.to(x.dtype).view(shape) * x + pre.c_out.to(x.dtype).view(shape) * out.to(x.dtype)
+        c_skip, c_out = pre.c_skip.to(x.device, x.dtype).view(shape), pre.c_out.to(x.device, x.dtype).view(shape)
+        return c_skip * x + c_out * out.to(x.dtype)
 
     def loss(
         self,
@@ -103,19 +104,21 @@ class Denoiser(nn.Module):
         """
         b = x0.shape[0] if global_batch is None else global_batch
         rows = rows if rows is not None else slice(0, b)
-        sigma = self.process.sample_sigmas(b, generator)[rows].to(x0.device)  # (B,) float64
+        wide_at = float64_device(x0.device)
+        wide = torch.float64 if wide_at == x0.device else torch.float32  # float32 targets only on MPS
+        sigma = self.process.sample_sigmas(b, generator)[rows].to(wide_at)  # (B,) float64
         n = torch.randn((b, *x0.shape[1:]), generator=generator)[rows].to(x0.device, x0.dtype)
         shape = (-1,) + (1,) * (x0.ndim - 1)
-        x = x0 + sigma.to(x0.dtype).view(shape) * n
+        x = x0 + sigma.to(x0.device, x0.dtype).view(shape) * n
         pre = self.precondition(sigma)
         with torch.autocast(x0.device.type, dtype=autocast or torch.float32, enabled=autocast is not None):
             out = self.network_output(x, sigma, cond, pre)
-        c_skip, c_out = pre.c_skip.view(shape), pre.c_out.view(shape)
-        target = ((x0.double() - c_skip * x.double()) / c_out).float()
+        c_skip, c_out = pre.c_skip.to(x0.device, wide).view(shape), pre.c_out.to(x0.device, wide).view(shape)
+        target = ((x0.to(wide) - c_skip * x.to(wide)) / c_out).float()
         per_sample = ((out.float() - target) ** 2).flatten(1).mean(1)  # (B,)
         weight = self.process.loss_weight(self.prediction, sigma)
         if weight is not None:
-            per_sample = per_sample * weight.float()
+            per_sample = per_sample * weight.to(per_sample.device).float()
         return per_sample.mean()
 
     def prior_std(self, sigma_max: float | None = None) -> float:

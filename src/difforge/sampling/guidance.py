@@ -6,6 +6,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from difforge.diffusion.process import float64_device
+
 
 def _per_sample_std(v: torch.Tensor) -> torch.Tensor:
     return v.std(dim=tuple(range(1, v.ndim)), keepdim=True)  # (B, 1, ..., 1)
@@ -53,7 +55,7 @@ class CFGDenoiser(nn.Module):
         if self.scale == 1.0:
             return self.inner(x, sigma, cond)
         null = torch.full_like(cond, self.null_label)
-        sigma = torch.as_tensor(sigma, dtype=torch.float64, device=x.device)
+        sigma = torch.as_tensor(sigma, dtype=torch.float64, device=float64_device(x.device))
         sigma2 = sigma.expand(x.shape[0]).repeat(2) if sigma.ndim == 0 else sigma.repeat(2)
         both = self.inner(torch.cat([x, x]), sigma2, torch.cat([cond, null]))
         d_cond, d_null = both.chunk(2)

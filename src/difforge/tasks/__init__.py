@@ -2,8 +2,11 @@
 interpolation. Each is a thin layer over `difforge.sampling`: a wrapper around the
 denoiser, a truncated sigma grid, or a per-step hook between sampler steps.
 
-Images are float (N, C, H, W) in [-1, 1] at the model's native size (what
-`Pipeline.generate` returns, before uint8), masks (N, 1, H, W) with 1 = fill.
+Images are float (N, C, H, W) in [-1, 1] at the model's native size, or the same pixels
+as any kind `Pipeline.generate` returns: uint8 tensors (N, C, H, W), uint8 numpy arrays
+(N, H, W, C) or PIL images (`difforge.io.formats`). `inpaint`, `restore`, `denoise`,
+`upscale` and `interpolate` return the kind they were given: float in [-1, 1] for a float
+tensor, uint8 pixels of that kind otherwise. Masks are (N, 1, H, W) with 1 = fill.
 """
 
 from difforge.tasks import common

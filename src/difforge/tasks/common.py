@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from difforge.io.formats import Given, as_float
 from difforge.sampling import checked_sampler, per_sample_generators, randn_like
 
 Hook = Callable[[torch.Tensor, int, torch.Tensor], torch.Tensor]
@@ -23,6 +24,13 @@ Hook = Callable[[torch.Tensor, int, torch.Tensor], torch.Tensor]
 def check_images(pipe, image: torch.Tensor, what: str = "image") -> torch.Tensor:
     """A float (N, C, H, W) batch at the model's native size and channels; clear errors."""
     return pipe.card.check_images(image, what)
+
+
+def read_input(pipe, image, what: str = "image") -> tuple[torch.Tensor, Given]:
+    """Any image batch a task takes (float tensor in [-1, 1], uint8 tensor, uint8 numpy
+    array, PIL images: `difforge.io.formats`) -> (checked float batch, what was given)."""
+    x, given = as_float(image, pipe.card.channels, what)
+    return check_images(pipe, x, what), given
 
 
 def check_labels(pipe, labels: torch.Tensor | None, n: int) -> torch.Tensor | None:

@@ -14,8 +14,9 @@ from collections.abc import Callable
 
 import torch
 
+from difforge.io.formats import given_back
 from difforge.sampling import randn_like
-from difforge.tasks.common import check_images, from_model, prepare, straight, to_model
+from difforge.tasks.common import from_model, prepare, read_input, straight, to_model
 from difforge.tasks.masks import check_mask
 
 METHODS = ("repaint", "blend")
@@ -45,7 +46,7 @@ def repaint_path(n: int, jump_length: int = 10, resample: int = 10) -> list[tupl
 @torch.no_grad()
 def inpaint(
     pipe,
-    image: torch.Tensor,
+    image,
     mask: torch.Tensor,
     *,
     method: str = "repaint",
@@ -61,15 +62,17 @@ def inpaint(
 ) -> torch.Tensor:
     """Fill the pixels where `mask` is 1, keep those where it is 0.
 
-    `image` (N, C, H, W) in [-1, 1] at the model's native size; `mask` (N, 1, H, W) or
-    one (1, 1, H, W) for all. `method`: "repaint" (with `jump_length` and `resample`) or
+    `image` (N, C, H, W) in [-1, 1] at the model's native size, or the same pixels as any
+    kind `Pipeline.generate` returns (uint8 tensor, numpy array, PIL images; see
+    `difforge.io.formats`); `mask` (N, 1, H, W) or one (1, 1, H, W) for all. `method`: "repaint" (with `jump_length` and `resample`) or
     "blend" (replacement only). `sampler` (default ddpm: RePaint's stochastic steps) runs
     `steps` (default 50) steps on its grid; `options` go to the sampler. Image i uses
-    seed + i. Returns (N, C, H, W) in [-1, 1] equal to `image` where the mask is 0.
+    seed + i. Returns (N, C, H, W) in [-1, 1] equal to `image` where the mask is 0,
+    as the kind of image given (uint8 pixels for every kind but a float tensor).
     """
     if method not in METHODS:
         raise ValueError(f"unknown inpainting method {method!r}; expected one of {sorted(METHODS)}")
-    image = check_images(pipe, image)
+    image, given = read_input(pipe, image)
     mask = check_mask(mask, image)
     run = prepare(pipe, len(image), labels=labels, cfg=cfg, sampler=sampler or "ddpm", steps=steps or DEFAULT_STEPS,
                   seed=seed, options=options)
@@ -87,4 +90,4 @@ def inpaint(
 
     x = run.walk(run.noise(known, pipe), path, callback, after_step=paste)
     out = from_model(pipe, x.float().cpu())
-    return mask * out + (1 - mask) * image  # the known pixels exactly
+    return given_back(mask * out + (1 - mask) * image, given)  # the known pixels exactly

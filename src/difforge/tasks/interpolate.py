@@ -15,7 +15,8 @@ from collections.abc import Callable
 import torch
 
 from difforge.sampling import sample_ddim
-from difforge.tasks.common import check_images, counted, from_model, setup, to_model
+from difforge.io.formats import given_back
+from difforge.tasks.common import check_images, counted, from_model, read_input, setup, to_model
 
 DEFAULT_STEPS = 50
 
@@ -68,8 +69,8 @@ def decode(pipe, latent: torch.Tensor, *, labels=None, cfg: float | None = None,
 @torch.no_grad()
 def interpolate(
     pipe,
-    a: torch.Tensor,
-    b: torch.Tensor,
+    a,
+    b,
     frames: int = 8,
     *,
     labels: torch.Tensor | None = None,
@@ -81,10 +82,14 @@ def interpolate(
     included: returns (frames, N, C, H, W). Deterministic (no seed). A class-conditional
     model runs unconditionally unless `labels` are given (then with guidance `cfg`,
     default 1: none, which keeps the inversion exact). The callback sees the steps of both
-    inversions and of the decoding, numbered through."""
+    inversions and of the decoding, numbered through. `a` and `b` may also be uint8 pixels
+    (tensors, numpy arrays, PIL images, both of one kind): the frames are then uint8 of that
+    kind, stacked along a first axis (a list of frames for PIL)."""
     if frames < 2:
         raise ValueError(f"frames must be >= 2, got {frames}")
-    a, b = check_images(pipe, a, "image a"), check_images(pipe, b, "image b")
+    (a, given), (b, given_b) = read_input(pipe, a, "image a"), read_input(pipe, b, "image b")
+    if given != given_b:
+        raise ValueError(f"images a and b are of different kinds ({given.kind} and {given_b.kind})")
     if a.shape != b.shape:
         raise ValueError(f"images a {tuple(a.shape)} and b {tuple(b.shape)} differ in shape")
     if labels is not None and cfg is None:
@@ -97,4 +102,4 @@ def interpolate(
     latents = torch.cat([slerp(za, zb, t) for t in ts])  # (frames * N, C, S, S)
     lab = None if labels is None else torch.as_tensor(labels).reshape(-1).expand(len(a)).repeat(frames)
     out = decode(pipe, latents, labels=lab, cfg=cfg, steps=steps, callback=counted(callback, total, 2 * inverse))
-    return out.view(frames, *a.shape)
+    return given_back(out.view(frames, *a.shape), given)

@@ -18,8 +18,9 @@ from collections.abc import Callable
 
 import torch
 
+from difforge.io.formats import given_back
 from difforge.sampling import randn_like
-from difforge.tasks.common import check_images, from_model, prepare, to_model
+from difforge.tasks.common import from_model, prepare, read_input, to_model
 
 
 def strength_sigma(pipe, strength: float) -> float:
@@ -33,7 +34,7 @@ def strength_sigma(pipe, strength: float) -> float:
 @torch.no_grad()
 def restore(
     pipe,
-    image: torch.Tensor,
+    image,
     strength: float,
     *,
     labels: torch.Tensor | None = None,
@@ -47,14 +48,16 @@ def restore(
     """SDEdit: noise `image` (N, C, H, W, [-1, 1], native size) to `strength` in (0, 1]
     and sample back. `steps` counts the sampler's full-strength grid (default as
     `Pipeline.sigmas`), of which the levels below the start are run; image i uses seed + i.
+    `image` may also be any kind `Pipeline.generate` returns (uint8 tensor, numpy array,
+    PIL images); the result is float in [-1, 1], or uint8 pixels of the kind given.
     """
-    image = check_images(pipe, image)
+    image, given = read_input(pipe, image)
     sigma = strength_sigma(pipe, strength)
     run = prepare(pipe, len(image), labels=labels, cfg=cfg, sampler=sampler or "ddim", steps=steps, seed=seed,
                   options=options, sigma_start=sigma)
     x0 = to_model(pipe, image).to(pipe.device)
     x = run.sample(x0 + sigma * randn_like(x0, run.gens), callback)
-    return from_model(pipe, x.float().cpu())
+    return given_back(from_model(pipe, x.float().cpu()), given)
 
 
 def pixel_sigma_to_model(sigma: float) -> float:
@@ -65,7 +68,7 @@ def pixel_sigma_to_model(sigma: float) -> float:
 @torch.no_grad()
 def denoise(
     pipe,
-    image: torch.Tensor,
+    image,
     sigma: float,
     *,
     labels: torch.Tensor | None = None,
@@ -82,8 +85,10 @@ def denoise(
     The reverse process starts at the matching level 2 * sigma with `image` as x.
     `steps=1` (the default) is one denoiser call: the posterior-mean estimate, best in
     PSNR. More steps follow the sampler's grid below that level (sharper, lower PSNR).
+    `image` may also be uint8 pixels (tensor, numpy array, PIL images); the result is
+    then of the same kind.
     """
-    image = check_images(pipe, image)
+    image, given = read_input(pipe, image)
     if not sigma > 0:
         raise ValueError(f"noise sigma must be > 0, got {sigma}")
     sampler = sampler or "ddim"
@@ -98,4 +103,4 @@ def denoise(
     pad = to_model(pipe, torch.zeros_like(image[:, :1]), fill=1.0).to(pipe.device)
     if pad.any():  # padding is clean -1: give it the same noise as the image
         x = x + pad * s * randn_like(x, run.gens)
-    return from_model(pipe, run.sample(x, callback).float().cpu())
+    return given_back(from_model(pipe, run.sample(x, callback).float().cpu()), given)

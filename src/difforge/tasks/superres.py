@@ -11,6 +11,7 @@ import torch.nn.functional as F
 
 from difforge.tasks.common import counted
 from difforge.tasks.ilvr import superres_ilvr
+from difforge.io.formats import as_float, given_back
 from difforge.io.space import from_uint8
 
 TASKS = ("generate", "superres")
@@ -20,12 +21,15 @@ def is_superres_model(pipe) -> bool:
     return pipe.card.task == "superres"
 
 
-def upscale(pipe, low: torch.Tensor, scale: int, **kwargs) -> torch.Tensor:
+def upscale(pipe, low, scale: int, **kwargs):
     """Upscale `low` (N, C, h, w) in [-1, 1] by `scale`: with an SR3 model when `pipe` is one
-    (trained with `--task superres`), else ILVR with the generative model."""
+    (trained with `--task superres`), else ILVR with the generative model. `low` may also be
+    uint8 pixels (tensor, numpy array, PIL images): the result is then of the same kind,
+    else float in [-1, 1]."""
+    x, given = as_float(low, pipe.card.channels, "low-resolution image")
     if is_superres_model(pipe):
-        return sr3_upscale(pipe, low, scale, **kwargs)
-    return superres_ilvr(pipe, low, scale, **kwargs)
+        return given_back(sr3_upscale(pipe, x, scale, **kwargs), given)
+    return given_back(superres_ilvr(pipe, x, scale, **kwargs), given)
 
 
 def cascade_low(base_dir: str, n: int, c, size: int) -> torch.Tensor:

@@ -27,13 +27,8 @@ from difforge.data import load_dataset, to_model_input
 from difforge.data.batches import EpochBatches
 from difforge.models import build_model, size_multiple
 from difforge.train import distributed
-from difforge.train.checkpoint import (
-    find_resumable,
-    load_checkpoint,
-    restore_rng,
-    rng_state,
-    save_checkpoint,
-)
+from difforge.train.accumulate import accumulate_gradients
+from difforge.train.checkpoint import find_resumable, load_checkpoint, restore_rng, rng_state, save_checkpoint
 from difforge.train.ema import EMA
 from difforge.train.faults import MAX_BAD_STEPS, FaultHandling, TrainingError
 from difforge.train.optim import build_optimizer, build_scheduler, set_schedule_step
@@ -80,6 +75,9 @@ class Trainer(FaultHandling):
         if self.image_size % mult:
             raise ConfigError(f"image size {self.image_size} is not a multiple of {mult}, as model "
                               f"{cfg.model.preset!r} needs")
+        if t.batch_size // self.world.size < t.grad_accum:
+            raise ConfigError(f"train.grad_accum {t.grad_accum} is more micro-batches than the "
+                              f"{t.batch_size // self.world.size} images each process gets per step")
         if t.batch_size > len(self.train_set):  # a small set: train with all of it per step, and say so
             smaller = len(self.train_set) - len(self.train_set) % self.world.size
             if smaller < 1:
@@ -104,6 +102,8 @@ class Trainer(FaultHandling):
         t, world = self.cfg.train, self.world
         torch.manual_seed(t.seed)
         self.model = build_model(**self.card.build_kwargs()).to(self.device)
+        if self.cfg.model.grad_checkpoint:  # config.validate checked that the network supports it
+            self.model.grad_checkpoint = True
         self.ema = EMA(self.model, t.ema_decay, t.ema_warmup)
         self.net = distributed.wrap(self.model, world, self.device)  # the loss runs through it (DDP syncs)
         if world.rank:  # in-model randomness (dropout): a distinct stream on each rank
@@ -249,21 +249,29 @@ class Trainer(FaultHandling):
 
     # ------------------------------------------------------------------ one step
     def batch(self) -> tuple[torch.Tensor, torch.Tensor | None, int]:
-        """This rank's rows of the step's global batch: x0, conditioning, global batch size."""
+        """This rank's rows of the step's global batch: x0, conditioning, global batch size.
+        Label dropout, then (with data.hflip) the flips, are drawn for the global batch from
+        the training generator, then sliced."""
         idx = self.batches.batch(self.step)  # the global batch: the same on every rank
-        x0 = to_model_input(self.train_set.images[idx[self.rows]], self.image_size).to(self.device)
         cond = None
         if self.num_classes:  # labels dropped per sample of the global batch, then sliced
             labels = self.card.conditioning.drop(self.train_set.labels[idx], self.cfg.model.label_dropout, self.gen)
             cond = labels[self.rows].to(self.device)
+        images = self.train_set.images[idx[self.rows]]
+        if self.cfg.data.hflip:  # at the native size, before any padding
+            flip = (torch.rand(len(idx), generator=self.gen) < 0.5)[self.rows].view(-1, 1, 1, 1)
+            images = torch.where(flip, images.flip(-1), images)
+        x0 = to_model_input(images, self.image_size).to(self.device)
         if self.cond_image is not None:
             cond = self.cond_image(x0)
         return x0, cond, len(idx)
 
-    def apply_gradients(self, loss: torch.Tensor) -> bool:
-        """Backward, clip and AdamW; False when the gradients are not finite (step skipped)."""
+    def apply_gradients(self, loss: torch.Tensor | None) -> bool:
+        """Backward (unless accumulated already: `loss` None), clip and AdamW; False when the
+        gradients are not finite (step skipped)."""
         t = self.cfg.train
-        self.scaler.scale(loss).backward()
+        if loss is not None:
+            self.scaler.scale(loss).backward()
         params = self.model.parameters
         if self.scaler.is_enabled():  # fp16: the scaler skips overflowing steps and lowers its scale
             if t.grad_clip > 0:
@@ -281,13 +289,25 @@ class Trainer(FaultHandling):
             self.scaler.update()
         return ok
 
+    def forward(self, x0: torch.Tensor, cond, n: int) -> tuple[torch.Tensor | None, bool, float]:
+        """The step's loss: (what is left to backpropagate, finite, mean loss). With
+        train.grad_accum > 1 the micro-batches are backpropagated here (train/accumulate.py)."""
+        parts = self.cfg.train.grad_accum
+        if parts == 1:
+            loss = self.objective.loss(x0, cond, generator=self.gen, autocast=self.amp_dtype, rows=self.rows,
+                                       global_batch=n)
+            self.optimizer.zero_grad(set_to_none=True)
+            return loss, bool(torch.isfinite(loss)), loss.item()
+        self.optimizer.zero_grad(set_to_none=True)
+        finite, value = accumulate_gradients(self.objective, self.scaler, x0, cond, parts=parts, generator=self.gen,
+                                             autocast=self.amp_dtype, rows=self.rows, global_batch=n,
+                                             no_sync=self.net.no_sync if self.world.distributed else None)
+        return None, finite, value
+
     def train_step(self, stop: StopFlag) -> tuple[bool, float, bool, int]:
         """One optimisation step: (applied, mean loss, a rank was signalled, images)."""
         x0, cond, n = self.batch()
-        loss = self.objective.loss(x0, cond, generator=self.gen, autocast=self.amp_dtype, rows=self.rows,
-                                   global_batch=n)
-        self.optimizer.zero_grad(set_to_none=True)
-        finite, loss_value = bool(torch.isfinite(loss)), loss.item()
+        loss, finite, loss_value = self.forward(x0, cond, n)
         signalled = stop.signum is not None
         if self.world.distributed:  # one collective: mean loss; any rank non-finite; any rank signalled
             flags = torch.tensor([loss_value if finite else 0.0, not finite, signalled], dtype=torch.float64)
