@@ -45,8 +45,10 @@ run: install data
 	fi
 	@echo "samples: $(RUN)/samples/final.png"
 
-# Installs what the tests need (Fashion-MNIST, Chromium for the web page test), then runs them.
+# Installs what the tests need (Fashion-MNIST, Chromium for the web page test), checks the code
+# with ruff (pyproject.toml's [tool.ruff]; a finding fails the target), then runs the tests.
 test: install data browser
+	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/python -m pytest
 
 bench: install

@@ -79,8 +79,9 @@ def measure(fw: str, run_dir: Path, n: int, bpd: int, grids: Path) -> dict:
                     "seconds": round(time.perf_counter() - t0, 1)}
         if tag == "pf-ode" and rep.get("likelihood"):
             lk = rep["likelihood"]
-            res["bpd"] = {"n": lk["n"], "split": lk["split"], "ode": lk["ode"]["bpd"], "ode_native": lk["ode"]["bpd_native"],
-                          "ode_nfe": lk["ode"]["nfe"], "vlb": lk.get("vlb", {}).get("large", {}).get("bpd")}
+            res["bpd"] = {"n": lk["n"], "split": lk["split"], "ode": lk["ode"]["bpd"],
+                          "ode_native": lk["ode"]["bpd_native"], "ode_nfe": lk["ode"]["nfe"],
+                          "vlb": lk.get("vlb", {}).get("large", {}).get("bpd")}
         pipe = load_pipeline(run_dir)
         res[tag]["network_calls"] = _count_calls(pipe, sampler, steps)
         if tag == "pf-ode":
@@ -113,7 +114,8 @@ def main() -> None:
     p.add_argument("--bpd", type=int, default=32, help="test images for bits/dim")
     p.add_argument("--frameworks", default=",".join(FRAMEWORKS))
     p.add_argument("--runs", default="runs/bench-frameworks")
-    p.add_argument("--report-only", action="store_true", help="only collect benchmarks/frameworks/*.json into the report")
+    p.add_argument("--report-only", action="store_true",
+                   help="only collect benchmarks/frameworks/*.json into the report")
     a = p.parse_args()
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     grids = ROOT / "frameworks"
@@ -150,14 +152,16 @@ def write_md(r: dict) -> None:
              f"split (lower is better; the real-vs-real floor at the same N is shown). Bits/dim: probability-flow "
              f"ODE (RK4, 32 steps, Hutchinson), first {s['bpd_images']} test images, dequantized; per native pixel. "
              f"Machine: {r['machine']['note']}.", "",
-             "| framework | train s | FD (PF-ODE heun 18) | calls | native sampler | FD (native) | calls | bits/dim ODE ± sem | VLB |",
+             "| framework | train s | FD (PF-ODE heun 18) | calls | native sampler | FD (native) | calls "
+             "| bits/dim ODE ± sem | VLB |",
              "|---|---:|---:|---:|---|---:|---:|---:|---:|"]
     for fw, v in r.get("frameworks", {}).items():
         b = v.get("bpd", {})
         vlb = f"{b['vlb']:.3f}" if b.get("vlb") is not None else "-"
         lines.append(f"| {fw} | {v['train_seconds']:g} | {v['pf-ode']['fd']:.3g} | {v['pf-ode']['network_calls']} | "
                      f"{v['native']['sampler']} {v['native']['steps']} | {v['native']['fd']:.3g} | "
-                     f"{v['native']['network_calls']} | {b.get('ode_native', float('nan')):.2f} ± {b.get('ode_sem', float('nan')):.2f} | "
+                     f"{v['native']['network_calls']} | {b.get('ode_native', float('nan')):.2f} "
+                     f"± {b.get('ode_sem', float('nan')):.2f} | "
                      f"{vlb} |")
     floor = next(iter(r.get("frameworks", {}).values()), {}).get("pf-ode", {}).get("floor_fd")
     if floor is not None:

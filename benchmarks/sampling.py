@@ -81,9 +81,11 @@ def main() -> None:
             measure(sampler, steps)
 
     ref_fd = rows[0]["fd"]
-    print(f"\n| sampler | steps | network calls | FD | FD / DDPM-{args.ddpm_steps} | s per image |\n|---|---|---|---|---|---|")
+    print(f"\n| sampler | steps | network calls | FD | FD / DDPM-{args.ddpm_steps} | s per image |\n"
+          "|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['sampler']} | {r['steps']} | {r['calls']} | {r['fd']:.3f} | {r['fd'] / ref_fd:.2f} | {r['s_per_image']:.4f} |")
+        print(f"| {r['sampler']} | {r['steps']} | {r['calls']} | {r['fd']:.3f} | {r['fd'] / ref_fd:.2f} "
+              f"| {r['s_per_image']:.4f} |")
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps({
         "model": str(args.model), "n": args.n, "cfg": args.cfg, "floor_fd": round(floor, 3),

@@ -85,7 +85,8 @@ def run_phase(model: str, port: int, clients: int, seconds: float, body: dict, s
                     health.append((status, time.monotonic() - start))
                     time.sleep(0.05)
 
-        threads = [threading.Thread(target=client, args=(k,)) for k in range(clients)] + [threading.Thread(target=prober)]
+        threads = ([threading.Thread(target=client, args=(k,)) for k in range(clients)]
+                   + [threading.Thread(target=prober)])
         for t in threads:
             t.start()
         time.sleep(seconds)
@@ -131,7 +132,8 @@ def main() -> None:
     body = {"n": 1, "sampler": args.sampler, "steps": args.steps, "cfg": 3.0}
     phases = {
         "batched": run_phase(args.model, args.port, args.clients, args.seconds, body, [], None),
-        "unbatched": run_phase(args.model, args.port + 1, args.clients, args.seconds, body, ["--max-batch", "1"], None),
+        "unbatched": run_phase(args.model, args.port + 1, args.clients, args.seconds, body,
+                               ["--max-batch", "1"], None),
         "overload": run_phase(args.model, args.port + 2, 3 * args.clients, args.seconds, body,
                               ["--queue-size", "4"], 0.2),
     }
@@ -141,20 +143,23 @@ def main() -> None:
         "machine": f"{platform.machine()} CPU, {os.cpu_count()} cores, shared with other jobs (contention); "
                    f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}",
         "phases": phases,
-        "batching_speedup": round(phases["batched"]["images_per_s"] / max(phases["unbatched"]["images_per_s"], 1e-9), 2),
+        "batching_speedup": round(phases["batched"]["images_per_s"]
+                                  / max(phases["unbatched"]["images_per_s"], 1e-9), 2),
         "unexpected_errors": errors,
     }
     Path(args.out + ".json").write_text(json.dumps(report, indent=2) + "\n")
     lines = [f"# Load test of `difforge serve` ({args.model})", "",
              f"Request: `{json.dumps(body)}` with a random class and seed. Machine: {report['machine']}.", "",
-             "| phase | clients | server | requests | statuses | images/s | p50 s | p99 s | mean batch | health p99 ms (max) | failed health |",
+             "| phase | clients | server | requests | statuses | images/s | p50 s | p99 s | mean batch "
+             "| health p99 ms (max) | failed health |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for name, p in phases.items():
         lat = p["latency_s"] or {"p50": float("nan"), "p99": float("nan")}
         lines.append(f"| {name} | {p['clients']} | {' '.join(p['server_args']) or 'defaults'} | {p['requests']} | "
                      f"{', '.join(f'{k}: {v}' for k, v in sorted(p['statuses'].items()))} | {p['images_per_s']} | "
                      f"{lat['p50']} | {lat['p99']} | {p['batches']['mean_batch']} | "
-                     f"{p['health']['p99_ms']} ({p['health']['max_ms']}) | {p['health']['failed']} / {p['health']['checks']} |")
+                     f"{p['health']['p99_ms']} ({p['health']['max_ms']}) | "
+                     f"{p['health']['failed']} / {p['health']['checks']} |")
     lines += ["", f"Batching speed-up (batched / unbatched images per second, same load, side by side): "
               f"**{report['batching_speedup']}x**.", "",
               f"Statuses other than 200 and the deliberate 503: {errors}."]

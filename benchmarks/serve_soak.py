@@ -31,7 +31,6 @@ import base64
 import http.client
 import io
 import json
-import os
 import random
 import socket
 import subprocess
@@ -46,8 +45,7 @@ import numpy as np
 
 HERE = Path(__file__).parent
 sys.path.insert(0, str(HERE))
-from serve_common import (HOST, difforge_exe, log_tail, machine, process_stats, start_server,  # noqa: E402
-                          stop_server, wait_ready)
+from serve_common import HOST, difforge_exe, log_tail, machine, process_stats, start_server, stop_server, wait_ready  # noqa: E402
 
 LIMITS = {"--max-n": "4", "--max-steps": "60", "--queue-size": "8", "--timeout": "30", "--max-body": "262144",
           "--max-connections": "40", "--read-timeout": "3"}

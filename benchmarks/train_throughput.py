@@ -86,11 +86,13 @@ def main() -> None:
         return
     rows = []
     for preset, precision in CONFIGS:
-        out = subprocess.run([sys.executable, __file__, "--one", preset, precision], capture_output=True, text=True, check=True)
+        out = subprocess.run([sys.executable, __file__, "--one", preset, precision],
+                             capture_output=True, text=True, check=True)
         rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
         print(json.dumps(rows[-1]), flush=True)
     base = {r["preset"]: r["img_per_s"] for r in rows if r["precision"] == "fp32"}
-    print(f"\n| preset | precision | size | params (M) | img/s | vs fp32 | peak RSS (MiB) |\n|---|---|---|---|---|---|---|")
+    print("\n| preset | precision | size | params (M) | img/s | vs fp32 | peak RSS (MiB) |\n"
+          "|---|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['preset']} | {r['precision']} | {r['image_size']} | {r['params_M']} | {r['img_per_s']} "
               f"| {r['img_per_s'] / base[r['preset']]:.2f}x | {r['peak_rss_MiB']:.0f} |")

@@ -7,9 +7,9 @@ with `load_config` rebuilds the same config, so a run can be reproduced from it.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Iterable
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from collections.abc import Iterable
 from typing import Any, get_type_hints
 
 DATASETS = ("fashion-mnist", "digits", "folder", "prepared")

@@ -103,8 +103,8 @@ def model_readme(card: ModelCard, *, library: str = "difforge", title: str | Non
     table = "\n".join(f"| {k} | {v} |" for k, v in rows)
     if library == "diffusers":
         use = ("```python\nfrom diffusers import DDPMPipeline\n\npipe = DDPMPipeline.from_pretrained(\"OWNER/NAME\")\n"
-               "images = pipe(batch_size=4).images\n```\n\nor with difforge: `difforge import OWNER/NAME --out model`, "
-               "then `difforge sample model`.")
+               "images = pipe(batch_size=4).images\n```\n\n"
+               "or with difforge: `difforge import OWNER/NAME --out model`, then `difforge sample model`.")
         if card.num_classes:
             use += (f"\n\nThe UNet is class-conditional: pass `class_labels` 0..{card.num_classes - 1} to "
                     "`UNet2DModel`" + (f"; label {card.num_classes} is the null class of classifier-free guidance."

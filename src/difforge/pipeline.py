@@ -10,15 +10,17 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Sequence
 from pathlib import Path
-
 from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
+from difforge.defaults import DEFAULT_CFG, DEFAULT_GRID, DEFAULT_STEPS, default_grid  # noqa: F401 - re-exported
 from difforge.diffusion.grids import sigma_grid
 from difforge.diffusion.process import NoiseProcess
 from difforge.hub import model_readme, not_found, resolve_model_dir
+from difforge.io.formats import OUTPUT_TYPES, uint8_as
+from difforge.io.space import from_uint8
 from difforge.models.card import ModelCard
 from difforge.models.conditioning import downsample
 from difforge.models.denoiser import Denoiser
@@ -31,11 +33,6 @@ from difforge.sampling import (
     per_sample_generators,
     randn_like,
 )
-
-from difforge.defaults import DEFAULT_CFG, DEFAULT_GRID, DEFAULT_STEPS, default_grid  # noqa: F401 - re-exported
-from difforge.io.formats import OUTPUT_TYPES, uint8_as
-from difforge.io.space import from_uint8
-
 
 if TYPE_CHECKING:
     import numpy as np
@@ -296,7 +293,8 @@ def _card_and_weights(path: Path, ema: bool) -> tuple[ModelCard, Path]:
             raise ModelLoadError(f"{path} has no valid checkpoint yet{detail}")
         weights = weights_file(ckpt, ema)
     else:
-        raise ModelLoadError(f"{path} is neither a run directory (model.json) nor a model directory (config.json + model.safetensors)")
+        raise ModelLoadError(f"{path} is neither a run directory (model.json) "
+                             "nor a model directory (config.json + model.safetensors)")
     try:
         return ModelCard.load(card_file), weights
     except ValueError as e:
@@ -343,7 +341,8 @@ def export_model(run_dir: str | Path, out: str | Path, ema: bool = True, overwri
         raise ModelLoadError(f"{run_dir} is not a run directory (no model.json)")
     ckpt, problems = find_resumable(run_dir / "checkpoints")
     if ckpt is None:
-        raise ModelLoadError(f"{run_dir} has no valid checkpoint to export" + (f" ({'; '.join(problems)})" if problems else ""))
+        raise ModelLoadError(f"{run_dir} has no valid checkpoint to export"
+                             + (f" ({'; '.join(problems)})" if problems else ""))
     try:
         card = ModelCard.load(run_dir / "model.json")
     except ValueError as e:

@@ -36,7 +36,7 @@ def test_prepare_then_inspect(store, capsys, tmp_path):
     assert "circles/c05.png ~ circles/c05_brighter.png:" in out
     assert "outliers flagged, kept: 4 image(s)" in out
     total = sum(manifest["splits"][s]["count"] for s in ("train", "val", "test"))
-    assert f"(all)  " in out and str(total) in out
+    assert "(all)  " in out and str(total) in out
     sheets = sorted(p.name for p in (tmp_path / "sheets").glob("*.png"))
     assert sheets == ["00-circles.png", "01-squares.png", "near_duplicates.png", "outliers.png"]
     with Image.open(tmp_path / "sheets" / "00-circles.png") as im:

@@ -98,8 +98,10 @@ def test_classifier_save_keeps_other_files(tmp_path):
     (["sample", "{run}", "--gif", "{tmp}/x.png", "--out", "{tmp}/g.png"], "--gif"),
     (["sample", "{run}", "--out", "{file}/g.png"], "is a file, not a folder"),
     (["sample", "{run}", "--out", "{tmp}"], "is a folder"),
-    (["interpolate", "{run}", "--a", "{img}", "--b", "{img}", "--out", "{tmp}/x.png"], "expected a file ending in .gif"),
-    (["restore", "{run}", "--image", "{img}", "--strength", "0.5", "--out", "{file}/r.png"], "is a file, not a folder"),
+    (["interpolate", "{run}", "--a", "{img}", "--b", "{img}", "--out", "{tmp}/x.png"],
+     "expected a file ending in .gif"),
+    (["restore", "{run}", "--image", "{img}", "--strength", "0.5", "--out", "{file}/r.png"],
+     "is a file, not a folder"),
     (["train", "--dataset", "digits", "--data", "{tmp}", "--out", "{tmp}/r"], "disagree"),
 ])
 def test_bad_arguments_fail_before_any_work(argv, message, tiny_run, tmp_path, capsys, monkeypatch):

@@ -50,7 +50,8 @@ def make_messy(root: Path, n_per_class: int = 24, seed: int = 0) -> dict:
     brighter = np.clip(pictures["circles/c05.png"].astype(int) + 6, 0, 255).astype(np.uint8)
     add("circles/c05_brighter.png", Image.fromarray(brighter), "circles")
     add("circles/c05_recompressed.jpg", Image.fromarray(pictures["circles/c05.png"]), "circles", quality=85)
-    plan["near"] += [("circles/c05.png", "circles/c05_brighter.png"), ("circles/c05.png", "circles/c05_recompressed.jpg")]
+    plan["near"] += [("circles/c05.png", "circles/c05_brighter.png"),
+                     ("circles/c05.png", "circles/c05_recompressed.jpg")]
     # odd modes, all valid (each a new picture)
     base = {m: Image.fromarray(smooth_picture(rng, "square")) for m in ("cmyk", "p", "rgba", "la", "1", "i16")}
     add("squares/cmyk.jpg", base["cmyk"].convert("CMYK"), "squares")
@@ -84,7 +85,8 @@ def make_messy(root: Path, n_per_class: int = 24, seed: int = 0) -> dict:
     checker = (np.indices((SIZE, SIZE)) // 8).sum(0) % 2 * 255
     add("squares/checker.png", Image.fromarray(checker.astype(np.uint8)), "squares")
     plan["outliers"] = {"circles/tiny.png": "tiny", "circles/wide.png": "aspect",
-                        "circles/blank.png": "nearly constant", "squares/checker.png": "far from the rest: class 'squares'"}
+                        "circles/blank.png": "nearly constant",
+                        "squares/checker.png": "far from the rest: class 'squares'"}
     for copy in plan["dups"]:
         plan["valid"].pop(copy, None)
     return plan

@@ -17,14 +17,16 @@ def _prepared(rng):
                  "phash": ["0" * 16] * len(a), "width": [8 + i for i in range(len(a))],
                  "height": [8] * len(a), "mode": ["RGB"] * len(a)} for s, a in arrays.items()}
     report = {"candidates": 9, "decoded": 8, "kept": 7,
-              "quarantined": [{"source": "x.png", "reason": "UnidentifiedImageError: cannot identify image file '/d/x.png'"}],
+              "quarantined": [{"source": "x.png",
+                               "reason": "UnidentifiedImageError: cannot identify image file '/d/x.png'"}],
               "duplicates": [{"source": "train/9.png", "duplicate_of": "train/0.png", "sha256": "0",
                               "label_conflict": ["a", "b"]}],
               "near_duplicates": {"max_distance": 4, "max_mae": 4.0, "pairs_found": 1, "pairs_across_splits": 1,
                                   "images_involved": 2,
                                   "pairs": [{"a": "train/1.png", "b": "val/0.png", "distance": 2, "mae": 1.5,
                                              "splits": ["train", "val"]}]},
-              "outliers": [{"source": "train/4.png", "split": "train", "reasons": ["tiny: 3x3, shorter side under 4"]}],
+              "outliers": [{"source": "train/4.png", "split": "train",
+                            "reasons": ["tiny: 3x3, shorter side under 4"]}],
               "outliers_removed": False}
     settings = {"size": 8, "channels": 3, "val_fraction": 0.1, "test_fraction": 0.1, "split_seed": 0}
     return Prepared(arrays, labels, items, ["a", "b"], settings, {"path": "/d", "kind": "folder"}, report)
@@ -41,7 +43,8 @@ def test_summary_counts_and_statistics():
     assert f"red mean {x[:, 0].mean():.1f} std {x[:, 0].std():.1f}" in text
     assert "1 x UnidentifiedImageError: cannot identify image file FILE" in text
     assert "train/9.png = train/0.png (labels 'a' vs 'b')" in text
-    assert "1 pair(s) over 2 image(s), 1 across splits" in text and "outliers flagged, kept: 1 image(s): tiny 1" in text
+    assert ("1 pair(s) over 2 image(s), 1 across splits" in text
+            and "outliers flagged, kept: 1 image(s): tiny 1" in text)
 
 
 def test_prepare_summary_is_one_line_of_counts():

@@ -9,9 +9,8 @@ import pytest
 from PIL import Image
 
 from difforge.data.folder import decode_image, fit_square
-from difforge.data.prepare import SPLITS, PrepareConfig, prepare, prepare_store, split_of
 from difforge.data.inspect import read_prepared
-
+from difforge.data.prepare import SPLITS, PrepareConfig, prepare, prepare_store, split_of
 from messy_folder import make_messy, smooth_picture
 
 CFG = PrepareConfig(max_pixels=100_000)  # makes the planted 400x400 "bomb" too large

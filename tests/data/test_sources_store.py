@@ -8,9 +8,9 @@ import pytest
 from PIL import Image
 
 from difforge.data.idx import write_idx
+from difforge.data.inspect import read_prepared
 from difforge.data.prepare import SPLITS, PrepareConfig, prepare, prepare_store
 from difforge.data.sources import open_source
-from difforge.data.inspect import read_prepared
 from difforge.data.store import is_store, load_store
 
 QUIET = dict(progress=False, log=lambda s: None)

@@ -20,7 +20,10 @@ def test_cosine_alpha_bar_closed_form():
     # Nichol & Dhariwal (2021), Eq. 17; betas are clipped at 0.999 only at the very end.
     sched = make_schedule("cosine", 1000)
     T, s = 1000, 0.008
-    f = lambda t: math.cos((t / T + s) / (1 + s) * math.pi / 2) ** 2
+
+    def f(t):
+        return math.cos((t / T + s) / (1 + s) * math.pi / 2) ** 2
+
     for t in [0, 1, 10, 250, 500, 900, 990]:
         assert sched.alphas_cumprod[t].item() == pytest.approx(f(t + 1) / f(0), rel=1e-10)
     assert sched.betas.max() <= 0.999
@@ -46,7 +49,8 @@ def test_alpha_bar_is_product_and_sigmas_increase():
 
 
 def test_unknown_schedule_names_choices():
-    with pytest.raises(ValueError, match=r"unknown schedule 'quadratic'; expected one of \['cosine', 'linear', 'scaled_linear'\]"):
+    with pytest.raises(ValueError,
+                       match=r"unknown schedule 'quadratic'; expected one of \['cosine', 'linear', 'scaled_linear'\]"):
         beta_schedule("quadratic", 10)
 
 

@@ -57,7 +57,8 @@ def test_euler_maruyama_on_gaussian_data(name):
     h = t_end / steps
     for i in range(steps):
         t = i * h
-        x = x + sde.drift(x, t) * h + sde.diffusion(t) * math.sqrt(h) * torch.randn(n, generator=g, dtype=torch.float64)
+        x = (x + sde.drift(x, t) * h
+             + sde.diffusion(t) * math.sqrt(h) * torch.randn(n, generator=g, dtype=torch.float64))
     a, s = (float(v) for v in sde.marginal(t_end))
     sd = math.sqrt(a**2 * 0.16 + s**2)
     assert x.mean().item() == pytest.approx(a * 0.7, abs=4 * sd / math.sqrt(n))

@@ -20,7 +20,8 @@ def setup(tmp_path_factory):
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("DIFFORGE_CACHE", str(root / "cache"))
         assert run(["train", "--dataset", "digits", "--model", "tiny", "--max-steps", "6", "--batch-size", "16",
-                    "--sample-every", "0", "--checkpoint-every", "0", "--out", str(root / "run"), "--no-progress"]) == 0
+                    "--sample-every", "0", "--checkpoint-every", "0", "--out", str(root / "run"),
+                    "--no-progress"]) == 0
         assert run(["train-classifier", "--dataset", "digits", "--epochs", "10", "--device", "cpu"]) == 0
     assert (root / "cache" / "classifiers" / "digits" / "classifier.json").is_file()
     return root
@@ -83,7 +84,8 @@ def test_reference_statistics_are_cached_saved_and_reused(cache, tmp_path, capsy
     assert cached.startswith(str(cache / "cache" / "references" / "digits-val-"))
     ref, again = np.load(saved), np.load(cached)
     assert np.array_equal(ref["mu"], again["mu"]) and np.array_equal(ref["sigma"], again["sigma"])
-    assert ref["mu"].shape == (128,) and ref["sigma"].shape == (128, 128) and int(ref["n"]) == a["data"]["reference_count"]
+    assert (ref["mu"].shape == (128,) and ref["sigma"].shape == (128, 128)
+            and int(ref["n"]) == a["data"]["reference_count"])
     np.savez(tmp_path / "other.npz", mu=np.zeros(4), sigma=np.eye(4))
     capsys.readouterr()
     assert run([*base, "--out", str(tmp_path / "c"), "--reference", str(tmp_path / "other.npz")]) == 1

@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from difforge.diffusion import make_schedule
+from difforge.diffusion.frameworks import DDPMProcess
 from difforge.eval.likelihood import (
     BIN,
     bits_per_dim,
@@ -16,7 +17,6 @@ from difforge.eval.likelihood import (
     discretized_gaussian_log_prob,
     pf_ode_log_likelihood,
 )
-from difforge.diffusion.frameworks import DDPMProcess
 from difforge.models.denoiser import Denoiser
 
 
@@ -85,7 +85,8 @@ def test_ode_full_covariance_exact_trace_and_unbiased_hutchinson():
     a = torch.randn(6, 6, generator=g(2), dtype=torch.float64)
     cov = a @ a.T / 6 + 0.1 * torch.eye(6, dtype=torch.float64)
     x = torch.randn(300, 6, generator=g(3), dtype=torch.float64) @ torch.linalg.cholesky(cov).T
-    exact = bits_per_dim(-torch.distributions.MultivariateNormal(torch.zeros(6, dtype=torch.float64), cov).log_prob(x), 6)
+    exact = bits_per_dim(
+        -torch.distributions.MultivariateNormal(torch.zeros(6, dtype=torch.float64), cov).log_prob(x), 6)
     den = FullCovDenoiser(cov)
     r = pf_ode_log_likelihood(den, x, trace="exact")
     assert (r.bits_per_dim() - exact).abs().max() < 1e-2

@@ -12,9 +12,9 @@ import json
 
 import pytest
 import torch
-from cli_runner import run
 from safetensors.torch import load_file
 
+from cli_runner import run
 from difforge.interop import InteropError, framework_from_scheduler, import_diffusers, scheduler_from_card
 from difforge.models.card import ModelCard
 from difforge.pipeline import load_pipeline
@@ -194,10 +194,10 @@ def test_scheduler_mapping_round_trips():
 
 def _difforge_model(tmp_path, num_classes=None):
     """A diffusers-unet model directory with random weights, as `difforge export` writes one."""
-    from model_cards import tiny_card
     from safetensors.torch import save_file
 
     from difforge.models.card import Architecture
+    from model_cards import tiny_card
 
     card = tiny_card(size=SIZE, channels=3, num_classes=num_classes, class_names=["x", "y"] if num_classes else None)
     card = ModelCard(Architecture.of_preset("diffusers-unet"), SIZE, SIZE, 3, card.diffusion, "eps",
@@ -219,7 +219,8 @@ def test_export_loads_in_diffusers_with_the_same_outputs(tmp_path, num_classes):
     assert {p.name for p in out.iterdir()} >= {"unet", "scheduler", "model_index.json", "difforge.json", "README.md"}
     unet = diffusers.UNet2DModel.from_pretrained(out / "unet").eval()
     sched = diffusers.DDPMScheduler.from_pretrained(out / "scheduler")
-    assert unet.config.sample_size == SIZE and unet.config.num_class_embeds == (num_classes + 1 if num_classes else None)
+    assert (unet.config.sample_size == SIZE
+            and unet.config.num_class_embeds == (num_classes + 1 if num_classes else None))
     pipe = load_pipeline(model)
     labels = torch.tensor([1, 0, 1]) if num_classes else None
     x, t = torch.randn(3, 3, SIZE, SIZE), torch.tensor([5.0, 500.0, 999.0])

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from cli_runner import run
 
+from cli_runner import run
 from difforge.pipeline import ModelLoadError, export_model, load_pipeline
 
 hub = pytest.importorskip("huggingface_hub")

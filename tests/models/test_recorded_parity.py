@@ -150,7 +150,8 @@ def test_training_loss_as_recorded(framework, prediction):
             return den.loss(x0, cond, generator=torch.Generator().manual_seed(3), **kw).item()
 
         assert loss() == pytest.approx(rec[tag], rel=1e-6)
-        assert loss(x0[1:3], cond[1:3], rows=slice(1, 3), global_batch=4) == pytest.approx(rec[f"{tag}-rows"], rel=1e-6)
+        assert (loss(x0[1:3], cond[1:3], rows=slice(1, 3), global_batch=4)
+                == pytest.approx(rec[f"{tag}-rows"], rel=1e-6))
         assert loss(autocast=torch.bfloat16) == pytest.approx(rec[f"{tag}-bf16"], rel=1e-5)
     assert len(rec) == 3 * len(gammas)
 

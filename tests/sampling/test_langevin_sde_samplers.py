@@ -18,7 +18,6 @@ import torch
 from difforge.diffusion.grids import karras_sigmas, log_snr_sigmas
 from difforge.sampling import get_sampler, per_sample_generators, randn_like
 from difforge.sampling.langevin import langevin_corrector
-
 from tests.sampling.test_samplers_closed_form import SIGMA_MAX, SIGMA_MIN, gaussian_denoiser, mixture
 
 

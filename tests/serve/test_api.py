@@ -160,7 +160,8 @@ def test_model_describes_the_model(client):
 
 def test_model_reports_recorded_metrics(tmp_path, pipe, make_client, make_model_dir):
     d = make_model_dir(tmp_path / "m")
-    (d / "metrics.jsonl").write_text('{"step": 5, "loss": 0.5}\n{"step": 10, "loss": 0.25}\n{"step": 10, "val_loss": 0.3}\n{"tru')
+    (d / "metrics.jsonl").write_text('{"step": 5, "loss": 0.5}\n{"step": 10, "loss": 0.25}\n'
+                                     '{"step": 10, "val_loss": 0.3}\n{"tru')
     (d / "eval").mkdir()
     (d / "eval" / "report.json").write_text(json.dumps({"n": 100, "metrics": {"classifier": {"fd": 4.5, "kid": 0.1}}}))
     with make_client(pipe, d) as c:
@@ -201,6 +202,7 @@ def test_page_and_static_files(client):
 
 def test_openapi_documents_every_route(client):
     spec = client.get("/openapi.json").json()
-    assert {"/v1/generate", "/v1/inpaint", "/v1/restore", "/v1/model", "/healthz", "/readyz", "/metrics"} <= set(spec["paths"])
+    assert ({"/v1/generate", "/v1/inpaint", "/v1/restore", "/v1/model", "/healthz", "/readyz", "/metrics"}
+            <= set(spec["paths"]))
     body = spec["paths"]["/v1/inpaint"]["post"]["requestBody"]["content"]
     assert {"application/json", "multipart/form-data"} <= set(body)

@@ -227,9 +227,8 @@ def test_a_fully_opaque_rgba_mask_is_read_by_its_brightness(client):
 
 
 def test_cli_refuses_a_token_on_the_command_line_and_reads_a_token_file(tmp_path, model_dir, capsys, monkeypatch):
-    from cli_runner import run
-
     import difforge.serve as serve
+    from cli_runner import run
 
     assert run(["serve", str(model_dir), "--token", "s3cret-token"]) == 1
     err = capsys.readouterr().err

@@ -29,7 +29,8 @@ MASK = b64png(np.pad(np.full((SIZE, SIZE // 2), 255), ((0, 0), (0, SIZE // 2))))
     ("/v1/generate", {"n": 9}, "n = 9 is over this server's maximum of 8"),
     ("/v1/generate", {"steps": 51}, "steps = 51 is over this server's maximum of 50"),
     ("/v1/generate", {"steps": 10**12}, "steps = 1000000000000 is over this server's maximum of 50"),
-    ("/v1/generate", {"sampler": "ddpm"}, "steps = 1000 (the default for ddpm) is over this server's maximum of 50; give steps"),
+    ("/v1/generate", {"sampler": "ddpm"},
+     "steps = 1000 (the default for ddpm) is over this server's maximum of 50; give steps"),
     ("/v1/generate", {"n": 0}, "n: Input should be greater than or equal to 1"),
     ("/v1/generate", {"steps": "many"}, "steps: Input should be a valid integer"),
     ("/v1/generate", {"sampler": "magic"}, "unknown sampler 'magic'"),
@@ -169,7 +170,8 @@ def test_cli_refuses_open_bind_and_pickles(tmp_path, model_dir, capsys):
 
 # ---------------------------------------------------------------- queue, timeout, event loop
 def test_full_queue_is_503_with_retry_after_and_waiting_too_long_is_504(pipe, model_dir, serve_helpers):
-    c = serve_helpers["make_client"](pipe, model_dir, queue_size=1, timeout_s=1.0, retry_after_s=7)  # worker not started
+    # worker not started
+    c = serve_helpers["make_client"](pipe, model_dir, queue_size=1, timeout_s=1.0, retry_after_s=7)
     engine = c.app.state.engine
     first = {}
     t = threading.Thread(target=lambda: first.update(r=c.post("/v1/generate", json={"steps": 2})))

@@ -1,5 +1,6 @@
 """Checkpoint files: round trip, hashes, fallback past a corrupt newest one, retention."""
 
+import pytest
 import torch
 
 from difforge.train.checkpoint import (
@@ -10,7 +11,6 @@ from difforge.train.checkpoint import (
     step_dirs,
     verify_checkpoint,
 )
-import pytest
 
 
 def _save(root, step, keep=3):
@@ -65,7 +65,8 @@ def test_train_state_refuses_pickled_code(tmp_path):
             return (print, ("pwned",))
 
     torch.save({"x": Evil()}, path / "train_state.pt")
-    import hashlib, json
+    import hashlib
+    import json
 
     meta = json.loads((path / "meta.json").read_text())
     meta["sha256"]["train_state.pt"] = hashlib.sha256((path / "train_state.pt").read_bytes()).hexdigest()

@@ -15,8 +15,8 @@ import torch
 from safetensors.torch import load_file
 
 from difforge.cli import main
-from difforge.train.distributed import World, check_world, world_from_env
 from difforge.config import ConfigError
+from difforge.train.distributed import World, check_world, world_from_env
 
 TRAIN = ["train", "--dataset", "digits", "--model", "tiny", "--max-steps", "6", "--batch-size", "16",
          "--checkpoint-every", "2", "--sample-every", "0", "--ema-warmup", "2", "--ema-decay", "0.9",

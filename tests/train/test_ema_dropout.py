@@ -3,8 +3,8 @@
 import torch
 from torch import nn
 
-from difforge.train.ema import EMA
 from difforge.models.conditioning import drop_labels
+from difforge.train.ema import EMA
 
 
 def test_ema_warmup_copies_then_follows_formula():

@@ -99,7 +99,8 @@ def test_each_framework_trains_and_samples_through_the_cli(tmp_path, framework, 
               "--framework", framework, *extra])
     assert e.value.code == 0
     card = ModelCard.load(run / "model.json")
-    assert card.framework == framework and card.diffusion.min_snr_gamma == (5.0 if "--min-snr-gamma" in extra else None)
+    assert (card.framework == framework
+            and card.diffusion.min_snr_gamma == (5.0 if "--min-snr-gamma" in extra else None))
     assert card.prediction == (extra[1] if extra[:1] == ["--prediction"] else ALLOWED_PREDICTIONS[framework][0])
     out = tmp_path / f"{framework}.png"
     with pytest.raises(SystemExit) as e:

@@ -122,7 +122,8 @@ def test_grad_checkpoint_gives_the_same_loss_and_gradients():
 def test_new_keys_are_config_fields_with_one_line_errors():
     cfg = config_from_dict({"train": {"grad_accum": 2}, "model": {"grad_checkpoint": True}, "data": {"hflip": True}})
     assert (cfg.train.grad_accum, cfg.model.grad_checkpoint, cfg.data.hflip) == (2, True, True)
-    assert (RunConfig().train.grad_accum, RunConfig().model.grad_checkpoint, RunConfig().data.hflip) == (1, False, False)
+    default = RunConfig()
+    assert (default.train.grad_accum, default.model.grad_checkpoint, default.data.hflip) == (1, False, False)
     for d, match in [({"train": {"grad_accum": 0}}, "grad_accum must be in 1..batch_size"),
                      ({"train": {"grad_accum": 200, "batch_size": 128}}, "grad_accum must be in 1..batch_size"),
                      ({"model": {"grad_checkpoint": True, "preset": "unet-seed"}}, "does not support")]:

@@ -6,17 +6,18 @@ from pathlib import Path
 
 import click
 
-from difforge.defaults import DEFAULT_CFG
-
 from difforge.cli.common import DATASET_NAMES, GRID_NAMES, SAMPLER_NAMES, _fail, cli, data_config
+from difforge.defaults import DEFAULT_CFG
 
 
 @cli.command("train-classifier")
 @click.option("--dataset", type=click.Choice(DATASET_NAMES), help="Built-in dataset. [default: fashion-mnist]")
-@click.option("--data", "data_path", type=click.Path(), help="Labelled image folder (sub-folders = classes), or a folder of Fashion-MNIST idx files.")
+@click.option("--data", "data_path", type=click.Path(), help="Labelled image folder (sub-folders = classes), "
+              "or a folder of Fashion-MNIST idx files.")
 @click.option("--out", help="Directory for model.safetensors + classifier.json. [default: $DIFFORGE_CACHE/classifiers/"
               "<dataset-key>, DIFFORGE_CACHE defaulting to ~/.cache/difforge; `evaluate` looks there]")
-@click.option("--epochs", type=int, help="Passes over the training split. [default: 5, more on small sets (>= 1200 steps, <= 100 epochs)]")
+@click.option("--epochs", type=int, help="Passes over the training split. "
+              "[default: 5, more on small sets (>= 1200 steps, <= 100 epochs)]")
 @click.option("--batch-size", type=int, default=128, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--device", default="auto", show_default=True)
@@ -31,8 +32,13 @@ def train_classifier(dataset, data_path, out, epochs, batch_size, seed, device, 
 
     try:
         from difforge.data import load_dataset
-        from difforge.eval.classifier import ClassifierConfig, check_classifier_dir, classifier_dir, dataset_key
-        from difforge.eval.classifier import summary_line
+        from difforge.eval.classifier import (
+            ClassifierConfig,
+            check_classifier_dir,
+            classifier_dir,
+            dataset_key,
+            summary_line,
+        )
         from difforge.eval.classifier import train_classifier as train_clf
         from difforge.runtime import resolve_device
 
@@ -92,7 +98,8 @@ def _float_list(text: str) -> tuple[float, ...]:
 @click.option("--k", "k", type=int, default=3, show_default=True, help="Neighbours for precision/recall radii.")
 @click.option("--bpd", type=int, default=0, show_default=True, help="Bits/dim on this many test images: the DDPM "
               "variational bound (Ho et al. 2020); 0: skip.")
-@click.option("--bpd-ode", is_flag=True, help="With --bpd, also the exact likelihood of the probability-flow ODE (slower).")
+@click.option("--bpd-ode", is_flag=True,
+              help="With --bpd, also the exact likelihood of the probability-flow ODE (slower).")
 @click.option("--bpd-timesteps", type=int, default=100, show_default=True, help="VLB timesteps per image, stratified "
               "(an unbiased estimate of the sum); 0: all of them (exact sum, T network calls per image).")
 @click.option("--memorization/--no-memorization", default=True, show_default=True, help="Nearest-training-image "

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import click
 
-from difforge.defaults import DEFAULT_CFG
-
 from difforge.cli.common import GIF_FRAMES, GRID_NAMES, IMAGE_SUFFIXES, SAMPLER_NAMES, _fail, cli, no_progress_option
+from difforge.defaults import DEFAULT_CFG
 
 # sampler options of `sample`: (flag, keyword of the sampler functions)
 SAMPLER_FLAGS = (("--eta", "eta"), ("--snr", "snr"), ("--corrector-steps", "corrector_steps"),
@@ -41,15 +40,16 @@ SAMPLER_FLAGS = (("--eta", "eta"), ("--snr", "snr"), ("--corrector-steps", "corr
               "dpmpp-2m-sde (default 1: full ancestral / SDE noise).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Image i uses seed + i.")
 @click.option("--ema/--no-ema", default=True, show_default=True, help="Use the EMA weights of a run.")
-@click.option("--npz", type=click.Path(dir_okay=False), help="Also write images (N,H,W,C uint8) and labels to this .npz, with arr_0 "
-              "(N,H,W,3 uint8) and arr_1 (labels) for OpenAI's ADM evaluator.")
+@click.option("--npz", type=click.Path(dir_okay=False), help="Also write images (N,H,W,C uint8) and labels to "
+              "this .npz, with arr_0 (N,H,W,3 uint8) and arr_1 (labels) for OpenAI's ADM evaluator.")
 @click.option("--png-dir", type=click.Path(file_okay=False), help="Also write each image as a PNG at its native size "
               "into this new or empty folder (000000.png, ...).")
 @click.option("--gif", type=click.Path(dir_okay=False), help=f"Also write an animated GIF of the denoised estimate "
               f"over the steps (at most {GIF_FRAMES} frames, then the result).")
 @click.option("--snr", type=float, help="pc and reverse-sde: signal-to-noise ratio of the Langevin corrector "
               "(Song et al. 2021). [default: 0.16 for pc, 0: no corrector, for reverse-sde]")
-@click.option("--corrector-steps", type=int, help="pc and reverse-sde: Langevin corrector steps per level. [default: 1]")
+@click.option("--corrector-steps", type=int,
+              help="pc and reverse-sde: Langevin corrector steps per level. [default: 1]")
 @click.option("--n-steps-each", type=int, help="langevin: steps per noise level. [default: 5]")
 @click.option("--device", default="auto", show_default=True)
 @no_progress_option

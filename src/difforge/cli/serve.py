@@ -61,7 +61,8 @@ def serve(model_dir, host, port, token_value, token_file, allowed_hosts, ema, de
                          "DIFFORGE_TOKEN"))
     try:
         from difforge.runtime import resolve_device
-        from difforge.serve import ServeConfig, serve as run_server
+        from difforge.serve import ServeConfig
+        from difforge.serve import serve as run_server
         from difforge.serve.config import hosts_for_bind
 
         config = ServeConfig(token=_token(token_file), allowed_hosts=hosts_for_bind(host, tuple(allowed_hosts)),

@@ -5,9 +5,8 @@ from __future__ import annotations
 
 import click
 
-from difforge.defaults import DEFAULT_CFG
-
 from difforge.cli.common import SAMPLER_NAMES, _fail, cli, no_progress_option
+from difforge.defaults import DEFAULT_CFG
 
 
 def task_options(sampler_default: str):
@@ -17,7 +16,8 @@ def task_options(sampler_default: str):
         click.option("--out", required=True, help="Output: a PNG (one image), a grid PNG (several), or .npz."),
         click.option("--class", "klass", help="Class (index or name) for a class-conditional model. "
                      "[default: none, the unconditional model]"),
-        click.option("--cfg", type=float, help=f"Classifier-free guidance scale with --class. [default: {DEFAULT_CFG:g}]"),
+        click.option("--cfg", type=float,
+                     help=f"Classifier-free guidance scale with --class. [default: {DEFAULT_CFG:g}]"),
         click.option("--sampler", type=click.Choice(SAMPLER_NAMES), help=f"[default: {sampler_default}]"),
         click.option("--steps", type=int, help="Sampler steps (of the whole noise range)."),
         click.option("--eta", type=float, help="Fresh noise per step, for ddim and euler-a."),
@@ -77,7 +77,8 @@ def run_task(name: str, *, model_dir: str, out: str, no_progress: bool, klass: s
 
 @cli.command()
 @task_options("ddpm")
-@click.option("--image", required=True, type=click.Path(), help="Image (PNG...) at the model's size, or an .npz batch.")
+@click.option("--image", required=True, type=click.Path(),
+              help="Image (PNG...) at the model's size, or an .npz batch.")
 @click.option("--mask", required=True, help="Mask PNG (white = fill, black = keep) or a preset: "
               "center, left, right, top, bottom, strokes, lines.")
 @click.option("--method", type=click.Choice(["repaint", "blend"]), default="repaint", show_default=True,
@@ -92,7 +93,8 @@ def inpaint(**kw) -> None:
 @cli.command()
 @task_options("ddim")
 @click.option("--image", required=True, type=click.Path(), help="Image at the model's size, or an .npz batch.")
-@click.option("--strength", required=True, type=float, help="Noise to add, in (0, 1]: 0.3 keeps most, 1 keeps nothing.")
+@click.option("--strength", required=True, type=float,
+              help="Noise to add, in (0, 1]: 0.3 keeps most, 1 keeps nothing.")
 def restore(**kw) -> None:
     """Restore or edit an image by noising it part-way and sampling back (SDEdit)."""
     run_task("restore", **kw)

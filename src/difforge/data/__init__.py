@@ -9,7 +9,6 @@ from difforge.data.dataset import (
     split_validation,
     to_model_input,
 )
-from difforge.data.load import load_dataset
 from difforge.data.digits import DIGITS_CLASSES, load_digits
 from difforge.data.folder import IMAGE_EXTENSIONS, load_image_folder
 from difforge.data.idx import (
@@ -19,6 +18,7 @@ from difforge.data.idx import (
     read_idx,
     write_idx,
 )
+from difforge.data.load import load_dataset
 
 __all__ = [
     "DIGITS_CLASSES",

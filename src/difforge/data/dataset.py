@@ -17,7 +17,6 @@ import torch
 from difforge.io.space import from_model_output, to_model_input  # noqa: F401 - re-exported
 
 
-
 @dataclass(frozen=True, eq=False, repr=False)
 class ImageDataset:
     """Images as uint8 (N, C, H, W), optional int64 labels (N,) and their class names.

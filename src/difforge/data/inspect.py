@@ -90,7 +90,8 @@ def summary(p: Prepared, max_examples: int = 5) -> list[str]:
     mean, std = _channel_stats([a for a in p.arrays.values() if len(a)])
     if len(mean):
         names = ["gray"] if len(mean) == 1 else ["red", "green", "blue"]
-        lines.append("pixels (0..255): " + "; ".join(f"{n} mean {m:.1f} std {d:.1f}" for n, m, d in zip(names, mean, std)))
+        lines.append("pixels (0..255): "
+                     + "; ".join(f"{n} mean {m:.1f} std {d:.1f}" for n, m, d in zip(names, mean, std)))
 
     if not r:
         return lines
@@ -118,7 +119,8 @@ def summary(p: Prepared, max_examples: int = 5) -> list[str]:
     o = r["outliers"]
     kinds = Counter(reason.split(":")[0] for e in o for reason in e["reasons"])
     verb = "removed" if r.get("outliers_removed") else "flagged, kept"
-    lines.append(f"outliers {verb}: {len(o)} image(s)" + (": " + ", ".join(f"{k} {n}" for k, n in kinds.items()) if o else ""))
+    lines.append(f"outliers {verb}: {len(o)} image(s)"
+                 + (": " + ", ".join(f"{k} {n}" for k, n in kinds.items()) if o else ""))
     for e in o[:max_examples]:
         lines.append(f"    {e['source']} ({e['split']}): {'; '.join(e['reasons'])}")
     return lines
@@ -182,7 +184,6 @@ def inspect(target: str | Path, sheets_dir: str | Path | None = None, cfg=None, 
     ./NAME-contact-sheets for a source. Returns (report lines, sheet paths)."""
     from difforge.data.prepare import PrepareConfig, prepare
     from difforge.data.store import is_store
-
     from difforge.io.outputs import check_output_dir
 
     target = Path(target)

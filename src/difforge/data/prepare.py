@@ -158,7 +158,6 @@ def _decode_all(src: Source, cfg: PrepareConfig, size: int, progress: bool) -> l
     if src.kind == "idx" or workers == 1:  # idx pixels are already in memory
         return [work(it, arrays=src.arrays) for it in tqdm(src.items, **bar)]
     import multiprocessing as mp
-
     import sys
 
     # fork is safe here (no torch op has started its thread pool yet) and starts instantly

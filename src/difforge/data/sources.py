@@ -158,7 +158,8 @@ def _manifest(path: Path) -> Source:
     text = path.read_text(encoding="utf-8-sig")
     if path.suffix.lower() == ".csv":
         reader = csv.DictReader(io.StringIO(text))
-        rows = [(i + 2, {(k or "").strip().lower(): (v or "").strip() for k, v in r.items()}) for i, r in enumerate(reader)]
+        rows = [(i + 2, {(k or "").strip().lower(): (v or "").strip() for k, v in r.items()})
+                for i, r in enumerate(reader)]
     else:
         for i, line in enumerate(text.splitlines(), 1):
             if not line.strip():
@@ -213,7 +214,8 @@ def open_source(source: str | Path) -> Source:
     elif path.suffix.lower() in (".csv", ".jsonl", ".ndjson"):
         src = _manifest(path)
     else:
-        raise ValueError(f"{path}: unsupported source; expected a folder, a .zip, an idx folder or a .csv/.jsonl manifest")
+        raise ValueError(f"{path}: unsupported source; expected a folder, a .zip, an idx folder "
+                         "or a .csv/.jsonl manifest")
     if src.class_names is None and src.items and any(it.label is not None for it in src.items):
         if any(it.label is None for it in src.items):  # manifests: labelled or not, not both
             raise ValueError(f"{path}: some items have labels and some do not")

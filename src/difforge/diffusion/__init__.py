@@ -5,15 +5,15 @@ Every framework is a `NoiseProcess` (`process.py`), built by name from a `Framew
 (`frameworks.make_process`).
 """
 
+from difforge.diffusion.forward import q_sample, sample_timesteps
+from difforge.diffusion.frameworks import FRAMEWORKS, FrameworkSpec, make_process
+from difforge.diffusion.process import NoiseProcess, Preconditioning
 from difforge.diffusion.schedules import (
     SCHEDULES,
     DiscreteSchedule,
     beta_schedule,
     make_schedule,
 )
-from difforge.diffusion.forward import q_sample, sample_timesteps
-from difforge.diffusion.process import NoiseProcess, Preconditioning
-from difforge.diffusion.frameworks import FRAMEWORKS, FrameworkSpec, make_process
 
 __all__ = [
     "SCHEDULES",

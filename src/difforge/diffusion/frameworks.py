@@ -23,7 +23,7 @@ import torch
 from difforge.diffusion.parameterization import PREDICTIONS, c_noise_edm_net, edm_precond, edm_sigmas
 from difforge.diffusion.process import GridProcess, NoiseProcess
 from difforge.diffusion.schedules import DiscreteSchedule, make_schedule
-from difforge.diffusion.sde import NCSNLevels, SubVPSDE, VESDE, VPSDE
+from difforge.diffusion.sde import VESDE, VPSDE, NCSNLevels, SubVPSDE
 
 
 class DDPMProcess(GridProcess):
@@ -134,7 +134,9 @@ class FrameworkSpec:
         return dataclasses.asdict(self)
 
 
-PROCESSES: dict[str, type[GridProcess]] = {cls.name: cls for cls in (DDPMProcess, NCSNLevels, VPSDE, SubVPSDE, VESDE, EDMProcess)}
+PROCESSES: dict[str, type[GridProcess]] = {
+    cls.name: cls for cls in (DDPMProcess, NCSNLevels, VPSDE, SubVPSDE, VESDE, EDMProcess)
+}
 FRAMEWORKS = tuple(PROCESSES)
 # What each framework's network may predict; the first is its default. NCSN and VE SDE
 # networks are score models s(x, sigma) = -eps / sigma, trained and stored as eps.

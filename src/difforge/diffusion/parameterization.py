@@ -84,7 +84,8 @@ def edm_precond(sigma: torch.Tensor, sigma_data: float = SIGMA_DATA) -> tuple[to
     return c_skip, c_out, c_in, c_noise
 
 
-def skip_out(prediction: str, sigma: torch.Tensor, sigma_data: float = SIGMA_DATA) -> tuple[torch.Tensor, torch.Tensor]:
+def skip_out(prediction: str, sigma: torch.Tensor,
+             sigma_data: float = SIGMA_DATA) -> tuple[torch.Tensor, torch.Tensor]:
     """(c_skip, c_out) turning the network output into D = c_skip x + c_out F (float64)."""
     sigma = torch.as_tensor(sigma, dtype=torch.float64)
     if prediction == "eps":

@@ -192,4 +192,5 @@ class GridProcess:
         return min_snr_weight(prediction, sigma, self.min_snr_gamma)
 
     def __repr__(self) -> str:
-        return f"<{type(self).__name__} {self.name}: {self.timesteps} levels, sigma {self.sigma_min:.4g}..{self.sigma_max:.4g}>"
+        return (f"<{type(self).__name__} {self.name}: {self.timesteps} levels, "
+                f"sigma {self.sigma_min:.4g}..{self.sigma_max:.4g}>")

@@ -99,7 +99,8 @@ class DomainClassifier:
     def _check(self, images: torch.Tensor) -> None:
         c, s = self.meta["channels"], self.meta["image_size"]
         if not isinstance(images, torch.Tensor) or images.dtype != torch.uint8 or images.ndim != 4:
-            got = f"{images.dtype} {tuple(images.shape)}" if isinstance(images, torch.Tensor) else type(images).__name__
+            got = (f"{images.dtype} {tuple(images.shape)}" if isinstance(images, torch.Tensor)
+                   else type(images).__name__)
             raise ValueError(f"expected uint8 images (N, C, H, W), got {got}")
         if tuple(images.shape[1:]) != (c, s, s):
             raise ValueError(f"images are {'x'.join(map(str, images.shape[1:]))}; this classifier takes {c}x{s}x{s}")

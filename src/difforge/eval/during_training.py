@@ -65,7 +65,8 @@ class InTrainingEval:
         net.eval()
         try:
             pipe = Pipeline(self.card.denoiser(net), self.card, self.device)
-            images, _ = pipe.generate(n=self.n, labels=self.labels, cfg=DEFAULT_CFG if self.labels is not None else None,
+            images, _ = pipe.generate(n=self.n, labels=self.labels,
+                                      cfg=DEFAULT_CFG if self.labels is not None else None,
                                       sampler="ddim", seed=self.seed)
         finally:
             net.train(was_training)

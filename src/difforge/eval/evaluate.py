@@ -96,7 +96,8 @@ def data_config_for(model_dir: Path, card) -> DataConfig:
     return DataConfig(dataset=dataset)
 
 
-def _sample(pipe, n: int, cfg: EvalConfig, scale: float | None, progress: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+def _sample(pipe, n: int, cfg: EvalConfig, scale: float | None,
+            progress: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
     from tqdm.auto import tqdm
 
     labels = class_balanced_labels(n, pipe.num_classes) if pipe.num_classes else None
@@ -248,7 +249,8 @@ def evaluate(
     if tuple(images.shape[1:]) != tuple(ref.images.shape[1:]):
         raise ValueError(f"generated images are {'x'.join(map(str, images.shape[1:]))} but the real ones "
                          f"{'x'.join(map(str, ref.images.shape[1:]))}")
-    if labels is not None and bundle.num_classes and not 0 <= int(labels.min()) <= int(labels.max()) < bundle.num_classes:
+    if (labels is not None and bundle.num_classes
+            and not 0 <= int(labels.min()) <= int(labels.max()) < bundle.num_classes):
         raise ValueError(f"labels {int(labels.min())}..{int(labels.max())} out of range 0..{bundle.num_classes - 1}")
     sample_seconds = time.perf_counter() - t_sample
     if bundle.class_names is None:
@@ -299,8 +301,9 @@ def evaluate(
     if cfg.bpd:
         from difforge.eval.bpd import test_set_bits_per_dim
 
-        likelihood = {"split": ref_split, **test_set_bits_per_dim(pipe, ref.images[: cfg.bpd], ode=cfg.bpd_ode,
-                                                                   timesteps=cfg.bpd_timesteps, seed=cfg.seed, log=log)}
+        bits = test_set_bits_per_dim(pipe, ref.images[: cfg.bpd], ode=cfg.bpd_ode,
+                                     timesteps=cfg.bpd_timesteps, seed=cfg.seed, log=log)
+        likelihood = {"split": ref_split, **bits}
     memorization = None
     if cfg.memorization:
         from difforge.eval.memorization import memorization_audit
@@ -329,7 +332,8 @@ def evaluate(
             "sampler": cfg.sampler, "steps": len(pipe.sigmas(cfg.sampler, cfg.steps, cfg.grid)) - 1,
             "grid": cfg.grid, "cfg": main_scale if pipe.num_classes else None, "eta": cfg.eta, "seed": cfg.seed,
             "ema": cfg.ema, "conditional": bool(pipe.num_classes), "seconds": round(sample_seconds, 1)},
-        "protocol": {"k": cfg.k, "kid_subsets": cfg.kid_subsets, "kid_subset_size": min(cfg.kid_subset_size, n, len(ref)),
+        "protocol": {"k": cfg.k, "kid_subsets": cfg.kid_subsets,
+                     "kid_subset_size": min(cfg.kid_subset_size, n, len(ref)),
                      "precision_recall_reference": len(ref_sub), "fd_reference": len(ref)},
         "classifier": spaces["classifier"],
         "inception": spaces["inception"],

@@ -39,7 +39,8 @@ class InceptionFeatures:
     def __init__(self, path: str | Path, device: torch.device | str = "cpu"):
         path = Path(path)
         if not path.is_file():
-            raise FileNotFoundError(f"Inception weights {path}: no such file (difforge never downloads; see docs/evaluation.md)")
+            raise FileNotFoundError(f"Inception weights {path}: no such file "
+                                    "(difforge never downloads; see docs/evaluation.md)")
         try:
             with warnings.catch_warnings():  # torch >= 2.10 deprecates TorchScript; the FID file is one
                 warnings.simplefilter("ignore", DeprecationWarning)

@@ -144,7 +144,6 @@ def ddpm_vlb(
     net_dtype = torch.float32 if first is None else first.dtype
     dev = x0.device
     x0 = x0.to(torch.float64)
-    shape = (-1,) + (1,) * (x0.ndim - 1)
     dims = x0[0].numel()
     T = sched.timesteps
     betas = sched.betas.to(dev)
@@ -163,7 +162,8 @@ def ddpm_vlb(
         return x_t, (x_t - (1 - ab[i]).sqrt() * eps_hat) / ab[i].sqrt()
 
     # L_T: KL(q(x_T | x0) || N(0, I))
-    prior = per_image(_normal_kl(ab[-1].sqrt() * x0, 1 - ab[-1], torch.zeros_like(x0), torch.ones((), dtype=torch.float64)))
+    prior = per_image(_normal_kl(ab[-1].sqrt() * x0, 1 - ab[-1],
+                                 torch.zeros_like(x0), torch.ones((), dtype=torch.float64)))
     out = VLB(prior=prior, dims=dims)
     ts, weights = _vlb_timesteps(T, timesteps, generator)
     total = {v: torch.zeros(x0.shape[0], dtype=torch.float64, device=dev) for v in VARIANCES}

@@ -131,7 +131,8 @@ def memorization_audit(
     generated/training pairs in pixel space). Returns {space: summary} (see SpaceAudit)."""
     for name, x in (("generated", generated), ("train", train), ("held-out", heldout)):
         if x.dtype != torch.uint8 or x.ndim != 4 or len(x) == 0:
-            raise ValueError(f"{name} images must be a non-empty uint8 (N, C, H, W) batch, got {x.dtype} {tuple(x.shape)}")
+            raise ValueError(f"{name} images must be a non-empty uint8 (N, C, H, W) batch, "
+                             f"got {x.dtype} {tuple(x.shape)}")
     if generated.shape[1:] != train.shape[1:] or heldout.shape[1:] != train.shape[1:]:
         raise ValueError(f"image shapes differ: generated {tuple(generated.shape[1:])}, train "
                          f"{tuple(train.shape[1:])}, held-out {tuple(heldout.shape[1:])}")

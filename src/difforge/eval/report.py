@@ -84,10 +84,13 @@ def _markdown(r: dict) -> str:
         lines += ["", "![FD per class, model and floor](per_class_fd.png)", ""]
     if r["cfg_sweep"]:
         extra = "inception_fd" in r["cfg_sweep"][0]
-        lines += ["## Guidance sweep", "", "| cfg | FD | KID x 1e3 | precision | recall | accuracy | classifier score |"
-                  + (" Inception FD |" if extra else ""), "|---:|---:|---:|---:|---:|---:|---:|" + ("---:|" if extra else "")]
+        lines += ["## Guidance sweep", "",
+                  "| cfg | FD | KID x 1e3 | precision | recall | accuracy | classifier score |"
+                  + (" Inception FD |" if extra else ""),
+                  "|---:|---:|---:|---:|---:|---:|---:|" + ("---:|" if extra else "")]
         for row in r["cfg_sweep"]:
-            lines.append(f"| {row['cfg']:g} | {_f(row['fd'])} | {_f(row['kid'], 1e3)} | {_f(row['precision'], 1.0, 3)} | "
+            lines.append(f"| {row['cfg']:g} | {_f(row['fd'])} | {_f(row['kid'], 1e3)} | "
+                         f"{_f(row['precision'], 1.0, 3)} | "
                          f"{_f(row['recall'], 1.0, 3)} | {_f(row['conditional_accuracy'], 1.0, 3)} | "
                          f"{_f(row['classifier_score'])} |" + (f" {_f(row['inception_fd'])} |" if extra else ""))
         lines += ["", "![metrics against the guidance scale](cfg_sweep.png)", ""]
@@ -133,10 +136,12 @@ def _memorization_section(mem: dict | None) -> list[str]:
         return []
     pix = mem["pixel"]
     lines = ["## Memorization audit", "",
-             f"Distance from each of the {pix['n_generated']} generated images to its nearest training image, against "
-             f"the same for {pix['n_heldout']} held-out real images ({mem.get('heldout_split', 'held-out')} split, never "
-             f"trained on). A near-copy is closer than the {pix['quantile']:.0%} quantile of the held-out distances, so "
-             f"about {pix['quantile']:.0%} of fresh real images are 'near-copies' too: only an excess means copying.", "",
+             f"Distance from each of the {pix['n_generated']} generated images to its nearest training image, "
+             f"against the same for {pix['n_heldout']} held-out real images "
+             f"({mem.get('heldout_split', 'held-out')} split, never trained on). "
+             f"A near-copy is closer than the {pix['quantile']:.0%} quantile of the held-out distances, "
+             f"so about {pix['quantile']:.0%} of fresh real images are 'near-copies' too: "
+             "only an excess means copying.", "",
              "| space | median distance, generated | median, held-out | near-copy threshold | near-copies | "
              "held-out below it | ratio |", "|---|---:|---:|---:|---:|---:|---:|"]
     for space in ("pixel", "classifier"):
@@ -148,12 +153,14 @@ def _memorization_section(mem: dict | None) -> list[str]:
     gap = mem.get("loss_gap")
     if gap:
         last = gap[-1]
-        lines += ["", f"Train/validation loss over training (from the run's metrics.jsonl; `difforge report` plots it): "
+        lines += ["", "Train/validation loss over training "
+                      "(from the run's metrics.jsonl; `difforge report` plots it): "
                       f"at step {last['step']} train {_f(last['train_loss'])}, validation {_f(last['val_loss'])}, "
                       f"gap {_f(last['gap'], 1.0, 3)}; per epoch: "
-                      + ", ".join(_f(r["gap"], 1.0, 3) for r in gap) + ". A gap growing over epochs means overfitting."]
+                      + ", ".join(_f(r["gap"], 1.0, 3) for r in gap)
+                      + ". A gap growing over epochs means overfitting."]
     if mem.get("pairs_png"):
-        lines += ["", f"Closest generated images (left of each pair) and their nearest training images (pixel space):",
+        lines += ["", "Closest generated images (left of each pair) and their nearest training images (pixel space):",
                   "", f"![closest generated/training pairs]({mem['pairs_png']})"]
     return lines + [""]
 
@@ -191,14 +198,17 @@ def write_report(report: dict, out: Path, images: torch.Tensor, labels: torch.Te
     _sample_grid(images, labels, out / "samples.png")
     if report["per_class"]:
         rows = report["per_class"]
-        bar_chart([r["name"] for r in rows], {"model": [r["fd"] for r in rows], "real floor": [r["floor_fd"] for r in rows]},
-                  out / "per_class_fd.png", title=f"FD per class (classifier features, N = {report['n']})", ylabel="FD")
+        bar_chart([r["name"] for r in rows],
+                  {"model": [r["fd"] for r in rows], "real floor": [r["floor_fd"] for r in rows]},
+                  out / "per_class_fd.png", title=f"FD per class (classifier features, N = {report['n']})",
+                  ylabel="FD")
     if report["cfg_sweep"]:
         rows, floor = report["cfg_sweep"], report["floor"].get("classifier", {})
         panels = [(title, {"model": [r[key] * scale for r in rows],
                            "real floor": [floor[key] * scale] if key in floor else []})
-                  for key, title, scale in (("fd", "FD", 1.0), ("kid", "KID x 1e3", 1e3), ("precision", "precision", 1.0),
-                                            ("recall", "recall", 1.0), ("conditional_accuracy", "accuracy", 1.0))]
+                  for key, title, scale in (("fd", "FD", 1.0), ("kid", "KID x 1e3", 1e3),
+                                            ("precision", "precision", 1.0), ("recall", "recall", 1.0),
+                                            ("conditional_accuracy", "accuracy", 1.0))]
         line_panels([r["cfg"] for r in rows], panels, out / "cfg_sweep.png", xlabel="guidance scale")
     (out / "report.json").write_text(json.dumps(report, indent=2))
     path = out / "report.md"

@@ -126,7 +126,8 @@ def summary_lines(s: dict) -> list[str]:
     if not gap or gap[-1]["gap"] is None:
         return []
     last = gap[-1]
-    return [f"last epoch: train loss {last['train_loss']:.4g}, val loss {last['val_loss']:.4g} (gap {last['gap']:+.3g})"]
+    return [f"last epoch: train loss {last['train_loss']:.4g}, val loss {last['val_loss']:.4g} "
+            f"(gap {last['gap']:+.3g})"]
 
 
 def _f(v, digits: int = 4) -> str:
@@ -134,8 +135,8 @@ def _f(v, digits: int = 4) -> str:
 
 
 def _markdown(s: dict) -> str:
-    lines = [f"# Training report: `{s['run']}`", "", f"{s['steps']} steps. ![loss, learning rate and FD](training.png)",
-             ""]
+    lines = [f"# Training report: `{s['run']}`", "",
+             f"{s['steps']} steps. ![loss, learning rate and FD](training.png)", ""]
     gap = s["loss_gap"]
     if gap:
         lines += ["## Train / validation loss", "",

@@ -8,7 +8,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-
 from difforge.io.space import to_uint8  # noqa: E402,F401 - the one conversion, re-exported
 
 

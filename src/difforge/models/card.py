@@ -97,7 +97,8 @@ class ModelCard:
         check_framework(self.diffusion, self.prediction)
         object.__setattr__(self, "prediction", resolve_prediction(self.diffusion.framework, self.prediction))
         if self.channels < 1 or self.image_size < 1 or self.native_size < 1:
-            raise ValueError(f"bad image shape: {self.channels} channels, size {self.native_size} -> {self.image_size}")
+            raise ValueError(f"bad image shape: {self.channels} channels, "
+                             f"size {self.native_size} -> {self.image_size}")
         if self.class_names is not None:
             object.__setattr__(self, "class_names", tuple(str(n) for n in self.class_names))
             if len(self.class_names) != (self.num_classes or 0):

@@ -125,7 +125,8 @@ def sample_dpmpp_3m(
 ) -> torch.Tensor:
     """DPM-Solver++(3M): third-order multistep, data prediction (Lu et al. 2022; the
     third-order multistep update of their reference code, as in diffusers' solver_order=3
-    and k-diffusion's dpmpp_3m_sde with eta = 0), one denoiser call per step. Warms up with first and second order, ends with a first-order
+    and k-diffusion's dpmpp_3m_sde with eta = 0), one denoiser call per step. Warms up
+    with first and second order, ends with a first-order
     step into sigma = 0; with `lower_order_final` on grids shorter than 15 steps the
     next-to-last step is second order. Deterministic."""
     return _dpmpp_multistep(3, denoiser, x, sigmas, generator, callback, cond, lower_order_final)

@@ -134,7 +134,8 @@ def _task_routes(app: FastAPI, check, responder: Responder, auth: list) -> None:
         return await responder.run(job, request, responder.images(**meta))
 
 
-def _probe_routes(app: FastAPI, engine: Engine, metrics: ServeMetrics, config: ServeConfig, model_info: dict, auth: list) -> None:
+def _probe_routes(app: FastAPI, engine: Engine, metrics: ServeMetrics, config: ServeConfig, model_info: dict,
+                  auth: list) -> None:
     """/v1/model, /healthz, /readyz and /metrics."""
 
     @app.get("/v1/model", dependencies=auth, responses=ERRORS)

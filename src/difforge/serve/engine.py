@@ -386,5 +386,6 @@ class Engine:
         if job.kind == "inpaint" and p.get("method") == "repaint":
             return len(repaint_path(n, p.get("jump_length", 5), p.get("resample", 5)))
         if job.kind == "restore":
-            return len(grid_from(self.pipe, p["sampler"], p["steps"], strength_sigma(self.pipe, job.inputs["args"][1]))) - 1
+            sigma_start = strength_sigma(self.pipe, job.inputs["args"][1])
+            return len(grid_from(self.pipe, p["sampler"], p["steps"], sigma_start)) - 1
         return n

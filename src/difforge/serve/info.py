@@ -81,5 +81,6 @@ def _samplers(pipe) -> dict:
             steps = len(pipe.sigmas(name)) - 1
         except ValueError:  # a sampler this model's noise process does not support
             continue
-        out[name] = {"default_steps": steps, "default_grid": default_grid(name), "options": sorted(sampler_options(name))}
+        out[name] = {"default_steps": steps, "default_grid": default_grid(name),
+                     "options": sorted(sampler_options(name))}
     return out

@@ -10,10 +10,10 @@ import secrets
 
 import torch
 
+from difforge.io.space import from_uint8
 from difforge.serve.codec import BadInput, decode_image, decode_mask
 from difforge.serve.engine import Job
 from difforge.serve.limits import HTTPError
-from difforge.io.space import from_uint8
 
 
 class Validator:
@@ -108,7 +108,8 @@ class Validator:
         if req.method not in METHODS:
             raise self._fail(f"unknown inpainting method {req.method!r}; expected one of {sorted(METHODS)}")
         params, seeds, labels, steps = self._common(req, req.n, DEFAULT_STEPS)
-        params.update({k: v for k, v in (("jump_length", req.jump_length), ("resample", req.resample)) if v is not None})
+        params.update({k: v for k, v in (("jump_length", req.jump_length), ("resample", req.resample))
+                       if v is not None})
         if req.method == "repaint":  # its jumps back up are walked down again: count every step it takes
             moves = repaint_path(steps, params.get("jump_length", 5), params.get("resample", 5))
             taken = sum(1 for a, b in moves if b == a + 1)
@@ -135,5 +136,6 @@ class Validator:
         params, seeds, labels, steps = self._common(req, req.n)
         image = self._image(uploads)
         n = req.n
-        job = Job("restore", params, seeds, labels, inputs={"args": (image.expand(n, -1, -1, -1).clone(), req.strength)})
+        job = Job("restore", params, seeds, labels,
+                  inputs={"args": (image.expand(n, -1, -1, -1).clone(), req.strength)})
         return job, self._meta(params, seeds, labels, steps)

@@ -54,7 +54,8 @@ class Responder:
             raise HTTPError(503, str(e)) from None
         deadline = loop.time() + self.config.timeout_s
         if events is not None:
-            return StreamingResponse(self._stream(job, events, deadline, lambda r: render(r, time.perf_counter() - t0)),
+            return StreamingResponse(self._stream(job, events, deadline,
+                                                  lambda r: render(r, time.perf_counter() - t0)),
                                      media_type="text/event-stream",
                                      headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
         result = await self._wait(job, request, deadline)

@@ -14,7 +14,8 @@ class SamplingOptions(BaseModel):
 
     klass: ClassValue | None = Field(None, alias="class", description="Class index or name for every image; "
                                      "none: unconditional (the model's null label).")
-    sampler: str = Field("ddim", description="ddpm, ddim, euler, euler-a, heun, dpmpp-2m, dpmpp-3m (see GET /v1/model).")
+    sampler: str = Field("ddim", description="ddpm, ddim, euler, euler-a, heun, dpmpp-2m, dpmpp-3m "
+                                             "(see GET /v1/model).")
     steps: int | None = Field(None, ge=1, description="Sampler steps. Default: the sampler's own (GET /v1/model).")
     cfg: float | None = Field(None, ge=0, le=100, description="Classifier-free guidance scale (1: none). Default 3.")
     seed: int | None = Field(None, ge=0, le=2**53, description="Image i uses seed + i. Default: a random seed, "
@@ -62,7 +63,8 @@ class ImagesResponse(BaseModel):
     """Images as base64 PNGs, with what reproduces each one."""
 
     images: list[str] = Field(description="Base64 PNGs at the model's native size.")
-    seeds: list[int] = Field(description="Seed of each image: the same request with this seed and n = 1 gives it again.")
+    seeds: list[int] = Field(description="Seed of each image: the same request with this seed and n = 1 "
+                                         "gives it again.")
     labels: list[int | None] = Field(description="Class of each image (None: unconditional).")
     width: int
     height: int

@@ -69,8 +69,8 @@ def native_view(pipe, x: torch.Tensor) -> torch.Tensor:
 
 def setup(pipe, n: int, labels, cfg, sampler: str, options: dict, clip: bool = True):
     """(denoiser, sample_fn, cond) with the pipeline's guidance and clipping, after
-    checking the sampler's options and the labels. A class-conditional model without labels runs unconditionally (the null
-    label, no guidance unless `cfg` is given)."""
+    checking the sampler's options and the labels. A class-conditional model without
+    labels runs unconditionally (the null label, no guidance unless `cfg` is given)."""
     sample_fn = checked_sampler(sampler, options)
     labels = check_labels(pipe, labels, n)
     if pipe.num_classes and labels is None and cfg is None:

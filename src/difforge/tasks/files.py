@@ -12,8 +12,8 @@ import torch
 
 from difforge.io.outputs import check_output_file
 from difforge.io.read import read_images, read_mask
-from difforge.tasks.masks import PRESETS, make_mask
 from difforge.io.space import from_uint8
+from difforge.tasks.masks import PRESETS, make_mask
 
 OUT_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".npz")  # a picture, a grid, or an .npz batch
 

@@ -64,7 +64,8 @@ def inpaint(
 
     `image` (N, C, H, W) in [-1, 1] at the model's native size, or the same pixels as any
     kind `Pipeline.generate` returns (uint8 tensor, numpy array, PIL images; see
-    `difforge.io.formats`); `mask` (N, 1, H, W) or one (1, 1, H, W) for all. `method`: "repaint" (with `jump_length` and `resample`) or
+    `difforge.io.formats`); `mask` (N, 1, H, W) or one (1, 1, H, W) for all. `method`:
+    "repaint" (with `jump_length` and `resample`) or
     "blend" (replacement only). `sampler` (default ddpm: RePaint's stochastic steps) runs
     `steps` (default 50) steps on its grid; `options` go to the sampler. Image i uses
     seed + i. Returns (N, C, H, W) in [-1, 1] equal to `image` where the mask is 0,

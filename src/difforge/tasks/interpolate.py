@@ -14,8 +14,8 @@ from collections.abc import Callable
 
 import torch
 
-from difforge.sampling import sample_ddim
 from difforge.io.formats import given_back
+from difforge.sampling import sample_ddim
 from difforge.tasks.common import check_images, counted, from_model, read_input, setup, to_model
 
 DEFAULT_STEPS = 50

@@ -49,7 +49,8 @@ def random_strokes(size: int, g: torch.Generator, coverage: float = 0.3) -> torc
     """(size, size) of thick random polylines until `coverage` of the pixels are masked,
     in the spirit of the free-form masks of Yu et al. (2019, "Free-form image inpainting
     with gated convolution")."""
-    yy, xx = torch.meshgrid(torch.arange(size, dtype=torch.float32), torch.arange(size, dtype=torch.float32), indexing="ij")
+    yy, xx = torch.meshgrid(torch.arange(size, dtype=torch.float32), torch.arange(size, dtype=torch.float32),
+                            indexing="ij")
     m = torch.zeros(size, size)
     width = max(1.0, size / 14)
     for _ in range(50):
@@ -91,7 +92,8 @@ def check_mask(mask: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
     if mask.ndim != 4 or mask.shape[1] != 1:
         raise ValueError(f"mask must be (N, 1, H, W), got shape {tuple(mask.shape)}")
     if mask.shape[-2:] != image.shape[-2:]:
-        raise ValueError(f"mask is {mask.shape[-2]}x{mask.shape[-1]}; the image is {image.shape[-2]}x{image.shape[-1]}")
+        raise ValueError(f"mask is {mask.shape[-2]}x{mask.shape[-1]}; "
+                         f"the image is {image.shape[-2]}x{image.shape[-1]}")
     if mask.shape[0] not in (1, image.shape[0]):
         raise ValueError(f"got {mask.shape[0]} masks for {image.shape[0]} images")
     mask = mask.float()

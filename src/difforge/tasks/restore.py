@@ -94,7 +94,8 @@ def denoise(
     sampler = sampler or "ddim"
     s = pixel_sigma_to_model(sigma)
     if s > pipe.process.sigma_max:
-        raise ValueError(f"noise sigma {sigma} is above this model's largest, {pipe.process.sigma_max / 2:.4g} (pixel units)")
+        raise ValueError(f"noise sigma {sigma} is above this model's largest, "
+                         f"{pipe.process.sigma_max / 2:.4g} (pixel units)")
     run = prepare(pipe, len(image), labels=labels, cfg=cfg, sampler=sampler, steps=steps, seed=seed,
                   options=options, sigma_start=s)
     if steps is None or steps == 1:  # one call: the posterior mean

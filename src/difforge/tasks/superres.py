@@ -9,10 +9,10 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from difforge.tasks.common import counted
-from difforge.tasks.ilvr import superres_ilvr
 from difforge.io.formats import as_float, given_back
 from difforge.io.space import from_uint8
+from difforge.tasks.common import counted
+from difforge.tasks.ilvr import superres_ilvr
 
 TASKS = ("generate", "superres")
 

@@ -191,7 +191,9 @@ class Trainer(FaultHandling):
         return path
 
     def checkpoint_if_new(self) -> Path:
-        return self.checkpoint() if self.last_saved != self.step else self.run_dir / "checkpoints" / f"step-{self.step}"
+        if self.last_saved != self.step:
+            return self.checkpoint()
+        return self.run_dir / "checkpoints" / f"step-{self.step}"
 
     # ------------------------------------------------------------------ measuring and showing
     def preview(self, name: str, per_class: int = 1) -> None:
