@@ -15,6 +15,7 @@ Protocol (`evaluate`):
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -206,15 +207,8 @@ def evaluate(
                            overwrite=overwrite)
     if classifier is not None and not is_classifier_dir(classifier):
         check_classifier_dir(classifier, what="--classifier")
-    if model_dir is None and npz is None:
-        raise ValueError("give a run or model directory, or --npz FILE with --dataset/--data")
+    _check_arguments(model_dir, npz, cfg)
     _check_reference_files(reference, save_reference)
-    if cfg.cfg_sweep and model_dir is None:
-        raise ValueError("--cfg-sweep needs a model to sample from")
-    if cfg.bpd < 0:
-        raise ValueError(f"--bpd must be >= 0, got {cfg.bpd}")
-    if cfg.bpd and model_dir is None:
-        raise ValueError("--bpd needs a model to measure, not only --npz samples")
     pipe = None
     if model_dir is not None:
         from difforge.pipeline import load_pipeline, resolve_model_dir
@@ -243,15 +237,8 @@ def evaluate(
     if npz is None:
         scale = (cfg.cfg if cfg.cfg is not None else pipe.default_cfg) if pipe.num_classes else None
         images, labels = _sample(pipe, cfg.n, cfg, scale, progress)
+    _check_samples(images, labels, ref, bundle)
     n = len(images)
-    if n < 2:
-        raise ValueError(f"need at least 2 images to compare distributions, got {n}")
-    if tuple(images.shape[1:]) != tuple(ref.images.shape[1:]):
-        raise ValueError(f"generated images are {'x'.join(map(str, images.shape[1:]))} but the real ones "
-                         f"{'x'.join(map(str, ref.images.shape[1:]))}")
-    if (labels is not None and bundle.num_classes
-            and not 0 <= int(labels.min()) <= int(labels.max()) < bundle.num_classes):
-        raise ValueError(f"labels {int(labels.min())}..{int(labels.max())} out of range 0..{bundle.num_classes - 1}")
     sample_seconds = time.perf_counter() - t_sample
     if bundle.class_names is None:
         labels = None
@@ -259,44 +246,15 @@ def evaluate(
     rng = np.random.default_rng(cfg.seed)
     floor = bundle.train.subset(_matched_indices(bundle.train.labels, len(bundle.train), labels, n, rng))
     ref_sub = np.sort(rng.choice(len(ref), min(n, len(ref)), replace=False))
-    metrics, floors, feats, stats = {}, {}, {}, {}
-    for name, fn in extractors:
-        if log:
-            log(f"scoring in the {name} feature space")
-        (ref_f, _), (fake_f, fake_p), (floor_f, floor_p) = fn(ref.images), fn(images), fn(floor.images)
-        feats[name] = (ref_f, fake_f, floor_f, fake_p)
-        if name == "classifier":
-            stats[name], spaces[name]["fd_reference"] = _reference_stats(ref_f, data, spaces[name]["digest"],
-                                                                         ref_split, reference, save_reference, log)
-        metrics[name] = _suite(ref_f, ref_f[ref_sub], fake_f, cfg, stats.get(name))
-        floors[name] = _suite(ref_f, ref_f[ref_sub], floor_f, cfg, stats.get(name))
-        if fake_p is not None:
-            key = "classifier_score" if name == "classifier" else "inception_score"
-            metrics[name][key] = M.classifier_score(fake_p)[0]
-            floors[name][key] = M.classifier_score(floor_p)[0]
-        if name == "classifier":
-            if labels is not None:
-                metrics[name]["conditional_accuracy"] = M.conditional_accuracy(fake_p, labels.numpy())
-            floors[name]["conditional_accuracy"] = M.conditional_accuracy(floor_p, floor.labels.numpy())
+    stats_of = functools.partial(_reference_stats, data=data, split=ref_split, reference=reference,
+                                 save_reference=save_reference, log=log)
+    metrics, floors, feats, stats = _scores(extractors, ref, images, labels, floor, ref_sub, cfg, spaces, stats_of,
+                                            log)
     per_class = _per_class(feats["classifier"], ref, floor, labels, bundle.class_names) \
         if labels is not None and "classifier" in feats else []
-
-    sweep = []
     main_scale = cfg.cfg if cfg.cfg is not None or pipe is None else pipe.default_cfg
-    for s in cfg.cfg_sweep:
-        imgs = images if npz is None and s == main_scale else _sample(pipe, cfg.n, cfg, s, progress)[0]
-        row: dict = {"cfg": s}
-        for name, fn in extractors:
-            ref_f = feats[name][0]
-            f, p = fn(imgs)
-            suite = _suite(ref_f, ref_f[ref_sub], f, cfg, stats.get(name))
-            prefix = "" if name == "classifier" else "inception_"
-            row.update({prefix + key: v for key, v in suite.items() if key in ("fd", "kid", "precision", "recall")})
-            if name == "classifier":
-                row["conditional_accuracy"] = M.conditional_accuracy(p, labels.numpy())
-                row["classifier_score"] = M.classifier_score(p)[0]
-        sweep.append(row)
-
+    sweep = _cfg_sweep(pipe, cfg, extractors, feats, stats, ref_sub, labels,
+                       images if npz is None else None, main_scale, progress)
     likelihood = None
     if cfg.bpd:
         from difforge.eval.bpd import test_set_bits_per_dim
@@ -306,23 +264,24 @@ def evaluate(
         likelihood = {"split": ref_split, **bits}
     memorization = None
     if cfg.memorization:
-        from difforge.eval.memorization import memorization_audit
+        memorization = _memorization(images, bundle, ref.images[ref_sub], ref_split, extractors, out, model_dir, log)
+    report = _report_dict(
+        model=None if model_dir is None else str(given), npz=npz, n=n, floor=floor, data=data, ref=ref,
+        ref_split=ref_split, bundle=bundle, pipe=pipe, cfg=cfg, main_scale=main_scale, sample_seconds=sample_seconds,
+        ref_sub=ref_sub, spaces=spaces, metrics=metrics, floors=floors, per_class=per_class, sweep=sweep,
+        likelihood=likelihood, memorization=memorization)
+    report["seconds"] = round(time.perf_counter() - t0, 1)
+    write_report(report, Path(out), images, labels)
+    return report
 
-        if log:
-            log("memorization audit: nearest training images")
-        by_clf = dict(extractors).get("classifier")
-        memorization = memorization_audit(images, bundle.train.images, ref.images[ref_sub], out=Path(out),
-                                          features=None if by_clf is None else (lambda im: by_clf(im)[0]))
-        memorization["heldout_split"] = ref_split
-        metrics_file = Path(model_dir) / "metrics.jsonl" if model_dir is not None else None
-        if metrics_file is not None and metrics_file.is_file():  # a run: its train/validation loss gap too
-            from difforge.eval.training_report import loss_gap, read_metrics
 
-            memorization["loss_gap"] = loss_gap(read_metrics(metrics_file))
-    report = {
+def _report_dict(*, model, npz, n, floor, data, ref, ref_split, bundle, pipe, cfg: EvalConfig, main_scale,
+                 sample_seconds, ref_sub, spaces, metrics, floors, per_class, sweep, likelihood, memorization) -> dict:
+    """report.json's content (the module docstring describes the protocol)."""
+    return {
         "format": REPORT_FORMAT,
         "version": 1,
-        "model": None if model_dir is None else str(given),
+        "model": model,
         "npz": None if npz is None else str(npz),
         "n": n,
         "floor_n": len(floor),
@@ -345,9 +304,94 @@ def evaluate(
         "memorization": memorization,
         "seconds": None,
     }
-    report["seconds"] = round(time.perf_counter() - t0, 1)
-    write_report(report, Path(out), images, labels)
-    return report
+
+
+def _check_samples(images: torch.Tensor, labels: torch.Tensor | None, ref, bundle) -> None:
+    """Enough images, of the real ones' shape, with labels among the data's classes."""
+    if len(images) < 2:
+        raise ValueError(f"need at least 2 images to compare distributions, got {len(images)}")
+    if tuple(images.shape[1:]) != tuple(ref.images.shape[1:]):
+        raise ValueError(f"generated images are {'x'.join(map(str, images.shape[1:]))} but the real ones "
+                         f"{'x'.join(map(str, ref.images.shape[1:]))}")
+    if (labels is not None and bundle.num_classes
+            and not 0 <= int(labels.min()) <= int(labels.max()) < bundle.num_classes):
+        raise ValueError(f"labels {int(labels.min())}..{int(labels.max())} out of range 0..{bundle.num_classes - 1}")
+
+
+def _check_arguments(model_dir, npz, cfg: EvalConfig) -> None:
+    """What can be refused from the arguments alone, before any work."""
+    if model_dir is None and npz is None:
+        raise ValueError("give a run or model directory, or --npz FILE with --dataset/--data")
+    if cfg.cfg_sweep and model_dir is None:
+        raise ValueError("--cfg-sweep needs a model to sample from")
+    if cfg.bpd < 0:
+        raise ValueError(f"--bpd must be >= 0, got {cfg.bpd}")
+    if cfg.bpd and model_dir is None:
+        raise ValueError("--bpd needs a model to measure, not only --npz samples")
+
+
+def _scores(extractors, ref, images, labels, floor, ref_sub, cfg: EvalConfig, spaces: dict, stats_of, log):
+    """Per feature space: the suite for the samples and for the real-vs-real floor, the
+    classifier score, the conditional accuracy. Returns (metrics, floors, features, FD
+    statistics); `spaces["classifier"]["fd_reference"]` says where the statistics came from."""
+    metrics, floors, feats, stats = {}, {}, {}, {}
+    for name, fn in extractors:
+        if log:
+            log(f"scoring in the {name} feature space")
+        (ref_f, _), (fake_f, fake_p), (floor_f, floor_p) = fn(ref.images), fn(images), fn(floor.images)
+        feats[name] = (ref_f, fake_f, floor_f, fake_p)
+        if name == "classifier":
+            stats[name], spaces[name]["fd_reference"] = stats_of(ref_f, digest=spaces[name]["digest"])
+        metrics[name] = _suite(ref_f, ref_f[ref_sub], fake_f, cfg, stats.get(name))
+        floors[name] = _suite(ref_f, ref_f[ref_sub], floor_f, cfg, stats.get(name))
+        if fake_p is not None:
+            key = "classifier_score" if name == "classifier" else "inception_score"
+            metrics[name][key] = M.classifier_score(fake_p)[0]
+            floors[name][key] = M.classifier_score(floor_p)[0]
+        if name == "classifier":
+            if labels is not None:
+                metrics[name]["conditional_accuracy"] = M.conditional_accuracy(fake_p, labels.numpy())
+            floors[name]["conditional_accuracy"] = M.conditional_accuracy(floor_p, floor.labels.numpy())
+    return metrics, floors, feats, stats
+
+
+def _cfg_sweep(pipe, cfg: EvalConfig, extractors, feats, stats, ref_sub, labels, images, main_scale,
+               progress) -> list[dict]:
+    """FD, KID, precision, recall, accuracy and classifier score at each guidance scale of
+    the sweep (`images`, already sampled at `main_scale`, are reused there)."""
+    sweep = []
+    for s in cfg.cfg_sweep:
+        imgs = images if images is not None and s == main_scale else _sample(pipe, cfg.n, cfg, s, progress)[0]
+        row: dict = {"cfg": s}
+        for name, fn in extractors:
+            ref_f = feats[name][0]
+            f, p = fn(imgs)
+            suite = _suite(ref_f, ref_f[ref_sub], f, cfg, stats.get(name))
+            prefix = "" if name == "classifier" else "inception_"
+            row.update({prefix + key: v for key, v in suite.items() if key in ("fd", "kid", "precision", "recall")})
+            if name == "classifier":
+                row["conditional_accuracy"] = M.conditional_accuracy(p, labels.numpy())
+                row["classifier_score"] = M.classifier_score(p)[0]
+        sweep.append(row)
+    return sweep
+
+
+def _memorization(images, bundle, heldout, heldout_split: str, extractors, out, model_dir, log) -> dict:
+    """The nearest-training-image audit, and for a run its train/validation loss gap."""
+    from difforge.eval.memorization import memorization_audit
+
+    if log:
+        log("memorization audit: nearest training images")
+    by_clf = dict(extractors).get("classifier")
+    memorization = memorization_audit(images, bundle.train.images, heldout, out=Path(out),
+                                      features=None if by_clf is None else (lambda im: by_clf(im)[0]))
+    memorization["heldout_split"] = heldout_split
+    metrics_file = Path(model_dir) / "metrics.jsonl" if model_dir is not None else None
+    if metrics_file is not None and metrics_file.is_file():  # a run: its train/validation loss gap too
+        from difforge.eval.training_report import loss_gap, read_metrics
+
+        memorization["loss_gap"] = loss_gap(read_metrics(metrics_file))
+    return memorization
 
 
 def _check_reference_files(reference, save_reference) -> None:
@@ -361,7 +405,8 @@ def _check_reference_files(reference, save_reference) -> None:
         check_output_file(save_reference, what="--save-reference", suffixes=(".npz",))
 
 
-def _reference_stats(ref_f: np.ndarray, data: DataConfig, digest: str, split: str, reference, save_reference, log):
+def _reference_stats(ref_f: np.ndarray, *, data: DataConfig, digest: str, split: str, reference, save_reference,
+                     log):
     """The classifier space's FD statistics and where they came from (eval/reference.py)."""
     from difforge.eval.classifier import cache_root, dataset_key
     from difforge.eval.reference import reference_stats
