@@ -1,4 +1,4 @@
-"""The import boundaries of DESIGN.md, checked in fresh interpreters."""
+"""The import boundaries of docs/architecture.md (light imports), checked in fresh interpreters."""
 
 import subprocess
 import sys

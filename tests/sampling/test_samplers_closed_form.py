@@ -5,7 +5,7 @@ at sigma_max, so the only errors left are the sampler's own (and Monte Carlo).
 Data x0 ~ sum_k w_k N(mu_k, s_k^2 I). Seen at noise level sigma (x = x0 + sigma n), the
 component posterior is r_k(x) ~ w_k N(x; mu_k, (s_k^2 + sigma^2) I) and
 E[x0 | x, k] = mu_k + s_k^2 / (s_k^2 + sigma^2) (x - mu_k), so the exact denoiser is
-D(x, sigma) = sum_k r_k(x) E[x0 | x, k]. One component is the Gaussian of DESIGN.md:
+D(x, sigma) = sum_k r_k(x) E[x0 | x, k]. With one zero-mean component (a single Gaussian) this is
 D = x sd^2 / (sigma^2 + sd^2), whose ODE solution is x(0) = x_T sd / sqrt(sd^2 + sigma_max^2).
 
 Tolerances: Monte Carlo ones are about 4-5 standard errors of the estimate (fixed seeds,
