@@ -144,6 +144,15 @@ class Pipeline:
     def _sampler(self, sampler: str, options: dict) -> Callable:
         return checked_sampler(sampler, options)
 
+    def sampler_defaults(self, sampler: str, options: dict) -> dict:
+        """`options` with what depends on this model filled in: the corrector's signal-to-noise
+        ratio of a sampler that runs one by default (pc) is the noise process's `corrector_snr`."""
+        from difforge.sampling import sampler_options
+
+        if "snr" not in options and (sampler_options(sampler).get("snr") or 0) > 0:
+            return {**options, "snr": self.process.corrector_snr}
+        return options
+
     @torch.no_grad()
     def generate(
         self,
@@ -183,6 +192,7 @@ class Pipeline:
         if output_type not in OUTPUT_TYPES:
             raise ValueError(f"unknown output_type {output_type!r}; expected one of {list(OUTPUT_TYPES)}")
         sample_fn = self._sampler(sampler, options)
+        options = self.sampler_defaults(sampler, options)
         if labels is not None:
             if not self.num_classes:
                 raise ValueError("this model is unconditional: it takes no class labels")
@@ -220,6 +230,7 @@ class Pipeline:
         up = self.card.conditioning.from_low(low, self.card.native_size)
         up = self.card.check_images(up, "low-resolution image")
         sample_fn = self._sampler(sampler, options)
+        options = self.sampler_defaults(sampler, options)
         den = self.denoiser(cfg, clip).to(self.device)
         cond = self.card.to_model(up).to(self.device)
         sigmas = self.sigmas(sampler, steps)

@@ -140,6 +140,9 @@ class GridProcess:
     predictions: ClassVar[tuple[str, ...]]
     allows_min_snr: ClassVar[bool] = False
     default_sigma_range: ClassVar[tuple[float, float] | None] = None  # set by sigmas (not betas): the default
+    # Signal-to-noise ratio of the Langevin corrector of predictor-corrector sampling when
+    # none is given: Song et al. (2021)'s 0.16 was tuned for VE processes (the VP ones set theirs).
+    corrector_snr: ClassVar[float] = 0.16
     discrete: DiscreteSchedule | None = None
     timesteps: int
     min_snr_gamma: float | None = None

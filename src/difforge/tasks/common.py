@@ -180,4 +180,4 @@ def prepare(pipe, n: int, *, labels, cfg, sampler: str, steps: int | None, seed:
     `sigma_start` down when given (SDEdit, denoising), and per-image generators."""
     den, sample_fn, cond = setup(pipe, n, labels, cfg, sampler, options, clip)
     sigmas = pipe.sigmas(sampler, steps) if sigma_start is None else grid_from(pipe, sampler, steps, sigma_start)
-    return TaskRun(den, sample_fn, cond, sigmas, generators(seed, n), dict(options))
+    return TaskRun(den, sample_fn, cond, sigmas, generators(seed, n), pipe.sampler_defaults(sampler, options))
