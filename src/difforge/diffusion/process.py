@@ -126,7 +126,31 @@ class NoiseProcess(Discretization, Protocol):
 # ---------------------------------------------------------------- the shared implementation
 
 
-class GridProcess:
+class SigmaGrid:
+    """The noise-level range and the sigma <-> timestep map of anything with an
+    increasing `sigmas` grid (the DDPM schedule and every process): one log-sigma
+    interpolation, exact on the grid."""
+
+    sigmas: torch.Tensor
+
+    @property
+    def sigma_min(self) -> float:
+        return float(self.sigmas[0])
+
+    @property
+    def sigma_max(self) -> float:
+        return float(self.sigmas[-1])
+
+    def sigma_to_t(self, sigma) -> torch.Tensor:
+        """Continuous timestep for a noise level (`sigma_to_index`)."""
+        return sigma_to_index(self.sigmas, sigma)
+
+    def t_to_sigma(self, t) -> torch.Tensor:
+        """Noise level of (possibly fractional) timesteps (`index_to_sigma`)."""
+        return index_to_sigma(self.sigmas, t)
+
+
+class GridProcess(SigmaGrid):
     """What the processes share: `timesteps` noise levels at times `grid_times()` (a
     subclass defines `sigma(t)`, or overrides `sigmas`), the index <-> sigma map on them,
     c_in = s (the network sees the process's own x_t; EDM overrides it), the
@@ -166,20 +190,6 @@ class GridProcess:
     @property
     def sigmas(self) -> torch.Tensor:
         return self.sigma(self.grid_times())
-
-    @property
-    def sigma_min(self) -> float:
-        return float(self.sigmas[0])
-
-    @property
-    def sigma_max(self) -> float:
-        return float(self.sigmas[-1])
-
-    def sigma_to_t(self, sigma) -> torch.Tensor:
-        return sigma_to_index(self.sigmas, sigma)
-
-    def t_to_sigma(self, t) -> torch.Tensor:
-        return index_to_sigma(self.sigmas, t)
 
     def c_in(self, sigma) -> torch.Tensor:
         return self.scale(sigma)

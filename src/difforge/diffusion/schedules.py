@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
-from difforge.diffusion.process import index_to_sigma, sigma_to_index
+from difforge.diffusion.process import SigmaGrid
 
 
 def _linear_betas(timesteps: int, beta_start: float, beta_end: float) -> torch.Tensor:
@@ -58,7 +58,7 @@ def beta_schedule(
 
 
 @dataclass(frozen=True)
-class DiscreteSchedule:
+class DiscreteSchedule(SigmaGrid):
     """A discrete DDPM schedule with its derived quantities, all float64 on the CPU.
 
     Timesteps are 0-based: index t in 0..T-1 is the paper's step t + 1.
@@ -83,23 +83,6 @@ class DiscreteSchedule:
         """Noise level of each timestep in the variance-exploding frame (increasing)."""
         ab = self.alphas_cumprod
         return ((1 - ab) / ab).sqrt()
-
-    @property
-    def sigma_min(self) -> float:
-        return float(self.sigmas[0])
-
-    @property
-    def sigma_max(self) -> float:
-        return float(self.sigmas[-1])
-
-    def sigma_to_t(self, sigma: torch.Tensor) -> torch.Tensor:
-        """Continuous timestep for a noise level: linear interpolation in log sigma
-        (`difforge.diffusion.process.sigma_to_index`); exact on the grid."""
-        return sigma_to_index(self.sigmas, sigma)
-
-    def t_to_sigma(self, t: torch.Tensor) -> torch.Tensor:
-        """Noise level of (possibly fractional) timesteps, interpolating log sigma."""
-        return index_to_sigma(self.sigmas, t)
 
 
 def make_schedule(
