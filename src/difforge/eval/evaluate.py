@@ -209,18 +209,7 @@ def evaluate(
         check_classifier_dir(classifier, what="--classifier")
     _check_arguments(model_dir, npz, cfg)
     _check_reference_files(reference, save_reference)
-    pipe = None
-    if model_dir is not None:
-        from difforge.pipeline import load_pipeline, resolve_model_dir
-
-        pipe = load_pipeline(model_dir, ema=cfg.ema, device=device)
-        given, model_dir = model_dir, resolve_model_dir(model_dir)  # a Hub id: its folder in the cache
-        if cfg.cfg_sweep and not pipe.num_classes:
-            raise ValueError("--cfg-sweep needs a class-conditional model; this one is unconditional")
-    if data is None:
-        if pipe is None:
-            raise ValueError("with --npz and no model, say which data to compare with (--dataset or --data)")
-        data = data_config_for(Path(model_dir), pipe.card)
+    pipe, given, model_dir, data = _open_model(model_dir, cfg, data, device)
     if npz is not None:
         images, labels = read_npz(npz)
     elif cfg.n < 2:
@@ -255,16 +244,8 @@ def evaluate(
     main_scale = cfg.cfg if cfg.cfg is not None or pipe is None else pipe.default_cfg
     sweep = _cfg_sweep(pipe, cfg, extractors, feats, stats, ref_sub, labels,
                        images if npz is None else None, main_scale, progress)
-    likelihood = None
-    if cfg.bpd:
-        from difforge.eval.bpd import test_set_bits_per_dim
-
-        bits = test_set_bits_per_dim(pipe, ref.images[: cfg.bpd], ode=cfg.bpd_ode,
-                                     timesteps=cfg.bpd_timesteps, seed=cfg.seed, log=log)
-        likelihood = {"split": ref_split, **bits}
-    memorization = None
-    if cfg.memorization:
-        memorization = _memorization(images, bundle, ref.images[ref_sub], ref_split, extractors, out, model_dir, log)
+    likelihood, memorization = _extra_measures(pipe, cfg, images, bundle, ref, ref_split, ref_sub, extractors,
+                                               out, model_dir, log)
     report = _report_dict(
         model=None if model_dir is None else str(given), npz=npz, n=n, floor=floor, data=data, ref=ref,
         ref_split=ref_split, bundle=bundle, pipe=pipe, cfg=cfg, main_scale=main_scale, sample_seconds=sample_seconds,
@@ -273,6 +254,38 @@ def evaluate(
     report["seconds"] = round(time.perf_counter() - t0, 1)
     write_report(report, Path(out), images, labels)
     return report
+
+
+def _open_model(model_dir, cfg: EvalConfig, data: DataConfig | None, device):
+    """The pipeline of `model_dir` (None with --npz alone), the name the user gave, its
+    folder (a Hub id resolved to its cache folder) and the data to compare with."""
+    pipe, given = None, model_dir
+    if model_dir is not None:
+        from difforge.pipeline import load_pipeline, resolve_model_dir
+
+        pipe = load_pipeline(model_dir, ema=cfg.ema, device=device)
+        model_dir = resolve_model_dir(model_dir)
+        if cfg.cfg_sweep and not pipe.num_classes:
+            raise ValueError("--cfg-sweep needs a class-conditional model; this one is unconditional")
+    if data is None:
+        if pipe is None:
+            raise ValueError("with --npz and no model, say which data to compare with (--dataset or --data)")
+        data = data_config_for(Path(model_dir), pipe.card)
+    return pipe, given, model_dir, data
+
+
+def _extra_measures(pipe, cfg: EvalConfig, images, bundle, ref, ref_split, ref_sub, extractors, out, model_dir, log):
+    """The optional measures: test-set bits/dim (--bpd) and memorization (--memorization)."""
+    likelihood = memorization = None
+    if cfg.bpd:
+        from difforge.eval.bpd import test_set_bits_per_dim
+
+        bits = test_set_bits_per_dim(pipe, ref.images[: cfg.bpd], ode=cfg.bpd_ode,
+                                     timesteps=cfg.bpd_timesteps, seed=cfg.seed, log=log)
+        likelihood = {"split": ref_split, **bits}
+    if cfg.memorization:
+        memorization = _memorization(images, bundle, ref.images[ref_sub], ref_split, extractors, out, model_dir, log)
+    return likelihood, memorization
 
 
 def _report_dict(*, model, npz, n, floor, data, ref, ref_split, bundle, pipe, cfg: EvalConfig, main_scale,

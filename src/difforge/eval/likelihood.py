@@ -276,44 +276,55 @@ def pf_ode_log_likelihood(
             probe = probe.sign()
         probe = probe.to(x.device)
     f = _drift_and_divergence(denoiser, cond, trace, probe)
-    nfe = 0
     u0, u1 = math.log(sigma_min), math.log(sigma_max)
     if solver == "rk4":
-        h = (u1 - u0) / steps
-        delta = torch.zeros(n, dtype=dtype, device=x.device)
-        for i in range(steps):
-            u = u0 + i * h
-            k1, l1 = f(x, math.exp(u))
-            k2, l2 = f(x + h / 2 * k1, math.exp(u + h / 2))
-            k3, l3 = f(x + h / 2 * k2, math.exp(u + h / 2))
-            k4, l4 = f(x + h * k3, math.exp(u + h))
-            x = x + h / 6 * (k1 + 2 * k2 + 2 * k3 + k4)
-            delta = delta + h / 6 * (l1 + 2 * l2 + 2 * l3 + l4)
-            nfe += 4
+        x, delta, nfe = _solve_rk4(f, x, u0, u1, steps)
     else:
-        import numpy as np
-
-        try:
-            from scipy.integrate import solve_ivp
-        except ImportError:
-            raise ImportError("solver='rk45' needs scipy: pip install 'difforge[eval]'") from None
-
-        def rhs(u: float, y: np.ndarray) -> np.ndarray:
-            nonlocal nfe
-            nfe += 1
-            state = torch.from_numpy(y[: n * dims]).to(dtype).reshape(x.shape).to(x.device)
-            dx, dl = f(state, math.exp(u))
-            return np.concatenate([dx.flatten().cpu().double().numpy(), dl.cpu().double().numpy()])
-
-        y0 = np.concatenate([x.flatten().cpu().double().numpy(), np.zeros(n)])
-        sol = solve_ivp(rhs, (u0, u1), y0, method="RK45", rtol=rtol, atol=atol)
-        if not sol.success:
-            raise RuntimeError(f"probability-flow ODE solve failed: {sol.message}")
-        y = torch.from_numpy(sol.y[:, -1]).to(dtype).to(x.device)
-        x, delta = y[: n * dims].reshape(x.shape), y[n * dims :]
+        x, delta, nfe = _solve_rk45(f, x, u0, u1, rtol, atol)
     flat = x.reshape(n, dims)
     prior = -0.5 * (flat / prior_std).pow(2).sum(1) - dims * (math.log(prior_std) + 0.5 * math.log(2 * math.pi))
     return ODELikelihood(log_prob=prior + delta, prior_log_prob=prior, delta=delta, x_end=x, dims=dims, nfe=nfe)
+
+
+def _solve_rk4(f: Callable, x: torch.Tensor, u0: float, u1: float, steps: int):
+    """Classical RK4 in u = log sigma from u0 to u1 in `steps` equal steps: (x(u1), delta, nfe)."""
+    h = (u1 - u0) / steps
+    delta = torch.zeros(x.shape[0], dtype=x.dtype, device=x.device)
+    for i in range(steps):
+        u = u0 + i * h
+        k1, l1 = f(x, math.exp(u))
+        k2, l2 = f(x + h / 2 * k1, math.exp(u + h / 2))
+        k3, l3 = f(x + h / 2 * k2, math.exp(u + h / 2))
+        k4, l4 = f(x + h * k3, math.exp(u + h))
+        x = x + h / 6 * (k1 + 2 * k2 + 2 * k3 + k4)
+        delta = delta + h / 6 * (l1 + 2 * l2 + 2 * l3 + l4)
+    return x, delta, 4 * steps
+
+
+def _solve_rk45(f: Callable, x: torch.Tensor, u0: float, u1: float, rtol: float, atol: float):
+    """scipy's adaptive Dormand-Prince on the flattened (x, delta) state: (x(u1), delta, nfe)."""
+    import numpy as np
+
+    try:
+        from scipy.integrate import solve_ivp
+    except ImportError:
+        raise ImportError("solver='rk45' needs scipy: pip install 'difforge[eval]'") from None
+    n, dims, dtype = x.shape[0], x[0].numel(), x.dtype
+    nfe = 0
+
+    def rhs(u: float, y: np.ndarray) -> np.ndarray:
+        nonlocal nfe
+        nfe += 1
+        state = torch.from_numpy(y[: n * dims]).to(dtype).reshape(x.shape).to(x.device)
+        dx, dl = f(state, math.exp(u))
+        return np.concatenate([dx.flatten().cpu().double().numpy(), dl.cpu().double().numpy()])
+
+    y0 = np.concatenate([x.flatten().cpu().double().numpy(), np.zeros(n)])
+    sol = solve_ivp(rhs, (u0, u1), y0, method="RK45", rtol=rtol, atol=atol)
+    if not sol.success:
+        raise RuntimeError(f"probability-flow ODE solve failed: {sol.message}")
+    y = torch.from_numpy(sol.y[:, -1]).to(dtype).to(x.device)
+    return y[: n * dims].reshape(x.shape), y[n * dims :], nfe
 
 
 def dequantize(x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
