@@ -6,6 +6,11 @@ at the main job's settings (batch 128, 1 channel, the size the preset trains at)
 
     python benchmarks/train_throughput.py            # all presets below, writes results
     python benchmarks/train_throughput.py --one unet fp32
+    python benchmarks/train_throughput.py --presets unet --steps 8 --out results/NAME.json
+
+The machine record names the CPU, its torch kernel level (AVX2, AVX512, ...) and whether
+it computes bf16 natively: without AVX512-BF16 / AMX, bf16 autocast is emulated and
+slower than fp32, so the two must be read with that field.
 """
 
 from __future__ import annotations
@@ -24,6 +29,24 @@ CONFIGS = [("unet", "fp32"), ("unet", "bf16"), ("unet-seed", "fp32"), ("unet-see
 STEPS = {"unet": 30, "unet-seed": 6}
 BATCH = 128
 HERE = Path(__file__).parent
+
+
+def machine_record() -> dict:
+    import os
+
+    import torch
+
+    from difforge.runtime import native_bf16
+
+    cpu = "unknown"
+    try:
+        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return {"machine": platform.machine(), "cpu": cpu, "cpus": os.cpu_count(), "python": platform.python_version(),
+            "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
+            "native_bf16": native_bf16(torch.device("cpu")), "threads": torch.get_num_threads(),
+            "load_avg_1_5_15": [round(v, 2) for v in os.getloadavg()]}
 
 
 def one(preset: str, precision: str) -> dict:
@@ -80,13 +103,19 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--one", nargs=2, metavar=("PRESET", "PRECISION"))
     ap.add_argument("--out", default=str(HERE / "results" / "train_throughput.json"))
+    ap.add_argument("--presets", nargs="+", help="only these presets (default: all of CONFIGS)")
+    ap.add_argument("--steps", type=int, help="timed steps per configuration (default: STEPS)")
     args = ap.parse_args()
+    if args.steps:
+        STEPS.update({k: args.steps for k in STEPS})
     if args.one:
         print(json.dumps(one(*args.one)))
         return
     rows = []
-    for preset, precision in CONFIGS:
-        out = subprocess.run([sys.executable, __file__, "--one", preset, precision],
+    before = machine_record()
+    for preset, precision in [c for c in CONFIGS if not args.presets or c[0] in args.presets]:
+        extra = ["--steps", str(args.steps)] if args.steps else []
+        out = subprocess.run([sys.executable, __file__, "--one", preset, precision, *extra],
                              capture_output=True, text=True, check=True)
         rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
         print(json.dumps(rows[-1]), flush=True)
@@ -96,8 +125,7 @@ def main() -> None:
     for r in rows:
         print(f"| {r['preset']} | {r['precision']} | {r['image_size']} | {r['params_M']} | {r['img_per_s']} "
               f"| {r['img_per_s'] / base[r['preset']]:.2f}x | {r['peak_rss_MiB']:.0f} |")
-    machine = {"machine": platform.machine(), "processor": platform.processor() or "unknown",
-               "cpus": __import__("os").cpu_count(), "python": platform.python_version()}
+    machine = {**before, "load_avg_after": machine_record()["load_avg_1_5_15"]}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps({"machine": machine, "batch": BATCH, "rows": rows}, indent=2))
 

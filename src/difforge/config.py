@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, get_type_hints
 
 DATASETS = ("fashion-mnist", "digits", "folder", "prepared")
-PRECISIONS = ("fp32", "bf16", "fp16")
+PRECISIONS = ("fp32", "bf16", "fp16", "auto")  # auto: bf16 where the device computes it natively (runtime.py)
 LR_SCHEDULES = ("onecycle", "cosine", "constant")
 
 
@@ -74,7 +74,7 @@ class TrainConfig:
     lr_schedule: str = "onecycle"  # onecycle | cosine | constant
     warmup_steps: int = 100  # for cosine; onecycle warms up over its first 30%
     grad_clip: float = 1.0  # max global grad norm; 0 disables
-    precision: str = "fp32"  # fp32 | bf16 | fp16 (fp16 needs CUDA)
+    precision: str = "fp32"  # fp32 | bf16 | fp16 (fp16 needs CUDA) | auto (bf16 where native, else fp32)
     ema_decay: float = 0.995
     ema_warmup: int = 2000  # EMA is a plain copy of the weights for this many steps
     log_every: int = 10

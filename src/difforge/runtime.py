@@ -30,7 +30,30 @@ def resolve_device(name: str) -> torch.device:
     return dev
 
 
+def native_bf16(device: torch.device) -> bool:
+    """Whether `device` computes in bfloat16 natively: a CUDA GPU that supports it, or a
+    CPU with AVX512-BF16 / AMX (oneDNN's bf16 kernels). On a CPU without them bf16
+    autocast is emulated and slower than fp32 (benchmarks/train_throughput.py records both)."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    if device.type == "cpu":
+        try:
+            return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+        except (AttributeError, RuntimeError):  # a build without oneDNN
+            return False
+    return False
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """"auto": bf16 where `device` computes it natively (`native_bf16`), else fp32; any
+    other value as given."""
+    if precision != "auto":
+        return precision
+    return "bf16" if native_bf16(device) else "fp32"
+
+
 def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    precision = resolve_precision(precision, device)
     if precision == "fp32":
         return None
     if precision == "bf16":

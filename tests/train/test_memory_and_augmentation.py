@@ -147,3 +147,20 @@ def test_auto_device_prefers_cuda_then_mps(monkeypatch):
     assert runtime.resolve_device("auto") == torch.device("cuda")
     with pytest.raises(ConfigError, match="unknown device 'gpu'"):
         runtime.resolve_device("gpu")
+
+
+def test_auto_precision_takes_bf16_only_where_the_device_computes_it_natively(monkeypatch):
+    from difforge import runtime
+
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: True)
+    assert runtime.resolve_precision("auto", cpu) == "bf16"
+    assert runtime.autocast_dtype("auto", cpu) is torch.bfloat16
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: False)
+    assert runtime.resolve_precision("auto", cpu) == "fp32"
+    assert runtime.autocast_dtype("auto", cpu) is None
+    assert runtime.resolve_precision("bf16", cpu) == "bf16"  # asked for explicitly: as given
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    assert runtime.resolve_precision("auto", torch.device("cuda")) == "bf16"
+    assert runtime.resolve_precision("auto", torch.device("mps")) == "fp32"
+    assert config_from_dict({"train": {"precision": "auto"}}).train.precision == "auto"

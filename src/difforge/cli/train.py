@@ -42,7 +42,8 @@ OPTIONS: dict[str, tuple[str, Any, str]] = {
                      "and subvp-sde. [default: eps]"),
     "--min-snr-gamma": ("diffusion.min_snr_gamma", None, "Min-SNR-gamma loss weighting (Hang et al. 2023), e.g. 5; "
                         "ddpm, vp-sde and subvp-sde. [default: off]"),
-    "--precision": ("train.precision", click.Choice(PRECISIONS), "fp16 needs CUDA. [default: fp32]"),
+    "--precision": ("train.precision", click.Choice(PRECISIONS), "fp16 needs CUDA; auto: bf16 where the device "
+                    "computes it natively (a GPU, a CPU with AVX512-BF16 or AMX), else fp32. [default: fp32]"),
     "--conditional/--unconditional": ("model.conditional", None, "Class-conditional when the data has labels. "
                                       "[default: conditional]"),
     "--task": ("model.task", click.Choice(["generate", "superres"]), "superres: an SR3 model conditioned on the "

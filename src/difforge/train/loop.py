@@ -5,7 +5,7 @@ changed when asked."""
 from __future__ import annotations
 
 from difforge.config import ConfigError, RunConfig
-from difforge.runtime import autocast_dtype, resolve_device
+from difforge.runtime import autocast_dtype, resolve_device, resolve_precision
 from difforge.train import distributed
 from difforge.train.run_dir import resolve_run
 from difforge.train.trainer import (  # noqa: F401 - the training API, re-exported
@@ -40,6 +40,9 @@ def train(
         raise ConfigError(problem)
     device = distributed.check_world(world, resolve_device(t.device), t.batch_size)
     amp_dtype = autocast_dtype(t.precision, device)
+    if t.precision == "auto" and world.main:
+        print(f"precision auto: {resolve_precision('auto', device)} on {device.type} "
+              f"({'native bf16' if amp_dtype is not None else 'no native bf16: fp32 is faster here'})")
     created = distributed.init(world, device)
     try:
         trainer = Trainer(cfg, run_dir, world, device, amp_dtype, progress=progress and world.main,
