@@ -1,0 +1,151 @@
+"""Text conditioning: the byte tokenizer, TextCond as a batch, cross-attention that never
+sees padding, the text UNet (scratch and frozen-encoder paths), the `text` conditioning
+kind (caption dropout, null, card round trip)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from difforge.models.layers import CrossAttention
+from difforge.models.text import (
+    BOS_ID,
+    EOS_ID,
+    PAD_ID,
+    ByteTokenizer,
+    ScratchConditioner,
+    ScratchTextEncoder,
+    TextCond,
+)
+
+PROMPTS = ["a red square", "", "ein blauer Kreis \u00fcber Gr\u00fcn \U0001f600", "x"]
+ENCODER = {"width": 16, "layers": 1, "heads": 2, "max_tokens": 48}  # a tiny scratch text encoder
+CONDITIONER = ScratchConditioner(48, width=16)
+
+
+def _perturb_all(model: nn.Module, seed: int = 0, std: float = 0.2) -> nn.Module:
+    """Every parameter moved by noise (zero-initialised output layers included), so outputs depend on every input."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(std * torch.randn(p.shape, generator=g))
+    return model
+
+
+def _frozen_cond(lengths: list[int], d: int = 12, p: int = 6, seed: int = 0) -> TextCond:
+    g = torch.Generator().manual_seed(seed)
+    length = max(lengths)
+    mask = torch.arange(length)[None, :] < torch.tensor(lengths)[:, None]
+    emb = torch.randn(len(lengths), length, d, generator=g) * mask[..., None]
+    return TextCond(mask=mask, emb=emb, pooled=torch.randn(len(lengths), p, generator=g))
+
+
+# ---------------------------------------------------------------- tokenizer
+
+
+def test_tokenizer_round_trips_any_text_with_bos_eos_and_padding():
+    tok = ByteTokenizer(64)
+    for prompt in PROMPTS:
+        ids = tok.encode(prompt)
+        assert ids[0] == BOS_ID and ids[-1] == EOS_ID and len(ids) == len(prompt.encode("utf-8")) + 2
+        assert tok.decode(ids) == prompt
+    ids, mask = tok(PROMPTS)
+    assert ids.dtype == torch.long and mask.dtype == torch.bool
+    assert ids.shape == (4, max(len(p.encode()) for p in PROMPTS) + 2)
+    assert torch.equal(mask, ids != PAD_ID) and bool(mask[:, :2].all())  # BOS and EOS always real
+    assert [tok.decode(row) for row in ids] == PROMPTS
+    assert ids[1].tolist()[:3] == [BOS_ID, EOS_ID, PAD_ID]  # the empty prompt
+
+
+def test_too_long_prompt_is_a_one_line_error_or_truncated():
+    with pytest.raises(ValueError) as e:
+        ByteTokenizer(10)(["a prompt far too long\nfor ten tokens"])
+    message = str(e.value)
+    assert "38 tokens" in message and "limit of 10" in message and "\n" not in message
+    cut = ByteTokenizer(10, truncate=True)
+    ids = cut.encode("a prompt far too long")
+    assert len(ids) == 10 and ids[0] == BOS_ID and ids[-1] == EOS_ID and cut.decode(ids) == "a prompt"
+    # a multi-byte character is never split: 3 x 2 bytes into 5 byte slots keeps 2 characters
+    assert cut.decode(ByteTokenizer(7, truncate=True).encode("\u00e9\u00e9\u00e9")) == "\u00e9\u00e9"
+    assert len(ByteTokenizer(12).encode("x" * 10)) == 12  # exactly at the limit is fine
+    with pytest.raises(ValueError, match="max_tokens must be >= 2"):
+        ByteTokenizer(1)
+
+
+def test_scratch_conditioner_gives_ids_and_mask():
+    cond = CONDITIONER(PROMPTS)
+    assert cond.emb is None and cond.pooled is None and len(cond) == 4
+    one = CONDITIONER("a red square")  # a single string is one prompt
+    assert len(one) == 1 and torch.equal(one.ids[0], cond.ids[0, : one.ids.shape[1]])
+    with pytest.raises(ValueError, match="prompts must be strings"):
+        CONDITIONER(["ok", 3])
+
+
+# ---------------------------------------------------------------- TextCond
+
+
+def test_textcond_cat_pads_then_equals_the_parts():
+    a, b = CONDITIONER(["a", "bb"]), CONDITIONER(["a much longer prompt"])
+    both = TextCond.cat([a, b])
+    assert len(both) == 3 and both.ids.shape[1] == b.ids.shape[1]
+    la = a.ids.shape[1]
+    assert torch.equal(both.ids[:2, :la], a.ids) and torch.equal(both.mask[:2, :la], a.mask)
+    assert not both.mask[:2, la:].any() and not both.ids[:2, la:].any()
+    assert torch.equal(both.ids[2:], b.ids) and torch.equal(both.mask[2:], b.mask)
+    f1, f2 = _frozen_cond([2, 3]), _frozen_cond([5], seed=1)
+    ff = TextCond.cat([f1, f2])
+    assert ff.emb.shape == (3, 5, 12) and not ff.emb[:2, 3:].any() and torch.equal(ff.emb[:2, :3], f1.emb)
+    assert torch.equal(ff.pooled, torch.cat([f1.pooled, f2.pooled]))
+    with pytest.raises(ValueError, match="different fields"):
+        TextCond.cat([a, f1])
+
+
+def test_textcond_indexes_moves_and_chooses_rows():
+    cond = CONDITIONER(PROMPTS)
+    assert torch.equal(cond[1:3].ids, cond.ids[1:3]) and len(cond[2]) == 1 and torch.equal(cond[-1].ids, cond.ids[3:])
+    assert torch.equal(cond[torch.tensor([3, 0])].mask, cond.mask[[3, 0]])
+    assert torch.equal(cond[torch.tensor([True, False, True, False])].ids, cond.ids[[0, 2]])
+    assert cond.to("cpu").ids.device.type == "cpu" and cond.device.type == "cpu"
+    null = CONDITIONER([""])
+    keep = torch.tensor([True, False, False, True])
+    mixed = cond.where(keep, null)  # a 1-row other is broadcast
+    assert torch.equal(mixed.ids[[0, 3]], cond.ids[[0, 3]])
+    assert torch.equal(mixed.ids[1:3, :2], null.ids.expand(2, 2)) and not mixed.mask[1:3, 2:].any()
+    with pytest.raises(ValueError, match="2 rows cannot stand for 4"):
+        cond.where(keep, cond[:2])
+    with pytest.raises(ValueError, match="token ids .* or emb"):
+        TextCond(mask=torch.ones(1, 2, dtype=torch.bool))
+    with pytest.raises(ValueError, match="ids must be"):
+        TextCond(mask=torch.ones(1, 2, dtype=torch.bool), ids=torch.zeros(1, 3, dtype=torch.long))
+
+
+# ---------------------------------------------------------------- cross-attention and the scratch encoder
+
+
+def test_cross_attention_ignores_padding_tokens():
+    torch.manual_seed(0)
+    layer = _perturb_all(CrossAttention(8, 12, heads=2))
+    x = torch.randn(2, 8, 4, 4)
+    cond = _frozen_cond([3, 5])
+    out = layer(x, cond.emb, cond.mask)
+    changed = cond.emb + 100.0 * torch.randn(cond.emb.shape) * ~cond.mask[..., None]
+    assert torch.equal(layer(x, changed, cond.mask), out)  # masked keys get exactly zero weight
+    # without the mask the padding would matter
+    assert not torch.allclose(layer(x, changed, None), layer(x, cond.emb, None))
+    # a row attends only to its own real tokens: row 0 alone, at its own length, is the same
+    alone = layer(x[:1], cond.emb[:1, :3], cond.mask[:1, :3])
+    assert torch.allclose(alone, out[:1], atol=1e-6)
+
+
+def test_scratch_encoder_pools_the_eos_state_and_ignores_padding():
+    torch.manual_seed(0)
+    enc = ScratchTextEncoder(width=16, layers=2, heads=2, max_tokens=32).eval()
+    cond = ScratchConditioner(32, 16)(["hello", "a much longer prompt"])
+    tokens, pooled = enc(cond.ids, cond.mask)
+    assert tokens.shape == (2, cond.ids.shape[1], 16) and pooled.shape == (2, 16)
+    assert torch.equal(pooled[0], tokens[0, 6]) and torch.equal(pooled[1], tokens[1, -1])  # EOS rows
+    t0, p0 = enc(cond.ids[:1, :7], cond.mask[:1, :7])  # "hello" without padding
+    assert torch.allclose(t0, tokens[:1, :7], atol=1e-5) and torch.allclose(p0, pooled[:1], atol=1e-5)
+    with pytest.raises(ValueError, match="more than this text encoder's max_tokens 32"):
+        enc(torch.ones(1, 33, dtype=torch.long), torch.ones(1, 33, dtype=torch.bool))
