@@ -8,6 +8,7 @@ import pytest
 import torch
 from torch import nn
 
+from difforge.models import build_model
 from difforge.models.layers import CrossAttention
 from difforge.models.text import (
     BOS_ID,
@@ -18,6 +19,7 @@ from difforge.models.text import (
     ScratchTextEncoder,
     TextCond,
 )
+from difforge.models.unet import UNet
 
 PROMPTS = ["a red square", "", "ein blauer Kreis \u00fcber Gr\u00fcn \U0001f600", "x"]
 ENCODER = {"width": 16, "layers": 1, "heads": 2, "max_tokens": 48}  # a tiny scratch text encoder
@@ -33,12 +35,30 @@ def _perturb_all(model: nn.Module, seed: int = 0, std: float = 0.2) -> nn.Module
     return model
 
 
+def _text_unet() -> UNet:
+    torch.manual_seed(0)
+    net = build_model("tiny", in_channels=3, num_classes=None, context_dim=16, pooled_dim=16, text_encoder=ENCODER)
+    return _perturb_all(net).eval()
+
+
+def _frozen_unet(context_dim: int = 12, pooled_dim: int | None = 6) -> UNet:
+    torch.manual_seed(0)
+    net = UNet(3, 3, None, base_channels=8, channel_mults=(1, 2), num_res_blocks=1, attention_levels=(1,),
+               num_heads=2, context_dim=context_dim, pooled_dim=pooled_dim)
+    return _perturb_all(net).eval()
+
+
 def _frozen_cond(lengths: list[int], d: int = 12, p: int = 6, seed: int = 0) -> TextCond:
     g = torch.Generator().manual_seed(seed)
     length = max(lengths)
     mask = torch.arange(length)[None, :] < torch.tensor(lengths)[:, None]
     emb = torch.randn(len(lengths), length, d, generator=g) * mask[..., None]
     return TextCond(mask=mask, emb=emb, pooled=torch.randn(len(lengths), p, generator=g))
+
+
+def _xt(n: int, size: int = 8, seed: int = 1):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(n, 3, size, size, generator=g), torch.rand(n, generator=g) * 50
 
 
 # ---------------------------------------------------------------- tokenizer
@@ -149,3 +169,108 @@ def test_scratch_encoder_pools_the_eos_state_and_ignores_padding():
     assert torch.allclose(t0, tokens[:1, :7], atol=1e-5) and torch.allclose(p0, pooled[:1], atol=1e-5)
     with pytest.raises(ValueError, match="more than this text encoder's max_tokens 32"):
         enc(torch.ones(1, 33, dtype=torch.long), torch.ones(1, 33, dtype=torch.bool))
+
+
+# ---------------------------------------------------------------- the text UNet
+
+
+def test_text_unet_padding_has_no_effect_frozen_path():
+    net = _frozen_unet()
+    x, t = _xt(2)
+    cond = _frozen_cond([3, 6])
+    with torch.no_grad():
+        out = net(x, t, cond)
+        changed = TextCond(mask=cond.mask, emb=cond.emb + 50.0 * ~cond.mask[..., None], pooled=cond.pooled)
+        assert torch.equal(net(x, t, changed), out)
+        longer = TextCond.cat([cond, _frozen_cond([9], seed=3)])[:2]  # padded to 9 tokens
+        assert torch.allclose(net(x, t, longer), out, atol=1e-5)
+        assert not torch.allclose(net(x, t, _frozen_cond([3, 6], seed=5)), out)  # the text matters
+
+
+@pytest.mark.parametrize("path", ["scratch", "frozen"])
+def test_a_batch_of_prompts_equals_each_prompt_alone(path):
+    if path == "scratch":
+        net, conditioner = _text_unet(), CONDITIONER
+        cond, parts = conditioner(PROMPTS), [conditioner([p]) for p in PROMPTS]
+    else:
+        net = _frozen_unet()
+        parts = [_frozen_cond([n], seed=n) for n in (1, 4, 7, 2)]
+        cond = TextCond.cat(parts)
+    x, t = _xt(4)
+    with torch.no_grad():
+        batched = net(x, t, cond)
+        alone = torch.cat([net(x[i : i + 1], t[i : i + 1], parts[i]) for i in range(4)])
+        assert torch.allclose(batched, alone, atol=1e-5)
+        assert batched.abs().mean() > 0.1  # a network whose output depends on its input
+        assert not torch.allclose(net(x, t, cond[torch.tensor([1, 0, 3, 2])]), batched, atol=1e-3)
+
+
+def test_no_text_no_new_parameters():
+    torch.manual_seed(0)
+    plain = build_model("tiny", in_channels=1, num_classes=10)
+    assert not [n for n in plain.state_dict() if "cross" in n or "text" in n or "pooled" in n]
+    assert plain.context_dim is None and plain.text_encoder is None
+    text = _text_unet()
+    names = set(text.state_dict())
+    assert any(n.startswith("text_encoder.") for n in names) and any(".cross." in n for n in names)
+    assert any(n.startswith("pooled_proj.") for n in names)
+    # the plain network's parameters are a subset: same names, same shapes
+    plain3 = build_model("tiny", in_channels=3, num_classes=None).state_dict()
+    assert all(text.state_dict()[n].shape == v.shape for n, v in plain3.items())
+
+
+def test_text_unet_errors_are_clear():
+    net = _text_unet()
+    x, t = _xt(2)
+    with pytest.raises(ValueError, match="needs a TextCond"):
+        net(x, t, None)
+    with pytest.raises(ValueError, match="1 prompts for a batch of 2"):
+        net(x, t, CONDITIONER(["one"]))
+    with pytest.raises(ValueError, match="encodes token ids itself"):
+        net(x, t, _frozen_cond([2, 3], d=16, p=16))
+    frozen = _frozen_unet()
+    with pytest.raises(ValueError, match="token embeddings of width 12"):
+        frozen(x, t, _frozen_cond([2, 3], d=8))
+    with pytest.raises(ValueError, match="pooled text embedding of width 6"):
+        frozen(x, t, TextCond(mask=torch.ones(2, 2, dtype=torch.bool), emb=torch.zeros(2, 2, 12)))
+    for bad, message in [(dict(num_classes=3), "takes no class labels"),
+                         (dict(attention_levels=(), mid_attention=False), "needs attention"),
+                         (dict(pooled_dim=4), "needs the text tokens"),
+                         (dict(context_dim=8, text_encoder={"width": 16}), "must be the text encoder's width 16")]:
+        kw = {"context_dim": 12, **bad} if "context_dim" not in bad and "pooled_dim" not in bad else bad
+        with pytest.raises(ValueError, match=message):
+            UNet(3, 3, kw.pop("num_classes", None), base_channels=8, channel_mults=(1, 2), **kw)
+    with pytest.raises(ValueError, match="cannot take text"):
+        build_model("unet-seed", in_channels=3, num_classes=None, context_dim=8)
+
+
+def test_gradient_reaches_every_text_parameter_and_checkpointing_agrees():
+    net = _text_unet().train()
+    cond = CONDITIONER(PROMPTS)
+    x, t = _xt(4)
+    w = torch.randn(4, 3, 8, 8, generator=torch.Generator().manual_seed(2))
+    grads = {}
+    for on in (False, True):
+        net.zero_grad()
+        net.grad_checkpoint = on
+        loss = (net(x, t, cond) * w).sum()
+        loss.backward()
+        grads[on] = (loss.detach(), {n: p.grad.clone() for n, p in net.named_parameters() if p.grad is not None})
+    net.grad_checkpoint = False
+    (loss0, g0), (loss1, g1) = grads[False], grads[True]
+    assert torch.allclose(loss0, loss1) and g0.keys() == g1.keys()
+    assert all(torch.allclose(g0[n], g1[n], atol=1e-5) for n in g0)
+    unused = {"text_encoder.token.weight", "text_encoder.position"}  # only the rows of tokens seen
+    missing = [n for n, p in net.named_parameters() if n not in unused and (n not in g0 or not g0[n].abs().sum() > 0)]
+    assert not missing
+    used = torch.unique(cond.ids[cond.mask])  # PAD never reaches the output: its row gets no gradient
+    assert bool((g0["text_encoder.token.weight"][used].abs().sum(1) > 0).all())
+
+
+def test_text_unet_runs_under_bf16_autocast():
+    net = _text_unet().train()
+    x, t = _xt(2, 16)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = net(x, t, CONDITIONER(PROMPTS[:2]))
+    out.float().square().mean().backward()
+    assert out.shape == x.shape
