@@ -4,11 +4,19 @@ kind (caption dropout, null, card round trip)."""
 
 from __future__ import annotations
 
+import json
+import math
+import sys
+import types
+
 import pytest
 import torch
 from torch import nn
 
+from difforge.diffusion.frameworks import FrameworkSpec
 from difforge.models import build_model
+from difforge.models.card import Architecture, ModelCard
+from difforge.models.conditioning import KINDS, MINILM_DIM, TextPrompts, _conditioner, conditioning_from_dict
 from difforge.models.layers import CrossAttention
 from difforge.models.text import (
     BOS_ID,
@@ -274,3 +282,83 @@ def test_text_unet_runs_under_bf16_autocast():
         out = net(x, t, CONDITIONER(PROMPTS[:2]))
     out.float().square().mean().backward()
     assert out.shape == x.shape
+
+
+# ---------------------------------------------------------------- the `text` conditioning kind
+
+SPEC = TextPrompts("scratch", 48, width=16, layers=1, heads=2)
+
+
+def test_unet_text_preset_builds_with_a_text_spec():
+    spec = TextPrompts("scratch", 64)
+    net = build_model("unet-text", in_channels=3, num_classes=None,
+                      **{k: v for k, v in spec.network_kwargs(3).items() if k != "num_classes"})
+    crosses = sum(isinstance(m, CrossAttention) for m in net.modules())
+    assert net.context_dim == 128 and crosses == 7  # levels 1 and 2: 2 down, 4 up; 1 in the middle
+
+
+def test_text_prompts_spec_round_trips_and_knows_its_network():
+    assert KINDS["text"] is TextPrompts and SPEC.task == "generate"
+    for spec in (SPEC, TextPrompts("minilm", 128)):
+        assert conditioning_from_dict(json.loads(json.dumps(spec.to_dict()))) == spec
+    assert SPEC.to_dict() == {"kind": "text", "encoder": "scratch", "max_tokens": 48, "width": 16, "layers": 1,
+                              "heads": 2}
+    net_kwargs = SPEC.network_kwargs(3)
+    assert net_kwargs == {"num_classes": None, "context_dim": 16, "pooled_dim": 16, "text_encoder": ENCODER}
+    assert TextPrompts("minilm", 128).network_kwargs(3) == {"num_classes": None, "context_dim": MINILM_DIM,
+                                                            "pooled_dim": MINILM_DIM, "text_encoder": None}
+    for bad, message in [(("clip", 8), "unknown text encoder 'clip'"), (("scratch", 1), "max_tokens must be >= 2"),
+                         (("scratch", 8, 10, 1, 4), "heads dividing width")]:
+        with pytest.raises(ValueError, match=message):
+            TextPrompts(*bad)
+
+
+def test_null_is_the_empty_prompt_and_the_conditioner_is_cached():
+    null = SPEC.null(3)
+    assert len(null) == 3 and null.ids.tolist() == [[BOS_ID, EOS_ID]] * 3 and bool(null.mask.all())
+    assert SPEC.conditioner() is SPEC.conditioner() and SPEC.conditioner().context_dim == 16
+    assert SPEC.conditioner(truncate=True)(["x" * 100]).ids.shape == (1, 48)
+
+
+def test_caption_dropout_rate_and_dropped_rows_are_the_null():
+    n, p = 4000, 0.3
+    cond = SPEC.conditioner()(["a red square", "a blue circle"] * (n // 2))
+    dropped = SPEC.drop(cond, p, torch.Generator().manual_seed(0))
+    null = SPEC.null(1)
+    is_null = (dropped.ids[:, :2] == null.ids).all(1) & ~dropped.mask[:, 2:].any(1)
+    k = int(is_null.sum())
+    assert abs(k - n * p) < 4.5 * math.sqrt(n * p * (1 - p))  # a binomial(n, p) count, fixed generator
+    assert torch.equal(dropped.ids[~is_null], cond.ids[~is_null]) and torch.equal(dropped.mask[~is_null],
+                                                                                  cond.mask[~is_null])
+    again = SPEC.drop(cond, p, torch.Generator().manual_seed(0))
+    assert torch.equal(again.ids, dropped.ids)  # reproducible
+    assert SPEC.drop(cond, 0.0) is cond and bool(SPEC.drop(cond[:8], 1.0).mask[:, 2:].sum() == 0)
+
+
+def test_minilm_conditioner_is_imported_lazily_with_max_tokens(monkeypatch):
+    made = []
+
+    class Fake:
+        def __init__(self, max_tokens, **kw):
+            made.append((max_tokens, kw))
+
+    monkeypatch.setitem(sys.modules, "difforge.models.minilm", types.SimpleNamespace(MiniLMConditioner=Fake))
+    _conditioner.cache_clear()
+    try:
+        assert isinstance(TextPrompts("minilm", 77).conditioner(), Fake)
+        TextPrompts("minilm", 77).conditioner(truncate=True)
+    finally:
+        _conditioner.cache_clear()
+    assert made == [(77, {}), (77, {"truncate": True})]
+
+
+def test_model_card_with_text_round_trips_and_builds_a_denoiser():
+    card = ModelCard(Architecture("tiny", {"base_channels": 8, "channel_mults": (1, 2), "num_res_blocks": 1,
+                                           "attention_levels": (1,), "num_heads": 2}),
+                     8, 8, 3, FrameworkSpec("edm"), None, SPEC)
+    again = ModelCard.from_dict(json.loads(json.dumps(card.to_dict())))
+    assert again == card and again.conditioning == SPEC and again.num_classes is None
+    den = again.denoiser()
+    assert den.net.context_dim == 16 and isinstance(den.net.text_encoder, ScratchTextEncoder)
+    x = torch.zeros(2, 3, 8, 8)
+    assert den(x, 1.0, SPEC.null(2)).shape == x.shape
