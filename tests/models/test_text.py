@@ -362,3 +362,36 @@ def test_model_card_with_text_round_trips_and_builds_a_denoiser():
     assert den.net.context_dim == 16 and isinstance(den.net.text_encoder, ScratchTextEncoder)
     x = torch.zeros(2, 3, 8, 8)
     assert den(x, 1.0, SPEC.null(2)).shape == x.shape
+
+
+@pytest.mark.slow  # ~5-10 s on two CPU cores; still part of CI
+def test_a_tiny_text_unet_learns_two_prompts():
+    """Trained with caption dropout on two prompts, each a flat colour, the model samples
+    (with guidance from the empty prompt) the colour its prompt names."""
+    from difforge.sampling import CFGDenoiser, sample_heun
+
+    spec = TextPrompts("scratch", 16, width=16, layers=1, heads=2)
+    card = ModelCard(Architecture("tiny", {"base_channels": 8, "channel_mults": (1, 2), "num_res_blocks": 1,
+                                           "attention_levels": (1,), "num_heads": 2}),
+                     8, 8, 3, FrameworkSpec("edm"), None, spec)
+    torch.manual_seed(0)
+    den = card.denoiser()
+    colours = {"red": torch.tensor([1.0, -1.0, -1.0]), "blue": torch.tensor([-1.0, -1.0, 1.0])}
+    prompts = ["red", "blue"] * 8
+    x0 = torch.stack([colours[p] for p in prompts])[:, :, None, None].expand(-1, 3, 8, 8).contiguous()
+    cond = spec.conditioner()(prompts)
+    opt = torch.optim.AdamW(den.parameters(), lr=3e-3)
+    g = torch.Generator().manual_seed(0)
+    for _ in range(150):
+        loss = den.loss(x0, spec.drop(cond, 0.2, g), generator=g)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    den.eval()
+    sigmas = torch.tensor([80.0, 20.0, 5.0, 1.0, 0.2, 0.0], dtype=torch.float64)
+    x = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(3)) * 80.0
+    guided = CFGDenoiser(den, 2.0, null=spec.null(1))
+    with torch.no_grad():
+        out = sample_heun(guided, x, sigmas, cond=spec.conditioner()(["red", "blue"]))
+    means = out.mean((2, 3))  # (2, 3): per prompt, per channel
+    assert torch.allclose(means.sign(), torch.stack(list(colours.values()))), means
