@@ -69,7 +69,9 @@ def test_oldest_descriptions_are_ddpm_and_the_serve_test_model_loads():
     ({"diffusion": {"framework": "edm", "min_snr_gamma": 5}, "prediction": None}, "min-SNR weighting applies to"),
     ({"diffusion": {"steps": 10}}, "unknown diffusion setting(s) ['steps']"),
     ({"prediction": "v", "diffusion": {"framework": "ncsn"}}, "framework 'ncsn' trains prediction ['eps'], not 'v'"),
-    ({"conditioning": {"kind": "text"}}, "unknown conditioning kind 'text'"),
+    ({"conditioning": {"kind": "video"}}, "unknown conditioning kind 'video'"),
+    ({"conditioning": {"kind": "text", "max_tokens": 8}}, "lacks 'encoder'"),
+    ({"conditioning": {"kind": "text", "encoder": "clip", "max_tokens": 8}}, "unknown text encoder 'clip'"),
     ({"architecture": {"preset": "huge"}}, "unknown model 'huge'"),
 ])
 def test_bad_cards_are_one_line_errors(change, message):

@@ -21,6 +21,7 @@ SHAPES = {
     "unet": [(8, 8), (12, 16)],
     "unet-seed": [(8, 8), (16, 16)],
     "unet-large": [(8, 8)],
+    "unet-text": [(8, 8)],
     "diffusers-unet": [(8, 8), (12, 20)],
 }
 

@@ -11,21 +11,26 @@ what label dropout trains), and `to_dict` / `from_dict`:
 - `LowResImage`: SR3 super-resolution (Saharia et al. 2022, "Image super-resolution via
   iterative refinement"): the low-resolution image, upsampled bicubically to the model's
   size and concatenated to the network input as `channels` extra channels.
+- `TextPrompts`: a caption per image, as a `difforge.models.text.TextCond` made by the
+  kind's conditioner (a byte tokenizer for a text encoder trained with the model, GLIDE;
+  or a frozen pretrained encoder, Imagen / Stable Diffusion); the null is the empty prompt.
 
-To add a kind (text embeddings: tokens + padding mask + pooled vector; observed video
-frames + mask): a dataclass with these members whose `null` builds the kind's null value
-(empty-prompt embeddings; an all-unobserved mask), registered in `KINDS`.
+To add a kind (observed video frames + mask): a dataclass with these members whose `null`
+builds the kind's null value (an all-unobserved mask), registered in `KINDS`.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar, Protocol
 
 import torch
 import torch.nn.functional as F
+
+from difforge.models.text import ScratchConditioner, TextCond, TextConditioner
 
 
 class Conditioning(Protocol):
@@ -190,7 +195,90 @@ class LowResImage:
         return cls(int(d["scale"]))
 
 
-KINDS: dict[str, type] = {cls.kind: cls for cls in (Unconditional, ClassLabels, LowResImage)}
+# ---------------------------------------------------------------- text
+
+TEXT_ENCODERS = ("scratch", "minilm")
+MINILM_DIM = 384  # all-MiniLM-L6-v2's token and (mean-)pooled embedding width
+
+
+@functools.lru_cache(maxsize=8)
+def _conditioner(encoder: str, max_tokens: int, width: int, truncate: bool) -> TextConditioner:
+    """One conditioner per setting (a frozen encoder's weights load once per process)."""
+    if encoder == "scratch":
+        return ScratchConditioner(max_tokens, width, truncate=truncate)
+    from difforge.models.minilm import MiniLMConditioner  # the optional `text` extra: only when asked for
+
+    return MiniLMConditioner(max_tokens=max_tokens, **({"truncate": True} if truncate else {}))
+
+
+@dataclass(frozen=True)
+class TextPrompts:
+    """A caption per image (text-to-image). `encoder` says what turns prompts into what the
+    network reads (`difforge.models.text.TextCond`):
+
+    - "scratch": a byte-level tokenizer outside the network and a `ScratchTextEncoder` of
+      `width`, `layers`, `heads` inside it, trained with the UNet (GLIDE, Nichol et al. 2022);
+    - "minilm": frozen all-MiniLM-L6-v2 token and pooled embeddings (width 384), computed
+      outside the network (a frozen pretrained text encoder as in Imagen, Saharia et al.
+      2022, and Stable Diffusion, Rombach et al. 2022); `width`, `layers`, `heads` unused.
+
+    `max_tokens` is the longest prompt in the encoder's tokens (BOS / EOS or CLS / SEP
+    included). The null (the unconditional input of classifier-free guidance) is the empty
+    prompt, which caption dropout (`drop`) trains (GLIDE, Section 2.3; Imagen).
+    """
+
+    kind: ClassVar[str] = "text"
+    task: ClassVar[str] = "generate"
+    encoder: str
+    max_tokens: int
+    width: int = 128
+    layers: int = 2
+    heads: int = 4
+
+    def __post_init__(self) -> None:
+        if self.encoder not in TEXT_ENCODERS:
+            raise ValueError(f"unknown text encoder {self.encoder!r}; expected one of {list(TEXT_ENCODERS)}")
+        if self.max_tokens < 2:
+            raise ValueError(f"max_tokens must be >= 2, got {self.max_tokens}")
+        if self.encoder == "scratch" and (self.width < 1 or self.layers < 1 or self.heads < 1
+                                          or self.width % self.heads):
+            raise ValueError(f"the scratch text encoder needs width, layers, heads >= 1 and heads dividing width, "
+                             f"got {self.width}, {self.layers}, {self.heads}")
+
+    def network_kwargs(self, channels: int) -> dict[str, Any]:
+        if self.encoder == "scratch":
+            encoder = {"width": self.width, "layers": self.layers, "heads": self.heads, "max_tokens": self.max_tokens}
+            return {"num_classes": None, "context_dim": self.width, "pooled_dim": self.width, "text_encoder": encoder}
+        return {"num_classes": None, "context_dim": MINILM_DIM, "pooled_dim": MINILM_DIM, "text_encoder": None}
+
+    def conditioner(self, truncate: bool = False) -> TextConditioner:
+        """Prompts -> TextCond for this model (`truncate`: cut over-long prompts instead of
+        refusing them, for training captions). Cached: a frozen encoder loads once."""
+        return _conditioner(self.encoder, self.max_tokens, self.width, truncate)
+
+    def null(self, n: int, device=None) -> TextCond:
+        """The empty prompt, n times."""
+        return self.conditioner()([""] * n, device=device)
+
+    def drop(self, cond: TextCond, p: float, generator: torch.Generator | None = None) -> TextCond:
+        """Caption dropout for classifier-free guidance: each row replaced by the empty
+        prompt with probability p (drawn on the CPU from `generator`)."""
+        if p <= 0:
+            return cond
+        keep = torch.rand((len(cond),), generator=generator) >= p
+        return cond.where(keep, self.null(1, cond.device))
+
+    def to_dict(self) -> dict[str, Any]:
+        return _plain(self)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> TextPrompts:
+        defaults = {f.name: f.default for f in dataclasses.fields(cls) if f.default is not dataclasses.MISSING}
+        return cls(str(d["encoder"]), int(d["max_tokens"]),
+                   **{k: int(d.get(k, v)) for k, v in defaults.items()})
+
+
+KINDS: dict[str, type] = {cls.kind: cls for cls in (Unconditional, ClassLabels, LowResImage, TextPrompts)}
 
 
 def conditioning_from_dict(d: Mapping[str, Any]) -> Conditioning:

@@ -1,4 +1,5 @@
-"""Layers shared by the UNets: timestep/label embeddings, normalisation, ResBlock, attention."""
+"""Layers shared by the UNets: timestep/label embeddings, normalisation, ResBlock, attention
+(self-attention over the image, cross-attention to text tokens)."""
 
 from __future__ import annotations
 
@@ -127,6 +128,56 @@ class SelfAttention(nn.Module):
         if self.ff is not None:
             tokens = tokens + self.ff(tokens)
         return tokens.transpose(1, 2).reshape(B, C, H, W)  # (B, C, H, W)
+
+
+def masked_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int, key_mask: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Multi-head scaled dot-product attention of queries (B, N, C) over keys / values
+    (B, L, C), heads merged back: (B, N, C). `key_mask` (B, L) bool, True where a key may
+    be attended: False keys get no weight at all (a boolean `attn_mask` of
+    `F.scaled_dot_product_attention`), so what padding holds never reaches the output.
+    Every row needs at least one True key."""
+    B, N, C = q.shape
+    L = k.shape[1]
+    q = q.view(B, N, heads, C // heads).transpose(1, 2)  # (B, h, N, d)
+    k = k.view(B, L, heads, C // heads).transpose(1, 2)  # (B, h, L, d)
+    v = v.view(B, L, heads, C // heads).transpose(1, 2)  # (B, h, L, d)
+    attn_mask = None if key_mask is None else key_mask.to(device=q.device, dtype=torch.bool)[:, None, None, :]
+    a = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)  # (B, h, N, d)
+    return a.transpose(1, 2).reshape(B, N, C)
+
+
+class CrossAttention(nn.Module):
+    """Pre-norm multi-head cross-attention from the H*W image positions to text tokens,
+    with a residual: x + proj(attn(q = W_q GroupNorm(x), k, v = W_k, W_v LayerNorm(context))).
+
+    The image queries the caption's token embeddings, as in GLIDE (Nichol et al. 2022,
+    whose attention layers also attend to the projected text tokens), Imagen (Saharia et
+    al. 2022, Section 2.3: cross-attention to the text embedding, with layer normalisation
+    of the text embeddings, which the paper found important) and Stable Diffusion's spatial
+    transformer (Rombach et al. 2022, Section 3.3). `context` (B, L, context_dim), `mask`
+    (B, L) bool: padding tokens (False) are never attended, so they have no effect.
+    """
+
+    def __init__(self, channels: int, context_dim: int, heads: int = 4):
+        super().__init__()
+        if channels % heads:
+            raise ValueError(f"channels={channels} must be divisible by heads={heads}")
+        self.heads = heads
+        self.norm = group_norm(channels)
+        self.context_norm = nn.LayerNorm(context_dim)
+        self.q = nn.Linear(channels, channels)
+        self.kv = nn.Linear(context_dim, 2 * channels)
+        self.proj = nn.Linear(channels, channels)
+
+    def forward(self, x: torch.Tensor, context: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        B, C, H, W = x.shape
+        q = self.q(self.norm(x).flatten(2).transpose(1, 2))  # (B, HW, C)
+        context = context.to(self.context_norm.weight.dtype)
+        k, v = self.kv(self.context_norm(context)).chunk(2, dim=-1)  # 2 x (B, L, C)
+        a = masked_attention(q, k, v, self.heads, mask)  # (B, HW, C)
+        return x + self.proj(a).transpose(1, 2).reshape(B, C, H, W)
 
 
 class ResBlock(nn.Module):

@@ -1,15 +1,20 @@
 """An efficient modern UNet (DDPM/ADM style): ResBlocks with scale-shift time conditioning,
-strided-conv downsampling, nearest-neighbour upsampling, attention only where it is cheap.
+strided-conv downsampling, nearest-neighbour upsampling, attention only where it is cheap;
+optionally conditioned on text by cross-attention and a pooled text vector.
 """
 
 from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from difforge.models.layers import ResBlock, SelfAttention, TimeLabelEmbedding, check_size, group_norm
+from difforge.models.layers import CrossAttention, ResBlock, SelfAttention, TimeLabelEmbedding, check_size, group_norm
+from difforge.models.text import ScratchTextEncoder, TextCond
 
 
 class Downsample(nn.Module):
@@ -35,16 +40,27 @@ class Upsample(nn.Module):
 
 
 class _Stage(nn.Module):
-    """One ResBlock, optionally followed by self-attention."""
+    """One ResBlock, optionally followed by self-attention and then, with `context_dim`,
+    cross-attention to the text tokens (self- then cross-attention: a small "spatial
+    transformer" in the sense of Stable Diffusion, Rombach et al. 2022). Without
+    `context_dim` the stage has no `cross` parameters, so class-label and SR3 models keep
+    their state_dict."""
 
-    def __init__(self, in_ch: int, out_ch: int, emb_dim: int, dropout: float, attn_heads: int | None):
+    def __init__(self, in_ch: int, out_ch: int, emb_dim: int, dropout: float, attn_heads: int | None,
+                 context_dim: int | None = None):
         super().__init__()
         self.res = ResBlock(in_ch, out_ch, emb_dim, dropout)
         self.attn = SelfAttention(out_ch, attn_heads) if attn_heads else None
+        self.cross = CrossAttention(out_ch, context_dim, attn_heads) if attn_heads and context_dim else None
 
-    def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, emb: torch.Tensor, context: torch.Tensor | None = None,
+                mask: torch.Tensor | None = None) -> torch.Tensor:
         x = self.res(x, emb)
-        return self.attn(x) if self.attn is not None else x
+        if self.attn is not None:
+            x = self.attn(x)
+        if self.cross is not None:
+            x = self.cross(x, context, mask)
+        return x
 
 
 class UNet(nn.Module):
@@ -60,6 +76,19 @@ class UNet(nn.Module):
         cond_channels: extra input channels for an image condition, concatenated to x
             (SR3, Saharia et al. 2022); `cond` is then that image (N, cond_channels, H, W)
             instead of class labels.
+        context_dim: text conditioning (`cond` is then a `difforge.models.text.TextCond`):
+            the width of the text token embeddings. Every stage with self-attention (the
+            `attention_levels` and the middle block) is followed by cross-attention to the
+            tokens (GLIDE, Nichol et al. 2022; Imagen, Saharia et al. 2022; Stable
+            Diffusion, Rombach et al. 2022).
+        pooled_dim: the width of the pooled text vector, which is layer-normalised,
+            projected and added to the time embedding (Imagen, Section 2.3; GLIDE uses its
+            text transformer's final token in place of the class embedding). None: no
+            pooled input.
+        text_encoder: the keyword arguments of a `ScratchTextEncoder` (width, layers, heads,
+            max_tokens) trained with the UNet (GLIDE): `cond.ids` are encoded in `forward`.
+            None: a frozen encoder outside the network supplies `cond.emb` / `cond.pooled`.
+            context_dim and pooled_dim default to the encoder's width.
 
     `grad_checkpoint` (an attribute, off by default; not part of the architecture): while
     training, each ResBlock stage's activations are recomputed in the backward pass
@@ -84,11 +113,29 @@ class UNet(nn.Module):
         dropout: float = 0.0,
         time_dim: int | None = None,
         cond_channels: int = 0,
+        context_dim: int | None = None,
+        pooled_dim: int | None = None,
+        text_encoder: Mapping[str, Any] | None = None,
     ):
         super().__init__()
         if cond_channels and num_classes:
             raise ValueError("a UNet conditioned on an image (cond_channels) takes no class labels")
         self.cond_channels = cond_channels
+        if text_encoder is not None:
+            width = int(text_encoder.get("width", 128))
+            context_dim, pooled_dim = context_dim or width, pooled_dim or width
+            if (context_dim, pooled_dim) != (width, width):
+                raise ValueError(f"context_dim {context_dim} and pooled_dim {pooled_dim} must be the text encoder's "
+                                 f"width {width}")
+        if pooled_dim and not context_dim:
+            raise ValueError("a pooled text input (pooled_dim) needs the text tokens too (context_dim)")
+        if context_dim:
+            if num_classes or cond_channels:
+                raise ValueError("a text-conditioned UNet (context_dim) takes no class labels or conditioning image")
+            if not attention_levels and not mid_attention:
+                raise ValueError("a text-conditioned UNet needs attention (attention_levels or mid_attention) to "
+                                 "cross-attend to the text")
+        self.context_dim, self.pooled_dim = context_dim or None, pooled_dim or None
         if not channel_mults:
             raise ValueError("channel_mults must name at least one level")
         bad = [lvl for lvl in attention_levels if not 0 <= lvl < len(channel_mults)]
@@ -98,6 +145,13 @@ class UNet(nn.Module):
         self.size_multiple = 2 ** (len(channel_mults) - 1)
         time_dim = time_dim or 4 * base_channels
         self.embed = TimeLabelEmbedding(time_dim, num_classes, freq_dim=base_channels)
+        if text_encoder is not None:
+            self.text_encoder = ScratchTextEncoder(**text_encoder)
+        else:
+            self.text_encoder = None
+        if self.pooled_dim:
+            self.pooled_proj = nn.Sequential(nn.LayerNorm(self.pooled_dim), nn.Linear(self.pooled_dim, time_dim))
+        ctx = self.context_dim
 
         self.in_conv = nn.Conv2d(in_channels + cond_channels, base_channels, 3, padding=1)
         self.down = nn.ModuleList()
@@ -106,7 +160,7 @@ class UNet(nn.Module):
         for level, mult in enumerate(channel_mults):
             heads = num_heads if level in attention_levels else None
             for _ in range(num_res_blocks):
-                self.down.append(_Stage(ch, base_channels * mult, time_dim, dropout, heads))
+                self.down.append(_Stage(ch, base_channels * mult, time_dim, dropout, heads, ctx))
                 ch = base_channels * mult
                 skips.append(ch)
             if level < len(channel_mults) - 1:
@@ -114,7 +168,7 @@ class UNet(nn.Module):
                 skips.append(ch)
 
         self.mid = nn.ModuleList([
-            _Stage(ch, ch, time_dim, dropout, num_heads if mid_attention else None),
+            _Stage(ch, ch, time_dim, dropout, num_heads if mid_attention else None, ctx),
             _Stage(ch, ch, time_dim, dropout, None),
         ])
 
@@ -122,7 +176,7 @@ class UNet(nn.Module):
         for level, mult in reversed(list(enumerate(channel_mults))):
             heads = num_heads if level in attention_levels else None
             for _ in range(num_res_blocks + 1):
-                self.up.append(_Stage(ch + skips.pop(), base_channels * mult, time_dim, dropout, heads))
+                self.up.append(_Stage(ch + skips.pop(), base_channels * mult, time_dim, dropout, heads, ctx))
                 ch = base_channels * mult
             if level > 0:
                 self.up.append(Upsample(ch))
@@ -133,8 +187,13 @@ class UNet(nn.Module):
         nn.init.zeros_(self.out_conv.weight)
         nn.init.zeros_(self.out_conv.bias)
 
-    def forward(self, x: torch.Tensor, c_noise: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, c_noise: torch.Tensor, cond: torch.Tensor | TextCond | None = None
+                ) -> torch.Tensor:
         check_size(x, self.size_multiple)
+        context = mask = pooled = None
+        if self.context_dim:
+            context, mask, pooled = self._text(cond, x.shape[0])
+            cond = None
         if self.cond_channels:  # image conditioning by channel concatenation
             if cond is None or cond.shape[1] != self.cond_channels or cond.shape[-2:] != x.shape[-2:]:
                 got = None if cond is None else tuple(cond.shape)
@@ -142,8 +201,15 @@ class UNet(nn.Module):
                                  f"{x.shape[-1]}) per sample, got {got}")
             x, cond = torch.cat([x, cond.to(x.dtype)], dim=1), None  # (B, C + C_cond, H, W)
         emb = self.embed(c_noise, cond)
-        stage = self._checkpointed if self.grad_checkpoint and self.training and torch.is_grad_enabled() else \
-            (lambda block, h, emb: block(h, emb))
+        if pooled is not None:
+            emb = emb + self.pooled_proj(pooled.to(self.pooled_proj[0].weight.dtype))
+        checkpointed = self.grad_checkpoint and self.training and torch.is_grad_enabled()
+
+        def stage(block: _Stage, h: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+            if checkpointed:  # activations recomputed in backward (the RNG state is replayed: same dropout masks)
+                return checkpoint(block, h, emb, context, mask, use_reentrant=False)
+            return block(h, emb, context, mask)
+
         h = self.in_conv(x)
         skips = [h]
         for block in self.down:
@@ -158,8 +224,25 @@ class UNet(nn.Module):
                 h = block(h)
         return self.out_conv(F.silu(self.out_norm(h)))
 
-    @staticmethod
-    def _checkpointed(block: _Stage, h: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
-        """A stage whose activations are recomputed in backward (the RNG state is replayed,
-        so dropout masks match)."""
-        return checkpoint(block, h, emb, use_reentrant=False)
+    def _text(self, cond, batch: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """(token embeddings (B, L, D), mask (B, L), pooled (B, P) or None) of a TextCond:
+        encoded here from `ids` (scratch encoder) or the frozen encoder's `emb` / `pooled`."""
+        if not isinstance(cond, TextCond):
+            raise ValueError(f"this text-conditioned model needs a TextCond (prompts through its conditioner) as "
+                             f"cond, got {type(cond).__name__}")
+        if len(cond) != batch:
+            raise ValueError(f"{len(cond)} prompts for a batch of {batch} images")
+        if self.text_encoder is not None:
+            if cond.ids is None:
+                raise ValueError("this model encodes token ids itself (a scratch text encoder); the TextCond has none")
+            context, pooled = self.text_encoder(cond.ids, cond.mask)
+            return context, cond.mask, pooled if self.pooled_dim else None
+        if cond.emb is None or cond.emb.shape[-1] != self.context_dim:
+            got = None if cond.emb is None else cond.emb.shape[-1]
+            raise ValueError(f"this model cross-attends to token embeddings of width {self.context_dim} (a frozen "
+                             f"text encoder's); the TextCond has {got}")
+        if self.pooled_dim and (cond.pooled is None or cond.pooled.shape[-1] != self.pooled_dim):
+            got = None if cond.pooled is None else cond.pooled.shape[-1]
+            raise ValueError(f"this model takes a pooled text embedding of width {self.pooled_dim}; the TextCond "
+                             f"has {got}")
+        return cond.emb, cond.mask, cond.pooled if self.pooled_dim else None

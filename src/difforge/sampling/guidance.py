@@ -3,6 +3,8 @@ clipping and dynamic thresholding of x0."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import nn
 
@@ -30,34 +32,71 @@ def rescale_guidance(x: torch.Tensor, guided: torch.Tensor, d_cond: torch.Tensor
     return x - e_cfg * factor
 
 
+def cat_cond(a: Any, b: Any) -> Any:
+    """Two conditioning batches as one, the rows of `a` first: label tensors by `torch.cat`,
+    a structured cond (`difforge.models.text.TextCond`, anything with a static `cat` over a
+    list of batches) by its own `cat`, which pads what it needs to (a TextCond: the token
+    length)."""
+    if isinstance(a, torch.Tensor):
+        return torch.cat([a, b.to(a.device)])
+    return type(a).cat([a, b])
+
+
+def broadcast_cond(c: Any, n: int) -> Any:
+    """A conditioning batch of `n` rows from one of n rows or of 1 row (repeated); works
+    for tensors and for structured conds that index by an integer tensor."""
+    if len(c) == n:
+        return c
+    if len(c) == 1:
+        return c[torch.zeros(n, dtype=torch.long)]
+    raise ValueError(f"a null / negative condition of {len(c)} rows for a batch of {n}: give {n} rows or 1")
+
+
 class CFGDenoiser(nn.Module):
     """Classifier-free guidance (Ho & Salimans 2022) as a denoiser.
 
     D = D(x, sigma, null) + scale * (D(x, sigma, cond) - D(x, sigma, null)), both halves
-    in one batched forward pass. scale = 1 is the plain conditional model, 0 the
-    unconditional one. `cond=None` samples unconditionally (the null label).
-    `rescale` = phi in [0, 1] applies guidance rescale (`rescale_guidance`, on eps);
-    Lin et al. suggest phi = 0.7. 0 (default) is plain CFG.
+    in one batched forward pass (`cat_cond`). scale = 1 is the plain conditional model, 0
+    the unconditional one. `rescale` = phi in [0, 1] applies guidance rescale
+    (`rescale_guidance`, on eps); Lin et al. suggest phi = 0.7. 0 (default) is plain CFG.
+
+    The unconditional branch is either `null_label`, the learned null class of a
+    class-conditional model, or `null`, an explicit null condition of the batch's rows or
+    of 1 row (broadcast): for text (`difforge.models.text.TextCond`) the empty prompt, or a
+    negative prompt, which guidance then steers away from (Stable Diffusion's "negative
+    prompt" replaces the unconditional branch). `cond=None` samples unconditionally (the
+    null).
     """
 
-    def __init__(self, denoiser: nn.Module, scale: float, null_label: int, rescale: float = 0.0):
+    def __init__(self, denoiser: nn.Module, scale: float, null_label: int | None = None, rescale: float = 0.0, *,
+                 null: Any = None):
         super().__init__()
         if not 0.0 <= rescale <= 1.0:
             raise ValueError(f"guidance rescale must be in [0, 1], got {rescale}")
+        if (null_label is None) == (null is None):
+            raise ValueError("classifier-free guidance needs exactly one of null_label (class labels) and null "
+                             "(an explicit null condition, e.g. the empty prompt)")
         self.inner = denoiser
         self.scale = float(scale)
-        self.null_label = int(null_label)
+        self.null_label = None if null_label is None else int(null_label)
+        self.null = null
         self.rescale = float(rescale)
 
-    def forward(self, x: torch.Tensor, sigma, cond: torch.Tensor | None = None) -> torch.Tensor:
-        if cond is None:
-            cond = torch.full((x.shape[0],), self.null_label, dtype=torch.long, device=x.device)
+    def forward(self, x: torch.Tensor, sigma, cond: Any = None) -> torch.Tensor:
+        b = x.shape[0]
+        if self.null is not None:
+            null = broadcast_cond(self.null.to(x.device), b)
+            if cond is None:
+                return self.inner(x, sigma, null)
+        else:
+            if cond is None:
+                cond = torch.full((b,), self.null_label, dtype=torch.long, device=x.device)
+            null = torch.full_like(cond, self.null_label)
         if self.scale == 1.0:
             return self.inner(x, sigma, cond)
-        null = torch.full_like(cond, self.null_label)
         sigma = torch.as_tensor(sigma, dtype=torch.float64, device=float64_device(x.device))
-        sigma2 = sigma.expand(x.shape[0]).repeat(2) if sigma.ndim == 0 else sigma.repeat(2)
-        both = self.inner(torch.cat([x, x]), sigma2, torch.cat([cond, null]))
+        sigma2 = sigma.expand(b).repeat(2) if sigma.ndim == 0 else sigma.repeat(2)
+        both = self.inner(torch.cat([x, x]), sigma2, cat_cond(cond, null))
         d_cond, d_null = both.chunk(2)
         guided = d_null + self.scale * (d_cond - d_null)
         if self.rescale > 0:
