@@ -228,9 +228,9 @@ def render_fashion_colour(
     for p, (r, c) in enumerate(POSITION_BOXES):
         idx = torch.nonzero((size == SMALL) & (position == p)).flatten()
         if len(idx):
-            small = F.interpolate(garments[idx].float(), size=(SMALL_SIDE, SMALL_SIDE), mode="bilinear",
-                                  antialias=True, align_corners=False)
-            gray[idx, r:r + SMALL_SIDE, c:c + SMALL_SIDE] = small[:, 0].round().clamp(0, 255).to(torch.uint8)
+            small = F.interpolate(garments[idx].double(), size=(SMALL_SIDE, SMALL_SIDE), mode="bilinear",
+                                  antialias=True, align_corners=False)  # float64: no ties decided by rounding noise
+            gray[idx, r:r + SMALL_SIDE, c:c + SMALL_SIDE] = (small[:, 0] + 0.5).floor().clamp(0, 255).to(torch.uint8)
 
     images = torch.zeros(n, 3, IMAGE_SIZE, IMAGE_SIZE, dtype=torch.uint8)
     levels = torch.arange(256, dtype=torch.int32)
