@@ -12,7 +12,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, get_type_hints
 
-DATASETS = ("fashion-mnist", "digits", "folder", "prepared")
+DATASETS = ("fashion-mnist", "fashion-colour", "digits", "folder", "prepared")
 PRECISIONS = ("fp32", "bf16", "fp16", "auto")  # auto: bf16 where the device computes it natively (runtime.py)
 LR_SCHEDULES = ("onecycle", "cosine", "constant")
 
@@ -21,8 +21,8 @@ LR_SCHEDULES = ("onecycle", "cosine", "constant")
 class DataConfig:
     """Where images come from and how they are shaped for the model."""
 
-    dataset: str = "fashion-mnist"  # fashion-mnist | digits | folder | prepared (a `difforge prepare` store)
-    path: str | None = None  # idx folder for fashion-mnist; image folder for `folder`
+    dataset: str = "fashion-mnist"  # fashion-mnist | fashion-colour | digits | folder | prepared (a `prepare` store)
+    path: str | None = None  # idx folder for fashion-mnist / fashion-colour; image folder for `folder`
     image_size: int | None = None  # model input size; None: native size rounded up
     channels: int | None = None  # 1 or 3 for image folders; None: as the data has it
     val_fraction: float = 0.1  # held out of the training split for validation loss

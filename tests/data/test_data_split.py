@@ -132,3 +132,45 @@ def test_load_dataset_digits_and_folder_and_unknown(tmp_path):
     assert len(b.train) == 6 and len(b.val) == 2 and len(b.skipped) == 1
     with pytest.raises(ValueError, match="unknown dataset 'mnist'"):
         load_dataset(DataConfig(dataset="mnist"))  # DataConfig itself does not validate
+
+
+def _captioned(counts):
+    ds = _labelled(counts)
+    n = len(ds)
+    return ds.replace(captions=[f"image {i}" for i in range(n)],
+                      attributes={"row": torch.arange(n), "twice": 2 * torch.arange(n)})
+
+
+def test_captions_and_attributes_follow_subset_split_and_channels(tmp_path):
+    ds = _captioned([6, 4])
+    sub = ds.subset([7, 2, 2])
+    assert sub.captions == ["image 7", "image 2", "image 2"] and sub.attributes["row"].tolist() == [7, 2, 2]
+    assert sub.attributes["twice"].tolist() == [14, 4, 4] and "captioned" in repr(sub)
+    assert ds.subset([]).captions == [] and len(ds.subset([]).attributes["row"]) == 0
+    train, val = split_validation(ds, 0.3, seed=1)
+    for part in (train, val):  # each image still carries its own caption and attributes
+        rows = part.attributes["row"].tolist()
+        assert part.captions == [f"image {i}" for i in rows]
+        assert part.attributes["twice"].tolist() == [2 * i for i in rows]
+    assert sorted(train.attributes["row"].tolist() + val.attributes["row"].tolist()) == list(range(10))
+    from difforge.data.dataset import _with_channels
+
+    rgb = _with_channels(ds, 3)
+    assert rgb.channels == 3 and rgb.captions == ds.captions
+    assert torch.equal(rgb.attributes["row"], ds.attributes["row"])
+
+
+def test_captions_and_attributes_are_validated():
+    ds = _labelled([2, 1])
+    with pytest.raises(ValueError, match="one string per image: 2 for 3 images"):
+        ds.replace(captions=["a", "b"])
+    with pytest.raises(ValueError, match="list of strings"):
+        ds.replace(captions="abc")
+    with pytest.raises(ValueError, match="list of strings"):
+        ds.replace(captions=["a", None, "c"])
+    with pytest.raises(ValueError, match="attribute 'colour' must be int64 \\(3,\\)"):
+        ds.replace(attributes={"colour": torch.zeros(2, dtype=torch.int64)})
+    with pytest.raises(ValueError, match="attribute 'colour' must be int64"):
+        ds.replace(attributes={"colour": torch.zeros(3)})
+    kept = ds.replace(captions=("x", "y", "z"))  # any sequence; stored as a list of its own
+    assert kept.captions == ["x", "y", "z"] and ds.captions is None

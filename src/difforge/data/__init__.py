@@ -1,4 +1,4 @@
-"""Image data: loaders (IDX / Fashion-MNIST, scikit-learn digits, image folders), the
+"""Image data: loaders (IDX / Fashion-MNIST, fashion-colour, scikit-learn digits, image folders), the
 validation split, and the uint8 <-> model-range mapping. Everything is held in memory
 as uint8 tensors (N, C, H, W)."""
 
@@ -10,6 +10,7 @@ from difforge.data.dataset import (
     to_model_input,
 )
 from difforge.data.digits import DIGITS_CLASSES, load_digits
+from difforge.data.fashion_colour import load_fashion_colour
 from difforge.data.folder import IMAGE_EXTENSIONS, load_image_folder
 from difforge.data.idx import (
     FASHION_MNIST_CLASSES,
@@ -30,6 +31,7 @@ __all__ = [
     "from_model_output",
     "load_dataset",
     "load_digits",
+    "load_fashion_colour",
     "load_fashion_mnist",
     "load_image_folder",
     "read_idx",

@@ -7,6 +7,7 @@ loader can move uint8 (4x smaller) to the device first.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -19,16 +20,23 @@ from difforge.io.space import from_model_output, to_model_input  # noqa: F401 - 
 
 @dataclass(frozen=True, eq=False, repr=False)
 class ImageDataset:
-    """Images as uint8 (N, C, H, W), optional int64 labels (N,) and their class names.
+    """Images as uint8 (N, C, H, W), optional int64 labels (N,) and their class names,
+    optional captions and optional per-image attributes.
 
     `labels` and `class_names` are both given (labelled) or both None (unlabelled);
-    labels index `class_names`.
+    labels index `class_names`. `captions` holds one string per image (text-to-image
+    data). `attributes` maps a name to an int64 (N,) tensor of per-image facts that
+    evaluation checks (e.g. the colour index of a generated set's garments). Every
+    operation that selects or converts images (`subset`, `split_validation`, the
+    channel conversion of `load_dataset`) keeps captions and attributes aligned.
     """
 
     images: torch.Tensor
     labels: torch.Tensor | None = None
     class_names: list[str] | None = None
     name: str = "images"
+    captions: list[str] | None = None
+    attributes: dict[str, torch.Tensor] | None = None
 
     def __post_init__(self) -> None:
         x, y = self.images, self.labels
@@ -48,6 +56,20 @@ class ImageDataset:
                     f"got {int(y.min())}..{int(y.max())}"
                 )
             object.__setattr__(self, "class_names", list(self.class_names))
+        if self.captions is not None:
+            if isinstance(self.captions, str) or not all(isinstance(c, str) for c in self.captions):
+                raise ValueError("captions must be a list of strings, one per image")
+            if len(self.captions) != x.shape[0]:
+                raise ValueError(
+                    f"captions must have one string per image: {len(self.captions)} for {x.shape[0]} images"
+                )
+            object.__setattr__(self, "captions", list(self.captions))
+        if self.attributes is not None:
+            for key, a in self.attributes.items():
+                if not isinstance(a, torch.Tensor) or a.dtype != torch.int64 or a.shape != (x.shape[0],):
+                    got = f"{a.dtype} {tuple(a.shape)}" if isinstance(a, torch.Tensor) else type(a).__name__
+                    raise ValueError(f"attribute {key!r} must be int64 ({x.shape[0]},), got {got}")
+            object.__setattr__(self, "attributes", dict(self.attributes))
 
     def __len__(self) -> int:
         return self.images.shape[0]
@@ -55,7 +77,10 @@ class ImageDataset:
     def __repr__(self) -> str:
         return (
             f"ImageDataset(name={self.name!r}, n={len(self)}, channels={self.channels}, "
-            f"size={self.images.shape[2]}x{self.images.shape[3]}, num_classes={self.num_classes})"
+            f"size={self.images.shape[2]}x{self.images.shape[3]}, num_classes={self.num_classes}"
+            + (", captioned" if self.captions is not None else "")
+            + (f", attributes={sorted(self.attributes)}" if self.attributes else "")
+            + ")"
         )
 
     @property
@@ -71,15 +96,21 @@ class ImageDataset:
         return self.images.shape[2]
 
     def subset(self, indices: Sequence[int] | np.ndarray | torch.Tensor) -> ImageDataset:
-        """The images (and labels) at `indices`, in that order; copies."""
+        """The images (and labels, captions, attributes) at `indices`, in that order; copies."""
         idx = torch.as_tensor(np.asarray(indices) if not isinstance(indices, torch.Tensor) else indices)
         idx = idx.to(torch.int64).reshape(-1)
-        return ImageDataset(
+        return self.replace(
             images=self.images.index_select(0, idx),
             labels=None if self.labels is None else self.labels.index_select(0, idx),
-            class_names=self.class_names,
-            name=self.name,
+            captions=None if self.captions is None else [self.captions[i] for i in idx.tolist()],
+            attributes=None if self.attributes is None else {
+                k: a.index_select(0, idx) for k, a in self.attributes.items()},
         )
+
+    def replace(self, **changes) -> ImageDataset:
+        """A copy with `changes` (field name -> value); every other field is carried over.
+        The one way to rebuild a dataset from another, so that no field is forgotten."""
+        return dataclasses.replace(self, **changes)
 
 
 def _val_count(fraction: float, n: int) -> int:
@@ -137,5 +168,5 @@ def _with_channels(ds: ImageDataset, channels: int | None) -> ImageDataset:
     if channels is None or channels == ds.channels:
         return ds
     if channels == 3 and ds.channels == 1:
-        return ImageDataset(ds.images.repeat(1, 3, 1, 1), ds.labels, ds.class_names, ds.name)
+        return ds.replace(images=ds.images.repeat(1, 3, 1, 1))
     raise ValueError(f"dataset {ds.name!r} has {ds.channels} channel(s); cannot give {channels}")

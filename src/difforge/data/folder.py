@@ -16,6 +16,10 @@ decoder the task commands and the HTTP API share.
 With `channels=None` the set is grayscale (1) when every image is: grayscale modes, or
 colour images whose three channels are equal; otherwise RGB (3).
 
+Captions (text-to-image): a `metadata.jsonl` at the root or a `.txt` beside each image
+(`difforge.data.captions`); in a captioned folder images without a usable caption are
+skipped and reported like undecodable ones, and the dataset's `captions` hold the rest's.
+
 Sizing: each image is center-cropped to its largest centred square and resized to
 `size` x `size` with Lanczos in one step. The default `size` is the median of the images'
 shorter sides, capped at 64 (DEFAULT_MAX_SIZE): never larger than needed for a laptop,
@@ -32,6 +36,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from difforge.data.captions import METADATA_FILE, read_folder_captions
 from difforge.data.dataset import ImageDataset
 from difforge.io.decode import MAX_PIXELS, decode_image, open_image
 
@@ -101,13 +106,18 @@ def load_image_folder(
     size: int | None = None,
     background: int = 255,
     max_pixels: int = MAX_PIXELS,
+    captions: bool | None = None,
 ) -> tuple[ImageDataset, Skipped]:
     """Load every image under `root` into memory as uint8 (N, C, size, size).
 
     channels: 1 (grayscale) or 3 (RGB); None: 1 when every image is grayscale, else 3.
     size: square side; None: min(DEFAULT_MAX_SIZE, median of the images' shorter sides).
     background: gray level (0..255) that transparent pixels are composited over.
-    Returns (dataset, skipped) where skipped lists (path, reason) for every file not used.
+    captions: None reads captions when the folder has them (`metadata.jsonl` or `.txt`
+      files beside images), True requires them, False ignores them (caption files are
+      then reported as unsupported files).
+    Returns (dataset, skipped) where skipped lists (path, reason) for every file not used
+    and every caption problem.
     """
     root = Path(root)
     if channels not in (None, 1, 3):
@@ -121,6 +131,18 @@ def load_image_folder(
         raise ValueError(
             f"no images found in {root} (extensions {', '.join(sorted(IMAGE_EXTENSIONS))})"
         )
+    texts: dict[Path, str] | None = None
+    if captions is not False:
+        found = read_folder_captions(root, [p for p, _ in files], skipped)
+        if found is None and captions:
+            raise ValueError(f"no captions in {root}: expected a {METADATA_FILE} or a .txt beside each image")
+        if found is not None:
+            texts = found.captions
+            skipped = [(p, r) for p, r in skipped if Path(p) not in found.used] + found.problems
+            files = [(p, cls) for p, cls in files if p in texts]
+            if not files:
+                first = f"; first: {found.problems[0][0]}: {found.problems[0][1]}" if found.problems else ""
+                raise ValueError(f"no captioned images in {root} ({len(found.problems)} caption problems{first})")
 
     if size is None:  # headers only: cheap
         sides, readable = [], []
@@ -138,10 +160,12 @@ def load_image_folder(
 
     arrays: list[np.ndarray] = []
     classes: list[str | None] = []
+    kept: list[Path] = []
     for path, cls in files:
         try:
             arrays.append(_decode(path, size, channels, background, max_pixels))
             classes.append(cls)
+            kept.append(path)
         except MemoryError:
             raise
         except Exception as e:
@@ -168,5 +192,6 @@ def load_image_folder(
         labels=labels,
         class_names=class_names,
         name=root.resolve().name or str(root),
+        captions=None if texts is None else [texts[p] for p in kept],
     )
     return dataset, skipped

@@ -6,6 +6,7 @@ from __future__ import annotations
 from difforge.config import DATASETS, DataConfig
 from difforge.data.dataset import DatasetBundle, _with_channels, split_validation
 from difforge.data.digits import load_digits
+from difforge.data.fashion_colour import load_fashion_colour
 from difforge.data.folder import load_image_folder
 from difforge.data.idx import load_fashion_mnist
 from difforge.data.store import load_store
@@ -16,12 +17,16 @@ def load_dataset(cfg: DataConfig) -> DatasetBundle:
 
     fashion-mnist: train/val from the 60k train part, test = the 10k t10k part;
       `cfg.path` overrides the folder.
+    fashion-colour: the captioned colour set drawn from Fashion-MNIST (`data/fashion_colour.py`,
+      seed 0): train/val from the 60k train part (no held-out garment x colour pair),
+      test from the t10k part; `cfg.path` overrides the Fashion-MNIST folder.
     digits: train/val from all 1797 images; test None (too few to spare; val is held out).
     folder: train/val from the images under `cfg.path`; test None; `cfg.image_size`,
       when given, is the load size, else see `load_image_folder`.
     prepared: the splits of the `difforge prepare` store at `cfg.path`, memory-mapped:
       train, val and test as stored (`cfg.val_fraction` and `split_seed` do not apply).
-    `cfg.channels` = 3 on a grayscale set repeats the channel. Labels are always kept.
+    `cfg.channels` = 3 on a grayscale set repeats the channel. Labels, captions and
+    attributes are always kept.
     """
     skipped: list[tuple[str, str]] = []
     test = None
@@ -29,6 +34,8 @@ def load_dataset(cfg: DataConfig) -> DatasetBundle:
         return _load_prepared(cfg)
     if cfg.dataset == "fashion-mnist":
         full, test = load_fashion_mnist(cfg.path)
+    elif cfg.dataset == "fashion-colour":
+        full, test = load_fashion_colour(cfg.path)
     elif cfg.dataset == "digits":
         full = load_digits()
     elif cfg.dataset == "folder":
