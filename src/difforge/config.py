@@ -39,6 +39,9 @@ class ModelConfig:
     label_dropout: float = 0.1  # per-sample probability of the null label (for CFG)
     task: str = "generate"  # generate | superres (SR3: conditioned on the upsampled low-res image)
     scale: int = 2  # superres: upscaling factor (low-res side = image side / scale)
+    text_encoder: str | None = None  # scratch | minilm: condition on the data's captions (text-to-image)
+    caption_dropout: float = 0.1  # per-sample probability of the empty prompt (for CFG on text)
+    max_tokens: int = 64  # prompt length limit of the text encoder, in its tokens
     grad_checkpoint: bool = False  # recompute the UNet blocks' activations in backward: less memory, ~30% slower
 
 
@@ -236,6 +239,14 @@ def validate(cfg: RunConfig) -> RunConfig:
     need(d.image_size is None or d.image_size >= 4, f"data.image_size must be >= 4, got {d.image_size}")
     need(0 <= d.val_fraction < 1, f"data.val_fraction must be in [0, 1), got {d.val_fraction}")
     need(0 <= m.label_dropout < 1, f"model.label_dropout must be in [0, 1), got {m.label_dropout}")
+    from difforge.models.conditioning import TEXT_ENCODERS
+
+    need(m.text_encoder in (None, *TEXT_ENCODERS), f"unknown text encoder {m.text_encoder!r}; expected one of "
+         f"{list(TEXT_ENCODERS)}")
+    need(m.text_encoder is None or m.task == "generate", "a text encoder conditions generation (task generate), "
+         f"not {m.task!r}")
+    need(0 <= m.caption_dropout < 1, f"model.caption_dropout must be in [0, 1), got {m.caption_dropout}")
+    need(2 <= m.max_tokens <= 256, f"model.max_tokens must be in 2..256, got {m.max_tokens}")
     need(f.timesteps >= 2, f"diffusion.timesteps must be >= 2, got {f.timesteps}")
     need(t.precision in PRECISIONS, f"unknown precision {t.precision!r}; expected one of {sorted(PRECISIONS)}")
     need(

@@ -96,22 +96,50 @@ class Pipeline:
         classes = list(range(self.num_classes)) if classes is None else list(classes)
         return torch.tensor(classes, dtype=torch.long).repeat_interleave(per_class)
 
+    def default_prompts(self, per_prompt: int = 1) -> list[str]:
+        """A text model's example prompts (its card's), each `per_prompt` times in a row."""
+        return [p for p in (self.card.prompts or ("",)) for _ in range(per_prompt)]
+
+    @property
+    def takes_text(self) -> bool:
+        """Whether this is a text-to-image model (`generate(prompts=...)`)."""
+        return self.card.conditioning.kind == "text"
+
+    def encode_prompts(self, prompts: Sequence[str]):
+        """Prompts as the network's conditioning (a `TextCond` on this pipeline's device);
+        a one-line error for a prompt over the model's token limit or a non-text model."""
+        if not self.takes_text:
+            raise ValueError("this model is not a text-to-image model: it takes no prompt")
+        if isinstance(prompts, str) or not all(isinstance(p, str) for p in prompts):
+            raise ValueError("prompts must be a list of strings")
+        return self.card.conditioning.conditioner()(list(prompts), device=self.device)
+
     @property
     def default_cfg(self) -> float | None:
         """The guidance scale when none is given: DEFAULT_CFG, 1 (none) for a model without a
         learned null class, None for an unconditional model."""
+        if self.takes_text:
+            return DEFAULT_CFG
         if not self.num_classes:
             return None
         return DEFAULT_CFG if self.card.conditioning.has_null else 1.0
 
     def denoiser(
-        self, cfg: float | None = None, clip: bool = True, cfg_rescale: float = 0.0, threshold: float | None = None
+        self, cfg: float | None = None, clip: bool = True, cfg_rescale: float = 0.0, threshold: float | None = None,
+        negative_prompt: str | None = None,
     ) -> nn.Module:
         """D(x, sigma, cond) with guidance (conditional models; default scale `default_cfg`,
         optional guidance rescale phi = `cfg_rescale`) and x0 kept in [-1, 1]: by static
-        clipping (`clip`), or by dynamic thresholding at percentile `threshold` (Imagen)."""
+        clipping (`clip`), or by dynamic thresholding at percentile `threshold` (Imagen).
+        A text model's unconditional branch is the empty prompt, or `negative_prompt`."""
         d: nn.Module = self.model
-        if self.num_classes:
+        if negative_prompt is not None and not self.takes_text:
+            raise ValueError("a negative prompt needs a text-to-image model")
+        if self.takes_text:
+            scale = self.default_cfg if cfg is None else cfg
+            null = self.encode_prompts([negative_prompt or ""])
+            d = CFGDenoiser(d, scale, null=null, rescale=cfg_rescale)
+        elif self.num_classes:
             scale = self.default_cfg if cfg is None else cfg
             null = self.card.conditioning.null_label
             if null is None and (scale != 1.0 or cfg_rescale):
@@ -172,9 +200,15 @@ class Pipeline:
         seeds: Sequence[int] | None = None,
         generator: torch.Generator | Sequence[torch.Generator] | None = None,
         output_type: str = "pt",
+        prompts: Sequence[str] | None = None,
+        negative_prompt: str | None = None,
         **options,
     ) -> tuple[torch.Tensor | np.ndarray | list, torch.Tensor | None]:
         """Sample images; image i uses seed `seed + i` (or `seeds[i]` when given), whatever the batch size.
+
+        A text-to-image model draws one image per prompt of `prompts` (or `n` of the empty
+        prompt), guided away from `negative_prompt` when given (it replaces the empty prompt
+        as the unconditional branch of classifier-free guidance).
 
         `generator` replaces the seeds: a list of `torch.Generator`s, one per image (image i
         draws all its noise from `generator[i]`, so `[Generator().manual_seed(s) for s in
@@ -193,7 +227,19 @@ class Pipeline:
             raise ValueError(f"unknown output_type {output_type!r}; expected one of {list(OUTPUT_TYPES)}")
         sample_fn = self._sampler(sampler, options)
         options = self.sampler_defaults(sampler, options)
-        if labels is not None:
+        text = None
+        if prompts is not None or self.takes_text:
+            if labels is not None:
+                raise ValueError("a text-to-image model takes prompts, not class labels")
+            if prompts is None:  # the empty prompt: unconditional samples
+                if n is None or n < 1:
+                    raise ValueError(f"number of images must be >= 1, got {n}")
+                prompts = [""] * n
+            if isinstance(prompts, str) or len(prompts) == 0:
+                raise ValueError("prompts must be a non-empty list of strings")
+            text = self.encode_prompts(prompts)
+            n = len(text)
+        elif labels is not None:
             if not self.num_classes:
                 raise ValueError("this model is unconditional: it takes no class labels")
             n = len(labels)
@@ -202,7 +248,7 @@ class Pipeline:
         if n is None or n < 1:
             raise ValueError(f"number of images must be >= 1, got {n}")
         gens_of = _noise_source(n, seed, seeds, generator)
-        den = self.denoiser(cfg, clip, cfg_rescale, threshold).to(self.device)
+        den = self.denoiser(cfg, clip, cfg_rescale, threshold, negative_prompt).to(self.device)
         sigmas = self.sigmas(sampler, steps, grid)
         size, c = self.card.image_size, self.card.channels
         out = []
@@ -213,6 +259,7 @@ class Pipeline:
             x = randn_like(torch.empty(stop - start, c, size, size), gens)
             x = (x * prior_std).to(self.device)
             cond = labels[start:stop].to(self.device) if labels is not None else None
+            cond = text[start:stop] if text is not None else cond
             x = sample_fn(den, x, sigmas, generator=gens, callback=callback, cond=cond, **options)
             out.append(self.to_images(x))
         return uint8_as(torch.cat(out), output_type), labels
@@ -252,18 +299,19 @@ class Pipeline:
         grid = to_uint8(torch.cat([truth, nearest, out]))
         return save_grid(grid, path, nrow=len(truth), scale=2 if self.card.native_size <= 32 else 1)
 
-    def _layout(self, images: torch.Tensor, labels: torch.Tensor | None) -> dict:
-        """One grid row per class when labelled in class blocks, else rows of 10."""
-        nrow = 10
+    def _layout(self, images: torch.Tensor, labels: torch.Tensor | None, per_row: int | None = None) -> dict:
+        """One grid row per class when labelled in class blocks, else rows of `per_row` (10)."""
+        nrow = per_row or 10
         if labels is not None and self.num_classes:
             per = int((labels == labels[0]).sum())
             nrow = per if per > 1 else min(10, len(labels))
         return {"nrow": nrow, "scale": 2 if images.shape[-1] <= 32 else 1}
 
-    def save_grid(self, images: torch.Tensor, path: str | Path, labels: torch.Tensor | None = None) -> Path:
+    def save_grid(self, images: torch.Tensor, path: str | Path, labels: torch.Tensor | None = None,
+                  per_row: int | None = None) -> Path:
         from difforge.io import save_grid
 
-        return save_grid(images, path, **self._layout(images, labels))
+        return save_grid(images, path, **self._layout(images, labels, per_row))
 
     def save_gif(self, frames: Sequence[torch.Tensor], path: str | Path, labels: torch.Tensor | None = None) -> Path:
         """uint8 image batches, one per frame, as an animated GIF of grids laid out as `save_grid`."""

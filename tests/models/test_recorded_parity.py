@@ -11,7 +11,13 @@
   agrees to rounding rather than bit for bit.
 
 Every value was recorded single-threaded; the tests run so too (CPU kernels may sum in
-another order with more threads).
+another order with more threads). They were recorded on a CPU whose torch kernel level is
+AVX512: there, results must agree bit for bit (uint8 images) and to 1e-6. Other kernel
+levels (AVX2) vectorise float32 sums differently, which moves single denoiser outputs by
+~1e-6 relative and, over a sampling trajectory with a perturbed network, final samples by
+up to ~4e-4 of their scale (measured on an AVX2 CPU); there the checks run at 1e-3 and
+compare the float samples rather than the hash of their rounding to uint8. A change of
+behaviour (a wrong coefficient, a skipped step) moves them by far more.
 """
 
 from __future__ import annotations
@@ -45,11 +51,16 @@ def one_thread():
     torch.set_num_threads(before)
 
 
+RECORDED_KERNELS = "AVX512"
+SAME_KERNELS = torch.backends.cpu.get_cpu_capability() == RECORDED_KERNELS
+REL = 1e-6 if SAME_KERNELS else 1e-3
+
+
 def uint8_sha(images: torch.Tensor) -> str:
     return hashlib.sha256(images.contiguous().numpy().tobytes()).hexdigest()
 
 
-def check_stats(t: torch.Tensor, rec: dict, rel: float = 1e-6) -> None:
+def check_stats(t: torch.Tensor, rec: dict, rel: float = REL) -> None:
     """`t` against a recorded fingerprint: same shape and dtype, sums equal to `rel`."""
     assert list(t.shape) == rec["shape"] and str(t.dtype) == rec["dtype"]
     v = t.detach().double().flatten()
@@ -57,10 +68,13 @@ def check_stats(t: torch.Tensor, rec: dict, rel: float = 1e-6) -> None:
     scale = float((v * v).sum()) + float(v.abs().sum())  # what rounding of the elements can move a sum by
     for name, got in (("sum", v.sum()), ("sq", (v * v).sum()), ("proj", (v * w).sum())):
         assert float(got) == pytest.approx(rec[name], rel=rel, abs=rel * scale), name
-    assert v[:6].tolist() == pytest.approx(rec["head"], rel=rel, abs=rel)
+    # single elements: a trajectory through a perturbed network amplifies kernel rounding
+    # in a few of them (up to 0.012 measured on AVX2) while the sums above stay within 4e-4
+    head = rel if SAME_KERNELS else 0.05
+    assert v[:6].tolist() == pytest.approx(rec["head"], rel=head, abs=head)
 
 
-def check_numbers(got: dict, rec: dict, rel: float = 1e-6) -> None:
+def check_numbers(got: dict, rec: dict, rel: float = REL) -> None:
     for k, v in rec.items():
         if isinstance(v, dict):
             check_numbers(got[k], v, rel)
@@ -130,7 +144,8 @@ def test_denoiser_and_samplers_as_recorded(framework, prediction):
             x = get_sampler(name)(pipe.denoiser(2.0), x, sigmas, generator=gens, cond=labels)
         check_stats(x, rec["samplers"][name]["x"])
         images, _ = pipe.generate(labels=labels, sampler=name, steps=3, seed=3)
-        assert uint8_sha(images) == rec["samplers"][name]["generate"]["sha256"], name
+        if SAME_KERNELS:  # elsewhere a float sample may round to the neighbouring uint8 level
+            assert uint8_sha(images) == rec["samplers"][name]["generate"]["sha256"], name
     assert set(rec["samplers"]) == (set(SAMPLERS) if prediction == ALLOWED_PREDICTIONS[framework][0] else
                                     {"ddim", "heun"})
 

@@ -17,7 +17,7 @@ SAMPLER_NAMES = ("ddpm", "ddim", "euler", "euler-a", "heun", "dpmpp-2m", "dpmpp-
                  "langevin", "reverse-sde", "pc")
 FRAMEWORK_NAMES = ("ddpm", "ncsn", "vp-sde", "subvp-sde", "ve-sde", "edm")  # difforge.diffusion.frameworks
 GRID_NAMES = ("leading", "trailing", "linspace", "karras", "log-snr")
-DATASET_NAMES = ("fashion-mnist", "digits")  # the built-in datasets --dataset offers
+DATASET_NAMES = ("fashion-mnist", "fashion-colour", "digits")  # the built-in datasets --dataset offers
 GIF_FRAMES = 16  # at most this many frames of the denoising, plus the final images
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")  # what a grid or picture --out may end in
 

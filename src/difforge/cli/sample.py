@@ -18,6 +18,11 @@ SAMPLER_FLAGS = (("--eta", "eta"), ("--snr", "snr"), ("--corrector-steps", "corr
 @click.option("--n", "n", type=int, help="Images in all. [default: 10 per class, or 64 unconditional]")
 @click.option("--class", "klass", help="Sample only this class (index or name).")
 @click.option("--classes", help="Comma-separated classes (indices or names), one grid row each.")
+@click.option("--prompt", "prompts", multiple=True, help="Text-to-image models: a prompt (repeat for several, one "
+              "grid row each). [default: the model's example prompts]")
+@click.option("--prompts-file", type=click.Path(dir_okay=False), help="Text-to-image models: prompts, one per line.")
+@click.option("--negative-prompt", help="Text-to-image models: what to guide away from (replaces the empty prompt "
+              "as classifier-free guidance's unconditional branch).")
 @click.option("--cfg", type=float, help=f"Classifier-free guidance scale (1: none). [default: {DEFAULT_CFG:g}]")
 @click.option("--cfg-rescale", type=float, default=0.0, help="Guidance rescale phi in [0, 1] (Lin et al. 2024; 0.7 is "
               "typical): pulls the guided prediction's spread back to the conditional one's. [default: 0, off]")
@@ -53,7 +58,8 @@ SAMPLER_FLAGS = (("--eta", "eta"), ("--snr", "snr"), ("--corrector-steps", "corr
 @click.option("--n-steps-each", type=int, help="langevin: steps per noise level. [default: 5]")
 @click.option("--device", default="auto", show_default=True)
 @no_progress_option
-def sample(model_dir, out, n, klass, classes, cfg, cfg_rescale, threshold, sampler, steps, grid, seed, ema, npz,
+def sample(model_dir, out, n, klass, classes, prompts, prompts_file, negative_prompt, cfg, cfg_rescale, threshold,
+           sampler, steps, grid, seed, ema, npz,
            png_dir, gif, device, no_progress, **flags) -> None:
     """Generate images from a run directory or an exported model directory."""
     from difforge.pipeline import load_pipeline
@@ -65,19 +71,22 @@ def sample(model_dir, out, n, klass, classes, cfg, cfg_rescale, threshold, sampl
         _check_outputs(out, npz, gif, png_dir)
         pipe = load_pipeline(model_dir, ema=ema, device=resolve_device(device))
         labels = _labels(pipe, n, klass, classes)
+        text, per_row = _prompts(pipe, n, prompts, prompts_file, negative_prompt)
         options = _sampler_options(sampler, flags)
         from difforge.sampling import few_steps_warning
 
         warning = few_steps_warning(sampler, steps)
         if warning:
             click.echo(f"warning: {warning}", err=True)
-        total = len(labels) if labels is not None else (n or 64)
+        total = len(labels) if labels is not None else len(text) if text else (n or 64)
+        if text:
+            options.update(prompts=text, negative_prompt=negative_prompt)
         images, labels, frames = _generate(pipe, total, labels, bool(gif), no_progress, cfg=cfg, sampler=sampler,
                                            steps=steps, grid=grid, seed=seed, cfg_rescale=cfg_rescale,
                                            threshold=threshold, **options)
     except (ValueError, FileNotFoundError) as e:
         _fail(e)
-    _write(pipe, images, labels, frames, out=out, npz=npz, png_dir=png_dir, gif=gif)
+    _write(pipe, images, labels, frames, out=out, npz=npz, png_dir=png_dir, gif=gif, per_row=per_row)
 
 
 def _check_outputs(out: str, npz: str | None, gif: str | None, png_dir: str | None) -> None:
@@ -125,6 +134,32 @@ def _sampler_options(sampler: str, flags: dict) -> dict:
     return options
 
 
+def _prompts(pipe, n: int | None, prompts: tuple[str, ...], prompts_file: str | None,
+             negative_prompt: str | None) -> tuple[list[str] | None, int | None]:
+    """A text model's prompt of every image (each prompt ceil(n / prompts) times, 10 by
+    default, one grid row each) and the row length; (None, None) for other models."""
+    from pathlib import Path
+
+    given = list(prompts)
+    if prompts_file:
+        try:
+            given += [line.strip() for line in Path(prompts_file).read_text(encoding="utf-8").splitlines()
+                      if line.strip()]
+        except (OSError, UnicodeDecodeError) as e:
+            raise ValueError(f"--prompts-file {prompts_file}: cannot read it ({e})") from None
+        if not given:
+            raise ValueError(f"--prompts-file {prompts_file} holds no prompt")
+    if not pipe.takes_text:
+        if given or negative_prompt is not None:
+            raise ValueError("--prompt, --prompts-file and --negative-prompt need a text-to-image model "
+                             "(difforge train --text-encoder ...)")
+        return None, None
+    given = given or list(pipe.card.prompts or [""])
+    per = -(-n // len(given)) if n else 10
+    every = [p for p in given for _ in range(per)]
+    return every[: n or len(every)], per
+
+
 def _generate(pipe, n: int, labels, keep_frames: bool, no_progress: bool, *, sampler: str, steps, grid, **kw):
     """(images, labels, GIF frames by step), with a bar counting sampler steps over all batches."""
     from tqdm.auto import tqdm
@@ -147,8 +182,8 @@ def _generate(pipe, n: int, labels, keep_frames: bool, no_progress: bool, *, sam
 
 
 def _write(pipe, images, labels, frames: dict, *, out: str, npz: str | None, png_dir: str | None,
-           gif: str | None) -> None:
-    path = pipe.save_grid(images, out, labels)
+           gif: str | None, per_row: int | None = None) -> None:
+    path = pipe.save_grid(images, out, labels, per_row=per_row)
     click.echo(f"wrote {path} ({len(images)} images)")
     if npz:
         from difforge.io import save_npz

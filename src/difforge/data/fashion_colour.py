@@ -327,3 +327,16 @@ def prompt_targets(prompts: list[AttributePrompt]) -> dict[str, torch.Tensor]:
     `attributes` ("garment", "colour", "size", "position")."""
     return {k: torch.tensor([getattr(p, k) for p in prompts], dtype=torch.int64)
             for k in ("garment", "colour", "size", "position")}
+
+
+def example_prompts() -> list[str]:
+    """One training-style prompt per garment, each large and in the next colour (skipping a
+    held-out pair): the rows of a text model's preview grid."""
+    heldout = set(heldout_pair_indices())
+    out = []
+    for g in range(len(GARMENTS)):
+        c = g % len(COLOURS)
+        while (g, c) in heldout:
+            c = (c + 1) % len(COLOURS)
+        out.append(caption(g, c, LARGE, 0))
+    return out

@@ -79,7 +79,8 @@ class ModelCard:
     """A trained model's description (module docstring). `image_size` is the network's
     input size, `native_size` the data's (padded or resized to it); `class_names` name the
     classes of a class-conditional model; `step` and `weights` ("ema" / "raw") are set on
-    exported models."""
+    exported models; `prompts`, example prompts of a text-to-image model (its training
+    previews and the default of `difforge sample`)."""
 
     architecture: Architecture
     image_size: int
@@ -92,8 +93,11 @@ class ModelCard:
     dataset: str | None = None
     step: int | None = None
     weights: str | None = None
+    prompts: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
+        if self.prompts is not None:
+            object.__setattr__(self, "prompts", tuple(str(p) for p in self.prompts))
         check_framework(self.diffusion, self.prediction)
         object.__setattr__(self, "prediction", resolve_prediction(self.diffusion.framework, self.prediction))
         if self.channels < 1 or self.image_size < 1 or self.native_size < 1:
@@ -173,7 +177,8 @@ class ModelCard:
                 "diffusion": self.diffusion.to_dict(), "prediction": self.prediction,
                 "conditioning": self.conditioning.to_dict(),
                 "class_names": None if self.class_names is None else list(self.class_names),
-                "dataset": self.dataset, "step": self.step, "weights": self.weights}
+                "dataset": self.dataset, "step": self.step, "weights": self.weights,
+                **({"prompts": list(self.prompts)} if self.prompts is not None else {})}
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> ModelCard:
@@ -215,7 +220,7 @@ def _from_v2(cls: type[ModelCard], d: Mapping[str, Any]) -> ModelCard:
     return cls(Architecture(arch["preset"], kwargs) if kwargs is not None else Architecture.of_preset(arch["preset"]),
                int(d["image_size"]), int(d["native_size"]), int(d["channels"]),
                FrameworkSpec.from_dict(d["diffusion"]), d.get("prediction"), conditioning_from_dict(d["conditioning"]),
-               d.get("class_names"), d.get("dataset"), d.get("step"), d.get("weights"))
+               d.get("class_names"), d.get("dataset"), d.get("step"), d.get("weights"), d.get("prompts"))
 
 
 def _from_v1(cls: type[ModelCard], d: Mapping[str, Any]) -> ModelCard:

@@ -12,7 +12,8 @@ def draw_previews(trainer, name: str, nets: tuple[tuple[str, nn.Module], ...],
                   per_class: int) -> Iterator[tuple[str, Path]]:
     """For each (tag, network): samples/NAME{tag}.png; yields (tag, path).
 
-    A class-conditional or unconditional model draws a grid (one row per class); an SR3
+    A class-conditional or unconditional model draws a grid (one row per class; a text
+    model, one row per example prompt of its card); an SR3
     model upscales held-out images (`Pipeline.save_upscale_grid`).
     """
     for tag, net in nets:
@@ -45,10 +46,11 @@ def _sample_grid(trainer, net: nn.Module, path: Path, title: str, per_class: int
 
     pipe = Pipeline(trainer.card.denoiser(net), trainer.card, trainer.device)
     labels = pipe.default_labels(per_class=per_class)
-    n = len(labels) if labels is not None else 10 * per_class
+    prompts = pipe.default_prompts(per_class) if pipe.takes_text else None
+    n = len(labels) if labels is not None else len(prompts) if prompts else 10 * per_class
     steps = len(pipe.sigmas("ddim")) - 1
     with tqdm(total=steps * -(-n // 100), desc=f"samples/{title}.png", unit="step", leave=False,
               disable=not trainer.progress, dynamic_ncols=True) as bar:
-        images, _ = pipe.generate(labels=labels, n=None if labels is not None else n, seed=0,
+        images, _ = pipe.generate(labels=labels, n=None if labels is not None else n, seed=0, prompts=prompts,
                                   callback=lambda d: bar.update(1))
-    return pipe.save_grid(images, path, labels)
+    return pipe.save_grid(images, path, labels, per_row=per_class if prompts else None)

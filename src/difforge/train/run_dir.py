@@ -16,7 +16,7 @@ from difforge.config import (
 )
 from difforge.diffusion.frameworks import FrameworkSpec
 from difforge.models.card import Architecture, ModelCard
-from difforge.models.conditioning import ClassLabels, LowResImage, Unconditional
+from difforge.models.conditioning import ClassLabels, LowResImage, TextPrompts, Unconditional
 from difforge.runs import is_run_dir, step_dirs
 from difforge.train.checkpoint import clean_stale
 
@@ -65,16 +65,30 @@ def create_run_dir(cfg: RunConfig, run_dir: Path, resume: bool, card, skipped: l
     card.save(run_dir / "model.json")
 
 
+def example_prompts(ds, n: int = 10) -> list[str]:
+    """A text model's example prompts: the built-in set's designed ones, else the first `n`
+    distinct captions of `ds`."""
+    if ds.name == "fashion-colour":
+        from difforge.data.fashion_colour import example_prompts as designed
+
+        return designed()
+    return list(dict.fromkeys(ds.captions))[:n]
+
+
 def model_card(cfg: RunConfig, bundle, image_size: int, num_classes: int | None) -> ModelCard:
     """What a sampler needs to rebuild the model: written as model.json / config.json.
     ValueError for a super-resolution scale the data's size does not allow."""
+    prompts = None
     if cfg.model.task == "superres":
         conditioning = LowResImage(cfg.model.scale)
         conditioning.check(bundle.native_size, image_size)
+    elif cfg.model.text_encoder is not None:
+        conditioning = TextPrompts(cfg.model.text_encoder, cfg.model.max_tokens)
+        prompts = example_prompts(bundle.val if bundle.val is not None and len(bundle.val) else bundle.train)
     elif num_classes:
         conditioning = ClassLabels(num_classes)
     else:
         conditioning = Unconditional()
     return ModelCard(Architecture.of_preset(cfg.model.preset), image_size, bundle.native_size, bundle.channels,
                      FrameworkSpec.from_dict(config_to_dict(cfg)["diffusion"]), cfg.diffusion.prediction,
-                     conditioning, bundle.class_names if num_classes else None, cfg.data.dataset)
+                     conditioning, bundle.class_names if num_classes else None, cfg.data.dataset, prompts=prompts)

@@ -69,7 +69,12 @@ class Trainer(FaultHandling):
         self.bundle = load_dataset(cfg.data)
         self.train_set = self.bundle.train
         generate = cfg.model.conditional and cfg.model.task == "generate"
-        self.num_classes = self.train_set.num_classes if generate else None
+        self.text = cfg.model.text_encoder is not None
+        if self.text and self.train_set.captions is None:
+            raise ConfigError(f"--text-encoder {cfg.model.text_encoder} needs captions, and dataset "
+                              f"{self.train_set.name!r} has none: use a folder with metadata.jsonl or a .txt beside "
+                              "each image, or --dataset fashion-colour")
+        self.num_classes = self.train_set.num_classes if generate and not self.text else None
         mult = size_multiple(cfg.model.preset)
         self.image_size = cfg.data.image_size or math.ceil(self.bundle.native_size / mult) * mult
         if self.image_size % mult:
@@ -93,6 +98,7 @@ class Trainer(FaultHandling):
             self.card = model_card(self.cfg, self.bundle, self.image_size, self.num_classes)
         except ValueError as e:
             raise ConfigError(str(e)) from None
+        self.captions = self.val_captions = None  # text: each split's captions, encoded once
         self.cond_image = None  # superres: makes each batch's conditioning image from x0 (SR3)
         if self.card.task == "superres":
             self.cond_image = functools.partial(self.card.conditioning.from_clean, native_size=self.card.native_size)
@@ -119,6 +125,8 @@ class Trainer(FaultHandling):
         val = self.bundle.val
         self.val_images = val.images[:VAL_MAX_IMAGES] if val is not None and len(val) else None
         self.val_labels = val.labels[:VAL_MAX_IMAGES] if self.val_images is not None and self.num_classes else None
+        if self.text:
+            self.encode_captions()
 
     # ------------------------------------------------------------------ checkpoints
     def newest_checkpoint(self) -> Path | None:
@@ -195,6 +203,18 @@ class Trainer(FaultHandling):
             return self.checkpoint()
         return self.run_dir / "checkpoints" / f"step-{self.step}"
 
+    def encode_captions(self) -> None:
+        """The training and validation captions as tables of encoded distinct captions."""
+        from difforge.train.captions import CaptionTable
+
+        cache = self.run_dir / "cache" if self.world.main else None
+        spec = self.card.conditioning
+        self.captions = CaptionTable(spec, self.train_set.captions, cache, self.say)
+        if self.val_images is not None:
+            self.val_captions = CaptionTable(spec, self.bundle.val.captions[:VAL_MAX_IMAGES], cache)
+        self.say(f"captions: {self.captions.distinct} distinct of {len(self.captions)} "
+                 f"({self.cfg.model.text_encoder} encoder, caption dropout {self.cfg.model.caption_dropout})")
+
     # ------------------------------------------------------------------ measuring and showing
     def preview(self, name: str, per_class: int = 1) -> None:
         """samples/NAME.png (EMA weights) and NAME-raw.png (raw weights, once they differ)."""
@@ -217,6 +237,7 @@ class Trainer(FaultHandling):
             x0 = to_model_input(self.val_images[i: i + 256], self.image_size).to(self.device)
             cond = self.val_labels[i: i + 256].to(self.device) if self.val_labels is not None else None
             cond = self.cond_image(x0) if self.cond_image is not None else cond
+            cond = self.val_captions.rows(slice(i, i + 256)).to(self.device) if self.val_captions else cond
             loss = self.card.denoiser(net).loss(x0, cond, generator=g, autocast=self.amp_dtype)
             total_loss += loss.item() * len(x0)
             count += len(x0)
@@ -259,6 +280,9 @@ class Trainer(FaultHandling):
         if self.num_classes:  # labels dropped per sample of the global batch, then sliced
             labels = self.card.conditioning.drop(self.train_set.labels[idx], self.cfg.model.label_dropout, self.gen)
             cond = labels[self.rows].to(self.device)
+        if self.captions is not None:  # captions dropped to the empty prompt, the same way
+            texts = self.card.conditioning.drop(self.captions.rows(idx), self.cfg.model.caption_dropout, self.gen)
+            cond = texts[self.rows].to(self.device)
         images = self.train_set.images[idx[self.rows]]
         if self.cfg.data.hflip:  # at the native size, before any padding
             flip = (torch.rand(len(idx), generator=self.gen) < 0.5)[self.rows].view(-1, 1, 1, 1)
