@@ -61,3 +61,10 @@ def test_missing_and_unparsable_files(tmp_path):
     (tmp_path / "bad.yaml").write_text("train: [unclosed\n")
     with pytest.raises(ConfigError, match="cannot parse"):
         load_config(tmp_path / "bad.yaml")
+
+
+def test_the_config_names_the_text_encoders_the_models_have():
+    from difforge.config import TEXT_ENCODERS
+    from difforge.models import conditioning
+
+    assert TEXT_ENCODERS == conditioning.TEXT_ENCODERS

@@ -15,6 +15,7 @@ from typing import Any, get_type_hints
 DATASETS = ("fashion-mnist", "fashion-colour", "digits", "folder", "prepared")
 PRECISIONS = ("fp32", "bf16", "fp16", "auto")  # auto: bf16 where the device computes it natively (runtime.py)
 LR_SCHEDULES = ("onecycle", "cosine", "constant")
+TEXT_ENCODERS = ("scratch", "minilm")  # models/conditioning.py's, named here so that the CLI needs no torch
 
 
 @dataclass(frozen=True)
@@ -239,12 +240,12 @@ def validate(cfg: RunConfig) -> RunConfig:
     need(d.image_size is None or d.image_size >= 4, f"data.image_size must be >= 4, got {d.image_size}")
     need(0 <= d.val_fraction < 1, f"data.val_fraction must be in [0, 1), got {d.val_fraction}")
     need(0 <= m.label_dropout < 1, f"model.label_dropout must be in [0, 1), got {m.label_dropout}")
-    from difforge.models.conditioning import TEXT_ENCODERS
-
     need(m.text_encoder in (None, *TEXT_ENCODERS), f"unknown text encoder {m.text_encoder!r}; expected one of "
          f"{list(TEXT_ENCODERS)}")
     need(m.text_encoder is None or m.task == "generate", "a text encoder conditions generation (task generate), "
          f"not {m.task!r}")
+    need(not (d.hflip and m.text_encoder), "data.hflip mirrors images left-right, which contradicts captions that "
+         "name a side (\"top left\"): a text model trains without it")
     need(0 <= m.caption_dropout < 1, f"model.caption_dropout must be in [0, 1), got {m.caption_dropout}")
     need(2 <= m.max_tokens <= 256, f"model.max_tokens must be in 2..256, got {m.max_tokens}")
     need(f.timesteps >= 2, f"diffusion.timesteps must be >= 2, got {f.timesteps}")

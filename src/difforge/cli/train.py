@@ -10,8 +10,7 @@ from typing import Any, Union, get_args, get_origin, get_type_hints
 import click
 
 from difforge.cli.common import DATASET_NAMES, FRAMEWORK_NAMES, _fail, cli, data_kind, no_progress_option
-from difforge.config import LR_SCHEDULES, PRECISIONS, SECTIONS, RunConfig
-from difforge.models.conditioning import TEXT_ENCODERS
+from difforge.config import LR_SCHEDULES, PRECISIONS, SECTIONS, TEXT_ENCODERS, RunConfig
 
 # Option -> (config key, click type where the key's own type is not enough, help), in the
 # order --help lists them. A bool key makes a flag: "--x/--no-x" sets either value, "--x"
