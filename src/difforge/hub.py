@@ -1,6 +1,6 @@
 """The Hugging Face Hub: models by id from the local cache, and the README model card.
 
-`resolve_model_dir("owner/name")` finds a model downloaded with `huggingface-cli download
+`resolve_model_dir("owner/name")` finds a model downloaded with `hf download
 owner/name` (or any `huggingface_hub` download) in the local Hub cache (`HF_HUB_CACHE`,
 default `$HF_HOME/hub`) and returns its snapshot folder; an existing path is returned as it
 is. difforge never downloads by itself: a model is fetched once, explicitly, and used
@@ -57,7 +57,7 @@ def not_found(path: str | Path) -> str:
     """The one-line reason a model path resolved to nothing."""
     if looks_like_hub_id(str(path)):
         return (f"no such run or model directory: {path} (nor a Hugging Face Hub model in the local cache; "
-                f"download it first: huggingface-cli download {path})")
+                f"download it first: hf download {path})")
     return f"no such run or model directory: {path}"
 
 
@@ -110,7 +110,7 @@ def model_readme(card: ModelCard, *, library: str = "difforge", title: str | Non
                     "`UNet2DModel`" + (f"; label {card.num_classes} is the null class of classifier-free guidance."
                                        if card.conditioning.has_null else "."))
     else:
-        use = ("```bash\nhuggingface-cli download OWNER/NAME   # once; difforge reads the local cache\n"
+        use = ("```bash\nhf download OWNER/NAME   # once; difforge reads the local cache\n"
                "difforge sample OWNER/NAME --out samples.png\n```\n\nEvery command that takes a model directory "
                "takes the Hub id as well (`serve`, `evaluate`, `inpaint`, ...).")
     return (f"---\n{front}\n---\n\n# {title or 'A difforge diffusion model'}\n\n"

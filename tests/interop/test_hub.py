@@ -56,7 +56,7 @@ def test_load_pipeline_takes_a_hub_id_from_the_cache(hub_cache, tmp_path, monkey
     assert by_id.card == by_path.card
     a, b = by_id.net.state_dict(), by_path.net.state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
-    with pytest.raises(ModelLoadError, match="no such run or model directory: someone/other .*huggingface-cli "
+    with pytest.raises(ModelLoadError, match="no such run or model directory: someone/other .*hf "
                                              "download someone/other"):
         load_pipeline("someone/other")
     # a local folder of that name wins over the cache
@@ -111,4 +111,4 @@ def test_exported_model_carries_a_hub_readme(tmp_path):
     assert {"difforge", "diffusion", "ddpm"} <= set(meta["tags"])
     assert meta["datasets"] == ["digits"] and "class-conditional" in meta["tags"]  # the fixture: 10 digits
     assert f"training steps | {load_pipeline(out).card.step} (ema weights)" in text
-    assert "huggingface-cli download" in text
+    assert "hf download" in text
