@@ -157,6 +157,22 @@ def test_small_training_set_trains_with_all_of_it(tmp_path, capsys):
     assert not (out / "samples" / "final.png").exists()  # --no-final-grid
 
 
+def test_a_classifier_trains_on_a_labelled_folder_smaller_than_its_batch(tmp_path, capsys):
+    """A user's folder of 24 labelled pictures (the classifier's batch is 128)."""
+    import numpy as np
+    from PIL import Image
+
+    for k, name in enumerate(("dark", "light")):
+        (tmp_path / "pics" / name).mkdir(parents=True)
+        for i in range(12):
+            Image.fromarray(np.full((16, 16), 40 + 160 * k + i, np.uint8)).save(tmp_path / "pics" / name / f"{i}.png")
+    out = tmp_path / "clf"
+    assert run(["train-classifier", "--data", str(tmp_path / "pics"), "--epochs", "1", "--out", str(out)]) == 0
+    printed = capsys.readouterr()
+    assert "fewer than the classifier's batch size 128: training with batches of" in printed.out + printed.err
+    assert (out / "classifier.json").is_file() and (out / "model.safetensors").is_file()
+
+
 def test_ctrl_c_exits_non_zero_with_a_checkpoint(tmp_path, monkeypatch):
     from difforge.data.batches import EpochBatches
 

@@ -210,8 +210,11 @@ def train_classifier(
         raise ValueError("the dataset has no labels: a domain classifier needs classes (sub-folders)")
     if held_out is None or len(held_out) == 0:
         raise ValueError("the dataset has no test or validation split to measure the classifier on")
-    if len(train) < cfg.batch_size:
-        raise ValueError(f"batch size {cfg.batch_size} is larger than the training set ({len(train)} images)")
+    if len(train) < cfg.batch_size:  # a small set: train with all of it per step, and say so
+        if log:
+            log(f"note: the training set has {len(train)} images, fewer than the classifier's batch size "
+                f"{cfg.batch_size}: training with batches of {len(train)}")
+        cfg = dataclasses.replace(cfg, batch_size=len(train))
     device = torch.device(device)
     g = torch.Generator().manual_seed(cfg.seed)
     torch.manual_seed(cfg.seed)  # parameter initialisation
