@@ -110,8 +110,8 @@ class Pipeline:
         a one-line error for a prompt over the model's token limit or a non-text model."""
         if not self.takes_text:
             raise ValueError("this model is not a text-to-image model: it takes no prompt")
-        if isinstance(prompts, str) or not all(isinstance(p, str) for p in prompts):
-            raise ValueError("prompts must be a list of strings")
+        if isinstance(prompts, str) or not prompts or not all(isinstance(p, str) for p in prompts):
+            raise ValueError("prompts must be a non-empty list of strings")
         return self.card.conditioning.conditioner()(list(prompts), device=self.device)
 
     @property
@@ -235,8 +235,6 @@ class Pipeline:
                 if n is None or n < 1:
                     raise ValueError(f"number of images must be >= 1, got {n}")
                 prompts = [""] * n
-            if isinstance(prompts, str) or len(prompts) == 0:
-                raise ValueError("prompts must be a non-empty list of strings")
             text = self.encode_prompts(prompts)
             n = len(text)
         elif labels is not None:
