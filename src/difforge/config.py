@@ -44,6 +44,8 @@ class ModelConfig:
     caption_dropout: float = 0.1  # per-sample probability of the empty prompt (for CFG on text)
     max_tokens: int = 64  # prompt length limit of the text encoder, in its tokens
     grad_checkpoint: bool = False  # recompute the UNet blocks' activations in backward: less memory, ~30% slower
+    latent: str | None = None  # a `difforge train-autoencoder` folder: diffuse in its latent space (latent diffusion)
+    cache_latents: bool = True  # latent: encode the data once (in memory, and in RUN/cache); else every batch
 
 
 @dataclass(frozen=True)
@@ -246,6 +248,10 @@ def validate(cfg: RunConfig) -> RunConfig:
          f"not {m.task!r}")
     need(not (d.hflip and m.text_encoder), "data.hflip mirrors images left-right, which contradicts captions that "
          "name a side (\"top left\"): a text model trains without it")
+    need(m.latent is None or m.task == "generate", f"latent diffusion (model.latent) generates; task {m.task!r} "
+         "works in pixel space")
+    need(not (d.hflip and m.latent), "data.hflip with model.latent: the latents are encoded from the images as "
+         "stored; train the autoencoder and the model without it")
     need(0 <= m.caption_dropout < 1, f"model.caption_dropout must be in [0, 1), got {m.caption_dropout}")
     need(2 <= m.max_tokens <= 256, f"model.max_tokens must be in 2..256, got {m.max_tokens}")
     need(f.timesteps >= 2, f"diffusion.timesteps must be >= 2, got {f.timesteps}")

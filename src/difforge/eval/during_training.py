@@ -30,7 +30,7 @@ class InTrainingEval:
     called with the EMA network, returns the metrics to log."""
 
     def __init__(self, data, bundle, card: ModelCard, device: torch.device, n: int = 500, seed: int = 0,
-                 log: Callable[[str], None] | None = print):
+                 log: Callable[[str], None] | None = print, autoencoder: nn.Module | None = None):
         from difforge.eval.classifier import load_or_train_classifier
         from difforge.eval.evaluate import _matched_indices, class_balanced_labels
 
@@ -42,6 +42,7 @@ class InTrainingEval:
         if ref is None or len(ref) < 2:
             raise ValueError("--eval-every needs a test or validation split to compare with")
         self.card, self.device, self.n, self.seed = card, device, n, seed
+        self.autoencoder = autoencoder  # a latent model's (its samples are decoded to images)
         self.clf = load_or_train_classifier(data, bundle=bundle, device=device, log=log)
         if self.clf.class_names != bundle.class_names:
             raise ValueError(f"the cached domain classifier was trained on other data ({self.clf.meta['dataset']})")
@@ -64,7 +65,7 @@ class InTrainingEval:
         was_training = net.training
         net.eval()
         try:
-            pipe = Pipeline(self.card.denoiser(net), self.card, self.device)
+            pipe = Pipeline(self.card.denoiser(net), self.card, self.device, autoencoder=self.autoencoder)
             images, _ = pipe.generate(n=self.n, labels=self.labels,
                                       cfg=DEFAULT_CFG if self.labels is not None else None,
                                       sampler="ddim", seed=self.seed)

@@ -14,6 +14,12 @@ Version 2 (JSON):
      "prediction": "eps",
      "conditioning": {"kind": "class-labels", "num_classes": 10, "null_label": 10},
      "class_names": ["T-shirt/top", ...], "dataset": "fashion-mnist", "step": 1400, "weights": "ema"}
+
+Version 3 is version 2 plus "autoencoder" (an `AutoencoderCard`): a latent diffusion model,
+whose `image_size` and `channels` are its latents' and whose `native_size` is the images';
+its autoencoder's weights are `autoencoder.safetensors` beside the card. Cards without an
+autoencoder are still written as version 2, so older difforge keeps reading them, and
+refuses (asks for an upgrade) the latent ones it could not sample.
 """
 
 from __future__ import annotations
@@ -32,12 +38,14 @@ from torch import nn
 from difforge.diffusion.frameworks import FrameworkSpec, check_framework, make_process, resolve_prediction
 from difforge.diffusion.process import NoiseProcess
 from difforge.io.space import to_model_size, to_native_size
+from difforge.models.autoencoder import AutoencoderCard
 from difforge.models.conditioning import ClassLabels, Conditioning, LowResImage, Unconditional, conditioning_from_dict
 from difforge.models.denoiser import Denoiser
 from difforge.models.registry import PRESETS, build_model
 
 FORMAT = "difforge-model"
-VERSION = 2
+VERSION = 2  # written for pixel-space models
+LATENT_VERSION = 3  # written for latent diffusion models (an "autoencoder" entry)
 
 
 def _frozen(v: Any) -> Any:
@@ -80,7 +88,8 @@ class ModelCard:
     input size, `native_size` the data's (padded or resized to it); `class_names` name the
     classes of a class-conditional model; `step` and `weights` ("ema" / "raw") are set on
     exported models; `prompts`, example prompts of a text-to-image model (its training
-    previews and the default of `difforge sample`)."""
+    previews and the default of `difforge sample`); `autoencoder`, the first stage of a
+    latent diffusion model (then `image_size` and `channels` describe its latents)."""
 
     architecture: Architecture
     image_size: int
@@ -94,6 +103,7 @@ class ModelCard:
     step: int | None = None
     weights: str | None = None
     prompts: tuple[str, ...] | None = None
+    autoencoder: AutoencoderCard | None = None
 
     def __post_init__(self) -> None:
         if self.prompts is not None:
@@ -107,6 +117,22 @@ class ModelCard:
             object.__setattr__(self, "class_names", tuple(str(n) for n in self.class_names))
             if len(self.class_names) != (self.num_classes or 0):
                 raise ValueError(f"{len(self.class_names)} class names for {self.num_classes or 0} classes")
+        ae = self.autoencoder
+        if ae is not None and (ae.latent_channels, ae.latent_size, ae.native_size) != (
+                self.channels, self.image_size, self.native_size):
+            raise ValueError(f"the autoencoder's latents are {ae.latent_channels}x{ae.latent_size}x{ae.latent_size} "
+                             f"of {ae.native_size}-pixel images, but the model takes {self.channels}x"
+                             f"{self.image_size}x{self.image_size} of {self.native_size}-pixel images")
+
+    @property
+    def latent(self) -> bool:
+        """Whether this is a latent diffusion model (it samples latents that its autoencoder decodes)."""
+        return self.autoencoder is not None
+
+    @property
+    def pixel_channels(self) -> int:
+        """The channels of the images the model makes (its latents' for a latent model differ)."""
+        return self.autoencoder.channels if self.autoencoder is not None else self.channels
 
     # ------------------------------------------------------------ what it describes
     @property
@@ -172,13 +198,15 @@ class ModelCard:
 
     # ------------------------------------------------------------ files
     def to_dict(self) -> dict[str, Any]:
-        return {"format": FORMAT, "version": VERSION, "architecture": self.architecture.to_dict(),
+        return {"format": FORMAT, "version": LATENT_VERSION if self.latent else VERSION,
+                "architecture": self.architecture.to_dict(),
                 "image_size": self.image_size, "native_size": self.native_size, "channels": self.channels,
                 "diffusion": self.diffusion.to_dict(), "prediction": self.prediction,
                 "conditioning": self.conditioning.to_dict(),
                 "class_names": None if self.class_names is None else list(self.class_names),
                 "dataset": self.dataset, "step": self.step, "weights": self.weights,
-                **({"prompts": list(self.prompts)} if self.prompts is not None else {})}
+                **({"prompts": list(self.prompts)} if self.prompts is not None else {}),
+                **({"autoencoder": self.autoencoder.to_dict()} if self.autoencoder is not None else {})}
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> ModelCard:
@@ -186,9 +214,9 @@ class ModelCard:
         if not isinstance(d, Mapping) or d.get("format") != FORMAT:
             raise ValueError("not a difforge model description")
         version = d.get("version", 1)
-        if version not in (1, VERSION):
+        if version not in (1, VERSION, LATENT_VERSION):
             raise ValueError(f"model description version {version!r} is newer than this difforge reads "
-                             f"(1..{VERSION}); upgrade difforge")
+                             f"(1..{LATENT_VERSION}); upgrade difforge")
         try:
             return _from_v1(cls, d) if version == 1 else _from_v2(cls, d)
         except KeyError as e:
@@ -220,7 +248,8 @@ def _from_v2(cls: type[ModelCard], d: Mapping[str, Any]) -> ModelCard:
     return cls(Architecture(arch["preset"], kwargs) if kwargs is not None else Architecture.of_preset(arch["preset"]),
                int(d["image_size"]), int(d["native_size"]), int(d["channels"]),
                FrameworkSpec.from_dict(d["diffusion"]), d.get("prediction"), conditioning_from_dict(d["conditioning"]),
-               d.get("class_names"), d.get("dataset"), d.get("step"), d.get("weights"), d.get("prompts"))
+               d.get("class_names"), d.get("dataset"), d.get("step"), d.get("weights"), d.get("prompts"),
+               AutoencoderCard.from_dict(d["autoencoder"]) if d.get("autoencoder") is not None else None)
 
 
 def _from_v1(cls: type[ModelCard], d: Mapping[str, Any]) -> ModelCard:

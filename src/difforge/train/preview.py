@@ -30,21 +30,15 @@ def draw_previews(trainer, name: str, nets: tuple[tuple[str, nn.Module], ...],
 
 
 def _upscale_preview(trainer, net: nn.Module, path: Path) -> Path:
-    from difforge.pipeline import Pipeline
-
     bundle = trainer.bundle
     held_out = (bundle.val if bundle.val is not None and len(bundle.val) else trainer.train_set).images
-    return Pipeline(trainer.card.denoiser(net), trainer.card, trainer.device).save_upscale_grid(held_out, path)
+    return trainer.pipeline(net).save_upscale_grid(held_out, path)
 
 
 def _sample_grid(trainer, net: nn.Module, path: Path, title: str, per_class: int) -> Path:
     from tqdm.auto import tqdm
 
-    from difforge.pipeline import (
-        Pipeline,  # sampling code, shared with `difforge sample`
-    )
-
-    pipe = Pipeline(trainer.card.denoiser(net), trainer.card, trainer.device)
+    pipe = trainer.pipeline(net)  # sampling code, shared with `difforge sample`
     labels = pipe.default_labels(per_class=per_class)
     prompts = pipe.default_prompts(per_class) if pipe.takes_text else None
     n = len(labels) if labels is not None else len(prompts) if prompts else 10 * per_class

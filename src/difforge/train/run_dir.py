@@ -49,9 +49,10 @@ def resolve_run(cfg: RunConfig, resume: bool, length: dict | None = None) -> tup
     return cfg, run_dir
 
 
-def create_run_dir(cfg: RunConfig, run_dir: Path, resume: bool, card, skipped: list) -> None:
-    """Write config.yaml (new, or a resumed run with a new length), the model card and the
-    list of skipped files; remove what an interrupted checkpoint write left. Rank 0 only."""
+def create_run_dir(cfg: RunConfig, run_dir: Path, resume: bool, card, skipped: list, autoencoder=None) -> None:
+    """Write config.yaml (new, or a resumed run with a new length), the model card, a latent
+    run's autoencoder weights and the list of skipped files; remove what an interrupted
+    checkpoint write left. Rank 0 only."""
     if not resume:
         (run_dir / "samples").mkdir(parents=True, exist_ok=True)
     if not resume or load_config(run_dir / "config.yaml") != cfg:
@@ -62,6 +63,15 @@ def create_run_dir(cfg: RunConfig, run_dir: Path, resume: bool, card, skipped: l
         report = run_dir / "skipped_files.txt"
         report.write_text("".join(f"{path}\t{reason}\n" for path, reason in skipped))
         print(f"warning: skipped {len(skipped)} unusable file(s); list in {report}")
+    if autoencoder is not None:  # beside the card that describes it, as in an exported model
+        from safetensors.torch import save_file
+
+        from difforge.models.autoencoder import WEIGHTS_FILE
+
+        state = {k: v.detach().cpu().contiguous() for k, v in autoencoder.state_dict().items()}
+        tmp = run_dir / f".{WEIGHTS_FILE}.tmp"
+        save_file(state, str(tmp))
+        tmp.replace(run_dir / WEIGHTS_FILE)
     card.save(run_dir / "model.json")
 
 
@@ -75,9 +85,10 @@ def example_prompts(ds, n: int = 10) -> list[str]:
     return list(dict.fromkeys(ds.captions))[:n]
 
 
-def model_card(cfg: RunConfig, bundle, image_size: int, num_classes: int | None) -> ModelCard:
+def model_card(cfg: RunConfig, bundle, image_size: int, num_classes: int | None, autoencoder=None) -> ModelCard:
     """What a sampler needs to rebuild the model: written as model.json / config.json.
-    ValueError for a super-resolution scale the data's size does not allow."""
+    ValueError for a super-resolution scale the data's size does not allow. With an
+    `autoencoder` (its card) the model is a latent one: its channels are the latents'."""
     prompts = None
     if cfg.model.task == "superres":
         conditioning = LowResImage(cfg.model.scale)
@@ -89,6 +100,8 @@ def model_card(cfg: RunConfig, bundle, image_size: int, num_classes: int | None)
         conditioning = ClassLabels(num_classes)
     else:
         conditioning = Unconditional()
-    return ModelCard(Architecture.of_preset(cfg.model.preset), image_size, bundle.native_size, bundle.channels,
+    channels = autoencoder.latent_channels if autoencoder is not None else bundle.channels
+    return ModelCard(Architecture.of_preset(cfg.model.preset), image_size, bundle.native_size, channels,
                      FrameworkSpec.from_dict(config_to_dict(cfg)["diffusion"]), cfg.diffusion.prediction,
-                     conditioning, bundle.class_names if num_classes else None, cfg.data.dataset, prompts=prompts)
+                     conditioning, bundle.class_names if num_classes else None, cfg.data.dataset, prompts=prompts,
+                     autoencoder=autoencoder)

@@ -76,9 +76,14 @@ class Trainer(FaultHandling):
                               "each image, or --dataset fashion-colour")
         self.num_classes = self.train_set.num_classes if generate and not self.text else None
         mult = size_multiple(cfg.model.preset)
-        self.image_size = cfg.data.image_size or math.ceil(self.bundle.native_size / mult) * mult
+        self.ae = self.ae_card = None  # latent diffusion: the frozen autoencoder
+        if cfg.model.latent is not None:
+            self.image_size = self.load_autoencoder(cfg.model.latent)
+        else:
+            self.image_size = cfg.data.image_size or math.ceil(self.bundle.native_size / mult) * mult
         if self.image_size % mult:
-            raise ConfigError(f"image size {self.image_size} is not a multiple of {mult}, as model "
+            what = "latent size" if self.ae is not None else "image size"
+            raise ConfigError(f"{what} {self.image_size} is not a multiple of {mult}, as model "
                               f"{cfg.model.preset!r} needs")
         if t.batch_size // self.world.size < t.grad_accum:
             raise ConfigError(f"train.grad_accum {t.grad_accum} is more micro-batches than the "
@@ -92,10 +97,37 @@ class Trainer(FaultHandling):
                      f"{t.batch_size}: training with batches of {smaller}")
             self.cfg = dataclasses.replace(cfg, train=dataclasses.replace(t, batch_size=smaller))
 
+    def load_autoencoder(self, path: str) -> int:
+        """The frozen autoencoder of a latent run, checked against the data; the latent size."""
+        from difforge.models.autoencoder import load_autoencoder
+
+        try:
+            self.ae, self.ae_card = load_autoencoder(path, self.device)
+        except ValueError as e:
+            raise ConfigError(f"--latent: {e}") from None
+        ae, native, channels = self.ae_card, self.bundle.native_size, self.train_set.channels
+        if (ae.channels, ae.native_size) != (channels, native):
+            raise ConfigError(f"--latent {path}: the autoencoder was trained on {ae.channels}-channel "
+                              f"{ae.native_size}x{ae.native_size} images; this data is {channels}-channel "
+                              f"{native}x{native}")
+        if self.cfg.data.image_size not in (None, ae.image_size):
+            raise ConfigError(f"--image-size {self.cfg.data.image_size} with --latent: the autoencoder works at "
+                              f"{ae.image_size}x{ae.image_size}")
+        self.say(f"latent diffusion: {ae.image_size}x{ae.image_size}x{ae.channels} images as "
+                 f"{ae.latent_size}x{ae.latent_size}x{ae.latent_channels} latents (f={ae.factor}, scale "
+                 f"{ae.scale:.4f}) from {path}")
+        return ae.latent_size
+
+    def pipeline(self, net: torch.nn.Module):
+        """A Pipeline of `net` with this run's card (and autoencoder): previews, in-training FD."""
+        from difforge.pipeline import Pipeline
+
+        return Pipeline(self.card.denoiser(net), self.card, self.device, autoencoder=self.ae)
+
     def describe_model(self) -> None:
         """The model card (model.json) and how a batch's conditioning image is made (SR3)."""
         try:
-            self.card = model_card(self.cfg, self.bundle, self.image_size, self.num_classes)
+            self.card = model_card(self.cfg, self.bundle, self.image_size, self.num_classes, self.ae_card)
         except ValueError as e:
             raise ConfigError(str(e)) from None
         self.captions = self.val_captions = None  # text: each split's captions, encoded once
@@ -127,6 +159,17 @@ class Trainer(FaultHandling):
         self.val_labels = val.labels[:VAL_MAX_IMAGES] if self.val_images is not None and self.num_classes else None
         if self.text:
             self.encode_captions()
+        self.latents = self.val_latents = None
+        if self.ae is not None:
+            from difforge.train.latents import LatentSource
+
+            cache = self.run_dir / "cache" if self.world.main else None
+            keep = self.cfg.model.cache_latents
+            self.latents = LatentSource(self.ae, self.ae_card, self.train_set.images, self.device, cache=keep,
+                                        cache_dir=cache, name="train", log=self.say)
+            if self.val_images is not None:
+                self.val_latents = LatentSource(self.ae, self.ae_card, self.val_images, self.device, cache=keep,
+                                                cache_dir=cache, name="val", log=self.say)
 
     # ------------------------------------------------------------------ checkpoints
     def newest_checkpoint(self) -> Path | None:
@@ -234,7 +277,10 @@ class Trainer(FaultHandling):
         net.eval()
         total_loss, count = 0.0, 0
         for i in range(0, len(self.val_images), 256):
-            x0 = to_model_input(self.val_images[i: i + 256], self.image_size).to(self.device)
+            if self.val_latents is not None:
+                x0 = self.val_latents.x0(torch.arange(i, min(i + 256, len(self.val_images))), slice(None), g)
+            else:
+                x0 = to_model_input(self.val_images[i: i + 256], self.image_size).to(self.device)
             cond = self.val_labels[i: i + 256].to(self.device) if self.val_labels is not None else None
             cond = self.cond_image(x0) if self.cond_image is not None else cond
             cond = self.val_captions.rows(slice(i, i + 256)).to(self.device) if self.val_captions else cond
@@ -268,7 +314,8 @@ class Trainer(FaultHandling):
             from difforge.eval.during_training import InTrainingEval
 
             self.in_training_eval = InTrainingEval(self.cfg.data, self.bundle, self.card, self.device,
-                                                   n=t.eval_samples, seed=t.seed, log=self.say)
+                                                   n=t.eval_samples, seed=t.seed, log=self.say,
+                                                   autoencoder=self.ae)
 
     # ------------------------------------------------------------------ one step
     def batch(self) -> tuple[torch.Tensor, torch.Tensor | None, int]:
@@ -283,6 +330,8 @@ class Trainer(FaultHandling):
         if self.captions is not None:  # captions dropped to the empty prompt, the same way
             texts = self.card.conditioning.drop(self.captions.rows(idx), self.cfg.model.caption_dropout, self.gen)
             cond = texts[self.rows].to(self.device)
+        if self.latents is not None:  # latent diffusion (no flips: config.validate refuses them)
+            return self.latents.x0(idx, self.rows, self.gen), cond, len(idx)
         images = self.train_set.images[idx[self.rows]]
         if self.cfg.data.hflip:  # at the native size, before any padding
             flip = (torch.rand(len(idx), generator=self.gen) < 0.5)[self.rows].view(-1, 1, 1, 1)
@@ -408,7 +457,7 @@ class Trainer(FaultHandling):
         self.load_data()
         self.describe_model()
         if self.world.main:  # every check has passed: now the run directory is written
-            create_run_dir(self.cfg, self.run_dir, resume, self.card, self.bundle.skipped)
+            create_run_dir(self.cfg, self.run_dir, resume, self.card, self.bundle.skipped, self.ae)
         self.build()
         if resume:
             self.resume()
