@@ -223,6 +223,9 @@ def export_diffusers(model: str | Path, out: str | Path, *, ema: bool = True, ov
                            f"class for; only {PRESET!r} models export to diffusers (train with --model {PRESET})")
     if card.task != "generate":
         raise InteropError(f"a {card.task} model has no diffusers pipeline; only image generation models export")
+    if card.latent:
+        raise InteropError("a latent diffusion model has no DDPMPipeline (it needs its autoencoder); export it "
+                           "with `difforge export` instead")
     scheduler_config = scheduler_from_card(card)
     if card.step is None:
         card = _with_step(Path(resolve_model_dir(model)), card, ema)

@@ -184,7 +184,9 @@ def train(config_file, settings, resume, no_progress, **options) -> None:
 @click.option("--batch-size", type=int, default=64, show_default=True)
 @click.option("--lr", type=float, default=1e-3, show_default=True, help="Peak learning rate (one-cycle).")
 @click.option("--kl-weight", type=float, default=1e-6, show_default=True,
-              help="Weight of the KL term against the summed L1 error (LDM: 1e-6).")
+              help="Weight of the KL term against the summed reconstruction error (LDM: 1e-6).")
+@click.option("--loss", type=click.Choice(["l2", "l1"]), default="l2", show_default=True,
+              help="Reconstruction error: squared, or absolute (LDM's pixel term).")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--fd/--no-fd", default=True, show_default=True, help="Also measure the reconstructions' FD (trains "
               "and caches the dataset's domain classifier on first use).")
@@ -192,7 +194,7 @@ def train(config_file, settings, resume, no_progress, **options) -> None:
 @click.option("--overwrite", is_flag=True, help="Replace an autoencoder already in --out.")
 @no_progress_option
 def train_autoencoder(dataset, data_path, out, factor, latent_channels, base_channels, steps, batch_size, lr,
-                      kl_weight, seed, fd, device, overwrite, no_progress) -> None:
+                      kl_weight, loss, seed, fd, device, overwrite, no_progress) -> None:
     """Train the autoencoder of latent diffusion (a KL-regularised convolutional autoencoder),
     measure its latent scale, reconstruction PSNR and FD, and write it to --out.
 
@@ -208,7 +210,7 @@ def train_autoencoder(dataset, data_path, out, factor, latent_channels, base_cha
         data = data_config(dataset, data_path) or DataConfig(dataset="fashion-colour")
         cfg = AutoencoderConfig(data=data, factor=int(factor), latent_channels=latent_channels,
                                 base_channels=base_channels, steps=steps, batch_size=batch_size, lr=lr,
-                                kl_weight=kl_weight, seed=seed, fd=fd)
+                                kl_weight=kl_weight, loss=loss, seed=seed, fd=fd)
         train_ae(cfg, out, device=device, progress=not no_progress, log=click.echo, overwrite=overwrite)
     except (ConfigError, ValueError, FileNotFoundError, ImportError) as e:
         _fail(e)

@@ -29,6 +29,10 @@ FORMAT = "difforge-autoencoder"
 VERSION = 1
 CARD_FILE, WEIGHTS_FILE = "autoencoder.json", "autoencoder.safetensors"
 LOGVAR_RANGE = (-30.0, 20.0)  # the posterior's log-variance is clamped here (as LDM's)
+# The log-variance head starts here (posterior std 0.02), not at 0 (std 1): with LDM's KL
+# weight of 1e-6 the encoder takes tens of thousands of steps to shrink unit noise, and a
+# short CPU training would spend itself learning to decode through it (blurred output).
+LOGVAR_INIT = -8.0
 
 
 class _Res(nn.Module):
@@ -73,6 +77,8 @@ class KLAutoencoder(nn.Module):
             if level < len(widths) - 1:
                 enc.append(nn.Conv2d(ch, ch, 3, stride=2, padding=1))
         enc += [_Res(ch, ch), group_norm(ch), nn.SiLU(), nn.Conv2d(ch, 2 * latent_channels, 3, padding=1)]
+        with torch.no_grad():
+            enc[-1].bias[latent_channels:].fill_(LOGVAR_INIT)
         self.encoder = nn.Sequential(*enc)
 
         dec: list[nn.Module] = [nn.Conv2d(latent_channels, ch, 3, padding=1), _Res(ch, ch)]
@@ -123,7 +129,8 @@ def kl_to_standard_normal(mean: torch.Tensor, logvar: torch.Tensor) -> torch.Ten
 class AutoencoderCard:
     """An autoencoder's description: how to rebuild it (`kwargs` of `KLAutoencoder`), the
     latent `scale`, the pixel `image_size` it works at (the data's `native_size` padded to
-    it), and what training recorded (`dataset`, `step`, `metrics` such as PSNR and FD)."""
+    it), and what training recorded (`dataset`, `step`, `metrics` such as PSNR and FD, and
+    `training`, the settings it trained with)."""
 
     kwargs: Mapping[str, Any]
     scale: float
@@ -132,12 +139,14 @@ class AutoencoderCard:
     dataset: str | None = None
     step: int | None = None
     metrics: Mapping[str, Any] = field(default_factory=dict)
+    training: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not (self.scale > 0 and self.scale == self.scale and self.scale != float("inf")):
             raise ValueError(f"latent scale must be a positive finite number, got {self.scale!r}")
         object.__setattr__(self, "kwargs", {k: tuple(v) if isinstance(v, list) else v for k, v in self.kwargs.items()})
         object.__setattr__(self, "metrics", dict(self.metrics))
+        object.__setattr__(self, "training", dict(self.training))
         if self.image_size < 1 or self.native_size < 1 or self.native_size > self.image_size:
             raise ValueError(f"bad sizes: native {self.native_size} in an image of {self.image_size}")
 
@@ -167,7 +176,7 @@ class AutoencoderCard:
         kw = {k: list(v) if isinstance(v, tuple) else v for k, v in self.kwargs.items()}
         return {"format": FORMAT, "version": VERSION, "kwargs": kw, "scale": self.scale,
                 "image_size": self.image_size, "native_size": self.native_size, "dataset": self.dataset,
-                "step": self.step, "metrics": dict(self.metrics)}
+                "step": self.step, "metrics": dict(self.metrics), "training": dict(self.training)}
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> AutoencoderCard:
@@ -178,7 +187,7 @@ class AutoencoderCard:
                              f"reads ({VERSION}); upgrade difforge")
         try:
             return cls(d["kwargs"], float(d["scale"]), int(d["image_size"]), int(d["native_size"]), d.get("dataset"),
-                       d.get("step"), d.get("metrics") or {})
+                       d.get("step"), d.get("metrics") or {}, d.get("training") or {})
         except KeyError as e:
             raise ValueError(f"autoencoder description lacks {e.args[0]!r}") from None
         except TypeError as e:

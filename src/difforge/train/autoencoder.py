@@ -1,9 +1,11 @@
 """`difforge train-autoencoder`: the first stage of latent diffusion (Rombach et al. 2022).
 
 Trains a `KLAutoencoder` on a dataset with the loss of LDM's KL autoencoders without the
-perceptual and adversarial terms: per image, the summed L1 reconstruction error plus
+perceptual and adversarial terms: per image, the summed reconstruction error plus
 `kl_weight` times the KL divergence of the posterior from N(0, I) (LDM: 1e-6), divided by
-the number of pixel values (the ratio of the two terms is LDM's). Then it measures:
+the number of pixel values (the ratio of the two terms is LDM's). The error is squared
+(`loss="l2"`, the default) or absolute (`"l1"`, LDM's pixel term): in a short CPU training
+L2 reached the higher PSNR (benchmarks/autoencoder.md). Then it measures:
 
 - the latent scale, 1 / std of posterior samples of up to `SCALE_IMAGES` training images
   (under torchrun each rank measures its share and the sums are added, so every rank gets
@@ -45,6 +47,7 @@ from difforge.train.signals import StopFlag
 SCALE_IMAGES = 10_000  # training images the latent scale is measured on
 EVAL_IMAGES = 2_000  # held-out images PSNR and FD are measured on
 FACTORS = {1: (1,), 2: (1, 2), 4: (1, 2, 2), 8: (1, 2, 2, 4)}  # downsampling factor -> channel_mults
+LOSSES = {"l2": lambda d: d.pow(2), "l1": lambda d: d.abs()}  # reconstruction error per pixel value
 
 
 @dataclass(frozen=True)
@@ -58,6 +61,7 @@ class AutoencoderConfig:
     batch_size: int = 64
     lr: float = 1e-3
     kl_weight: float = 1e-6  # LDM's
+    loss: str = "l2"  # l2 | l1: the reconstruction error
     seed: int = 0
     fd: bool = True
 
@@ -67,19 +71,22 @@ class AutoencoderConfig:
         for name in ("latent_channels", "base_channels", "steps", "batch_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.loss not in LOSSES:
+            raise ValueError(f"unknown reconstruction loss {self.loss!r}; expected one of {list(LOSSES)}")
         if not self.lr > 0 or not self.kl_weight >= 0:
             raise ValueError(f"lr must be > 0 and kl_weight >= 0, got {self.lr} and {self.kl_weight}")
 
 
 def reconstruction_loss(ae: torch.nn.Module, x: torch.Tensor, kl_weight: float,
-                        generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(loss, mean L1 per pixel value, mean KL per image) of a batch in model space; `ae` is a
-    `KLAutoencoder` or its DDP wrapper."""
+                        generator: torch.Generator | None = None, loss: str = "l2"
+                        ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(loss, mean reconstruction error per pixel value, mean KL per image) of a batch in
+    model space; `ae` is a `KLAutoencoder` or its DDP wrapper."""
     recon, mean, logvar = ae(x, generator)
-    l1 = (recon - x).abs().flatten(1).sum(1)
+    err = LOSSES[loss](recon - x).flatten(1).sum(1)
     kl = kl_to_standard_normal(mean, logvar)
-    loss = ((l1 + kl_weight * kl) / x[0].numel()).mean()
-    return loss, l1.mean() / x[0].numel(), kl.mean()
+    total = ((err + kl_weight * kl) / x[0].numel()).mean()
+    return total, err.mean() / x[0].numel(), kl.mean()
 
 
 @torch.no_grad()
@@ -175,7 +182,7 @@ def _train(cfg: AutoencoderConfig, out: Path, device: torch.device, progress: bo
         while step < cfg.steps:
             idx = batches.batch(step)[rows]
             x = to_model_input(train.images[idx], image_size).to(device)
-            loss, l1, kl = reconstruction_loss(net, x, cfg.kl_weight, gen)
+            loss, err, kl = reconstruction_loss(net, x, cfg.kl_weight, gen, cfg.loss)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -183,7 +190,7 @@ def _train(cfg: AutoencoderConfig, out: Path, device: torch.device, progress: bo
             step += 1
             bar.update(1)
             if step % 20 == 0 or step == cfg.steps:
-                bar.set_postfix(l1=f"{l1.item():.4f}", kl=f"{kl.item():.1f}")
+                bar.set_postfix({cfg.loss: f"{err.item():.4f}", "kl": f"{kl.item():.1f}"})
             stopped = stop.signum is not None
             if world.distributed:
                 stopped = distributed.sum_all(torch.tensor([float(stopped)], dtype=torch.float64).to(device),
@@ -205,7 +212,9 @@ def _train(cfg: AutoencoderConfig, out: Path, device: torch.device, progress: bo
         metrics["eval_images"] = len(real)
         if cfg.fd:
             metrics["fd"] = round(_reconstruction_fd(cfg.data, bundle, real, rec, device, say), 3)
-    card = AutoencoderCard(kwargs, scale, image_size, native, dataset=cfg.data.dataset, step=step, metrics=metrics)
+    training = {k: getattr(cfg, k) for k in ("steps", "batch_size", "lr", "kl_weight", "loss", "seed")}
+    card = AutoencoderCard(kwargs, scale, image_size, native, dataset=cfg.data.dataset, step=step, metrics=metrics,
+                           training={**training, "processes": world.size})
     if world.main:
         save_autoencoder(ae, card, out)
         fd = f", FD {metrics['fd']:.3f}" if "fd" in metrics else ""
