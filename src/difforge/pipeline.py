@@ -244,9 +244,10 @@ class Pipeline:
     ) -> tuple[torch.Tensor | np.ndarray | list, torch.Tensor | None]:
         """Sample images; image i uses seed `seed + i` (or `seeds[i]` when given), whatever the batch size.
 
-        A text-to-image model draws one image per prompt of `prompts` (or `n` of the empty
-        prompt), guided away from `negative_prompt` when given (it replaces the empty prompt
-        as the unconditional branch of classifier-free guidance).
+        A text-to-image model draws one image per prompt of `prompts` (`n` of one prompt
+        given alone, `n` of the empty prompt without prompts), guided away from
+        `negative_prompt` when given (it replaces the empty prompt as the unconditional
+        branch of classifier-free guidance). One label given alone also stands for `n` images.
 
         `generator` replaces the seeds: a list of `torch.Generator`s, one per image (image i
         draws all its noise from `generator[i]`, so `[Generator().manual_seed(s) for s in
