@@ -21,7 +21,7 @@ def task_options(sampler_default: str):
         click.option("--negative-prompt", help="Text-to-image models: what to guide away from (replaces the empty "
                      "prompt in guidance)."),
         click.option("--cfg", type=float, help="Classifier-free guidance scale with --class or --prompt. "
-                     f"[default: {DEFAULT_CFG:g}; 1, none, without them]"),
+                     f"[default: {DEFAULT_CFG:g}; 1, none, with no --class, --prompt or --negative-prompt]"),
         click.option("--sampler", type=click.Choice(SAMPLER_NAMES), help=f"[default: {sampler_default}]"),
         click.option("--steps", type=int, help="Sampler steps (of the whole noise range)."),
         click.option("--eta", type=float, help="Fresh noise per step, for ddim and euler-a."),
