@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -33,6 +33,7 @@ from difforge.sampling import (
     per_sample_generators,
     randn_like,
 )
+from difforge.sampling.guidance import broadcast_cond
 
 if TYPE_CHECKING:
     import numpy as np
@@ -91,6 +92,8 @@ class Pipeline:
 
     def parse_class(self, value: str | int) -> int:
         """A class index from an index or a class name; clear error otherwise."""
+        if self.takes_text:
+            raise ValueError("a text-to-image model takes prompts, not class labels")
         if not self.num_classes:
             raise ValueError("this model is unconditional: it takes no class")
         names = self.class_names or []
@@ -129,6 +132,41 @@ class Pipeline:
         if isinstance(prompts, str) or not prompts or not all(isinstance(p, str) for p in prompts):
             raise ValueError("prompts must be a non-empty list of strings")
         return self.card.conditioning.conditioner()(list(prompts), device=self.device)
+
+    def condition(self, n: int | None = None, labels=None, prompts: Sequence[str] | None = None) -> tuple[int, Any]:
+        """(n, cond): what the network is conditioned on for a batch of n images, on this
+        pipeline's device. A text model's `prompts` encoded (`encode_prompts`; without
+        prompts, n empty prompts: unconditional), class `labels` as a long tensor (each a
+        class or the learned null), or None (an unconditional model; a class model's null).
+        One prompt or label stands for all n images; n may be None where they give it.
+        One-line errors: a prompt to a model that takes no text, labels to a text or an
+        unconditional model, no label to a model without a null class, counts that differ."""
+        if prompts is not None and not self.takes_text:
+            self.encode_prompts(prompts)  # its one-line error
+        if self.takes_text:
+            if labels is not None:
+                raise ValueError("a text-to-image model takes prompts, not class labels")
+            cond = self.encode_prompts([""] * _count(n) if prompts is None else prompts)
+            what = "prompts"
+        elif labels is not None:
+            if not self.num_classes:
+                raise ValueError("this model is unconditional: it takes no class labels")
+            cond, what = torch.as_tensor(labels, dtype=torch.long).reshape(-1), "labels"
+            null = self.card.conditioning.null_label
+            bad = (cond < 0) | ((cond >= self.num_classes) & (cond != (-1 if null is None else null)))
+            if bad.any():
+                also = "" if null is None else f" (or {null}, the null class: unconditional)"
+                raise ValueError(f"labels must be in 0..{self.num_classes - 1}{also}, got {int(cond[bad][0])}")
+            cond = cond.to(self.device)
+        elif self.num_classes and self.card.conditioning.null_label is None:
+            raise ValueError("this model learned no null class, so it cannot sample without a class; give labels")
+        else:
+            return _count(n), None
+        if n is not None and len(cond) != n:
+            if len(cond) != 1:
+                raise ValueError(f"got {len(cond)} {what} for {n} images (give one for all, or one per image)")
+            cond = broadcast_cond(cond, _count(n))
+        return len(cond), cond
 
     @property
     def default_cfg(self) -> float | None:
@@ -233,9 +271,10 @@ class Pipeline:
     ) -> tuple[torch.Tensor | np.ndarray | list, torch.Tensor | None]:
         """Sample images; image i uses seed `seed + i` (or `seeds[i]` when given), whatever the batch size.
 
-        A text-to-image model draws one image per prompt of `prompts` (or `n` of the empty
-        prompt), guided away from `negative_prompt` when given (it replaces the empty prompt
-        as the unconditional branch of classifier-free guidance).
+        A text-to-image model draws one image per prompt of `prompts` (`n` of one prompt
+        given alone, `n` of the empty prompt without prompts), guided away from
+        `negative_prompt` when given (it replaces the empty prompt as the unconditional
+        branch of classifier-free guidance). One label given alone also stands for `n` images.
 
         `generator` replaces the seeds: a list of `torch.Generator`s, one per image (image i
         draws all its noise from `generator[i]`, so `[Generator().manual_seed(s) for s in
@@ -254,24 +293,7 @@ class Pipeline:
             raise ValueError(f"unknown output_type {output_type!r}; expected one of {list(OUTPUT_TYPES)}")
         sample_fn = self._sampler(sampler, options)
         options = self.sampler_defaults(sampler, options)
-        text = None
-        if prompts is not None or self.takes_text:
-            if labels is not None:
-                raise ValueError("a text-to-image model takes prompts, not class labels")
-            if prompts is None:  # the empty prompt: unconditional samples
-                if n is None or n < 1:
-                    raise ValueError(f"number of images must be >= 1, got {n}")
-                prompts = [""] * n
-            text = self.encode_prompts(prompts)
-            n = len(text)
-        elif labels is not None:
-            if not self.num_classes:
-                raise ValueError("this model is unconditional: it takes no class labels")
-            n = len(labels)
-        elif self.num_classes and self.card.conditioning.null_label is None:
-            raise ValueError("this model learned no null class, so it cannot sample without a class; give labels")
-        if n is None or n < 1:
-            raise ValueError(f"number of images must be >= 1, got {n}")
+        n, cond = self.condition(n, labels, prompts)
         gens_of = _noise_source(n, seed, seeds, generator)
         den = self.denoiser(cfg, clip, cfg_rescale, threshold, negative_prompt).to(self.device)
         sigmas = self.sigmas(sampler, steps, grid)
@@ -283,11 +305,10 @@ class Pipeline:
             gens = gens_of(start, stop)
             x = randn_like(torch.empty(stop - start, c, size, size), gens)
             x = (x * prior_std).to(self.device)
-            cond = labels[start:stop].to(self.device) if labels is not None else None
-            cond = text[start:stop] if text is not None else cond
-            x = sample_fn(den, x, sigmas, generator=gens, callback=callback, cond=cond, **options)
+            part = None if cond is None else cond[start:stop]
+            x = sample_fn(den, x, sigmas, generator=gens, callback=callback, cond=part, **options)
             out.append(self.to_images(x))
-        return uint8_as(torch.cat(out), output_type), labels
+        return uint8_as(torch.cat(out), output_type), None if labels is None else cond.cpu()
 
     @torch.no_grad()
     def upscale(self, low: torch.Tensor, *, cfg: float | None = None, sampler: str = "ddpm", steps: int = 50,
@@ -343,6 +364,12 @@ class Pipeline:
         from difforge.io import save_gif
 
         return save_gif(frames, path, **self._layout(frames[-1], labels))
+
+
+def _count(n: int | None) -> int:
+    if n is None or n < 1:
+        raise ValueError(f"number of images must be >= 1, got {n}")
+    return n
 
 
 def _noise_source(n: int, seed: int, seeds: Sequence[int] | None, generator) -> Callable:

@@ -118,8 +118,8 @@ def test_option_errors(tiny_pipe, tiny_cond_pipe):
         tasks.inpaint(tiny_pipe, x, m, sampler="ddpm", eta=1.0)
     with pytest.raises(ValueError, match="unconditional"):
         tasks.inpaint(tiny_pipe, x, m, labels=torch.tensor([1]))
-    with pytest.raises(ValueError, match="labels must be in 0..2"):
-        tasks.inpaint(tiny_cond_pipe, x, m, labels=torch.tensor([3]))
+    with pytest.raises(ValueError, match="labels must be in 0..2 "):  # 3, the null class, is unconditional
+        tasks.inpaint(tiny_cond_pipe, x, m, labels=torch.tensor([4]))
 
 
 def test_single_mask_broadcasts():

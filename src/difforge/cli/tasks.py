@@ -16,8 +16,12 @@ def task_options(sampler_default: str):
         click.option("--out", required=True, help="Output: a PNG (one image), a grid PNG (several), or .npz."),
         click.option("--class", "klass", help="Class (index or name) for a class-conditional model. "
                      "[default: none, the unconditional model]"),
-        click.option("--cfg", type=float,
-                     help=f"Classifier-free guidance scale with --class. [default: {DEFAULT_CFG:g}]"),
+        click.option("--prompt", "prompts", multiple=True, help="Text-to-image models: what the result shows; once "
+                     "for all images, or once per image of an .npz batch. [default: the empty prompt, unconditional]"),
+        click.option("--negative-prompt", help="Text-to-image models: what to guide away from (replaces the empty "
+                     "prompt in guidance)."),
+        click.option("--cfg", type=float, help="Classifier-free guidance scale with --class or --prompt. "
+                     f"[default: {DEFAULT_CFG:g}; 1, none, with no --class, --prompt or --negative-prompt]"),
         click.option("--sampler", type=click.Choice(SAMPLER_NAMES), help=f"[default: {sampler_default}]"),
         click.option("--steps", type=int, help="Sampler steps (of the whole noise range)."),
         click.option("--eta", type=float, help="Fresh noise per step, for ddim and euler-a."),
@@ -60,13 +64,14 @@ class StepBar:
 
 def run_task(name: str, *, model_dir: str, out: str, no_progress: bool, klass: str | None = None,
              cfg: float | None = None, sampler: str | None = None, steps: int | None = None, eta: float | None = None,
-             seed: int = 0, ema: bool = True, device: str = "auto", **task_args) -> None:
+             seed: int = 0, ema: bool = True, device: str = "auto", prompts: tuple[str, ...] = (),
+             negative_prompt: str | None = None, **task_args) -> None:
     """Run the task `name` (`difforge.tasks.files.<name>_files`, which checks its output
     paths before it loads the model) under a progress bar; print what it wrote."""
     import difforge.tasks.files as files
 
     common = files.Common(model_dir=model_dir, klass=klass, cfg=cfg, sampler=sampler, steps=steps, seed=seed,
-                          ema=ema, device=device, eta=eta)
+                          ema=ema, device=device, eta=eta, prompts=prompts, negative_prompt=negative_prompt)
     try:
         with StepBar(name, disable=no_progress) as bar:
             written = getattr(files, f"{name}_files")(common, out=out, callback=bar, **task_args)
@@ -86,7 +91,7 @@ def run_task(name: str, *, model_dir: str, out: str, no_progress: bool, klass: s
 @click.option("--jump-length", type=int, default=5, show_default=True, help="RePaint: levels per jump back.")
 @click.option("--resample", type=int, default=5, show_default=True, help="RePaint: times each stretch is sampled.")
 def inpaint(**kw) -> None:
-    """Fill the masked part of an image (RePaint, Lugmayr et al. 2022)."""
+    """Fill the masked part of an image (RePaint, Lugmayr et al. 2022); a text model fills in what --prompt says."""
     run_task("inpaint", **kw)
 
 
@@ -96,7 +101,7 @@ def inpaint(**kw) -> None:
 @click.option("--strength", required=True, type=float,
               help="Noise to add, in (0, 1]: 0.3 keeps most, 1 keeps nothing.")
 def restore(**kw) -> None:
-    """Restore or edit an image by noising it part-way and sampling back (SDEdit)."""
+    """Restore or edit an image by noising it part-way and sampling back (SDEdit); with --prompt, towards it."""
     run_task("restore", **kw)
 
 
@@ -128,6 +133,8 @@ def upscale(**kw) -> None:
 @click.option("--out", required=True, help="Animated GIF to write; a strip PNG goes beside it.")
 @click.option("--strip", type=click.Path(dir_okay=False), help="Strip PNG path. [default: OUT with .png]")
 @click.option("--class", "klass", help="Class for a class-conditional model. [default: unconditional]")
+@click.option("--prompt", "prompts", multiple=True, help="Text-to-image models: a prompt for all pairs, or one per "
+              "pair. [default: the empty prompt, unconditional]")
 @click.option("--steps", type=int, help="DDIM steps for inversion and decoding. [default: 50]")
 @click.option("--ema/--no-ema", default=True, show_default=True, help="Use the EMA weights of a run.")
 @click.option("--device", default="auto", show_default=True)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
@@ -33,21 +34,6 @@ def read_input(pipe, image, what: str = "image") -> tuple[torch.Tensor, Given]:
     return check_images(pipe, x, what), given
 
 
-def check_labels(pipe, labels: torch.Tensor | None, n: int) -> torch.Tensor | None:
-    if labels is None:
-        return None
-    if not pipe.num_classes:
-        raise ValueError("this model is unconditional: it takes no class labels")
-    labels = torch.as_tensor(labels, dtype=torch.long).reshape(-1)
-    if len(labels) == 1 and n > 1:
-        labels = labels.expand(n)
-    if len(labels) != n:
-        raise ValueError(f"got {len(labels)} labels for {n} images")
-    if labels.min() < 0 or labels.max() >= pipe.num_classes:
-        raise ValueError(f"labels must be in 0..{pipe.num_classes - 1}")
-    return labels
-
-
 def to_model(pipe, x: torch.Tensor, fill: float = -1.0) -> torch.Tensor:
     """Native-size float images -> the model's input size (`ModelCard.to_model`)."""
     return pipe.card.to_model(x, fill)
@@ -67,16 +53,18 @@ def native_view(pipe, x: torch.Tensor) -> torch.Tensor:
     return x[..., top : top + native, top : top + native]
 
 
-def setup(pipe, n: int, labels, cfg, sampler: str, options: dict, clip: bool = True):
-    """(denoiser, sample_fn, cond) with the pipeline's guidance and clipping, after
-    checking the sampler's options and the labels. A class-conditional model without
-    labels runs unconditionally (the null label, no guidance unless `cfg` is given)."""
+def setup(pipe, n: int, labels, cfg, sampler: str, options: dict, clip: bool = True, *, prompts=None,
+          negative_prompt: str | None = None):
+    """(denoiser, sample_fn, cond) after checking the sampler's options: the conditioning
+    and the guidance are `Pipeline.generate`'s (`Pipeline.condition`, `Pipeline.denoiser`),
+    one label or prompt standing for all n images. Without labels or prompts the model runs
+    unconditionally (a class model's null label, a text model's empty prompt), unguided
+    unless `cfg` or a negative prompt is given."""
     sample_fn = checked_sampler(sampler, options)
-    labels = check_labels(pipe, labels, n)
-    if pipe.num_classes and labels is None and cfg is None:
+    _, cond = pipe.condition(n, labels, prompts)
+    if cfg is None and labels is None and prompts is None and negative_prompt is None and pipe.default_cfg:
         cfg = 1.0
-    den = pipe.denoiser(cfg, clip).to(pipe.device)
-    cond = labels.to(pipe.device) if labels is not None else None
+    den = pipe.denoiser(cfg, clip, negative_prompt=negative_prompt).to(pipe.device)
     return den, sample_fn, cond
 
 
@@ -150,7 +138,7 @@ class TaskRun:
 
     den: torch.nn.Module
     sample_fn: Callable
-    cond: torch.Tensor | None
+    cond: Any
     sigmas: torch.Tensor
     gens: list[torch.Generator]
     options: dict = field(default_factory=dict)
@@ -175,9 +163,11 @@ class TaskRun:
 
 
 def prepare(pipe, n: int, *, labels, cfg, sampler: str, steps: int | None, seed: int, options: dict,
-            sigma_start: float | None = None, clip: bool = True) -> TaskRun:
+            sigma_start: float | None = None, clip: bool = True, prompts=None,
+            negative_prompt: str | None = None) -> TaskRun:
     """The set-up every task shares (after `setup`'s checks): the sampler's grid, from
     `sigma_start` down when given (SDEdit, denoising), and per-image generators."""
-    den, sample_fn, cond = setup(pipe, n, labels, cfg, sampler, options, clip)
+    den, sample_fn, cond = setup(pipe, n, labels, cfg, sampler, options, clip, prompts=prompts,
+                                 negative_prompt=negative_prompt)
     sigmas = pipe.sigmas(sampler, steps) if sigma_start is None else grid_from(pipe, sampler, steps, sigma_start)
     return TaskRun(den, sample_fn, cond, sigmas, generators(seed, n), pipe.sampler_defaults(sampler, options))

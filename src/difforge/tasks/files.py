@@ -31,6 +31,8 @@ class Common:
     ema: bool = True
     device: str = "auto"
     eta: float | None = None
+    prompts: tuple[str, ...] = ()  # one for all images, or one per image
+    negative_prompt: str | None = None
 
 
 def _load(c: Common):
@@ -46,6 +48,17 @@ def _kwargs(pipe, c: Common, n: int) -> dict:
         kw["labels"] = torch.full((n,), pipe.parse_class(c.klass), dtype=torch.long)
     if c.eta is not None:
         kw["eta"] = c.eta
+    kw.update(_text(c))
+    return kw
+
+
+def _text(c: Common) -> dict:
+    """The prompt options given (a text model's; `Pipeline.condition` refuses them elsewhere)."""
+    kw: dict = {}
+    if c.prompts:
+        kw["prompts"] = list(c.prompts)
+    if c.negative_prompt is not None:
+        kw["negative_prompt"] = c.negative_prompt
     return kw
 
 
@@ -139,7 +152,8 @@ def interpolate_files(c: Common, a: str, b: str, frames: int, out: str, strip: s
     if len(xa) != len(xb):
         raise ValueError(f"{a} has {len(xa)} images, {b} has {len(xb)}")
     labels = None if c.klass is None else torch.full((len(xa),), pipe.parse_class(c.klass), dtype=torch.long)
-    seq = interpolate(pipe, xa, xb, frames, labels=labels, cfg=c.cfg, steps=c.steps, callback=callback)  # (K, N, ...)
+    seq = interpolate(pipe, xa, xb, frames, labels=labels, cfg=c.cfg, steps=c.steps, callback=callback,
+                      **_text(c))  # (K, N, ...)
     u8 = [to_uint8(f) for f in seq]
     scale = 4 if seq.shape[-1] <= 32 else 1
     gif = save_gif(u8 + u8[-2:0:-1], out, nrow=max(1, min(10, seq.shape[1])), scale=scale, ms=150, hold_ms=600)
@@ -150,7 +164,9 @@ def interpolate_files(c: Common, a: str, b: str, frames: int, out: str, strip: s
 def upscale_files(c: Common, image: str | None, scale: int, out: str, base: str | None = None, n: int = 8,
                   callback=None) -> Path:
     """ILVR with a generative model, or an SR3 model (a run trained with --task superres);
-    with `base`, generate `n` low-resolution images with that model first (a cascade)."""
+    with `base`, generate `n` low-resolution images with that model first (a cascade). In
+    a cascade the prompts go to the base model, and to the upscaler too where it is a text
+    model (ILVR with a text model)."""
     from difforge.tasks import superres
 
     check_output_file(out, suffixes=OUT_SUFFIXES)
@@ -163,5 +179,8 @@ def upscale_files(c: Common, image: str | None, scale: int, out: str, base: str 
         raise ValueError("give --image (a low-resolution picture) or --base (a model to generate them)")
     else:
         low = from_uint8(read_images(image, pipe.card.channels))
-    y = superres.upscale(pipe, low, scale, callback=callback, **_kwargs(pipe, c, len(low)))
+    kw = _kwargs(pipe, c, len(low))
+    if base is not None and not pipe.takes_text:
+        kw = {k: v for k, v in kw.items() if k not in ("prompts", "negative_prompt")}
+    y = superres.upscale(pipe, low, scale, callback=callback, **kw)
     return write(y, out)

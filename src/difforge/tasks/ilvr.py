@@ -11,7 +11,7 @@ input (`fit_block_means`), while the model has filled in the high frequencies.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import torch
 
@@ -61,6 +61,8 @@ def superres_ilvr(
     scale: int,
     *,
     labels: torch.Tensor | None = None,
+    prompts: Sequence[str] | None = None,
+    negative_prompt: str | None = None,
     cfg: float | None = None,
     sampler: str | None = None,
     steps: int | None = None,
@@ -73,8 +75,8 @@ def superres_ilvr(
     i uses seed + i. Returns (N, C, size, size) whose block means equal `low`."""
     ref = check_low_res(pipe, low, scale)
     low = downsample(ref, scale).to(pipe.device)  # == low, as float
-    run = prepare(pipe, len(ref), labels=labels, cfg=cfg, sampler=sampler or "ddpm", steps=steps or 50, seed=seed,
-                  options=options)
+    run = prepare(pipe, len(ref), labels=labels, prompts=prompts, negative_prompt=negative_prompt, cfg=cfg,
+                  sampler=sampler or "ddpm", steps=steps or 50, seed=seed, options=options)
     gens = run.gens
     ref = ref.to(pipe.device)
 

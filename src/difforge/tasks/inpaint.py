@@ -1,16 +1,19 @@
-"""Inpainting with an unconditionally trained model: RePaint and blended replacement.
+"""Inpainting with a model not trained for it: RePaint and blended replacement.
 
 Both replace the known pixels after every sampler step with the ground truth noised to
 the step's level, x <- m * x + (1 - m) * (y + sigma_next * z) (the mechanism of Blended
 Diffusion, Avrahami et al. 2022, on pixels). RePaint (Lugmayr et al. 2022, Algorithm 1)
 adds resampling: every `jump_length` steps it diffuses x back up `jump_length` levels and
 samples them again, `resample` times in all, so the generated region has time to agree
-with the known one. With resample = 1 RePaint is blended replacement.
+with the known one. With resample = 1 RePaint is blended replacement. A class or text
+model conditions the whole image on the label or prompt, so the filled region follows it
+(with a prompt: text-guided blending, as Blended Diffusion does and GLIDE with a model
+not fine-tuned for inpainting).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import torch
 
@@ -51,6 +54,8 @@ def inpaint(
     *,
     method: str = "repaint",
     labels: torch.Tensor | None = None,
+    prompts: Sequence[str] | None = None,
+    negative_prompt: str | None = None,
     cfg: float | None = None,
     sampler: str | None = None,
     steps: int | None = None,
@@ -70,13 +75,18 @@ def inpaint(
     `steps` (default 50) steps on its grid; `options` go to the sampler. Image i uses
     seed + i. Returns (N, C, H, W) in [-1, 1] equal to `image` where the mask is 0,
     as the kind of image given (uint8 pixels for every kind but a float tensor).
+
+    A class model fills in class `labels`; a text model fills in what `prompts` say (one
+    per image, or one for all; without prompts, the empty prompt: unconditional), guided
+    with scale `cfg` away from the empty prompt or `negative_prompt`: text-guided blending
+    as in Blended Diffusion and GLIDE's inpainting with a model not trained for it.
     """
     if method not in METHODS:
         raise ValueError(f"unknown inpainting method {method!r}; expected one of {sorted(METHODS)}")
     image, given = read_input(pipe, image)
     mask = check_mask(mask, image)
-    run = prepare(pipe, len(image), labels=labels, cfg=cfg, sampler=sampler or "ddpm", steps=steps or DEFAULT_STEPS,
-                  seed=seed, options=options)
+    run = prepare(pipe, len(image), labels=labels, prompts=prompts, negative_prompt=negative_prompt, cfg=cfg,
+                  sampler=sampler or "ddpm", steps=steps or DEFAULT_STEPS, seed=seed, options=options)
     path = repaint_path(run.steps, jump_length, resample) if method == "repaint" else straight(run.steps)
 
     dev = pipe.device

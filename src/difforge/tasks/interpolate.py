@@ -10,7 +10,7 @@ is decoded. Both directions are `difforge.sampling.sample_ddim` on the same grid
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import torch
 
@@ -47,21 +47,21 @@ def inversion_grid(pipe, steps: int | None) -> torch.Tensor:
 
 
 @torch.no_grad()
-def invert(pipe, image: torch.Tensor, *, labels=None, cfg: float | None = None, steps: int | None = None,
-           callback: Callable[[dict], None] | None = None) -> torch.Tensor:
+def invert(pipe, image: torch.Tensor, *, labels=None, prompts=None, cfg: float | None = None,
+           steps: int | None = None, callback: Callable[[dict], None] | None = None) -> torch.Tensor:
     """DDIM inversion: images (N, C, H, W, [-1, 1], native size) -> latents at sigma_max
     (model size). Exact up to the ODE discretisation; guidance (cfg > 1) degrades it."""
     image = check_images(pipe, image)
-    den, _, cond = setup(pipe, len(image), labels, cfg, "ddim", {}, clip=False)
+    den, _, cond = setup(pipe, len(image), labels, cfg, "ddim", {}, clip=False, prompts=prompts)
     x = to_model(pipe, image).to(pipe.device)
     return sample_ddim(den, x, inversion_grid(pipe, steps), callback=callback, cond=cond)
 
 
 @torch.no_grad()
-def decode(pipe, latent: torch.Tensor, *, labels=None, cfg: float | None = None, steps: int | None = None,
-           callback: Callable[[dict], None] | None = None) -> torch.Tensor:
+def decode(pipe, latent: torch.Tensor, *, labels=None, prompts=None, cfg: float | None = None,
+           steps: int | None = None, callback: Callable[[dict], None] | None = None) -> torch.Tensor:
     """The inverse of `invert`: DDIM from sigma_max down the same grid, then to 0."""
-    den, _, cond = setup(pipe, len(latent), labels, cfg, "ddim", {}, clip=False)
+    den, _, cond = setup(pipe, len(latent), labels, cfg, "ddim", {}, clip=False, prompts=prompts)
     sigmas = torch.cat([inversion_grid(pipe, steps).flip(0), torch.zeros(1, dtype=torch.float64)])
     return from_model(pipe, sample_ddim(den, latent, sigmas, callback=callback, cond=cond).float().cpu())
 
@@ -74,14 +74,16 @@ def interpolate(
     frames: int = 8,
     *,
     labels: torch.Tensor | None = None,
+    prompts: Sequence[str] | None = None,
     cfg: float | None = None,
     steps: int | None = None,
     callback: Callable[[dict], None] | None = None,
 ) -> torch.Tensor:
     """`frames` images from a to b (both (N, C, H, W), [-1, 1], native size), the ends
     included: returns (frames, N, C, H, W). Deterministic (no seed). A class-conditional
-    model runs unconditionally unless `labels` are given (then with guidance `cfg`,
-    default 1: none, which keeps the inversion exact). The callback sees the steps of both
+    model runs unconditionally unless `labels` are given, a text model unless `prompts`
+    are (one per pair, or one for all; then with guidance `cfg`, default 1: none, which
+    keeps the inversion exact). The callback sees the steps of both
     inversions and of the decoding, numbered through. `a` and `b` may also be uint8 pixels
     (tensors, numpy arrays, PIL images, both of one kind): the frames are then uint8 of that
     kind, stacked along a first axis (a list of frames for PIL)."""
@@ -92,14 +94,17 @@ def interpolate(
         raise ValueError(f"images a and b are of different kinds ({given.kind} and {given_b.kind})")
     if a.shape != b.shape:
         raise ValueError(f"images a {tuple(a.shape)} and b {tuple(b.shape)} differ in shape")
-    if labels is not None and cfg is None:
+    if (labels is not None or prompts is not None) and cfg is None:
         cfg = 1.0
     inverse = len(inversion_grid(pipe, steps)) - 1  # steps of one inversion; decoding takes one more
     total = 3 * inverse + 1
-    za = invert(pipe, a, labels=labels, cfg=cfg, steps=steps, callback=counted(callback, total))
-    zb = invert(pipe, b, labels=labels, cfg=cfg, steps=steps, callback=counted(callback, total, inverse))
+    za = invert(pipe, a, labels=labels, prompts=prompts, cfg=cfg, steps=steps, callback=counted(callback, total))
+    zb = invert(pipe, b, labels=labels, prompts=prompts, cfg=cfg, steps=steps,
+                callback=counted(callback, total, inverse))
     ts = torch.linspace(0, 1, frames, dtype=torch.float64).tolist()
     latents = torch.cat([slerp(za, zb, t) for t in ts])  # (frames * N, C, S, S)
     lab = None if labels is None else torch.as_tensor(labels).reshape(-1).expand(len(a)).repeat(frames)
-    out = decode(pipe, latents, labels=lab, cfg=cfg, steps=steps, callback=counted(callback, total, 2 * inverse))
+    text = None if prompts is None else [p for _ in range(frames) for p in list(prompts) * (len(a) // len(prompts))]
+    out = decode(pipe, latents, labels=lab, prompts=text, cfg=cfg, steps=steps,
+                 callback=counted(callback, total, 2 * inverse))
     return given_back(out.view(frames, *a.shape), given)

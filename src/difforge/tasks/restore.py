@@ -3,7 +3,8 @@
 SDEdit (Meng et al. 2022, "SDEdit: guided image synthesis and editing with stochastic
 differential equations"): noise the input to level sigma(t0), t0 = strength * T, then run
 the sampler from there to 0. The result stays close to the input at low strength and
-becomes a fresh sample as strength goes to 1.
+becomes a fresh sample as strength goes to 1. A prompt to a text model steers the way
+back (image-to-image with a prompt, as Stable Diffusion's img2img).
 
 Denoising an image with known Gaussian noise y = x + s * n: in the variance-exploding
 frame the model's noisy inputs are exactly x + sigma * n, so y *is* a sample at
@@ -14,7 +15,7 @@ denoiser, Tweedie's formula); more steps give a sharper sample instead.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import torch
 
@@ -38,6 +39,8 @@ def restore(
     strength: float,
     *,
     labels: torch.Tensor | None = None,
+    prompts: Sequence[str] | None = None,
+    negative_prompt: str | None = None,
     cfg: float | None = None,
     sampler: str | None = None,
     steps: int | None = None,
@@ -50,11 +53,15 @@ def restore(
     `Pipeline.sigmas`), of which the levels below the start are run; image i uses seed + i.
     `image` may also be any kind `Pipeline.generate` returns (uint8 tensor, numpy array,
     PIL images); the result is float in [-1, 1], or uint8 pixels of the kind given.
+
+    With a text model, `prompts` (one per image, or one for all) steer the sample back
+    (SDEdit with a prompt: image-to-image), guided with scale `cfg` away from the empty
+    prompt or `negative_prompt`; without prompts the empty prompt (unconditional).
     """
     image, given = read_input(pipe, image)
     sigma = strength_sigma(pipe, strength)
-    run = prepare(pipe, len(image), labels=labels, cfg=cfg, sampler=sampler or "ddim", steps=steps, seed=seed,
-                  options=options, sigma_start=sigma)
+    run = prepare(pipe, len(image), labels=labels, prompts=prompts, negative_prompt=negative_prompt, cfg=cfg,
+                  sampler=sampler or "ddim", steps=steps, seed=seed, options=options, sigma_start=sigma)
     x0 = to_model(pipe, image).to(pipe.device)
     x = run.sample(x0 + sigma * randn_like(x0, run.gens), callback)
     return given_back(from_model(pipe, x.float().cpu()), given)
@@ -72,6 +79,8 @@ def denoise(
     sigma: float,
     *,
     labels: torch.Tensor | None = None,
+    prompts: Sequence[str] | None = None,
+    negative_prompt: str | None = None,
     cfg: float | None = None,
     sampler: str | None = None,
     steps: int | None = None,
@@ -96,8 +105,8 @@ def denoise(
     if s > pipe.process.sigma_max:
         raise ValueError(f"noise sigma {sigma} is above this model's largest, "
                          f"{pipe.process.sigma_max / 2:.4g} (pixel units)")
-    run = prepare(pipe, len(image), labels=labels, cfg=cfg, sampler=sampler, steps=steps, seed=seed,
-                  options=options, sigma_start=s)
+    run = prepare(pipe, len(image), labels=labels, prompts=prompts, negative_prompt=negative_prompt, cfg=cfg,
+                  sampler=sampler, steps=steps, seed=seed, options=options, sigma_start=s)
     if steps is None or steps == 1:  # one call: the posterior mean
         run.sigmas = torch.tensor([s, 0.0], dtype=torch.float64)
     x = to_model(pipe, image).to(pipe.device)

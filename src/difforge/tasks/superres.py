@@ -34,17 +34,21 @@ def upscale(pipe, low, scale: int, **kwargs):
 
 def cascade_low(base_dir: str, n: int, c, size: int) -> torch.Tensor:
     """`n` images from the base model at `base_dir` (seed c.seed, its default sampler and
-    guidance; class c.klass if given), float in [-1, 1] at `size` (area resizing when the
-    base model's images differ): the first stage of a cascade."""
+    guidance; class c.klass, or prompts c.prompts and c.negative_prompt, if given), float
+    in [-1, 1] at `size` (area resizing when the base model's images differ): the first
+    stage of a cascade."""
     from difforge.pipeline import load_pipeline
 
     base = load_pipeline(base_dir, ema=c.ema)
     labels = None
+    if c.klass is not None and not base.num_classes:
+        base.parse_class(c.klass)  # its one-line error: a text or unconditional model takes no class
     if base.num_classes:
         labels = base.default_labels(per_class=-(-n // base.num_classes))[:n]
         if c.klass is not None:
             labels = torch.full((n,), base.parse_class(c.klass), dtype=torch.long)
-    images, _ = base.generate(n=n, labels=labels, seed=c.seed)
+    text = {"prompts": list(c.prompts) or None, "negative_prompt": c.negative_prompt}
+    images, _ = base.generate(n=n, labels=labels, seed=c.seed, **text)
     x = from_uint8(images)
     if x.shape[-1] != size:
         x = F.interpolate(x, size=(size, size), mode="area" if x.shape[-1] > size else "bicubic").clamp(-1, 1)
@@ -57,6 +61,8 @@ def sr3_upscale(
     scale: int | None = None,
     *,
     labels: torch.Tensor | None = None,
+    prompts=None,
+    negative_prompt: str | None = None,
     cfg: float | None = None,
     sampler: str | None = None,
     steps: int | None = None,
@@ -75,6 +81,8 @@ def sr3_upscale(
         raise ValueError(f"this super-resolution model upscales x{want}, not x{scale}")
     if labels is not None:
         raise ValueError("a super-resolution model takes no class labels")
+    if prompts is not None or negative_prompt is not None:
+        raise ValueError("this super-resolution model is not a text-to-image model: it takes no prompt")
     sampler, steps = sampler or "ddpm", steps or 50
     total = len(pipe.sigmas(sampler, steps)) - 1  # one callback per sampler step
     return pipe.upscale(low, cfg=cfg, sampler=sampler, steps=steps, seed=seed, callback=counted(callback, total),
