@@ -137,3 +137,13 @@ def test_latent_errors_are_one_line(ae_dir, tmp_path, capsys):
 def test_train_autoencoder_cli_refuses_a_used_folder(ae_dir, capsys):
     assert run(["train-autoencoder", "--dataset", "digits", "--out", str(ae_dir), "--steps", "1", "--no-fd"]) == 1
     assert "already holds a trained autoencoder; pass --overwrite" in capsys.readouterr().err
+
+
+def test_tasks_refuse_a_latent_model_in_one_line(ae_dir, tmp_path):
+    from difforge.tasks import restore
+
+    out = tmp_path / "run"
+    train(_cfg(ae_dir, out), progress=False)
+    pipe = load_pipeline(out)
+    with pytest.raises(ValueError, match="works on pixel-space models; this is a latent diffusion model"):
+        restore(pipe, torch.zeros(1, 1, 8, 8), strength=0.5, steps=2)

@@ -27,9 +27,13 @@ def check_images(pipe, image: torch.Tensor, what: str = "image") -> torch.Tensor
     return pipe.card.check_images(image, what)
 
 
+EDITING = "editing an image (inpaint, restore, denoise, interpolate, upscale)"
+
+
 def read_input(pipe, image, what: str = "image") -> tuple[torch.Tensor, Given]:
     """Any image batch a task takes (float tensor in [-1, 1], uint8 tensor, uint8 numpy
     array, PIL images: `difforge.io.formats`) -> (checked float batch, what was given)."""
+    pipe.require_pixel_space(EDITING)
     x, given = as_float(image, pipe.card.channels, what)
     return check_images(pipe, x, what), given
 
@@ -59,7 +63,8 @@ def setup(pipe, n: int, labels, cfg, sampler: str, options: dict, clip: bool = T
     and the guidance are `Pipeline.generate`'s (`Pipeline.condition`, `Pipeline.denoiser`),
     one label or prompt standing for all n images. Without labels or prompts the model runs
     unconditionally (a class model's null label, a text model's empty prompt), unguided
-    unless `cfg` or a negative prompt is given."""
+    unless `cfg` or a negative prompt is given. Tasks edit pixels: a latent model is refused."""
+    pipe.require_pixel_space(EDITING)
     sample_fn = checked_sampler(sampler, options)
     _, cond = pipe.condition(n, labels, prompts)
     if cfg is None and labels is None and prompts is None and negative_prompt is None and pipe.default_cfg:
