@@ -36,6 +36,7 @@ from difforge.train.run_dir import model_card
 from difforge.train.signals import StopFlag
 
 VAL_MAX_IMAGES = 2000  # validation loss is measured on at most this many held-out images
+LATENT_SIGMA_MAX_NOTE = 50.0  # a latent run whose schedule goes above this noise level gets a note
 
 
 @dataclass
@@ -130,6 +131,11 @@ class Trainer(FaultHandling):
             self.card = model_card(self.cfg, self.bundle, self.image_size, self.num_classes, self.ae_card)
         except ValueError as e:
             raise ConfigError(str(e)) from None
+        if self.ae is not None and self.card.process().sigma_max > LATENT_SIGMA_MAX_NOTE:
+            self.say(f"note: this noise schedule reaches sigma {self.card.process().sigma_max:.0f}; latents are not "
+                     "clipped as pixels are, so eps errors are multiplied by it in the first sampling steps. Stable "
+                     "Diffusion's schedule (--schedule scaled_linear --set diffusion.beta_start=0.00085 --set "
+                     "diffusion.beta_end=0.012) stops at 14.6; see docs/latent.md")
         self.captions = self.val_captions = None  # text: each split's captions, encoded once
         self.cond_image = None  # superres: makes each batch's conditioning image from x0 (SR3)
         if self.card.task == "superres":
