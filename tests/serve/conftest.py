@@ -1,4 +1,5 @@
-"""A tiny randomly initialised model directory and a TestClient serving it."""
+"""A tiny randomly initialised model directory and a TestClient serving it; a tiny text-to-image
+run trained for two steps on coloured squares, and a TestClient serving that."""
 
 from __future__ import annotations
 
@@ -44,6 +45,50 @@ def pipe(model_dir):
     return load_pipeline(model_dir)
 
 
+TEXT_COLOURS = {"red": (220, 30, 30), "blue": (30, 30, 220)}
+
+
+def make_text_run(root, steps: int = 2):
+    """A text-to-image run (scratch text encoder, max_tokens 32) trained for `steps` steps on
+    16 RGB 8x8 squares captioned "a red square" / "a blue square"; its card's example prompts
+    are those two captions."""
+    import numpy as np
+    from PIL import Image
+
+    from difforge.config import DataConfig, ModelConfig, RunConfig, TrainConfig
+    from difforge.train.loop import train
+
+    data = root / "captioned"
+    data.mkdir(parents=True)
+    lines = []
+    for i in range(16):
+        name = list(TEXT_COLOURS)[i % 2]
+        a = np.zeros((SIZE, SIZE, 3), np.uint8)
+        a[2:6, 2:6] = TEXT_COLOURS[name]
+        Image.fromarray(a).save(data / f"{i:02d}.png")
+        lines.append(json.dumps({"file_name": f"{i:02d}.png", "text": f"a {name} square"}))
+    (data / "metadata.jsonl").write_text("\n".join(lines) + "\n")
+    cfg = RunConfig(data=DataConfig(dataset="folder", path=str(data), val_fraction=0.0),
+                    model=ModelConfig(preset="tiny", text_encoder="scratch", caption_dropout=0.2, max_tokens=32),
+                    train=TrainConfig(max_steps=steps, batch_size=8, checkpoint_every=0, sample_every=0, log_every=1,
+                                      ema_warmup=1, lr=1e-3, device="cpu", final_grid=False),
+                    out=str(root / "run"))
+    train(cfg, progress=False)
+    return root / "run"
+
+
+@pytest.fixture(scope="session")
+def text_model_dir(tmp_path_factory):
+    return make_text_run(tmp_path_factory.mktemp("serve-text"))
+
+
+@pytest.fixture(scope="session")
+def text_pipe(text_model_dir):
+    from difforge.pipeline import load_pipeline
+
+    return load_pipeline(text_model_dir)
+
+
 BASE_URL = "http://127.0.0.1:8000"  # a name the server answers to (its Host check)
 
 
@@ -58,6 +103,12 @@ def make_client(pipe, model_dir, warmup: bool = True, **limits):
 @pytest.fixture(scope="module")
 def client(pipe, model_dir):
     with make_client(pipe, model_dir, max_n=8, max_steps=50, max_body_bytes=64 * 1024) as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def text_client(text_pipe, text_model_dir):
+    with make_client(text_pipe, text_model_dir, max_n=8, max_steps=50, max_body_bytes=64 * 1024) as c:
         yield c
 
 

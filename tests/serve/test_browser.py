@@ -1,5 +1,6 @@
 """The web page in real headless Chromium: open it, generate an image and watch it appear
-from streamed intermediate images, draw a mask with the mouse, inpaint, download."""
+from streamed intermediate images, draw a mask with the mouse, inpaint, download; type a
+prompt for a text-to-image model and get its image."""
 
 from __future__ import annotations
 
@@ -54,6 +55,11 @@ def server(pipe, model_dir):
 @pytest.fixture(scope="module")
 def locked_server(pipe, model_dir):
     yield from serving(pipe, model_dir, token="page-token-123")
+
+
+@pytest.fixture(scope="module")
+def text_server(text_pipe, text_model_dir):
+    yield from serving(text_pipe, text_model_dir)
 
 
 @pytest.fixture(scope="module")
@@ -139,6 +145,40 @@ def test_page_generates_then_inpaints(server, browser, tmp_path):
     assert not [e for e in d.get_log("browser") if "Content Security Policy" in e.get("message", "")]
     d.save_screenshot(str(tmp_path / "page.png"))
     assert (tmp_path / "page.png").stat().st_size > 0
+
+
+def test_page_generates_from_a_typed_prompt(text_server, browser, text_pipe):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select
+
+    d = browser
+    d.get(text_server + "/")
+    wait_state(d, {"idle"})
+    assert not d.find_element(By.ID, "klass").is_displayed()  # a prompt instead of the class selector
+    prompt, negative = d.find_element(By.ID, "prompt"), d.find_element(By.ID, "negative")
+    assert prompt.is_displayed() and negative.is_displayed()
+    assert prompt.get_attribute("value") == text_pipe.default_prompts()[0]  # prefilled with the model's example
+    assert prompt.get_attribute("maxlength") == "200"
+    assert d.find_element(By.ID, "cfg").is_enabled()
+    Select(d.find_element(By.ID, "sampler")).select_by_value("ddim")
+    prompt.clear()
+    prompt.send_keys("a blue square")
+    negative.send_keys("a red square")
+    for field, value in (("steps", "4"), ("seed", "3"), ("cfg", "30")):  # strong guidance: the prompts show
+        el = d.find_element(By.ID, field)
+        el.clear()
+        el.send_keys(value)
+    d.find_element(By.ID, "generate").click()
+    assert wait_state(d, {"done", "error"}) == "done", d.find_element(By.ID, "status").text
+    assert 'prompt "a blue square"' in d.find_element(By.ID, "seed-used").text
+    shown = d.execute_script(PIXELS, "image")
+    rgb = [v for i, v in enumerate(shown) if i % 4 != 3]
+    options = {"sampler": "ddim", "steps": 4, "seed": 3, "cfg": 30}
+    expected, _ = text_pipe.generate(prompts=["a blue square"], negative_prompt="a red square", **options)
+    assert rgb == expected[0].permute(1, 2, 0).reshape(-1).tolist()  # both typed prompts were sent, the image drawn
+    for prompts, negative in ((["a red square"], "a red square"), (["a blue square"], None)):
+        other, _ = text_pipe.generate(prompts=prompts, negative_prompt=negative, **options)
+        assert rgb != other[0].permute(1, 2, 0).reshape(-1).tolist()  # either prompt changes the image
 
 
 def test_api_reference_works_offline_under_its_content_security_policy(server, browser):

@@ -46,6 +46,8 @@ def _token(token_file: str | None) -> str | None:
               "get 503.")
 @click.option("--read-timeout", "read_timeout_s", type=float, default=30.0, show_default=True,
               help="Seconds a request's headers and body may take to arrive.")
+@click.option("--max-prompt-chars", type=int, default=200, show_default=True, help="Characters per prompt of a "
+              "text-to-image model (the model's token limit applies too).")
 @click.option("--ema/--no-ema", default=True, show_default=True, help="Use the EMA weights of a run.")
 @click.option("--device", default="auto", show_default=True)
 def serve(model_dir, host, port, token_value, token_file, allowed_hosts, ema, device, **limits) -> None:

@@ -52,7 +52,7 @@ def create_app(pipe, model_path: str | Path, config: ServeConfig | None = None, 
     model_info = describe_model(model_path, pipe)
     model_info["limits"] = {"max_n": config.max_n, "max_steps": config.max_steps, "max_batch": config.max_batch,
                             "max_body_bytes": config.max_body_bytes, "timeout_s": config.timeout_s,
-                            "queue_size": config.queue_size}
+                            "queue_size": config.queue_size, "max_prompt_chars": config.max_prompt_chars}
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -112,9 +112,10 @@ def _task_routes(app: FastAPI, check, responder: Responder, auth: list) -> None:
                                                         "in X-Seeds); server-sent events `progress` ... `result` "
                                                         "with `Accept: text/event-stream`."}})
     async def generate(request: Request):
-        """Sample images: class label(s) or none, n, sampler, steps, CFG scale, seed."""
+        """Sample images: class label(s), prompt(s) (text-to-image models) or none, n, sampler, steps, CFG scale,
+        seed."""
         req, _ = await parse(request, GenerateRequest)
-        job, meta = check.generate(req)
+        job, meta = await asyncio.to_thread(check.generate, req)  # a text model's prompts are encoded to check them
         return await responder.run(job, request, responder.images(**meta))
 
     @app.post("/v1/inpaint", dependencies=auth, response_model=ImagesResponse, responses=ERRORS,
@@ -140,7 +141,8 @@ def _probe_routes(app: FastAPI, engine: Engine, metrics: ServeMetrics, config: S
 
     @app.get("/v1/model", dependencies=auth, responses=ERRORS)
     async def model() -> dict:
-        """What the model is: classes, size, channels, training steps, recorded metrics, samplers, limits."""
+        """What the model is: classes or prompts, size, channels, training steps, recorded metrics, samplers,
+        limits."""
         return model_info
 
     @app.get("/healthz")

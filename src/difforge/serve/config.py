@@ -26,6 +26,8 @@ class ServeConfig:
     once; more get 503 and are closed. read_timeout_s: a request's headers and body must
     arrive within this. drain_s: at shutdown, running work may finish within this; then
     503. keepalive_s: an event stream sends a comment this often while it waits.
+    max_prompt_chars: characters per prompt (and negative prompt) of a text-to-image
+    model; the model's own token limit applies as well.
     """
 
     max_n: int = 16
@@ -43,10 +45,11 @@ class ServeConfig:
     read_timeout_s: float = 30.0
     drain_s: float = 10.0
     keepalive_s: float = 15.0
+    max_prompt_chars: int = 200
 
     def __post_init__(self) -> None:
         for name in ("max_n", "max_steps", "max_body_bytes", "queue_size", "max_batch", "retry_after_s",
-                     "preview_frames", "max_connections"):
+                     "preview_frames", "max_connections", "max_prompt_chars"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         for name in ("timeout_s", "read_timeout_s", "keepalive_s"):

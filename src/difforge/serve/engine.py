@@ -5,8 +5,11 @@ future, so health checks stay fast under load. Requests whose sampler settings a
 (sampler, steps, grid, guidance, options) and that arrive while the worker is busy, or
 within `batch_window_s` of each other, are merged into one batch on the device (dynamic
 batching) up to `max_batch` images; one request for more images runs in chunks of
-`max_batch`. Every image keeps its own seed (per-sample generators), so a result does not
-depend on what it was batched or chunked with. A merged batch that runs out of memory is
+`max_batch`. Every image keeps its own seed (per-sample generators) and its own class or
+prompt (a text model's prompts of merged requests are encoded together, padded to the
+longest, and padding is masked out), so a result does not depend on what it was batched or
+chunked with. A negative prompt is part of the sampler settings: it replaces the empty
+prompt of the whole batch's guidance. A merged batch that runs out of memory is
 run again one request at a time. A failed warm-up or a fatal device error stops the
 worker for good: the engine refuses new work (`Unavailable`) and says why.
 """
@@ -67,12 +70,14 @@ def is_fatal(e: BaseException) -> bool:
 @dataclass(eq=False)
 class Job:
     """One request's work. `kind` is "generate", "inpaint" or "restore"; `params` go to
-    `Pipeline.generate` or the task; `labels` are per image (None: unconditional)."""
+    `Pipeline.generate` or the task; `labels` are per image (None: unconditional), and so are
+    `prompts` for a text-to-image model (None: the empty prompt)."""
 
     kind: str
     params: dict
     seeds: list[int]
     labels: list[int] | None = None
+    prompts: list[str] | None = None
     inputs: dict = field(default_factory=dict)  # tensors for tasks: image, mask
     key: tuple | None = None  # equal keys may share a batch; None runs alone
     on_progress: Callable[[dict], None] | None = None
@@ -345,17 +350,21 @@ class Engine:
         if self.pipe.num_classes:
             null = self.pipe.num_classes  # CFGDenoiser's null label: no class
             labels = torch.tensor([k for j in batch for k in (j.labels or [null] * j.n)], dtype=torch.long)
+        prompts = None
+        if self.pipe.takes_text:
+            prompts = [p for j in batch for p in (j.prompts or [""] * j.n)]
         seeds = [s for j in batch for s in j.seeds]
         steps = len(self.pipe.sigmas(p["sampler"], p.get("steps"), p.get("grid"))) - 1
         chunks = self._chunks(len(seeds))  # merged batches fit max_batch; one large request may not
         if len(chunks) == 1:
-            images, _ = self.pipe.generate(n=len(seeds), labels=labels, seeds=seeds, batch_size=len(seeds),
-                                           callback=self._callback(batch, spans, steps), **p)
+            images, _ = self.pipe.generate(n=len(seeds), labels=labels, prompts=prompts, seeds=seeds,
+                                           batch_size=len(seeds), callback=self._callback(batch, spans, steps), **p)
             return [images[a:b] for a, b in spans]
         parts = []
         for k, (a, b) in enumerate(chunks):  # one job (merging stops at max_batch)
             cb = self._callback(batch, [(0, b - a)], steps, done=k * steps, total=len(chunks) * steps)
-            images, _ = self.pipe.generate(n=b - a, labels=None if labels is None else labels[a:b], seeds=seeds[a:b],
+            images, _ = self.pipe.generate(n=b - a, labels=None if labels is None else labels[a:b],
+                                           prompts=None if prompts is None else prompts[a:b], seeds=seeds[a:b],
                                            batch_size=b - a, callback=cb, **p)
             parts.append(images)
         return [torch.cat(parts)]

@@ -58,6 +58,9 @@ def describe_model(path: str | Path, pipe) -> dict:
         "channels": card.channels,
         "num_classes": pipe.num_classes,
         "class_names": pipe.class_names,
+        "takes_text": pipe.takes_text,
+        "prompts": pipe.default_prompts() if pipe.takes_text else None,
+        "text": _text(pipe),
         "dataset": card.dataset,
         "diffusion": card.diffusion.to_dict(),
         "prediction": card.prediction,
@@ -68,6 +71,14 @@ def describe_model(path: str | Path, pipe) -> dict:
         "default_cfg": pipe.default_cfg,
         "samplers": _samplers(pipe),
     }
+
+
+def _text(pipe) -> dict | None:
+    """A text-to-image model's encoder and its prompt limit in tokens; None for other models."""
+    if not pipe.takes_text:
+        return None
+    spec = pipe.card.conditioning
+    return {"encoder": spec.encoder, "max_tokens": spec.max_tokens}
 
 
 def _samplers(pipe) -> dict:

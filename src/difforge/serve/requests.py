@@ -13,7 +13,7 @@ import torch
 from difforge.io.space import from_uint8
 from difforge.serve.codec import BadInput, decode_image, decode_mask
 from difforge.serve.engine import Job
-from difforge.serve.limits import HTTPError
+from difforge.serve.limits import HTTPError, one_line
 
 
 class Validator:
@@ -23,15 +23,23 @@ class Validator:
     def _fail(self, message: str) -> HTTPError:
         return HTTPError(422, message)
 
-    def _common(self, req, n: int, default_steps: int | None = None, grid: str | None = None):
-        """Sampler, steps, guidance and seeds of any request; raises HTTPError(422).
+    def _count(self, n: int) -> None:
+        if n > self.config.max_n:
+            raise self._fail(f"n = {n} is over this server's maximum of {self.config.max_n} images per request")
+
+    def _common(self, req, n: int, default_steps: int | None = None, grid: str | None = None,
+                prompted: bool = False):
+        """Sampler, steps, guidance and seeds of any request; raises HTTPError(422). `prompted`:
+        the request carries prompts for a text-to-image model (guidance applies to them).
 
         Returns (params for the pipeline or task, seeds, labels, the number of sampler steps)."""
         from difforge.sampling import SAMPLERS, sampler_options
 
         pipe, cfg = self.pipe, self.config
-        if n > cfg.max_n:
-            raise self._fail(f"n = {n} is over this server's maximum of {cfg.max_n} images per request")
+        self._count(n)
+        if pipe.takes_text and req.klass is not None:
+            raise self._fail("class: this is a text-to-image model: it takes no class"
+                             + ("; give `prompt` or `prompts`" if prompted else ""))
         if req.sampler not in SAMPLERS:
             raise self._fail(f"unknown sampler {req.sampler!r}; expected one of {sorted(SAMPLERS)}")
         if req.steps is not None and req.steps > cfg.max_steps:  # before any grid is built
@@ -44,7 +52,11 @@ class Validator:
         if steps > cfg.max_steps:
             raise self._fail(f"steps = {steps} (the default for {req.sampler}) is over this server's maximum of "
                              f"{cfg.max_steps}; give steps")
-        if not pipe.num_classes and req.cfg is not None and req.cfg != 1.0:
+        guided = bool(pipe.num_classes) or prompted  # a text model edits (inpaint, restore) with the empty prompt
+        if not guided and req.cfg is not None and req.cfg != 1.0:
+            if pipe.takes_text:
+                raise self._fail("cfg: inpaint and restore run a text-to-image model with the empty prompt (they take "
+                                 "no prompt), so guidance does not apply")
             raise self._fail("cfg needs a class-conditional model; this one is unconditional")
         options = {}
         if req.eta is not None:
@@ -58,8 +70,8 @@ class Validator:
             except ValueError as e:
                 raise self._fail(f"class: {e}") from None
         seed = req.seed if req.seed is not None else secrets.randbelow(2**31)
-        guidance = (req.cfg if req.cfg is not None else pipe.default_cfg) if pipe.num_classes else None
-        if guidance not in (None, 1.0) and pipe.card.conditioning.null_label is None:
+        guidance = (req.cfg if req.cfg is not None else pipe.default_cfg) if guided else None
+        if pipe.num_classes and guidance not in (None, 1.0) and pipe.card.conditioning.null_label is None:
             raise self._fail("cfg: this model learned no null class, so it takes no guidance; use cfg 1")
         params = {"sampler": req.sampler, "steps": asked, "cfg": guidance, **options}
         if grid is not None:
@@ -67,12 +79,65 @@ class Validator:
         labels = [label] * n if label is not None else None
         return params, list(range(seed, seed + n)), labels, steps
 
-    def _meta(self, params: dict, seeds: list[int], labels: list[int] | None, steps: int) -> dict:
+    def _meta(self, params: dict, seeds: list[int], labels: list[int] | None, steps: int,
+              prompts: list[str] | None = None) -> dict:
         return {"seeds": seeds, "labels": labels or [None] * len(seeds), "sampler": params["sampler"],
-                "steps": steps, "cfg": params["cfg"]}
+                "steps": steps, "cfg": params["cfg"], "prompts": prompts}
+
+    def _prompt_text(self, name: str, texts: list[str]) -> None:
+        """Each prompt within this server's character limit, valid Unicode, and within the
+        model's token limit (its text conditioner encodes them here, on the CPU, so that a
+        prompt it refuses never reaches a batch shared with other requests)."""
+        limit = self.config.max_prompt_chars
+        for i, text in enumerate(texts):
+            where = name if name != "prompts" else f"prompts[{i}]"
+            if len(text) > limit:
+                raise self._fail(f"{where}: {len(text)} characters, over this server's maximum of {limit}")
+            try:
+                text.encode("utf-8")
+            except UnicodeEncodeError:
+                raise self._fail(f"{where}: not valid Unicode text (a lone surrogate, such as \\ud800)") from None
+        try:
+            self.pipe.card.conditioning.conditioner()(list(dict.fromkeys(texts)))
+        except (ValueError, TypeError) as e:
+            raise self._fail(f"{name}: {one_line(e)}") from None
+
+    def _prompts(self, req) -> list[str] | None:
+        """The per-image prompts of a generate request (None for a model that takes no text);
+        the request's text fields checked against the model and the limits."""
+        given = [f for f in ("prompt", "prompts", "negative_prompt") if getattr(req, f) is not None]
+        if not self.pipe.takes_text:
+            if given:
+                kind = "class-conditional" if self.pipe.num_classes else "unconditional"
+                raise self._fail(f"{given[0]}: this model is {kind}, not text-to-image: it takes no prompt"
+                                 + ("; give `class` or `labels`" if self.pipe.num_classes else ""))
+            return None
+        if req.labels is not None:
+            raise self._fail("labels: this is a text-to-image model: it takes no class; give `prompts`")
+        if req.prompt is not None and req.prompts is not None:
+            raise self._fail("give `prompt` or `prompts`, not both")
+        if req.prompts is not None:
+            if not req.prompts:
+                raise self._fail("prompts: empty list")
+            if len(req.prompts) > self.config.max_n:
+                raise self._fail(f"prompts: {len(req.prompts)} prompts, over this server's maximum of "
+                                 f"{self.config.max_n} images per request")
+            if req.n is not None and req.n != len(req.prompts):
+                raise self._fail(f"n = {req.n} but {len(req.prompts)} prompts were given")
+            self._prompt_text("prompts", req.prompts)
+            prompts = list(req.prompts)
+        else:
+            prompt = req.prompt if req.prompt is not None else ""  # none: the empty prompt, as Pipeline.generate
+            self._prompt_text("prompt", [prompt])
+            self._count(req.n or 1)
+            prompts = [prompt] * (req.n or 1)
+        if req.negative_prompt:
+            self._prompt_text("negative_prompt", [req.negative_prompt])
+        return prompts
 
     def generate(self, req) -> tuple[Job, dict]:
         pipe = self.pipe
+        prompts = self._prompts(req)
         if req.labels is not None and req.klass is not None:
             raise self._fail("give `class` or `labels`, not both")
         if req.labels is not None:
@@ -80,8 +145,10 @@ class Validator:
                 raise self._fail("labels: empty list")
             if req.n is not None and req.n != len(req.labels):
                 raise self._fail(f"n = {req.n} but {len(req.labels)} labels were given")
-        n = len(req.labels) if req.labels is not None else (req.n or 1)
-        params, seeds, labels, steps = self._common(req, n, grid=req.grid)
+        n = len(prompts) if prompts is not None else len(req.labels) if req.labels is not None else (req.n or 1)
+        params, seeds, labels, steps = self._common(req, n, grid=req.grid, prompted=prompts is not None)
+        if req.negative_prompt:  # part of the batch key: the guidance of a whole batch steers from one
+            params["negative_prompt"] = req.negative_prompt
         if req.labels is not None:
             try:
                 labels = [pipe.parse_class(k) for k in req.labels]
@@ -91,7 +158,8 @@ class Validator:
             raise self._fail("this model learned no null class, so it cannot sample without one: give `class` or "
                              "`labels`")
         key = ("generate",) + tuple(sorted((k, v) for k, v in params.items()))
-        return Job("generate", params, seeds, labels, key=key), self._meta(params, seeds, labels, steps)
+        job = Job("generate", params, seeds, labels, prompts=prompts, key=key)
+        return job, self._meta(params, seeds, labels, steps, prompts)
 
     def _image(self, uploads: dict, name: str = "image") -> torch.Tensor:
         """The uploaded image as float (1, C, S, S) in [-1, 1] at the model's native size."""

@@ -129,9 +129,9 @@ class Responder:
                 self.metrics.rejected.labels(reason="disconnect").inc()
 
     @staticmethod
-    def images(seeds, labels, sampler, steps, cfg):
+    def images(seeds, labels, sampler, steps, cfg, prompts=None):
         def render(result: torch.Tensor, seconds: float) -> ImagesResponse:
-            return ImagesResponse(images=[png_b64(im) for im in result], seeds=seeds, labels=labels,
+            return ImagesResponse(images=[png_b64(im) for im in result], seeds=seeds, labels=labels, prompts=prompts,
                                   width=result.shape[-1], height=result.shape[-2], channels=result.shape[1],
                                   sampler=sampler, steps=steps, cfg=cfg, seconds=round(seconds, 4))
 

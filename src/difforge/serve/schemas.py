@@ -26,9 +26,14 @@ class SamplingOptions(BaseModel):
 class GenerateRequest(SamplingOptions):
     """POST /v1/generate."""
 
-    n: int | None = Field(None, ge=1, description="Number of images (default 1, or len(labels)).")
+    n: int | None = Field(None, ge=1, description="Number of images (default 1, or len(labels), or len(prompts)).")
     labels: list[ClassValue] | None = Field(None, description="One class per image (index or name); "
                                             "instead of `class`.")
+    prompt: str | None = Field(None, description="Text-to-image models (GET /v1/model: `takes_text`): the prompt "
+                               "of every image; \"\" or none is the empty prompt (unconditional samples).")
+    prompts: list[str] | None = Field(None, description="One prompt per image, instead of `prompt`.")
+    negative_prompt: str | None = Field(None, description="Text-to-image models: what guidance steers away from, in "
+                                        "place of the empty prompt.")
     grid: str | None = Field(None, description="Noise levels the steps visit: leading, trailing, linspace, karras, "
                              "log-snr. Default: the sampler's own.")
 
@@ -66,6 +71,8 @@ class ImagesResponse(BaseModel):
     seeds: list[int] = Field(description="Seed of each image: the same request with this seed and n = 1 "
                                          "gives it again.")
     labels: list[int | None] = Field(description="Class of each image (None: unconditional).")
+    prompts: list[str] | None = Field(None, description="Prompt of each image (text-to-image models; None for "
+                                      "others).")
     width: int
     height: int
     channels: int

@@ -41,7 +41,19 @@ async function loadModel() {
   (model.class_names || []).forEach((name, i) => klass.add(new Option(`${i}: ${name}`, String(i))));
   if (model.num_classes) klass.value = "0";
   klass.disabled = !model.num_classes;
-  $("cfg").disabled = !model.num_classes;
+  // a text-to-image model: a prompt (prefilled with the model's first example) instead of a class
+  const text = Boolean(model.takes_text);
+  $("klass-row").hidden = text;
+  $("prompt-row").hidden = !text;
+  $("negative-row").hidden = !text;
+  if (text) {
+    const examples = $("prompt-examples");
+    examples.innerHTML = "";
+    for (const p of model.prompts || []) examples.append(new Option(p, p));
+    if (!$("prompt").value) $("prompt").value = (model.prompts || [""])[0];
+    for (const id of ["prompt", "negative"]) $(id).maxLength = model.limits.max_prompt_chars;
+  }
+  $("cfg").disabled = !model.num_classes && !text;
   if (model.default_cfg != null) $("cfg").value = model.default_cfg;
   const sampler = $("sampler");
   sampler.innerHTML = "";
@@ -54,10 +66,22 @@ async function loadModel() {
   return true;
 }
 
+// settings shared by every route (a text model's edits run with the empty prompt: no prompt, no cfg)
 function settings() {
   const body = { sampler: $("sampler").value, steps: Number($("steps").value), seed: Number($("seed").value) };
-  if ($("klass").value !== "") body.class = Number($("klass").value);
+  if (model.num_classes && $("klass").value !== "") body.class = Number($("klass").value);
   if (model.num_classes) body.cfg = Number($("cfg").value);
+  return body;
+}
+
+function generateSettings() {
+  const body = settings();
+  if (model.takes_text) {
+    body.prompt = $("prompt").value;
+    const negative = $("negative").value;
+    if (negative) body.negative_prompt = negative;
+    body.cfg = Number($("cfg").value);
+  }
   return body;
 }
 
@@ -128,7 +152,8 @@ async function run(label, path, body) {
     link.download = `difforge-${path.split("/").pop()}-seed${result.seeds[0]}.png`;
     link.hidden = false;
     $("seed-used").textContent = `seed ${result.seeds[0]}, ${result.sampler}, ${result.steps} steps` +
-      (result.cfg != null ? `, cfg ${result.cfg}` : "");
+      (result.cfg != null ? `, cfg ${result.cfg}` : "") +
+      (result.prompts ? `, prompt ${JSON.stringify(result.prompts[0])}` : "");
     const secs = ((performance.now() - started) / 1000).toFixed(1);
     imageCanvas.dataset.frames = String(frames);
     setState("done", `${label}: done in ${secs} s (${frames} intermediate images).`);
@@ -199,7 +224,7 @@ function clearMask() {
 }
 
 // ---------------------------------------------------------------- wiring
-$("generate").onclick = () => run("Generate", "/v1/generate", settings());
+$("generate").onclick = () => run("Generate", "/v1/generate", generateSettings());
 $("inpaint").onclick = () => {
   const body = { ...settings(), image: current, mask: maskPNG(), method: $("method").value };
   body.sampler = "ddpm";  // RePaint's stochastic steps
@@ -207,6 +232,9 @@ $("inpaint").onclick = () => {
   run("Inpaint", "/v1/inpaint", body);
 };
 $("restore").onclick = () => run("Restore", "/v1/restore", { ...settings(), image: current, strength: Number($("strength").value) });
+for (const id of ["prompt", "negative"]) {
+  $(id).onkeydown = (ev) => { if (ev.key === "Enter" && !busy) $("generate").click(); };
+}
 $("dice").onclick = () => { $("seed").value = Math.floor(Math.random() * 2 ** 31); };
 $("clear-mask").onclick = clearMask;
 $("strength").oninput = () => { $("strength-value").textContent = $("strength").value; };
