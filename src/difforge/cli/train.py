@@ -179,10 +179,10 @@ def train(config_file, settings, resume, no_progress, **options) -> None:
 @click.option("--factor", type=click.Choice(["1", "2", "4", "8"]), default="2", show_default=True,
               help="Downsampling factor f: a 32x32 image becomes a (32/f)x(32/f) latent.")
 @click.option("--latent-channels", type=int, default=4, show_default=True)
-@click.option("--base-channels", type=int, default=32, show_default=True, help="Width of the first level.")
-@click.option("--steps", type=int, default=1500, show_default=True)
+@click.option("--base-channels", type=int, default=16, show_default=True, help="Width of the first level.")
+@click.option("--steps", type=int, default=800, show_default=True)
 @click.option("--batch-size", type=int, default=64, show_default=True)
-@click.option("--lr", type=float, default=1e-3, show_default=True, help="Peak learning rate (one-cycle).")
+@click.option("--lr", type=float, default=3e-3, show_default=True, help="Peak learning rate (one-cycle).")
 @click.option("--kl-weight", type=float, default=1e-6, show_default=True,
               help="Weight of the KL term against the summed reconstruction error (LDM: 1e-6).")
 @click.option("--loss", type=click.Choice(["l2", "l1"]), default="l2", show_default=True,

@@ -55,11 +55,11 @@ class AutoencoderConfig:
     data: DataConfig = field(default_factory=lambda: DataConfig(dataset="fashion-colour"))
     factor: int = 2  # f: the latent is (S/f) x (S/f)
     latent_channels: int = 4
-    base_channels: int = 32
+    base_channels: int = 16
     num_res_blocks: int = 1
-    steps: int = 1500
+    steps: int = 800
     batch_size: int = 64
-    lr: float = 1e-3
+    lr: float = 3e-3
     kl_weight: float = 1e-6  # LDM's
     loss: str = "l2"  # l2 | l1: the reconstruction error
     seed: int = 0
