@@ -387,13 +387,14 @@ def load_shards(spec: str | Path, *, channels: int | None = None, size: int | No
         images=stack_pixels(arrays, channels),
         labels=torch.tensor([s.label for s in kept], dtype=torch.int64) if labelled else None,
         class_names=class_names,
-        name=_name(spec),
+        name=shard_set_name(spec),
         captions=[s.caption for s in kept] if kept[0].caption is not None else None,
     )
     return dataset, problems
 
 
-def _name(spec: str | Path) -> str:
+def shard_set_name(spec: str | Path) -> str:
+    """A name for the shards `spec` names: the folder's, or the file name before any brace."""
     p = Path(str(spec).split("{")[0])
     return (p.stem if p.suffix == ".tar" else p.resolve().name) or "shards"
 
@@ -428,7 +429,8 @@ def write_shards(folder: Path, images, labels=None, captions: list[str] | None =
 
     if shard_size < 1:
         raise ValueError(f"shard size must be >= 1, got {shard_size}")
-    folder.mkdir(parents=True, exist_ok=True)
+    if len(images):
+        folder.mkdir(parents=True, exist_ok=True)
     out = []
     for first in range(0, len(images), shard_size):
         path = folder / f"{first // shard_size:06d}.tar"
