@@ -100,7 +100,7 @@ def _shards(spec: str | Path) -> Source:
 
     def rel(key: str) -> str:
         shard, sep, member = key.partition(".tar:")
-        return short.get(shard + ".tar", shard + ".tar") + sep + member if sep else short.get(key, key)
+        return f"{short.get(shard + '.tar', shard + '.tar')}:{member}" if sep else short.get(key, key)
 
     items = [SourceItem(rel(s.key), None if s.label is None else names[s.label], path=s.shard,
                         span=(s.offset, s.size), caption=s.caption) for s in samples]
