@@ -181,6 +181,7 @@ def test_prepare_to_shards_round_trips_the_images_captions_and_labels(captioned_
     assert report["duplicates"][0]["caption_conflict"][1] == "the same picture"
     assert report["quarantined"] == [{"source": "dogs/nocaption.png", "reason": "no caption (no nocaption.txt)"}]
     assert report["captions"]["captioned"] == 12 and report["captions"]["problems"] == {"missing": 1}
+    assert report["captions"]["chars"] == {"min": 25, "median": 25, "max": 26}  # as docs/data.md shows
     # the arrays layout holds the same data, captions included
     assert _prepare(src, tmp_path / "arr") == 0
     _, arrays = load_store(tmp_path / "arr")
