@@ -241,3 +241,12 @@ def test_train_a_text_model_on_shards(captioned_classes, tmp_path, capsys):
         assert card["conditioning"]["kind"] == "text"
     bundle = load_dataset(DataConfig(dataset="shards", path=str(tmp_path / "sh" / "train"), val_fraction=0.25))
     assert bundle.train.captions is not None and bundle.val is not None
+
+
+def test_shard_options_are_one_line_errors(captioned_classes, tmp_path, capsys):
+    src, _ = captioned_classes
+    assert _prepare(src, tmp_path / "a", "--shard-size", "3") != 0
+    assert "--shard-size 3: applies to --format shards only" in capsys.readouterr().err
+    assert _prepare(src, tmp_path / "b", "--format", "shards", "--shard-size", "0") != 0
+    assert "--shard-size 0: must be >= 1" in capsys.readouterr().err
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()  # checked before any work
