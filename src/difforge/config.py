@@ -12,7 +12,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, get_type_hints
 
-DATASETS = ("fashion-mnist", "fashion-colour", "digits", "folder", "prepared")
+DATASETS = ("fashion-mnist", "fashion-colour", "digits", "folder", "prepared", "shards")
 PRECISIONS = ("fp32", "bf16", "fp16", "auto")  # auto: bf16 where the device computes it natively (runtime.py)
 LR_SCHEDULES = ("onecycle", "cosine", "constant")
 TEXT_ENCODERS = ("scratch", "minilm")  # models/conditioning.py's, named here so that the CLI needs no torch
@@ -23,7 +23,8 @@ class DataConfig:
     """Where images come from and how they are shaped for the model."""
 
     dataset: str = "fashion-mnist"  # fashion-mnist | fashion-colour | digits | folder | prepared (a `prepare` store)
-    path: str | None = None  # idx folder for fashion-mnist / fashion-colour; image folder for `folder`
+    # | shards (WebDataset-layout tar shards)
+    path: str | None = None  # idx folder for fashion-mnist / fashion-colour; image folder for `folder`; shards
     image_size: int | None = None  # model input size; None: native size rounded up
     channels: int | None = None  # 1 or 3 for image folders; None: as the data has it
     val_fraction: float = 0.1  # held out of the training split for validation loss
@@ -238,6 +239,7 @@ def validate(cfg: RunConfig) -> RunConfig:
     need(d.dataset in DATASETS, f"unknown dataset {d.dataset!r}; expected one of {sorted(DATASETS)}")
     need(d.dataset != "folder" or d.path is not None, "dataset 'folder' needs a path (--data PATH)")
     need(d.dataset != "prepared" or d.path is not None, "dataset 'prepared' needs a path (--data STORE_DIR)")
+    need(d.dataset != "shards" or d.path is not None, "dataset 'shards' needs a path (--data SHARDS)")
     need(d.channels in (None, 1, 3), f"data.channels must be 1 or 3, got {d.channels}")
     need(d.image_size is None or d.image_size >= 4, f"data.image_size must be >= 4, got {d.image_size}")
     need(0 <= d.val_fraction < 1, f"data.val_fraction must be in [0, 1), got {d.val_fraction}")

@@ -50,21 +50,25 @@ def _is_idx_folder(path: Path) -> bool:
 
 
 def _guess_dataset(path: Path) -> str:
-    """The dataset kind of a --data path: a prepared store, an idx folder, or an image folder."""
+    """The dataset kind of a --data path: a prepared store, an idx folder, tar shards (a
+    folder of them, one, or a brace pattern), or an image folder."""
+    from difforge.data.shards import is_shard_spec
     from difforge.data.store import is_store
 
-    return "prepared" if is_store(path) else "fashion-mnist" if _is_idx_folder(path) else "folder"
+    if is_store(path):
+        return "prepared"
+    return "fashion-mnist" if _is_idx_folder(path) else "shards" if is_shard_spec(path) else "folder"
 
 
 def data_kind(dataset: str | None, data_path: str) -> str:
     """The dataset kind for --data PATH (with --dataset, only when the two agree)."""
     path = Path(data_path)
-    if not path.exists():
+    if not path.exists() and "{" not in data_path:  # a brace pattern names shards
         raise FileNotFoundError(f"--data {data_path}: no such file or directory")
     kind = _guess_dataset(path)
     if dataset is not None and dataset != kind:
         what = {"prepared": "a prepared store", "fashion-mnist": "a folder of Fashion-MNIST idx files",
-                "folder": "an image folder"}[kind]
+                "folder": "an image folder", "shards": "tar shards"}[kind]
         raise ValueError(f"--dataset {dataset} and --data {data_path} ({what}) disagree: give one of them")
     return kind
 

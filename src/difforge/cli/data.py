@@ -55,14 +55,19 @@ def _prepare_config(kw: dict):
 @click.argument("out_dir", type=click.Path())
 @_prepare_options
 @click.option("--overwrite", is_flag=True, help="Replace OUT_DIR when it already holds a prepared store.")
+@click.option("--format", "layout", type=click.Choice(["arrays", "shards"]), default="arrays", show_default=True,
+              help="Store the splits as .npy arrays, or as WebDataset-layout tar shards (OUT_DIR/SPLIT/000000.tar: "
+              "KEY.png, KEY.txt caption, KEY.cls label).")
+@click.option("--shard-size", type=int, help="Samples per tar shard with --format shards. [default: 1000]")
 @no_progress_option
-def prepare(source, out_dir, overwrite, no_progress, **kw) -> None:
+def prepare(source, out_dir, overwrite, layout, shard_size, no_progress, **kw) -> None:
     """Clean, resize and split SOURCE into a store that `train --data OUT_DIR` reads.
 
-    SOURCE is an image folder (sub-folders = classes, or flat), a .zip of images, a
-    folder of idx files, or a .csv/.jsonl manifest with path and label columns. Unusable
-    files are quarantined, exact duplicates removed, near duplicates and outliers
-    reported; `difforge inspect OUT_DIR` shows all of it.
+    SOURCE is an image folder (sub-folders = classes, or flat; captions from a
+    metadata.jsonl or .txt files), a .zip of images, a folder of idx files, a .csv/.jsonl
+    manifest with path and label columns, or tar shards (a folder of .tar, one .tar, or a
+    brace pattern). Unusable files are quarantined, exact duplicates removed, near
+    duplicates and outliers reported; `difforge inspect OUT_DIR` shows all of it.
     """
     import time
 
@@ -72,7 +77,7 @@ def prepare(source, out_dir, overwrite, no_progress, **kw) -> None:
     start = time.perf_counter()
     try:
         path, result = prepare_store(source, out_dir, _prepare_config(kw), overwrite=overwrite,
-                                     progress=not no_progress, log=click.echo)
+                                     progress=not no_progress, log=click.echo, layout=layout, shard_size=shard_size)
     except (ValueError, FileNotFoundError, FileExistsError) as e:
         _fail(e)
     click.echo(prepare_summary(result))
@@ -93,7 +98,7 @@ def inspect(target, sheets, verify, no_progress, **kw) -> None:
     from difforge.data.inspect import inspect as run_inspect
 
     try:
-        if not Path(target).exists():
+        if not Path(target).exists() and "{" not in target:  # a brace pattern names tar shards
             raise FileNotFoundError(f"{target}: no such file or directory")
         lines, sheets_written = run_inspect(target, sheets, _prepare_config(kw), verify=verify,
                                             progress=not no_progress, log=click.echo)

@@ -18,7 +18,8 @@ from difforge.config import LR_SCHEDULES, PRECISIONS, SECTIONS, TEXT_ENCODERS, R
 OPTIONS: dict[str, tuple[str, Any, str]] = {
     "--dataset": ("data.dataset", click.Choice(DATASET_NAMES), "Built-in dataset. [default: fashion-mnist]"),
     "--data": ("data.path", click.Path(), "Image folder (sub-folders = classes; flat = unconditional), a folder of "
-               "Fashion-MNIST idx files, or a `difforge prepare` store."),
+               "Fashion-MNIST idx files, a `difforge prepare` store, or WebDataset-layout tar shards "
+               "(a folder of .tar, one .tar, or a brace pattern such as 'shards/{000000..000009}.tar')."),
     "--out": ("out", None, "Run directory. [default: runs/default]"),
     "--model": ("model.preset", None, "Model preset: unet (default), unet-seed (the article's), tiny, "
                 "diffusers-unet (diffusers' UNet2DModel: exports to diffusers), ..."),

@@ -165,3 +165,63 @@ def read_folder_captions(root: Path, images: list[Path], others: list[tuple[str,
         found.used.add(txt)
         found.problems.append((str(txt), "caption file without a used image of the same name beside it"))
     return found
+
+
+# ---------------------------------------------------------------- caption statistics
+_PROBLEM_KINDS = (  # (kind, pattern of the reasons above and of the shard reader's)
+    ("empty", r"caption .* is empty"),
+    ("too long", r"caption .* (characters, over|is over \d+ bytes)"),
+    ("not UTF-8", r"caption .* is not UTF-8"),
+    ("missing", r"no caption \(|caption .* has no .* field"),
+    ("without image", r"caption (file )?without"),
+    ("other", r"caption |not used: "),
+)
+TOP_WORDS = 20  # the most common words `caption_stats` lists
+
+
+def caption_problem_kind(reason: str) -> str | None:
+    """The kind of a caption problem's reason (see `_PROBLEM_KINDS`), None for a reason that
+    is not about a caption (an undecodable image)."""
+    import re
+
+    return next((kind for kind, pattern in _PROBLEM_KINDS if re.match(pattern, reason)), None)
+
+
+def _spread(values: list[int]) -> dict[str, int] | None:
+    import statistics
+
+    return {"min": min(values), "median": statistics.median_low(values), "max": max(values)} if values else None
+
+
+def caption_stats(captions: list[str], problems: list[str] = ()) -> dict:
+    """Statistics of the kept captions and of the caption problems' reasons: how many are
+    captioned, caption length in characters and in words (white-space separated; min,
+    median (the lower middle), max), the problems by kind, and the `TOP_WORDS` most common
+    words (lower-cased, punctuation stripped at the ends; ties in alphabetical order)."""
+    import re
+    from collections import Counter
+
+    words = [c.split() for c in captions]
+    counts = Counter(w for ws in words for w in (re.sub(r"^\W+|\W+$", "", x.lower()) for x in ws) if w)
+    kinds = Counter(k for k in map(caption_problem_kind, problems) if k is not None)
+    return {
+        "captioned": len(captions),
+        "distinct": len(set(captions)),
+        "chars": _spread([len(c) for c in captions]),
+        "words": _spread([len(ws) for ws in words]),
+        "problems": {k: kinds[k] for k, _ in _PROBLEM_KINDS if kinds[k]},
+        "top_words": [[w, n] for w, n in sorted(counts.items(), key=lambda wn: (-wn[1], wn[0]))[:TOP_WORDS]],
+    }
+
+
+def caption_stats_lines(stats: dict) -> list[str]:
+    """`caption_stats` as report lines."""
+    def spread(s):
+        return f"min {s['min']}, median {s['median']}, max {s['max']}" if s else "none"
+
+    problems = ", ".join(f"{k} {n}" for k, n in stats["problems"].items()) or "none"
+    lines = [f"captions: {stats['captioned']} captioned ({stats['distinct']} distinct); problems: {problems}",
+             f"  length in characters: {spread(stats['chars'])}; in words: {spread(stats['words'])}"]
+    if stats["top_words"]:
+        lines.append("  most common words: " + ", ".join(f"{w} {n}" for w, n in stats["top_words"][:10]))
+    return lines

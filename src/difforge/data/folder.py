@@ -91,6 +91,19 @@ def _decode(path: Path, size: int, channels: int | None, background: int, max_pi
     return fit_square(im, size, channels)
 
 
+def stack_pixels(arrays: list[np.ndarray], channels: int | None) -> torch.Tensor:
+    """Decoded images, uint8 (S, S) or (S, S, 3) each -> one uint8 tensor (N, C, S, S);
+    channels None: 1 when every image is gray (see `_is_gray`), else 3."""
+    if channels is None:
+        channels = 1 if all(_is_gray(a) for a in arrays) else 3
+    if channels == 1:
+        stacked = np.stack([a if a.ndim == 2 else a[..., 0] for a in arrays])[:, None]  # (N,1,H,W)
+    else:
+        rgb = [np.repeat(a[..., None], 3, axis=2) if a.ndim == 2 else a for a in arrays]
+        stacked = np.stack(rgb).transpose(0, 3, 1, 2)  # (N, H, W, 3) -> (N, 3, H, W)
+    return torch.from_numpy(np.ascontiguousarray(stacked))
+
+
 def _is_gray(a: np.ndarray) -> bool:
     return a.ndim == 2 or bool((a[..., 0] == a[..., 1]).all() and (a[..., 1] == a[..., 2]).all())
 
@@ -174,21 +187,14 @@ def load_image_folder(
         first = f"; first: {skipped[0][0]}: {skipped[0][1]}" if skipped else ""
         raise ValueError(f"no readable images in {root} ({len(skipped)} files skipped{first})")
 
-    if channels is None:
-        channels = 1 if all(_is_gray(a) for a in arrays) else 3
-    if channels == 1:
-        stacked = np.stack([a if a.ndim == 2 else a[..., 0] for a in arrays])[:, None]  # (N,1,H,W)
-    else:
-        rgb = [np.repeat(a[..., None], 3, axis=2) if a.ndim == 2 else a for a in arrays]
-        stacked = np.stack(rgb).transpose(0, 3, 1, 2)  # (N, H, W, 3) -> (N, 3, H, W)
-
+    stacked = stack_pixels(arrays, channels)
     labels = class_names = None
     if classes[0] is not None:
         class_names = sorted(set(classes))  # classes whose images all failed are dropped
         index = {c: i for i, c in enumerate(class_names)}
         labels = torch.tensor([index[c] for c in classes], dtype=torch.int64)
     dataset = ImageDataset(
-        images=torch.from_numpy(np.ascontiguousarray(stacked)),
+        images=stacked,
         labels=labels,
         class_names=class_names,
         name=root.resolve().name or str(root),

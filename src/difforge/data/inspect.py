@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from difforge.data.captions import caption_stats_lines
 from difforge.data.prepare import SPLITS, Prepared
 from difforge.data.store import load_split_arrays, read_manifest, read_report
 
@@ -95,6 +96,8 @@ def summary(p: Prepared, max_examples: int = 5) -> list[str]:
 
     if not r:
         return lines
+    if "captions" in r:
+        lines += ["", *caption_stats_lines(r["captions"])]
     q = r["quarantined"]
     lines += ["", f"quarantined: {len(q)} file(s)"]
     for kind, n in Counter(_reason_kind(e["reason"]) for e in q).most_common():
@@ -133,7 +136,8 @@ def prepare_summary(p: Prepared) -> str:
     near = r["near_duplicates"]
     return (f"kept {r['kept']} of {r['candidates']} files ({counts}); quarantined {len(r['quarantined'])}, "
             f"duplicates removed {len(r['duplicates'])}, near-duplicate pairs {near['pairs_found']} "
-            f"({near['pairs_across_splits']} across splits), outliers {len(r['outliers'])}")
+            f"({near['pairs_across_splits']} across splits), outliers {len(r['outliers'])}"
+            + (f"; captioned {r['captions']['captioned']}" if "captions" in r else ""))
 
 
 def _locator(p: Prepared) -> dict[str, tuple[str, int]]:
@@ -183,12 +187,14 @@ def inspect(target: str | Path, sheets_dir: str | Path | None = None, cfg=None, 
     the sheets). Sheets go to `sheets_dir`, default STORE/contact_sheets or
     ./NAME-contact-sheets for a source. Returns (report lines, sheet paths)."""
     from difforge.data.prepare import PrepareConfig, prepare
+    from difforge.data.shards import is_shard_spec, shard_set_name
     from difforge.data.store import is_store
     from difforge.io.outputs import check_output_dir
 
     target = Path(target)
     store = is_store(target)
-    default = target / "contact_sheets" if store else Path(f"{target.resolve().stem}-contact-sheets")
+    name = shard_set_name(target) if is_shard_spec(target) else target.resolve().stem
+    default = target / "contact_sheets" if store else Path(f"{name}-contact-sheets")
     sheets = check_output_dir(sheets_dir if sheets_dir is not None else default, holds="contact sheets",
                               is_ours=is_sheets_dir, allow_ours=True, what="--sheets")
     if store:

@@ -9,6 +9,7 @@ from difforge.data.digits import load_digits
 from difforge.data.fashion_colour import load_fashion_colour
 from difforge.data.folder import load_image_folder
 from difforge.data.idx import load_fashion_mnist
+from difforge.data.shards import load_shards
 from difforge.data.store import load_store
 
 
@@ -23,6 +24,8 @@ def load_dataset(cfg: DataConfig) -> DatasetBundle:
     digits: train/val from all 1797 images; test None (too few to spare; val is held out).
     folder: train/val from the images under `cfg.path`; test None; `cfg.image_size`,
       when given, is the load size, else see `load_image_folder`.
+    shards: train/val from the samples of the tar shards `cfg.path` names (a folder of
+      `*.tar`, one `.tar` or a brace pattern; `data/shards.py`); test None; sized as a folder.
     prepared: the splits of the `difforge prepare` store at `cfg.path`, memory-mapped:
       train, val and test as stored (`cfg.val_fraction` and `split_seed` do not apply).
     `cfg.channels` = 3 on a grayscale set repeats the channel. Labels, captions and
@@ -42,6 +45,10 @@ def load_dataset(cfg: DataConfig) -> DatasetBundle:
         if cfg.path is None:
             raise ValueError("dataset 'folder' needs a path (--data PATH)")
         full, skipped = load_image_folder(cfg.path, channels=cfg.channels, size=cfg.image_size)
+    elif cfg.dataset == "shards":
+        if cfg.path is None:
+            raise ValueError("dataset 'shards' needs a path (--data SHARDS)")
+        full, skipped = load_shards(cfg.path, channels=cfg.channels, size=cfg.image_size)
     else:
         raise ValueError(f"unknown dataset {cfg.dataset!r}; expected one of {sorted(DATASETS)}")
     full = _with_channels(full, cfg.channels)

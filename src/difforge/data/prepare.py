@@ -42,6 +42,7 @@ from pathlib import Path
 
 import numpy as np
 
+from difforge.data.captions import caption_stats
 from difforge.data.folder import DEFAULT_MAX_SIZE
 from difforge.data.hashing import THUMB, content_hash, near_pairs, pair_work, phash
 from difforge.data.sources import MAX_MEMBER_BYTES, Source, SourceItem, open_source
@@ -97,7 +98,7 @@ class Prepared:
 
     arrays: dict[str, np.ndarray]  # split -> uint8 (N, C, S, S)
     labels: dict[str, np.ndarray] | None  # split -> int64 (N,), None when unlabelled
-    items: dict[str, dict[str, list]]  # split -> columns (source, sha256, phash, width, height, mode)
+    items: dict[str, dict[str, list]]  # split -> columns (source, sha256, phash, width, height, mode[, caption])
     class_names: list[str] | None
     settings: dict
     source: dict  # path and kind
@@ -119,6 +120,17 @@ def _member_bytes(zip_path: str, member: str) -> bytes:
     return data
 
 
+def _item_file(item: SourceItem):
+    """Where the decoder reads an item: a path, or the bytes of a zip member or shard sample."""
+    if item.member is not None:
+        return io.BytesIO(_member_bytes(item.path, item.member))
+    if item.span is not None:
+        with open(item.path, "rb") as f:
+            f.seek(item.span[0])
+            return io.BytesIO(f.read(item.span[1]))
+    return Path(item.path)
+
+
 def _decode_one(item: SourceItem, size: int, channels: int | None, background: int, max_pixels: int,
                 arrays: dict[str, np.ndarray] | None = None) -> tuple:
     """-> ("ok", pixels, sha256, thumb, width, height, mode) or ("error", reason)."""
@@ -132,7 +144,7 @@ def _decode_one(item: SourceItem, size: int, channels: int | None, background: i
             im = Image.fromarray(arrays[item.path][item.row], mode="L")
             stored, mode = im.size, "L"
         else:
-            src = io.BytesIO(_member_bytes(item.path, item.member)) if item.member is not None else Path(item.path)
+            src = _item_file(item)
             draft = max(HASH_DRAFT, size)  # a property of the file (and of sizes over 512), not of other files
             im, stored, mode = decode_image(src, background=background, max_pixels=max_pixels, draft=draft)
         sha = content_hash(np.asarray(im))
@@ -143,8 +155,8 @@ def _decode_one(item: SourceItem, size: int, channels: int | None, background: i
         raise
     except Exception as e:  # one bad file never stops preparation
         reason = _error(e)
-        if item.member is not None:  # name the member, not the in-memory file object
-            reason = re.sub(r"<_io\.BytesIO object at 0x[0-9a-f]+>", repr(item.member), reason)
+        if item.member is not None or item.span is not None:  # name the member, not the in-memory file object
+            reason = re.sub(r"<_io\.BytesIO object at 0x[0-9a-f]+>", repr(item.member or item.key), reason)
         return ("error", reason)
 
 
@@ -175,8 +187,7 @@ def _default_size(src: Source, cfg: PrepareConfig) -> int:
     sides = []
     for it in src.items[::step]:  # headers only
         try:
-            f = io.BytesIO(_member_bytes(it.path, it.member)) if it.member is not None else Path(it.path)
-            with open_image(f, max_pixels=cfg.max_pixels) as im:
+            with open_image(_item_file(it), max_pixels=cfg.max_pixels) as im:
                 sides.append(min(im.size))
         except MemoryError:
             raise
@@ -262,6 +273,8 @@ def _first_copies(src, decoded) -> tuple[list[int], list[dict], list[dict]]:
         dup = {"source": item.key, "duplicate_of": src.items[j].key, "sha256": r[2]}
         if item.label != src.items[j].label:
             dup["label_conflict"] = [src.items[j].label, item.label]
+        if item.caption != src.items[j].caption:
+            dup["caption_conflict"] = [src.items[j].caption, item.caption]
         duplicates.append(dup)
     if not kept:
         first_bad = f"; first: {quarantined[0]['source']}: {quarantined[0]['reason']}" if quarantined else ""
@@ -369,6 +382,8 @@ def prepare(source: str | Path, cfg: PrepareConfig = PrepareConfig(), *, progres
             "height": [int(h[i]) for i in idx],
             "mode": [modes[i] for i in idx],
         }
+        if src.captioned:
+            columns[split]["caption"] = [items[i].caption for i in idx]
     settings = {k: v for k, v in asdict(cfg).items() if k != "workers"} | {"size": size, "channels": channels}
     report = {
         "candidates": len(src.items) + len(src.skipped),
@@ -381,19 +396,28 @@ def prepare(source: str | Path, cfg: PrepareConfig = PrepareConfig(), *, progres
         "outliers_removed": bool(cfg.drop_outliers),
         "stored_modes": dict(Counter(modes)),
     }
+    if src.captioned:  # the kept images' captions, and the caption problems of the source
+        report["captions"] = caption_stats([items[i].caption for i in np.nonzero(keep)[0]],
+                                           [r for _, r in src.skipped])
     return Prepared(arrays, label_arrays, columns, class_names, settings,
                     {"path": str(Path(source).resolve()), "kind": src.kind}, report)
 
 
 def prepare_store(source: str | Path, out_dir: str | Path, cfg: PrepareConfig = PrepareConfig(), *,
-                  overwrite: bool = False, progress: bool = True,
-                  log: Callable[[str], None] = print) -> tuple[Path, Prepared]:
-    """`prepare` then `store.write_store`; the output folder is checked before any work."""
-    from difforge.data.store import check_out_dir, write_store
+                  overwrite: bool = False, progress: bool = True, log: Callable[[str], None] = print,
+                  layout: str = "arrays", shard_size: int | None = None) -> tuple[Path, Prepared]:
+    """`prepare` then `store.write_store` (`layout` "arrays" or "shards" of `shard_size`
+    samples); the output folder and the layout are checked before any work."""
+    from difforge.data.store import LAYOUTS, check_out_dir, write_store
 
+    if layout not in LAYOUTS:
+        raise ValueError(f"unknown store layout {layout!r}; expected one of {list(LAYOUTS)}")
+    if shard_size is not None and (layout != "shards" or shard_size < 1):
+        raise ValueError(f"--shard-size {shard_size}: " + ("must be >= 1" if layout == "shards"
+                                                           else "applies to --format shards only"))
     check_out_dir(out_dir, overwrite)
     result = prepare(source, cfg, progress=progress, log=log)
-    return write_store(result, out_dir, overwrite=overwrite), result
+    return write_store(result, out_dir, overwrite=overwrite, layout=layout, shard_size=shard_size), result
 
 
 def _gray(a: np.ndarray) -> bool:

@@ -7,7 +7,13 @@ A source is one of
 - an idx folder (MNIST / Fashion-MNIST layout): every `*-images-idx3-ubyte[.gz]` with its
   `*-labels-idx1-ubyte[.gz]`;
 - a CSV or JSONL manifest: one row per image, a `path` column (relative to the manifest's
-  folder, or absolute) and an optional `label` column.
+  folder, or absolute) and an optional `label` column;
+- tar shards in the WebDataset layout (`difforge.data.shards`): a folder of `*.tar`, one
+  `.tar` or a brace pattern; labels from `.cls` (named by a `classes.txt` beside them).
+
+Captions: an image folder's (`metadata.jsonl` or a `.txt` beside each image,
+`difforge.data.captions`) and the shards' `.txt` members go with their images; caption
+problems are skipped items like any other, with their one-line reasons.
 
 Enumeration reads no pixels (except idx arrays, which are the pixels); files that cannot be
 candidates (unsupported types, missing manifest entries, oversized zip members) come back
@@ -19,6 +25,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -28,7 +35,7 @@ import numpy as np
 from difforge.data.folder import IMAGE_EXTENSIONS, _scan
 
 MAX_MEMBER_BYTES = 256 * 2**20  # a zip member larger than this (uncompressed) is refused
-SOURCE_KINDS = ("folder", "zip", "idx", "manifest")
+SOURCE_KINDS = ("folder", "zip", "idx", "manifest", "shards")
 _PATH_COLUMNS = ("path", "file", "filename", "image")
 _LABEL_COLUMNS = ("label", "class", "category")
 
@@ -36,13 +43,16 @@ _LABEL_COLUMNS = ("label", "class", "category")
 @dataclass(frozen=True)
 class SourceItem:
     """One candidate image: `key` names it for people (a relative path, `zip:member`,
-    `file#row`); exactly one of (path), (path, member), (row) locates its pixels."""
+    `file#row`, `shard:member`); exactly one of (path), (path, member), (path, span),
+    (row) locates its pixels."""
 
     key: str
     label: str | None
-    path: str | None = None  # a file on disk, or the zip holding `member`
+    path: str | None = None  # a file on disk, the zip holding `member`, or the shard holding `span`
     member: str | None = None
     row: int | None = None  # index into Source.arrays[path] for idx sources
+    span: tuple[int, int] | None = None  # (offset, size) of the image's bytes in the shard `path`
+    caption: str | None = None  # captioned sources: the image's caption
 
 
 @dataclass
@@ -52,6 +62,7 @@ class Source:
     items: list[SourceItem]
     skipped: list[tuple[str, str]] = field(default_factory=list)
     class_names: list[str] | None = None  # fixed by the source (idx), else from labels
+    captioned: bool = False  # every item has a caption
     arrays: dict[str, np.ndarray] = field(default_factory=dict)  # idx: file -> (N, H, W)
 
 
@@ -63,10 +74,40 @@ def _label_order(labels: set[str]) -> list[str]:
 
 
 def _folder(root: Path) -> Source:
+    from difforge.data.captions import read_folder_captions
+
     files, skipped = _scan(root)
-    items = [SourceItem(str(p.relative_to(root)), cls, path=str(p)) for p, cls in files]
+    found = read_folder_captions(root, [p for p, _ in files], skipped)
+    texts = None
+    if found is not None:  # captioned: images without a usable caption are skipped
+        texts = found.captions
+        skipped = [(p, r) for p, r in skipped if Path(p) not in found.used] + found.problems
+        files = [(p, cls) for p, cls in files if p in texts]
+    items = [SourceItem(str(p.relative_to(root)), cls, path=str(p), caption=None if texts is None else texts[p])
+             for p, cls in files]
     skipped = [(str(Path(p).relative_to(root)), reason) for p, reason in skipped]
-    return Source("folder", root, items, skipped)
+    return Source("folder", root, items, skipped, captioned=texts is not None)
+
+
+def _shards(spec: str | Path) -> Source:
+    from difforge.data.shards import read_class_names, scan_shards, shard_labels, shard_paths
+
+    paths = shard_paths(spec)
+    samples, problems, captioned, _ = scan_shards(paths)
+    samples, names = shard_labels(samples, read_class_names(paths), problems)
+    root = Path(spec) if Path(spec).is_dir() else paths[0].parent
+    short = {str(p): os.path.relpath(p, root) for p in paths}  # keys relative to the shards' folder
+
+    def rel(key: str) -> str:
+        shard, sep, member = key.partition(".tar:")
+        return f"{short.get(shard + '.tar', shard + '.tar')}:{member}" if sep else short.get(key, key)
+
+    items = [SourceItem(rel(s.key), None if s.label is None else names[s.label], path=s.shard,
+                        span=(s.offset, s.size), caption=s.caption) for s in samples]
+    src = Source("shards", root, items, [(rel(k), r) for k, r in problems], captioned=captioned)
+    if names is not None:  # ordered as the labels; classes with no usable sample are dropped by `prepare`
+        src.class_names = names
+    return src
 
 
 def _zip(path: Path) -> Source:
@@ -201,12 +242,21 @@ def _manifest(path: Path) -> Source:
 
 
 def open_source(source: str | Path) -> Source:
-    """Enumerate `source` (folder, .zip, idx folder, .csv / .jsonl manifest)."""
+    """Enumerate `source` (folder, .zip, idx folder, .csv / .jsonl manifest, tar shards)."""
+    from difforge.data.shards import is_shard_spec
+    from difforge.data.store import is_store
+
     path = Path(source)
+    if is_store(path):
+        raise ValueError(f"{path} is already a prepared store: train on it, or prepare from its original source")
+    if is_shard_spec(source):
+        src = _shards(source)
+        if not src.items:
+            first = f"; first: {src.skipped[0][0]}: {src.skipped[0][1]}" if src.skipped else ""
+            raise ValueError(f"{source}: no usable samples ({len(src.skipped)} problems{first})")
+        return src
     if not path.exists():
         raise FileNotFoundError(f"{path}: no such file or directory")
-    if path.is_dir() and (path / "manifest.json").is_file() and any(path.glob("*_images.npy")):
-        raise ValueError(f"{path} is already a prepared store: train on it, or prepare from its original source")
     if path.is_dir():
         src = _idx(path) if is_idx_folder(path) else _folder(path)
     elif path.suffix.lower() == ".zip":
@@ -214,8 +264,8 @@ def open_source(source: str | Path) -> Source:
     elif path.suffix.lower() in (".csv", ".jsonl", ".ndjson"):
         src = _manifest(path)
     else:
-        raise ValueError(f"{path}: unsupported source; expected a folder, a .zip, an idx folder "
-                         "or a .csv/.jsonl manifest")
+        raise ValueError(f"{path}: unsupported source; expected a folder, a .zip, an idx folder, "
+                         "a .csv/.jsonl manifest or .tar shards")
     if src.class_names is None and src.items and any(it.label is not None for it in src.items):
         if any(it.label is None for it in src.items):  # manifests: labelled or not, not both
             raise ValueError(f"{path}: some items have labels and some do not")

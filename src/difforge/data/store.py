@@ -7,8 +7,17 @@
     DIR/{split}_images.npy   uint8 (N, C, S, S), split in train / val / test
     DIR/{split}_labels.npy   int64 (N,), when the data is labelled
 
-Arrays are plain .npy files, opened memory-mapped (copy-on-write): loading is instant
-and pages are read as batches touch them. A store is written to a temporary folder beside
+or, written with `layout="shards"` (`prepare --format shards`), in place of the arrays:
+
+    DIR/{split}/000000.tar   WebDataset-layout tar shards (`difforge.data.shards`): per
+                             sample KEY.png, KEY.txt (its caption, when captioned) and
+                             KEY.cls (its label index, when labelled); KEY = 000000, ...
+    DIR/{split}/classes.txt  the class names, one per line, when labelled
+
+Captions (captioned sources) are also a column of the manifest's per-image items; the
+report holds their statistics. Arrays are plain .npy files, opened memory-mapped
+(copy-on-write): loading is instant and pages are read as batches touch them; shards
+are decoded into memory when loaded. A store is written to a temporary folder beside
 DIR and renamed into place, so a crash never leaves a half-written store under DIR.
 """
 
@@ -24,7 +33,9 @@ import numpy as np
 from difforge.runs import sha256_file  # one hashing of files, shared with checkpoints
 
 FORMAT = "difforge-prepared"
-VERSION = 1
+VERSION = 2  # 2: captions, the shards layout
+READS = (1, 2)  # the store versions this difforge reads
+LAYOUTS = ("arrays", "shards")
 
 
 def is_store(path: str | Path) -> bool:
@@ -62,14 +73,23 @@ def check_out_dir(out_dir: str | Path, overwrite: bool) -> Path:
         raise FileExistsError(str(e)) from None
 
 
-def write_store(prepared, out_dir: str | Path, *, overwrite: bool = False) -> Path:
-    """Write a `prepare.Prepared` to `out_dir` atomically; returns the folder.
+def write_store(prepared, out_dir: str | Path, *, overwrite: bool = False, layout: str = "arrays",
+                shard_size: int | None = None) -> Path:
+    """Write a `prepare.Prepared` to `out_dir` atomically; returns the folder. `layout`
+    "arrays" writes .npy files, "shards" tar shards of `shard_size` samples
+    (`shards.DEFAULT_SHARD_SIZE` when None) per split.
 
     An existing `out_dir` must be empty, or a store (replaced only with `overwrite`):
     any other folder is left alone and refused.
     """
     from difforge import __version__
+    from difforge.data.shards import CLASSES_FILE, DEFAULT_SHARD_SIZE, write_shards
 
+    if layout not in LAYOUTS:
+        raise ValueError(f"unknown store layout {layout!r}; expected one of {list(LAYOUTS)}")
+    shard_size = DEFAULT_SHARD_SIZE if shard_size is None else shard_size
+    if shard_size < 1:
+        raise ValueError(f"shard size must be >= 1, got {shard_size}")
     out = check_out_dir(out_dir, overwrite)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
@@ -78,11 +98,20 @@ def write_store(prepared, out_dir: str | Path, *, overwrite: bool = False) -> Pa
     try:
         splits = {}
         for s, images in prepared.arrays.items():
-            entry = {"count": int(len(images)), "shape": list(images.shape[1:]), "images": f"{s}_images.npy"}
-            entry["images_sha256"] = _save_npy(tmp / entry["images"], images)
+            entry = {"count": int(len(images)), "shape": list(images.shape[1:])}
+            if layout == "shards":
+                labels = None if prepared.labels is None else prepared.labels[s]
+                written = write_shards(tmp / s, images, labels, prepared.items[s].get("caption"), shard_size)
+                entry["shards"] = [{**w, "file": f"{s}/{w['file']}"} for w in written]
+                if labels is not None and written:
+                    (tmp / s / CLASSES_FILE).write_text("".join(f"{c}\n" for c in prepared.class_names))
+            else:
+                entry["images"] = f"{s}_images.npy"
+                entry["images_sha256"] = _save_npy(tmp / entry["images"], images)
+                if prepared.labels is not None:
+                    entry["labels"] = f"{s}_labels.npy"
+                    entry["labels_sha256"] = _save_npy(tmp / entry["labels"], prepared.labels[s])
             if prepared.labels is not None:
-                entry["labels"] = f"{s}_labels.npy"
-                entry["labels_sha256"] = _save_npy(tmp / entry["labels"], prepared.labels[s])
                 counts = np.bincount(prepared.labels[s], minlength=len(prepared.class_names))
                 entry["per_class"] = {c: int(n) for c, n in zip(prepared.class_names, counts)}
             entry["items"] = prepared.items[s]
@@ -91,6 +120,7 @@ def write_store(prepared, out_dir: str | Path, *, overwrite: bool = False) -> Pa
             "format": FORMAT,
             "version": VERSION,
             "difforge": __version__,
+            "layout": layout,
             "source": prepared.source,
             "settings": prepared.settings,
             "class_names": prepared.class_names,
@@ -121,8 +151,9 @@ def read_manifest(path: str | Path) -> dict:
         manifest = json.loads((path / "manifest.json").read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ValueError(f"{path / 'manifest.json'}: corrupt ({e})".splitlines()[0]) from None
-    if manifest.get("version") != VERSION:
-        raise ValueError(f"{path}: store version {manifest.get('version')!r}; this difforge reads version {VERSION}")
+    if manifest.get("version") not in READS:
+        raise ValueError(f"{path}: store version {manifest.get('version')!r}; this difforge reads versions "
+                         f"{', '.join(map(str, READS))}")
     return manifest
 
 
@@ -147,10 +178,19 @@ def load_split_arrays(path: str | Path, manifest: dict, split: str, *, mmap: boo
                       verify: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
     """(images uint8 (N, C, S, S), labels int64 (N,) or None) of one split, checked
     against the manifest's shapes (and, with `verify`, its SHA-256 hashes)."""
+    return load_split(path, manifest, split, mmap=mmap, verify=verify)[:2]
+
+
+def load_split(path: str | Path, manifest: dict, split: str, *, mmap: bool = True,
+               verify: bool = False) -> tuple[np.ndarray, np.ndarray | None, list[str] | None]:
+    """`load_split_arrays` and the split's captions (None when the store has none)."""
     path = Path(path)
     entry = manifest["splits"].get(split)
     if entry is None:
         raise ValueError(f"{path}: no split {split!r}; has {sorted(manifest['splits'])}")
+    if manifest.get("layout") == "shards":
+        return _load_shard_split(path, manifest, entry, verify)
+    captions = entry["items"].get("caption")
     n = entry["count"]
     files = [(entry["images"], entry.get("images_sha256"))]
     images = _open_array(path / entry["images"], np.dtype(np.uint8), (n, *entry["shape"]), mmap)
@@ -164,7 +204,41 @@ def load_split_arrays(path: str | Path, manifest: dict, split: str, *, mmap: boo
         for name, want in files:
             if sha256_file(path / name) != want:
                 raise ValueError(f"{path / name}: SHA-256 does not match the manifest (file changed or corrupt)")
-    return images, labels
+    return images, labels, captions
+
+
+def _load_shard_split(path: Path, manifest: dict, entry: dict, verify: bool):
+    """A split of the shards layout, decoded into memory; any problem is an error (the
+    store wrote these shards itself)."""
+    from difforge.data.shards import read_image_bytes, scan_shards
+    from difforge.io.decode import decode_image, to_array
+
+    n, shape = entry["count"], tuple(entry["shape"])
+    files = [path / s["file"] for s in entry["shards"]]
+    for f, s in zip(files, entry["shards"]):
+        if not f.is_file():
+            raise ValueError(f"{f}: missing from the store")
+        if verify and sha256_file(f) != s["sha256"]:
+            raise ValueError(f"{f}: SHA-256 does not match the manifest (file changed or corrupt)")
+    samples, problems, captioned, labelled = scan_shards(files)
+    if problems:
+        raise ValueError(f"{problems[0][0]}: {problems[0][1]} (a corrupt store)")
+    images = np.empty((n, *shape), np.uint8)
+    if len(samples) != n:
+        raise ValueError(f"{path}: the shards hold {len(samples)} samples; the manifest says {n}")
+    for i, s in enumerate(samples):
+        try:
+            im, size, _ = decode_image(read_image_bytes(s), expect=(shape[2], shape[1]))
+        except ValueError as e:
+            raise ValueError(f"{s.key}: {e} (a corrupt store)") from None
+        images[i] = to_array(im, shape[0]).transpose(2, 0, 1)
+    labels = None
+    if manifest["class_names"] is not None:
+        labels = np.array([s.label if s.label is not None else -1 for s in samples], np.int64)
+        if n and (labels.min() < 0 or labels.max() >= len(manifest["class_names"])):
+            raise ValueError(f"{path}: shard labels outside 0..{len(manifest['class_names']) - 1}")
+    captions = [s.caption for s in samples] if captioned else None
+    return images, labels, captions
 
 
 def load_store(path: str | Path, *, verify: bool = False):
@@ -177,7 +251,7 @@ def load_store(path: str | Path, *, verify: bool = False):
     manifest = read_manifest(path)
     out = {}
     for split in manifest["splits"]:
-        images, labels = load_split_arrays(path, manifest, split, verify=verify)
+        images, labels, captions = load_split(path, manifest, split, verify=verify)
         if len(images) == 0:
             out[split] = None
             continue
@@ -186,5 +260,6 @@ def load_store(path: str | Path, *, verify: bool = False):
             labels=None if labels is None else torch.from_numpy(labels),
             class_names=manifest["class_names"] if labels is not None else None,
             name=Path(path).resolve().name,
+            captions=captions,
         )
     return manifest, out
