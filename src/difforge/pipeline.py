@@ -105,14 +105,15 @@ class Pipeline:
         """Whether this is a text-to-image model (`generate(prompts=...)`)."""
         return self.card.conditioning.kind == "text"
 
-    def encode_prompts(self, prompts: Sequence[str]):
+    def encode_prompts(self, prompts: Sequence[str], *, truncate: bool = False):
         """Prompts as the network's conditioning (a `TextCond` on this pipeline's device);
-        a one-line error for a prompt over the model's token limit or a non-text model."""
+        a one-line error for a prompt over the model's token limit (cut to fit instead with
+        `truncate`, as training cuts captions) or a non-text model."""
         if not self.takes_text:
             raise ValueError("this model is not a text-to-image model: it takes no prompt")
         if isinstance(prompts, str) or not prompts or not all(isinstance(p, str) for p in prompts):
             raise ValueError("prompts must be a non-empty list of strings")
-        return self.card.conditioning.conditioner()(list(prompts), device=self.device)
+        return self.card.conditioning.conditioner(truncate=truncate)(list(prompts), device=self.device)
 
     @property
     def default_cfg(self) -> float | None:
@@ -202,13 +203,15 @@ class Pipeline:
         output_type: str = "pt",
         prompts: Sequence[str] | None = None,
         negative_prompt: str | None = None,
+        truncate_prompts: bool = False,
         **options,
     ) -> tuple[torch.Tensor | np.ndarray | list, torch.Tensor | None]:
         """Sample images; image i uses seed `seed + i` (or `seeds[i]` when given), whatever the batch size.
 
         A text-to-image model draws one image per prompt of `prompts` (or `n` of the empty
         prompt), guided away from `negative_prompt` when given (it replaces the empty prompt
-        as the unconditional branch of classifier-free guidance).
+        as the unconditional branch of classifier-free guidance). A prompt over the model's
+        token limit is refused, or with `truncate_prompts` cut to fit (training captions).
 
         `generator` replaces the seeds: a list of `torch.Generator`s, one per image (image i
         draws all its noise from `generator[i]`, so `[Generator().manual_seed(s) for s in
@@ -235,7 +238,7 @@ class Pipeline:
                 if n is None or n < 1:
                     raise ValueError(f"number of images must be >= 1, got {n}")
                 prompts = [""] * n
-            text = self.encode_prompts(prompts)
+            text = self.encode_prompts(prompts, truncate=truncate_prompts)
             n = len(text)
         elif labels is not None:
             if not self.num_classes:
