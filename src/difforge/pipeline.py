@@ -124,16 +124,18 @@ class Pipeline:
         """Whether this is a text-to-image model (`generate(prompts=...)`)."""
         return self.card.conditioning.kind == "text"
 
-    def encode_prompts(self, prompts: Sequence[str]):
+    def encode_prompts(self, prompts: Sequence[str], *, truncate: bool = False):
         """Prompts as the network's conditioning (a `TextCond` on this pipeline's device);
-        a one-line error for a prompt over the model's token limit or a non-text model."""
+        a one-line error for a prompt over the model's token limit (cut to fit instead with
+        `truncate`, as training cuts captions) or a non-text model."""
         if not self.takes_text:
             raise ValueError("this model is not a text-to-image model: it takes no prompt")
         if isinstance(prompts, str) or not prompts or not all(isinstance(p, str) for p in prompts):
             raise ValueError("prompts must be a non-empty list of strings")
-        return self.card.conditioning.conditioner()(list(prompts), device=self.device)
+        return self.card.conditioning.conditioner(truncate=truncate)(list(prompts), device=self.device)
 
-    def condition(self, n: int | None = None, labels=None, prompts: Sequence[str] | None = None) -> tuple[int, Any]:
+    def condition(self, n: int | None = None, labels=None, prompts: Sequence[str] | None = None, *,
+                  truncate: bool = False) -> tuple[int, Any]:
         """(n, cond): what the network is conditioned on for a batch of n images, on this
         pipeline's device. A text model's `prompts` encoded (`encode_prompts`; without
         prompts, n empty prompts: unconditional), class `labels` as a long tensor (each a
@@ -146,7 +148,7 @@ class Pipeline:
         if self.takes_text:
             if labels is not None:
                 raise ValueError("a text-to-image model takes prompts, not class labels")
-            cond = self.encode_prompts([""] * _count(n) if prompts is None else prompts)
+            cond = self.encode_prompts([""] * _count(n) if prompts is None else prompts, truncate=truncate)
             what = "prompts"
         elif labels is not None:
             if not self.num_classes:
@@ -267,6 +269,7 @@ class Pipeline:
         output_type: str = "pt",
         prompts: Sequence[str] | None = None,
         negative_prompt: str | None = None,
+        truncate_prompts: bool = False,
         **options,
     ) -> tuple[torch.Tensor | np.ndarray | list, torch.Tensor | None]:
         """Sample images; image i uses seed `seed + i` (or `seeds[i]` when given), whatever the batch size.
@@ -275,6 +278,8 @@ class Pipeline:
         given alone, `n` of the empty prompt without prompts), guided away from
         `negative_prompt` when given (it replaces the empty prompt as the unconditional
         branch of classifier-free guidance). One label given alone also stands for `n` images.
+        A prompt over the model's token limit is refused, or with `truncate_prompts` cut to
+        fit (as training cuts captions).
 
         `generator` replaces the seeds: a list of `torch.Generator`s, one per image (image i
         draws all its noise from `generator[i]`, so `[Generator().manual_seed(s) for s in
@@ -293,7 +298,7 @@ class Pipeline:
             raise ValueError(f"unknown output_type {output_type!r}; expected one of {list(OUTPUT_TYPES)}")
         sample_fn = self._sampler(sampler, options)
         options = self.sampler_defaults(sampler, options)
-        n, cond = self.condition(n, labels, prompts)
+        n, cond = self.condition(n, labels, prompts, truncate=truncate_prompts)
         gens_of = _noise_source(n, seed, seeds, generator)
         den = self.denoiser(cfg, clip, cfg_rescale, threshold, negative_prompt).to(self.device)
         sigmas = self.sigmas(sampler, steps, grid)

@@ -8,7 +8,7 @@ import torch
 
 from difforge.data import FASHION_MNIST_ROOT
 from difforge.data import fashion_colour as fc
-from difforge.eval.attributes import attribute_accuracy, measure_attributes
+from difforge.eval.attributes import attribute_accuracy, attribute_correct, measure_attributes
 
 
 def _real(n: int):
@@ -85,3 +85,22 @@ def _box(p: fc.AttributePrompt) -> tuple[int, int, int, int]:
     else:
         (r, c), side = fc.POSITION_BOXES[p.position], fc.SMALL_SIDE
     return r + 1, c + 2, r + side - 1, c + side - 2
+
+
+def test_all_is_every_attribute_right_in_the_same_image_not_the_product_of_averages():
+    measured = {"garment": torch.tensor([1, 2, 3, 4]), "colour": torch.tensor([0, 1, 2, 3]),
+                "size": torch.tensor([0, 1, 0, 1]), "position": torch.tensor([0, 1, 2, 0])}
+    targets = {"garment": torch.tensor([1, 2, 0, 4]), "colour": torch.tensor([0, 1, 2, 0]),
+               "size": torch.tensor([0, 0, 0, 1]), "position": torch.tensor([0, 1, 2, 0])}
+    # image 0 all right; 1 size wrong; 2 garment wrong; 3 colour wrong
+    right = attribute_correct(measured, targets)
+    assert right["all"].tolist() == [True, False, False, False]
+    assert right["garment+colour"].tolist() == [True, True, False, False]
+    per_image = torch.stack([right[k] for k in ("garment", "colour", "size", "position")]).double().prod(0)
+    assert torch.equal(right["all"].double(), per_image)
+    acc = attribute_accuracy(measured, targets)
+    assert acc == {"garment": 0.75, "colour": 0.75, "size": 0.75, "position": 1.0, "garment+colour": 0.5,
+                   "all": 0.25}
+    assert acc["all"] != acc["garment"] * acc["colour"] * acc["size"] * acc["position"]  # 0.42: not the same
+    no_garment = attribute_accuracy({k: v for k, v in measured.items() if k != "garment"}, targets)
+    assert "garment+colour" not in no_garment and no_garment["all"] == 0.5  # image 2 right without its garment

@@ -104,13 +104,21 @@ def _float_list(text: str) -> tuple[float, ...]:
               "(an unbiased estimate of the sum); 0: all of them (exact sum, T network calls per image).")
 @click.option("--memorization/--no-memorization", default=True, show_default=True, help="Nearest-training-image "
               "audit of the samples against held-out real images.")
+@click.option("--prompts-per-set", type=int, help="Text models of fashion-colour: prompts sampled from each prompt "
+              "set (seen, held-out pairs, paraphrases), spread over it. [default: N, at most the set]")
+@click.option("--garment-classifier", "garment_classifier", type=click.Path(file_okay=False), help="Text models of "
+              "fashion-colour: the garment classifier directory. [default: the cached one, trained on first use]")
 @click.option("--device", default="auto", show_default=True)
 @click.option("--overwrite", is_flag=True, help="Replace a report already in --out.")
 @click.option("--no-progress", is_flag=True, help="No progress bars.")
 def evaluate(model_dir, out, npz, cfg_sweep, dataset, data_path, classifier_path, inception, reference,
-             save_reference, device, overwrite, no_progress, **settings) -> None:
+             save_reference, garment_classifier, device, overwrite, no_progress, **settings) -> None:
     """Measure a model: FD, KID, precision/recall, classifier score, conditional accuracy,
     per-class FD, each next to its real-vs-real floor at the same N.
+
+    A text-to-image model samples from the captions of training images; one trained on
+    fashion-colour is also scored on its prompt sets: the share of images with the garment,
+    colour, size and position each prompt asks for.
 
     Writes report.json, report.md, samples.png and charts to --out. MODEL_DIR is a run or
     an exported model directory; with --npz and --dataset/--data it may be left out.
@@ -137,7 +145,7 @@ def evaluate(model_dir, out, npz, cfg_sweep, dataset, data_path, classifier_path
         report = run_eval(model_dir, out, ecfg, data=data_config(dataset, data_path), npz=npz,
                           classifier=classifier_path, inception=inception, device=resolve_device(device),
                           progress=not no_progress, log=click.echo, overwrite=overwrite, reference=reference,
-                          save_reference=save_reference)
+                          save_reference=save_reference, garment_classifier=garment_classifier)
     except (ConfigError, ValueError, FileNotFoundError, ImportError) as e:
         _fail(e)
     for line in summary_lines(report):

@@ -13,7 +13,10 @@ from `AttributePrompt`s, measure the images, compare with `prompt_targets(prompt
   `LARGE_MIN_EXTENT` (20 of 32 pixels, between the small box's 16 and the 24 that 99.9%
   of large Fashion-MNIST garments exceed) is large; -1 when no garment pixel;
 - position: centre for large garments; for small ones the position whose box centre
-  (`fashion_colour.POSITION_BOXES`) is nearest the bounding box's centre.
+  (`fashion_colour.POSITION_BOXES`) is nearest the bounding box's centre;
+- garment (when a `GarmentClassifier` is given, `eval.garment`): the class a classifier of
+  the images' luminance, max(R, G, B), gives them: the garment's own gray levels, blind to
+  its colour.
 Lengths scale with the image side, so images of another size are measured alike.
 """
 
@@ -28,7 +31,8 @@ from difforge.data.fashion_colour import COLOURS, IMAGE_SIZE, LARGE, POSITION_BO
 
 DEFAULT_THRESHOLD = 32  # brightness 0..255 above which a pixel belongs to the garment
 LARGE_MIN_EXTENT = 20  # bounding-box side (pixels of a 32x32 image) above which a garment is large
-ATTRIBUTES = ("colour", "size", "position")
+ATTRIBUTES = ("garment", "colour", "size", "position")
+PAIR = "garment+colour"  # the two attributes a prompt's key words name
 
 
 @dataclass(frozen=True)
@@ -41,10 +45,12 @@ class MeasuredAttributes:
     hue: torch.Tensor  # float64 (N,), degrees in [0, 360); nan without chroma
     extent: torch.Tensor  # int64 (N,), longer side of the bounding box in pixels; 0 when empty
     centre: torch.Tensor  # float64 (N, 2), (row, column) of the bounding box's centre; nan when empty
+    garment: torch.Tensor | None = None  # int64 (N,), index into GARMENTS; None when not measured
 
     def as_dict(self) -> dict[str, torch.Tensor]:
-        """{"colour", "size", "position"} -> int64 (N,), keyed like the dataset's attributes."""
-        return {k: getattr(self, k) for k in ATTRIBUTES}
+        """{"garment" (when measured), "colour", "size", "position"} -> int64 (N,), keyed like
+        the dataset's attributes."""
+        return {k: getattr(self, k) for k in ATTRIBUTES if getattr(self, k) is not None}
 
 
 def _hues(rgb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -65,9 +71,10 @@ def _span(lines: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return first, last
 
 
-def measure_attributes(images: torch.Tensor, *, threshold: int = DEFAULT_THRESHOLD,
-                       min_line: int = 2) -> MeasuredAttributes:
-    """Measure colour, size and position in uint8 RGB images (N, 3, H, W) with H == W."""
+def measure_attributes(images: torch.Tensor, *, threshold: int = DEFAULT_THRESHOLD, min_line: int = 2,
+                       garment_classifier=None) -> MeasuredAttributes:
+    """Measure colour, size and position in uint8 RGB images (N, 3, H, W) with H == W, and
+    the garment class with `garment_classifier` (an `eval.garment.GarmentClassifier`) when given."""
     if images.dtype != torch.uint8 or images.ndim != 4 or images.shape[1] != 3 or images.shape[2] != images.shape[3]:
         raise ValueError(f"images must be uint8 (N, 3, S, S), got {images.dtype} {tuple(images.shape)}")
     scale = images.shape[2] / IMAGE_SIZE
@@ -97,19 +104,30 @@ def measure_attributes(images: torch.Tensor, *, threshold: int = DEFAULT_THRESHO
                            dtype=torch.float64) * scale + (scale - 1) / 2
     nearest = torch.cdist(torch.nan_to_num(centre), anchors).argmin(1)
     position = torch.where(found, torch.where(large, 0, nearest), -1)
+    garment = None if garment_classifier is None else garment_classifier.predict(images)
     return MeasuredAttributes(colour=colour, size=size, position=position, hue=mean_hue, extent=extent,
-                              centre=centre)
+                              centre=centre, garment=garment)
 
 
-def attribute_accuracy(measured: MeasuredAttributes | dict[str, torch.Tensor],
-                       targets: dict[str, torch.Tensor]) -> dict[str, float]:
-    """Fraction of images whose measured colour, size and position equal `targets` (each
-    attribute present in both), and "all": the fraction with every one of them right."""
+def attribute_correct(measured: MeasuredAttributes | dict[str, torch.Tensor],
+                      targets: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Per image, bool (N,): whether each attribute present in both `measured` and `targets`
+    is right (in `ATTRIBUTES` order), "garment+colour" when both of those are compared, and
+    "all": every compared attribute right (their product)."""
     got = measured.as_dict() if isinstance(measured, MeasuredAttributes) else measured
     keys = [k for k in ATTRIBUTES if k in got and k in targets]
     if not keys:
         raise ValueError(f"nothing to compare: measured {sorted(got)}, targets {sorted(targets)}")
     right = {k: got[k] == targets[k].to(got[k].device) for k in keys}
-    out = {k: float(v.double().mean()) for k, v in right.items()}
-    out["all"] = float(torch.stack(list(right.values())).all(0).double().mean())
-    return out
+    if "garment" in right and "colour" in right:
+        right[PAIR] = right["garment"] & right["colour"]
+    right["all"] = torch.stack([right[k] for k in keys]).all(0)
+    return right
+
+
+def attribute_accuracy(measured: MeasuredAttributes | dict[str, torch.Tensor],
+                       targets: dict[str, torch.Tensor]) -> dict[str, float]:
+    """Fraction of images whose measured garment, colour, size and position equal `targets`
+    (each attribute present in both), "garment+colour" (both right, when both are compared)
+    and "all": the fraction with every compared attribute right (`attribute_correct`)."""
+    return {k: float(v.double().mean()) for k, v in attribute_correct(measured, targets).items()}

@@ -53,7 +53,8 @@ def test_set_bits_per_dim(
     dims_native = images[0].numel()
     n = len(images)
     out: dict = {"n": n, "dims": dims_model, "dims_native": dims_native,
-                 "conditioning": "null label: log p(x)" if pipe.num_classes else "unconditional"}
+                 "conditioning": "null label: log p(x)" if pipe.num_classes else
+                 "empty prompt: log p(x)" if pipe.takes_text else "unconditional"}
     nats = {"large": [], "small": []}
     ode_nats, nfe = [], 0
     t0 = time.perf_counter()

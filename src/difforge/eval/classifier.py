@@ -303,16 +303,20 @@ def load_or_train_classifier(
     bundle: DatasetBundle | None = None,
     device: torch.device | str = "cpu",
     log: Callable[[str], None] | None = None,
+    name: str | None = None,
 ) -> DomainClassifier:
     """The cached classifier for `data` (in `directory`, default `classifier_dir(data)`);
-    trained and saved there first when there is none."""
+    trained and saved there first when there is none, on `bundle` (default: `data` loaded).
+    `name` is what it is a classifier of, in its description and the log (default
+    `dataset_key(data)`; another view of the data, as `eval.garment`'s, names itself)."""
     directory = Path(directory) if directory is not None else classifier_dir(data)
     if is_classifier_dir(directory):
         return load_classifier(directory, device)
     check_classifier_dir(directory, what="classifier folder")  # before any training
+    name = name or dataset_key(data)
     if log:
-        log(f"no classifier for {dataset_key(data)} yet: training one ({directory})")
+        log(f"no classifier for {name} yet: training one ({directory})")
     bundle = bundle if bundle is not None else load_dataset(data)
-    clf = train_classifier(bundle, cfg, dataset_key=dataset_key(data), data=data, device=device, log=log)
+    clf = train_classifier(bundle, cfg, dataset_key=name, data=data, device=device, log=log)
     clf.save(directory)
     return clf

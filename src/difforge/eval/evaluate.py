@@ -4,17 +4,24 @@ with the real held-out split, and put every number next to its real-vs-real floo
 Protocol (`evaluate`):
 - reference set: the dataset's test split (Fashion-MNIST), else its validation split;
 - generated set: N images, class-balanced for a conditional model, image i seeded seed + i;
-- floor: N *real* training images with the same class counts, scored exactly as the
-  generated ones: what a perfect generator would get at this N (FD is biased upwards at
-  small N, so only the gap to the floor means something);
+  for a text-to-image model, one per caption of N training images drawn at random (so the
+  prompts follow the captions' own proportions);
+- floor: N *real* training images with the same class counts (for a text model, the very
+  images whose captions were the prompts), scored exactly as the generated ones: what a
+  perfect generator would get at this N (FD is biased upwards at small N, so only the gap
+  to the floor means something);
 - feature spaces: the domain classifier (`eval.classifier`, trained once per dataset) and,
   when weights are at hand, Inception-v3 (`eval.inception`, the standard FID protocol);
 - FD uses the whole reference set; precision/recall a random reference subset of N
-  (k-NN radii depend on the set size); KID random subsets of min(1000, N).
+  (k-NN radii depend on the set size); KID random subsets of min(1000, N);
+- a text model of fashion-colour also samples its three prompt sets (`eval.prompts`) and
+  measures garment, colour, size and position from the pixels, next to the same
+  measurement on the real reference images (the ceiling).
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import time
 from collections.abc import Callable
@@ -52,6 +59,7 @@ class EvalConfig:
     bpd_ode: bool = False  # also the probability-flow ODE likelihood (slower)
     bpd_timesteps: int | None = 100  # VLB timesteps, stratified; None: all T - 1 (exact sum)
     memorization: bool = True  # nearest-training-neighbour audit (eval/memorization.py)
+    prompts_per_set: int | None = None  # text models of fashion-colour: prompts per set; None: N (at most the set)
 
 
 def class_balanced_labels(n: int, num_classes: int) -> torch.Tensor:
@@ -97,18 +105,42 @@ def data_config_for(model_dir: Path, card) -> DataConfig:
     return DataConfig(dataset=dataset)
 
 
-def _sample(pipe, n: int, cfg: EvalConfig, scale: float | None,
-            progress: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+@contextlib.contextmanager
+def _generate_options(pipe, n: int, cfg: EvalConfig, scale: float | None, progress: bool, what: str = "",
+                      batches: int | None = None):
+    """`pipe.generate`'s keyword arguments for n images (in `batches`, default as one call
+    makes them) at guidance `scale`, with a progress bar."""
     from tqdm.auto import tqdm
 
-    labels = class_balanced_labels(n, pipe.num_classes) if pipe.num_classes else None
     options = {} if cfg.eta is None else {"eta": cfg.eta}
-    batches = -(-n // cfg.batch_size)
+    batches = batches or -(-n // cfg.batch_size)
     total = (len(pipe.sigmas(cfg.sampler, cfg.steps, cfg.grid)) - 1) * batches
-    desc = f"sample {n} ({cfg.sampler}" + (f", cfg {scale:g})" if scale is not None else ")")
+    desc = f"sample {n}{what} ({cfg.sampler}" + (f", cfg {scale:g})" if scale is not None else ")")
     with tqdm(total=total, desc=desc, unit="step", disable=not progress, dynamic_ncols=True) as bar:
-        return pipe.generate(n=n, labels=labels, cfg=scale, sampler=cfg.sampler, steps=cfg.steps, grid=cfg.grid,
-                             seed=cfg.seed, batch_size=cfg.batch_size, callback=lambda d: bar.update(1), **options)
+        yield {"cfg": scale, "sampler": cfg.sampler, "steps": cfg.steps, "grid": cfg.grid, "seed": cfg.seed,
+               "batch_size": cfg.batch_size, "callback": lambda d: bar.update(1), **options}
+
+
+def _sample(pipe, n: int, cfg: EvalConfig, scale: float | None, progress: bool,
+            prompts: list[str] | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """n images: class-balanced for a class model, one per prompt of `prompts` for a text model."""
+    labels = class_balanced_labels(n, pipe.num_classes) if pipe.num_classes else None
+    with _generate_options(pipe, n, cfg, scale, progress) as options:
+        if prompts is not None:  # training captions, cut to the model's limit as in training
+            return pipe.generate(prompts=prompts, truncate_prompts=True, **options)
+        return pipe.generate(n=n, labels=labels, **options)
+
+
+def _caption_draw(train, n: int, rng: np.random.Generator) -> tuple[np.ndarray, list[str], torch.Tensor | None]:
+    """min(n, pool) training images drawn at random; n prompts, their captions in turn; the
+    labels of the images the prompts came from (None for unlabelled data)."""
+    if train.captions is None:
+        raise ValueError(f"{train.name} has no captions to draw a text model's prompts from; compare it with "
+                         "its captioned training data (--dataset / --data)")
+    idx = np.sort(rng.choice(len(train), min(n, len(train)), replace=False))
+    cycle = idx[np.arange(n) % len(idx)]
+    labels = None if train.labels is None else train.labels[torch.from_numpy(cycle)]
+    return idx, [train.captions[i] for i in cycle], labels
 
 
 def _matched_indices(pool_labels: torch.Tensor | None, pool_size: int, labels: torch.Tensor | None, n: int,
@@ -189,6 +221,7 @@ def evaluate(
     overwrite: bool = False,
     reference: str | Path | None = None,
     save_reference: str | Path | None = None,
+    garment_classifier: str | Path | None = None,
 ) -> dict:
     """Score a model (or an .npz of samples) and write out/report.json, report.md and plots.
     Returns the report dict (see the module docstring for the protocol). `out` must be new,
@@ -197,7 +230,11 @@ def evaluate(
 
     FD in the classifier's feature space is measured against `reference` (an .npz of `mu`
     and `sigma`, `eval/reference.py`) when given, else against the reference split, whose
-    statistics are cached and, with `save_reference`, written to that file too."""
+    statistics are cached and, with `save_reference`, written to that file too.
+
+    A text model of fashion-colour is also scored on its prompt sets (`eval.prompts`), with
+    the garment classifier in `garment_classifier` (default: the cached one, trained on
+    first use; `eval.garment`)."""
     from difforge.eval.classifier import check_classifier_dir, is_classifier_dir
     from difforge.eval.report import write_report
     from difforge.io.outputs import check_output_dir
@@ -205,11 +242,14 @@ def evaluate(
     t0 = time.perf_counter()
     out = check_output_dir(out, holds="evaluation report", is_ours=lambda p: (p / "report.json").is_file(),
                            overwrite=overwrite)
-    if classifier is not None and not is_classifier_dir(classifier):
-        check_classifier_dir(classifier, what="--classifier")
+    for path, what in ((classifier, "--classifier"), (garment_classifier, "--garment-classifier")):
+        if path is not None and not is_classifier_dir(path):
+            check_classifier_dir(path, what=what)
     _check_arguments(model_dir, npz, cfg)
     _check_reference_files(reference, save_reference)
     pipe, given, model_dir, data = _open_model(model_dir, cfg, data, device)
+    text = pipe is not None and pipe.takes_text
+    prompt_sets = _check_text_options(pipe, npz, data, cfg, garment_classifier)
     if npz is not None:
         images, labels = read_npz(npz)
     elif cfg.n < 2:
@@ -223,9 +263,14 @@ def evaluate(
         raise ValueError("--reference holds domain-classifier statistics: the data has no labels for a classifier")
 
     t_sample = time.perf_counter()
+    prompts = drawn = None
+    if text and (npz is None or cfg.cfg_sweep):  # the prompts of the main samples and of the sweep's
+        drawn, prompts, caption_labels = _caption_draw(bundle.train, cfg.n, np.random.default_rng(cfg.seed))
     if npz is None:
-        scale = (cfg.cfg if cfg.cfg is not None else pipe.default_cfg) if pipe.num_classes else None
-        images, labels = _sample(pipe, cfg.n, cfg, scale, progress)
+        scale = (cfg.cfg if cfg.cfg is not None else pipe.default_cfg) if pipe.num_classes or text else None
+        images, labels = _sample(pipe, cfg.n, cfg, scale, progress, prompts)
+        if text:
+            labels = caption_labels  # the class of the image each prompt's caption describes
     _check_samples(images, labels, ref, bundle)
     n = len(images)
     sample_seconds = time.perf_counter() - t_sample
@@ -233,7 +278,8 @@ def evaluate(
         labels = None
 
     rng = np.random.default_rng(cfg.seed)
-    floor = bundle.train.subset(_matched_indices(bundle.train.labels, len(bundle.train), labels, n, rng))
+    floor = bundle.train.subset(drawn if drawn is not None and npz is None else
+                                _matched_indices(bundle.train.labels, len(bundle.train), labels, n, rng))
     ref_sub = np.sort(rng.choice(len(ref), min(n, len(ref)), replace=False))
     stats_of = functools.partial(_reference_stats, data=data, split=ref_split, reference=reference,
                                  save_reference=save_reference, log=log)
@@ -242,8 +288,14 @@ def evaluate(
     per_class = _per_class(feats["classifier"], ref, floor, labels, bundle.class_names) \
         if labels is not None and "classifier" in feats else []
     main_scale = cfg.cfg if cfg.cfg is not None or pipe is None else pipe.default_cfg
-    sweep = _cfg_sweep(pipe, cfg, extractors, feats, stats, ref_sub, labels,
-                       images if npz is None else None, main_scale, progress)
+    following, garments = None, None
+    if prompt_sets:
+        garments = _garment_classifier(data, bundle, garment_classifier, device, log)
+        following = _prompt_following(pipe, cfg, garments, ref, ref_split, main_scale, progress, log)
+        following["garment_classifier"] = garments.describe(garment_classifier)
+    sweep_labels = labels if prompts is None or bundle.class_names is None else caption_labels
+    sweep = _cfg_sweep(pipe, cfg, extractors, feats, stats, ref_sub, sweep_labels,
+                       images if npz is None else None, main_scale, progress, prompts, garments, following)
     likelihood, memorization = _extra_measures(pipe, cfg, images, bundle, ref, ref_split, ref_sub, extractors,
                                                out, model_dir, log)
     report = _report_dict(
@@ -251,6 +303,9 @@ def evaluate(
         ref_split=ref_split, bundle=bundle, pipe=pipe, cfg=cfg, main_scale=main_scale, sample_seconds=sample_seconds,
         ref_sub=ref_sub, spaces=spaces, metrics=metrics, floors=floors, per_class=per_class, sweep=sweep,
         likelihood=likelihood, memorization=memorization)
+    if text:
+        report["sampling"] = report["sampling"] and {**report["sampling"], "prompts": "captions of training images"}
+        report["prompt_following"] = following if following is not None else {"status": _no_prompt_sets(npz, data)}
     report["seconds"] = round(time.perf_counter() - t0, 1)
     write_report(report, Path(out), images, labels)
     return report
@@ -265,13 +320,75 @@ def _open_model(model_dir, cfg: EvalConfig, data: DataConfig | None, device):
 
         pipe = load_pipeline(model_dir, ema=cfg.ema, device=device)
         model_dir = resolve_model_dir(model_dir)
-        if cfg.cfg_sweep and not pipe.num_classes:
-            raise ValueError("--cfg-sweep needs a class-conditional model; this one is unconditional")
+        if cfg.cfg_sweep and not (pipe.num_classes or pipe.takes_text):
+            raise ValueError("--cfg-sweep needs a class-conditional or text-to-image model; this one is "
+                             "unconditional")
     if data is None:
         if pipe is None:
             raise ValueError("with --npz and no model, say which data to compare with (--dataset or --data)")
         data = data_config_for(Path(model_dir), pipe.card)
     return pipe, given, model_dir, data
+
+
+def _check_text_options(pipe, npz, data: DataConfig, cfg: EvalConfig, garment_classifier) -> bool:
+    """Refuse the prompt-set options where they do not apply, before any work; whether the
+    prompt sets are to be sampled (a text model of fashion-colour, samples drawn here)."""
+    from difforge.data.fashion_colour import NAME as FASHION_COLOUR
+
+    applies = pipe is not None and pipe.takes_text and data.dataset == FASHION_COLOUR
+    for given, option in ((cfg.prompts_per_set is not None, "--prompts-per-set"),
+                          (garment_classifier is not None, "--garment-classifier")):
+        if given and not applies:
+            raise ValueError(f"{option} applies to text-to-image models of fashion-colour only (its prompt sets); "
+                             f"this is {_kind(pipe)} on {data.dataset}")
+        if given and npz is not None:
+            raise ValueError(f"{option} scores prompt sets sampled here: it does not apply to --npz samples")
+    if cfg.prompts_per_set is not None and cfg.prompts_per_set < 1:
+        raise ValueError(f"--prompts-per-set must be >= 1, got {cfg.prompts_per_set}")
+    return applies and npz is None
+
+
+def _kind(pipe) -> str:
+    if pipe is None:
+        return "no model"
+    return "a text-to-image model" if pipe.takes_text else \
+        "a class-conditional model" if pipe.num_classes else "an unconditional model"
+
+
+def _no_prompt_sets(npz, data: DataConfig) -> str:
+    if npz is not None:
+        return "skipped: --npz samples carry no prompts of the prompt sets"
+    return f"skipped: the prompt sets are fashion-colour's; this model's data is {data.dataset}"
+
+
+def _garment_classifier(data: DataConfig, bundle, directory, device, log):
+    from difforge.eval.garment import load_or_train_garment_classifier
+
+    return load_or_train_garment_classifier(data, directory, bundle=bundle, device=device, log=log)
+
+
+def _prompt_sets(pipe, cfg: EvalConfig, garments, scale: float, progress: bool) -> dict:
+    """The three prompt sets sampled at guidance `scale` and measured (`eval.prompts`)."""
+    from difforge.eval.prompts import PROMPT_SETS, prompt_following
+
+    per_set = cfg.prompts_per_set or cfg.n
+    sizes = [min(per_set, len(make())) for make in PROMPT_SETS.values()]
+    batches = sum(-(-k // cfg.batch_size) for k in sizes)
+    with _generate_options(pipe, sum(sizes), cfg, scale, progress, " prompts", batches) as options:
+        return prompt_following(pipe, garments, per_set=per_set, **options)
+
+
+def _prompt_following(pipe, cfg: EvalConfig, garments, ref, ref_split: str, scale: float, progress: bool,
+                      log) -> dict:
+    """The prompt sets at the main guidance scale, and the ceiling: the same measurement on
+    the real reference images."""
+    from difforge.eval.prompts import real_image_accuracy
+
+    if log:
+        log("prompt following: sampling the seen, held-out-pair and paraphrase prompts")
+    ceiling = None if ref.attributes is None else {"split": ref_split, "n": len(ref),
+                                                   "accuracy": real_image_accuracy(ref, garments)}
+    return {"cfg": scale, "ceiling": ceiling, "sets": _prompt_sets(pipe, cfg, garments, scale, progress)}
 
 
 def _extra_measures(pipe, cfg: EvalConfig, images, bundle, ref, ref_split, ref_sub, extractors, out, model_dir, log):
@@ -302,8 +419,9 @@ def _report_dict(*, model, npz, n, floor, data, ref, ref_split, bundle, pipe, cf
                  "train_count": len(bundle.train), "class_names": bundle.class_names},
         "sampling": None if npz is not None else {
             "sampler": cfg.sampler, "steps": len(pipe.sigmas(cfg.sampler, cfg.steps, cfg.grid)) - 1,
-            "grid": cfg.grid, "cfg": main_scale if pipe.num_classes else None, "eta": cfg.eta, "seed": cfg.seed,
-            "ema": cfg.ema, "conditional": bool(pipe.num_classes), "seconds": round(sample_seconds, 1)},
+            "grid": cfg.grid, "cfg": main_scale if pipe.num_classes or pipe.takes_text else None, "eta": cfg.eta,
+            "seed": cfg.seed, "ema": cfg.ema, "conditional": bool(pipe.num_classes), "text": pipe.takes_text,
+            "seconds": round(sample_seconds, 1)},
         "protocol": {"k": cfg.k, "kid_subsets": cfg.kid_subsets,
                      "kid_subset_size": min(cfg.kid_subset_size, n, len(ref)),
                      "precision_recall_reference": len(ref_sub), "fd_reference": len(ref)},
@@ -369,12 +487,14 @@ def _scores(extractors, ref, images, labels, floor, ref_sub, cfg: EvalConfig, sp
 
 
 def _cfg_sweep(pipe, cfg: EvalConfig, extractors, feats, stats, ref_sub, labels, images, main_scale,
-               progress) -> list[dict]:
+               progress, prompts=None, garments=None, following=None) -> list[dict]:
     """FD, KID, precision, recall, accuracy and classifier score at each guidance scale of
-    the sweep (`images`, already sampled at `main_scale`, are reused there)."""
+    the sweep (`images`, already sampled at `main_scale`, are reused there); for a text
+    model of fashion-colour, the prompt sets' accuracies too (`following` at `main_scale`)."""
     sweep = []
     for s in cfg.cfg_sweep:
-        imgs = images if images is not None and s == main_scale else _sample(pipe, cfg.n, cfg, s, progress)[0]
+        reuse = images is not None and s == main_scale
+        imgs = images if reuse else _sample(pipe, cfg.n, cfg, s, progress, prompts)[0]
         row: dict = {"cfg": s}
         for name, fn in extractors:
             ref_f = feats[name][0]
@@ -383,8 +503,12 @@ def _cfg_sweep(pipe, cfg: EvalConfig, extractors, feats, stats, ref_sub, labels,
             prefix = "" if name == "classifier" else "inception_"
             row.update({prefix + key: v for key, v in suite.items() if key in ("fd", "kid", "precision", "recall")})
             if name == "classifier":
-                row["conditional_accuracy"] = M.conditional_accuracy(p, labels.numpy())
+                if labels is not None:
+                    row["conditional_accuracy"] = M.conditional_accuracy(p, labels.numpy())
                 row["classifier_score"] = M.classifier_score(p)[0]
+        if following is not None:
+            sets = following["sets"] if s == following["cfg"] else _prompt_sets(pipe, cfg, garments, s, progress)
+            row["prompt_sets"] = {name: r["accuracy"] for name, r in sets.items()}
         sweep.append(row)
     return sweep
 

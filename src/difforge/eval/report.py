@@ -9,6 +9,7 @@ from pathlib import Path
 
 import torch
 
+ATTRIBUTE_COLUMNS = ("garment", "colour", "size", "position", "garment+colour", "all")  # prompt-set tables
 ROWS = [  # (key, label, scale): the metrics table, in order
     ("fd", "FD (lower is better)", 1.0),
     ("kid", "KID x 1e3 (lower is better)", 1e3),
@@ -64,13 +65,17 @@ def _markdown(r: dict) -> str:
            + f", seed {s['seed']}, {'EMA' if s['ema'] else 'raw'} weights, {s['seconds']:g} s)") if s else ""
     lines.append(f"**N = {n}** generated images{how}, against the real **{d['reference_split']}** split of "
                  f"{d['dataset']} ({d['reference_count']} images).")
+    if s and s.get("text"):
+        lines.append("A text-to-image model: image i is drawn from the caption of a training image picked at random "
+                     "(the prompts follow the captions' proportions); the floor is those very training images.")
     c = r["classifier"]
     if c:
         lines.append(f"Domain classifier: **{c['test_accuracy']:.2%} accuracy** on the {c['eval_images']} "
                      f"{c['eval_split']} images, {c['feature_dim']}-d penultimate features.")
     lines.append(f"Inception-v3: {r['inception']['status']}.")
+    which = "whose captions were the prompts," if s and s.get("text") else "(same class counts)"
     lines += ["", f"FD is biased upwards at small N: compare every number with the **real-vs-real floor**, "
-                  f"{r['floor_n']} real training images (same class counts) scored exactly like the generated ones. "
+                  f"{r['floor_n']} real training images {which} scored exactly like the generated ones. "
                   f"Only the gap to the floor measures the model.", ""]
     for space, title in (("classifier", "Classifier features"), ("inception", "Inception-v3 features (FID)")):
         if space in r["metrics"]:
@@ -82,6 +87,7 @@ def _markdown(r: dict) -> str:
             lines.append(f"| {row['class']} {row['name']} | {row['n']} | {_f(row['fd'])} | {_f(row['floor_fd'])} | "
                          f"{_f(row['accuracy'], 1.0, 3)} |")
         lines += ["", "![FD per class, model and floor](per_class_fd.png)", ""]
+    lines += _prompt_section(r.get("prompt_following"))
     if r["cfg_sweep"]:
         extra = "inception_fd" in r["cfg_sweep"][0]
         lines += ["## Guidance sweep", "",
@@ -91,8 +97,9 @@ def _markdown(r: dict) -> str:
         for row in r["cfg_sweep"]:
             lines.append(f"| {row['cfg']:g} | {_f(row['fd'])} | {_f(row['kid'], 1e3)} | "
                          f"{_f(row['precision'], 1.0, 3)} | "
-                         f"{_f(row['recall'], 1.0, 3)} | {_f(row['conditional_accuracy'], 1.0, 3)} | "
+                         f"{_f(row['recall'], 1.0, 3)} | {_f(row.get('conditional_accuracy'), 1.0, 3)} | "
                          f"{_f(row['classifier_score'])} |" + (f" {_f(row['inception_fd'])} |" if extra else ""))
+        lines += _prompt_sweep_table(r["cfg_sweep"], r.get("prompt_following") or {})
         lines += ["", "![metrics against the guidance scale](cfg_sweep.png)", ""]
     lines += _likelihood_section(r.get("likelihood")) + _memorization_section(r.get("memorization"))
     p = r["protocol"]
@@ -109,6 +116,49 @@ def _markdown(r: dict) -> str:
               "score there are slightly optimistic.",
               f"- Took {r['seconds']:g} s.", ""]
     return "\n".join(lines)
+
+
+def _accuracy_row(label: str, n, acc: dict) -> str:
+    return f"| {label} | {n} | " + " | ".join(_f(acc.get(k), 1.0, 3) for k in ATTRIBUTE_COLUMNS) + " |"
+
+
+def _attribute_header(first: str) -> list[str]:
+    return [f"| {first} | n | " + " | ".join(ATTRIBUTE_COLUMNS) + " |",
+            "|---|---:|" + "---:|" * len(ATTRIBUTE_COLUMNS)]
+
+
+def _prompt_section(pf: dict | None) -> list[str]:
+    """A text model's prompt sets: the share of images with each attribute right."""
+    if not pf:
+        return []
+    if "status" in pf:
+        return ["## Prompt following", "", f"Prompt sets: {pf['status']}.", ""]
+    g = pf["garment_classifier"]
+    lines = ["## Prompt following (fashion-colour prompt sets)", "",
+             f"One image per prompt at guidance {pf['cfg']:g}; garment, colour, size and position measured from its "
+             "pixels and compared with what the prompt says. **garment+colour**: both right (the pair the prompt's "
+             "key words name); **all**: every attribute right in the same image. Garment: a classifier of the "
+             f"image's luminance {g['input']} (blind to colour), **{g['test_accuracy']:.2%} accuracy on the "
+             f"{g['eval_images']} real {g['eval_split']} images**. The first row is the same measurement on real "
+             "images: the ceiling.", "", *_attribute_header("prompts")]
+    c = pf.get("ceiling")
+    if c:
+        lines.append(_accuracy_row(f"real {c['split']} images (ceiling)", c["n"], c["accuracy"]))
+    for name, row in pf["sets"].items():
+        lines.append(_accuracy_row(f"{name} ({row['prompts']} of {row['of']})", row["prompts"], row["accuracy"]))
+    return lines + ["", "Seen: training phrasing of garment x colour pairs in the training data; held-out pairs: "
+                        "pairs never seen together in training; paraphrases: phrasings and synonyms never used in "
+                        "training.", ""]
+
+
+def _prompt_sweep_table(sweep: list[dict], pf: dict) -> list[str]:
+    if "prompt_sets" not in sweep[0]:
+        return []
+    lines = ["", "Prompt sets at each guidance scale:", "", *_attribute_header("cfg, prompt set")]
+    for row in sweep:
+        lines += [_accuracy_row(f"{row['cfg']:g}, {name}", pf.get("sets", {}).get(name, {}).get("prompts", ""), acc)
+                  for name, acc in row["prompt_sets"].items()]
+    return lines
 
 
 def _likelihood_section(lk: dict | None) -> list[str]:
@@ -177,6 +227,19 @@ def summary_lines(r: dict) -> list[str]:
                      + (f", accuracy {m['conditional_accuracy']:.3f}" if "conditional_accuracy" in m else ""))
     if r["inception"]["status"] != "computed":
         lines.append(f"inception: {r['inception']['status']}")
+    pf = r.get("prompt_following")
+    if pf and "status" in pf:
+        lines.append(f"prompt sets: {pf['status']}")
+    elif pf:
+        c, g = pf.get("ceiling"), pf["garment_classifier"]
+        lines.append(f"prompt following at guidance {pf['cfg']:g} (garment classifier: {g['test_accuracy']:.2%} on "
+                     f"{g['eval_images']} real {g['eval_split']} images):")
+        rows = ([(f"real {c['split']} (ceiling)", c["accuracy"])] if c else []) + [
+            (name, row["accuracy"]) for name, row in pf["sets"].items()]
+        width = max(len(name) for name, _ in rows)
+        for name, acc in rows:
+            parts = [f"{k} {acc[k]:.3f}" for k in ATTRIBUTE_COLUMNS if k in acc]
+            lines.append(f"  {name:<{width}}  " + ", ".join(parts))
     lk = r.get("likelihood")
     if lk:
         parts = ([f"VLB {lk['vlb']['large']['bpd']:.4g}"] if lk.get("vlb") else []) + (
@@ -208,7 +271,11 @@ def write_report(report: dict, out: Path, images: torch.Tensor, labels: torch.Te
                            "real floor": [floor[key] * scale] if key in floor else []})
                   for key, title, scale in (("fd", "FD", 1.0), ("kid", "KID x 1e3", 1e3),
                                             ("precision", "precision", 1.0), ("recall", "recall", 1.0),
-                                            ("conditional_accuracy", "accuracy", 1.0))]
+                                            ("conditional_accuracy", "accuracy", 1.0)) if key in rows[0]]
+        if "prompt_sets" in rows[0]:  # a text model: its prompt sets' accuracies
+            panels += [(f"{key} right", {name: [r["prompt_sets"][name].get(key) for r in rows]
+                                         for name in rows[0]["prompt_sets"]})
+                       for key in ("garment+colour", "all")]
         line_panels([r["cfg"] for r in rows], panels, out / "cfg_sweep.png", xlabel="guidance scale")
     (out / "report.json").write_text(json.dumps(report, indent=2))
     path = out / "report.md"

@@ -1,0 +1,100 @@
+"""`difforge evaluate` on a text-to-image model of fashion-colour, end to end on a tiny
+model and a 200-garment stand-in for Fashion-MNIST: FD from the training captions, the
+prompt sets' attribute accuracies, the guidance sweep, and the one-line refusals."""
+
+import json
+
+import numpy as np
+import pytest
+
+from cli_runner import run
+from difforge.config import load_config
+from difforge.data import load_dataset
+from difforge.data.idx import write_idx
+from difforge.eval.classifier import ClassifierConfig, classifier_dir, dataset_key, train_classifier
+from difforge.eval.garment import garment_classifier_dir, load_or_train_garment_classifier
+
+ATTRIBUTE_KEYS = {"garment", "colour", "size", "position", "garment+colour", "all"}
+SETS = ["seen", "held-out pairs", "paraphrases"]
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    """A 2-step text model and both classifiers (one epoch each) in a private DIFFORGE_CACHE."""
+    root = tmp_path_factory.mktemp("text-eval")
+    rng = np.random.default_rng(0)
+    (root / "fm").mkdir()
+    for split in ("train", "t10k"):
+        images = np.zeros((200, 28, 28), np.uint8)
+        images[:, 5:23, 5:23] = rng.integers(80, 256, (200, 18, 18), dtype=np.uint8)
+        write_idx(root / "fm" / f"{split}-images-idx3-ubyte.gz", images)
+        write_idx(root / "fm" / f"{split}-labels-idx1-ubyte.gz", (np.arange(200) % 10).astype(np.uint8))
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("DIFFORGE_CACHE", str(root / "cache"))
+        assert run(["train", "--dataset", "fashion-colour", "--set", f"data.path={root / 'fm'}", "--model", "tiny",
+                    "--text-encoder", "scratch", "--max-steps", "2", "--batch-size", "8", "--sample-every", "0",
+                    "--checkpoint-every", "0", "--out", str(root / "run"), "--no-progress",
+                    "--set", "train.final_grid=false"]) == 0
+        data = load_config(root / "run" / "config.yaml").data
+        bundle = load_dataset(data)
+        quick = ClassifierConfig(epochs=1, batch_size=32)
+        train_classifier(bundle, quick, dataset_key=dataset_key(data), data=data).save(classifier_dir(data))
+        load_or_train_garment_classifier(data, cfg=quick, bundle=bundle)
+        assert (garment_classifier_dir(data) / "classifier.json").is_file()
+    return root
+
+
+@pytest.fixture
+def cache(setup, monkeypatch):
+    monkeypatch.setenv("DIFFORGE_CACHE", str(setup / "cache"))
+    return setup
+
+
+def test_evaluate_a_text_model_reports_fd_and_the_prompt_sets(cache, tmp_path, capsys):
+    out = tmp_path / "ev"
+    assert run(["evaluate", str(cache / "run"), "--n", "6", "--steps", "2", "--prompts-per-set", "3",
+                "--cfg-sweep", "1,3", "--no-memorization", "--out", str(out), "--no-progress",
+                "--device", "cpu"]) == 0
+    text = capsys.readouterr().out
+    assert "classifier: FD" in text and "prompt following at guidance 3" in text and "held-out pairs" in text
+    r = json.loads((out / "report.json").read_text())
+    assert r["n"] == 6 and r["floor_n"] == 6 and r["sampling"]["text"] and r["sampling"]["cfg"] == 3.0
+    assert r["sampling"]["prompts"] == "captions of training images"
+    assert np.isfinite(r["metrics"]["classifier"]["fd"]) and np.isfinite(r["floor"]["classifier"]["fd"])
+    assert sum(row["n"] for row in r["per_class"]) == 6  # the classes of the captions' images
+    pf = r["prompt_following"]
+    assert pf["cfg"] == 3.0 and list(pf["sets"]) == SETS
+    assert [s["prompts"] for s in pf["sets"].values()] == [3, 3, 3]
+    assert pf["sets"]["held-out pairs"]["of"] == 48 and pf["sets"]["seen"]["of"] == 432
+    for row in [*(s["accuracy"] for s in pf["sets"].values()), pf["ceiling"]["accuracy"]]:
+        assert set(row) == ATTRIBUTE_KEYS
+        assert row["all"] <= min(row[k] for k in ("garment", "colour", "size", "position"))
+        assert row["garment+colour"] <= min(row["garment"], row["colour"])
+    assert all(round(v * 3, 9) in (0, 1, 2, 3) for s in pf["sets"].values() for v in s["accuracy"].values())
+    g = pf["garment_classifier"]
+    assert g["input"] == "max(R,G,B)" and 0 <= g["test_accuracy"] <= 1 and g["eval_images"] == 200
+    # the ceiling measures the 200 real test images (its garment: the classifier's held-out accuracy; the
+    # stand-in garments are 18 px squares, so their size is not always measurable, but their hue is)
+    assert pf["ceiling"]["n"] == 200 and pf["ceiling"]["accuracy"]["garment"] == pytest.approx(g["test_accuracy"])
+    assert pf["ceiling"]["accuracy"]["colour"] == 1.0
+    assert [row["cfg"] for row in r["cfg_sweep"]] == [1.0, 3.0]
+    assert r["cfg_sweep"][1]["fd"] == pytest.approx(r["metrics"]["classifier"]["fd"])  # cfg 3 reuses the samples
+    assert r["cfg_sweep"][1]["prompt_sets"] == {k: s["accuracy"] for k, s in pf["sets"].items()}
+    assert set(r["cfg_sweep"][0]["prompt_sets"]) == set(SETS)
+    md = (out / "report.md").read_text()
+    assert "## Prompt following" in md and "(ceiling)" in md and "garment+colour" in md
+    assert "Prompt sets at each guidance scale" in md
+    assert (out / "cfg_sweep.png").stat().st_size > 0
+
+
+def test_options_that_do_not_apply_are_one_line_errors(cache, tmp_path, capsys):
+    base = ["evaluate", str(cache / "run"), "--n", "4", "--no-progress", "--out"]
+    assert run([*base, str(tmp_path / "a"), "--prompts-per-set", "0"]) != 0
+    assert "--prompts-per-set must be >= 1" in capsys.readouterr().err
+    assert run([*base, str(tmp_path / "b"), "--prompts-per-set", "3", "--dataset", "fashion-mnist"]) != 0
+    err = capsys.readouterr().err
+    assert "applies to text-to-image models of fashion-colour only" in err and len(err.strip().splitlines()) == 1
+    npz = tmp_path / "s.npz"
+    np.savez(npz, images=np.zeros((4, 32, 32, 3), np.uint8))
+    assert run([*base, str(tmp_path / "c"), "--npz", str(npz), "--garment-classifier", str(tmp_path / "g")]) != 0
+    assert "does not apply to --npz" in capsys.readouterr().err
