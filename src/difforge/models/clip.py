@@ -89,7 +89,7 @@ class ImageTower(nn.Module):
         layers, cin = [], channels
         for i, w in enumerate(widths):
             if i:
-                layers.append(nn.AvgPool2d(2))
+                layers.append(nn.AvgPool2d(2, ceil_mode=True))  # a 1x1 map stays 1x1
             layers.append(_block(cin, w))
             cin = w
         self.body = nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten())
