@@ -167,3 +167,19 @@ def test_commands_refuse_bad_input_in_one_line(captioned, tmp_path, capsys):
     assert not (tmp_path / "b").exists()
     assert run(["clip-score", str(tmp_path / "none"), "--data", str(captioned)]) == 1
     assert "no CLIP model" in capsys.readouterr().err
+
+
+def test_a_minilm_clip_trains_its_projection_and_loads_back(captioned, tmp_path, capsys):
+    """The frozen MiniLM path (the `text` extra, installed with `test`): only the projection and the
+    image tower are saved, and a loaded model embeds prompts as the trained one did."""
+    out = tmp_path / "m"
+    assert run(["train-clip", "--data", str(captioned), "--out", str(out), "--steps", "2", "--batch-size", "8",
+                "--text-encoder", "minilm", "--device", "cpu"]) == 0
+    assert "encoding 2 distinct captions with the frozen MiniLM" in capsys.readouterr().out
+    clip = load_clip(out)
+    assert clip.net.text_encoder is None and clip.meta["arch"]["text_encoder"] == "minilm"
+    from safetensors.torch import load_file
+
+    assert not any("encoder" in k for k in load_file(out / "model.safetensors"))
+    e = clip.embed_texts(["a red square", "a blue square"])
+    assert torch.allclose(e.norm(dim=1), torch.ones(2)) and not torch.allclose(e[0], e[1])
