@@ -157,6 +157,8 @@ def test_train_clip_and_clip_score_commands(captioned, tmp_path, capsys):
     assert run(["clip-score", str(out), "--data", str(captioned), "--split", "train", "--device", "cpu"]) == 0
     line = capsys.readouterr().out
     assert "CLIP score" in line and "shuffled" in line and "18 train pairs" in line
+    assert run(["clip-score", str(out), "--device", "cpu"]) == 0  # the recorded training data, its held-out split
+    assert "on 2 val pairs of folder" in capsys.readouterr().out
 
 
 def test_commands_refuse_bad_input_in_one_line(captioned, tmp_path, capsys):

@@ -13,7 +13,7 @@ from difforge.cli.common import DATASET_NAMES, _fail, cli, data_config
 @click.option("--dataset", type=click.Choice(DATASET_NAMES), help="Built-in dataset (it needs captions). "
               "[default: fashion-colour]")
 @click.option("--data", "data_path", type=click.Path(), help="Captioned image folder (metadata.jsonl or a .txt per "
-              "image), or a prepared store.")
+              "image).")
 @click.option("--out", required=True, help="Directory for model.safetensors + clip.json.")
 @click.option("--steps", type=int, default=600, show_default=True, help="Training steps.")
 @click.option("--batch-size", type=int, default=128, show_default=True, help="Pairs per step (the contrastive "
@@ -77,7 +77,7 @@ def train_clip(dataset, data_path, out, steps, batch_size, text_encoder, embed_d
 @click.argument("clip_dir", type=click.Path())
 @click.option("--dataset", type=click.Choice(DATASET_NAMES), help="Built-in captioned dataset to score. "
               "[default: the CLIP model's training data]")
-@click.option("--data", "data_path", type=click.Path(), help="Captioned image folder or prepared store to score.")
+@click.option("--data", "data_path", type=click.Path(), help="Captioned image folder to score.")
 @click.option("--split", type=click.Choice(["train", "val", "test"]), help="Which split's pairs. [default: test, "
               "else val]")
 @click.option("--n", "n", type=int, default=2000, show_default=True, help="Pairs to score (drawn with --seed; all "
