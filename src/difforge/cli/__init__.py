@@ -6,6 +6,7 @@ options, builds a config and makes one call into the library.
   sample.py    sample, export
   interop.py   import (diffusers models)
   evaluate.py  evaluate, train-classifier, report
+  clip.py      train-clip, clip-score
   tasks.py     inpaint, restore, denoise, upscale, interpolate
   data.py      prepare, inspect
   serve.py     serve
@@ -15,7 +16,16 @@ Importing the package registers every command; none imports torch until it runs.
 
 from __future__ import annotations
 
-from difforge.cli import data, evaluate, interop, sample, serve, tasks, train  # noqa: F401  (registers the commands)
+from difforge.cli import (  # noqa: F401  (registers the commands)
+    clip,
+    data,
+    evaluate,
+    interop,
+    sample,
+    serve,
+    tasks,
+    train,
+)
 from difforge.cli.common import (  # noqa: F401  (the names other modules and tests use)
     DATASET_NAMES,
     FRAMEWORK_NAMES,

@@ -1,6 +1,7 @@
 """Evaluation: a domain classifier and Inception-v3 as feature extractors, FD / KID /
 precision-recall / classifier score / conditional accuracy, likelihood (bits/dim), the
-memorization audit, and the `evaluate` and training reports."""
+memorization audit, and the `evaluate` and training reports; the domain CLIP and its
+CLIP score."""
 
 from difforge.eval.classifier import (
     ClassifierConfig,
@@ -12,6 +13,7 @@ from difforge.eval.classifier import (
     load_or_train_classifier,
     train_classifier,
 )
+from difforge.eval.clip import CLIPConfig, DomainCLIP, clip_score, clip_scores, load_clip, train_clip
 from difforge.eval.evaluate import EvalConfig, evaluate, read_npz
 from difforge.eval.likelihood import ddpm_vlb, pf_ode_log_likelihood
 from difforge.eval.memorization import memorization_audit
@@ -28,11 +30,15 @@ from difforge.eval.metrics import (
 )
 
 __all__ = [
+    "CLIPConfig",
     "ClassifierConfig",
+    "DomainCLIP",
     "DomainClassifier",
     "EvalConfig",
     "cache_root",
     "classifier_dir",
+    "clip_score",
+    "clip_scores",
     "classifier_score",
     "conditional_accuracy",
     "dataset_key",
@@ -43,6 +49,7 @@ __all__ = [
     "frechet_distance_features",
     "kernel_inception_distance",
     "load_classifier",
+    "load_clip",
     "load_or_train_classifier",
     "memorization_audit",
     "mmd2_unbiased",
@@ -51,4 +58,5 @@ __all__ = [
     "precision_recall",
     "read_npz",
     "train_classifier",
+    "train_clip",
 ]
