@@ -88,3 +88,9 @@ def test_bad_folders_are_one_line_errors(tmp_path):
     j.write_text(json.dumps({**d, "version": 9}))
     with pytest.raises(ValueError, match="newer"):
         load_autoencoder(tmp_path / "ae")
+
+
+def test_a_flat_image_encodes_to_one_latent_everywhere():
+    """Replicate padding: no border code for a flat background (zero padding gave one)."""
+    mean, _ = _ae(channel_mults=(1, 2, 2)).encode(-torch.ones(1, 3, 16, 16))
+    torch.testing.assert_close(mean, mean[:, :, :1, :1].expand_as(mean), rtol=0, atol=1e-5)

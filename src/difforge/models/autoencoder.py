@@ -35,13 +35,20 @@ LOGVAR_RANGE = (-30.0, 20.0)  # the posterior's log-variance is clamped here (as
 LOGVAR_INIT = -8.0
 
 
+def _conv(cin: int, cout: int, stride: int = 1) -> nn.Conv2d:
+    """3x3 convolution with replicate padding: images on a flat background (-1, black)
+    would see zero padding as a grey frame, and encode their border differently from their
+    middle; with replicated edges a flat background gets one latent everywhere."""
+    return nn.Conv2d(cin, cout, 3, stride=stride, padding=1, padding_mode="replicate")
+
+
 class _Res(nn.Module):
     """GroupNorm-SiLU-conv twice with a residual connection (no time input)."""
 
     def __init__(self, cin: int, cout: int):
         super().__init__()
-        self.body = nn.Sequential(group_norm(cin), nn.SiLU(), nn.Conv2d(cin, cout, 3, padding=1),
-                                  group_norm(cout), nn.SiLU(), nn.Conv2d(cout, cout, 3, padding=1))
+        self.body = nn.Sequential(group_norm(cin), nn.SiLU(), _conv(cin, cout),
+                                  group_norm(cout), nn.SiLU(), _conv(cout, cout))
         self.skip = nn.Conv2d(cin, cout, 1) if cin != cout else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -68,27 +75,27 @@ class KLAutoencoder(nn.Module):
         self.factor = 2 ** (len(channel_mults) - 1)
         widths = [base_channels * m for m in channel_mults]
 
-        enc: list[nn.Module] = [nn.Conv2d(channels, widths[0], 3, padding=1)]
+        enc: list[nn.Module] = [_conv(channels, widths[0])]
         ch = widths[0]
         for level, w in enumerate(widths):
             for _ in range(num_res_blocks):
                 enc.append(_Res(ch, w))
                 ch = w
             if level < len(widths) - 1:
-                enc.append(nn.Conv2d(ch, ch, 3, stride=2, padding=1))
-        enc += [_Res(ch, ch), group_norm(ch), nn.SiLU(), nn.Conv2d(ch, 2 * latent_channels, 3, padding=1)]
+                enc.append(_conv(ch, ch, stride=2))
+        enc += [_Res(ch, ch), group_norm(ch), nn.SiLU(), _conv(ch, 2 * latent_channels)]
         with torch.no_grad():
             enc[-1].bias[latent_channels:].fill_(LOGVAR_INIT)
         self.encoder = nn.Sequential(*enc)
 
-        dec: list[nn.Module] = [nn.Conv2d(latent_channels, ch, 3, padding=1), _Res(ch, ch)]
+        dec: list[nn.Module] = [_conv(latent_channels, ch), _Res(ch, ch)]
         for level in reversed(range(len(widths))):
             for _ in range(num_res_blocks):
                 dec.append(_Res(ch, widths[level]))
                 ch = widths[level]
             if level > 0:
-                dec += [nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(ch, ch, 3, padding=1)]
-        dec += [group_norm(ch), nn.SiLU(), nn.Conv2d(ch, channels, 3, padding=1)]
+                dec += [nn.Upsample(scale_factor=2, mode="nearest"), _conv(ch, ch)]
+        dec += [group_norm(ch), nn.SiLU(), _conv(ch, channels)]
         self.decoder = nn.Sequential(*dec)
 
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
