@@ -63,7 +63,7 @@ def test_oldest_descriptions_are_ddpm_and_the_serve_test_model_loads():
 
 @pytest.mark.parametrize("change, message", [
     ({"format": "other"}, "not a difforge model description"),
-    ({"version": 3}, "version 3 is newer than this difforge reads"),
+    ({"version": 4}, "version 4 is newer than this difforge reads"),
     ({"image_size": None}, "lacks 'image_size'"),
     ({"diffusion": {"framework": "ddim"}}, "unknown framework 'ddim'"),
     ({"diffusion": {"framework": "edm", "min_snr_gamma": 5}, "prediction": None}, "min-SNR weighting applies to"),
