@@ -437,10 +437,7 @@ def load_pipeline(path: str | Path, ema: bool = True, device: str | torch.device
 
 def _autoencoder(path: Path, card: ModelCard) -> nn.Module | None:
     """A latent model's autoencoder, from `autoencoder.safetensors` beside its card."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
-    from difforge.models.autoencoder import WEIGHTS_FILE
+    from difforge.models.autoencoder import WEIGHTS_FILE, load_weights
 
     if card.autoencoder is None:
         return None
@@ -448,11 +445,9 @@ def _autoencoder(path: Path, card: ModelCard) -> nn.Module | None:
     if not weights.is_file():
         raise ModelLoadError(f"{path} is a latent diffusion model without its autoencoder ({WEIGHTS_FILE})")
     try:
-        ae = card.autoencoder.build()
-        ae.load_state_dict(load_file(weights))
-    except (RuntimeError, OSError, ValueError, SafetensorError) as e:
-        raise ModelLoadError(f"cannot load autoencoder weights {weights}: {str(e).splitlines()[0]}") from None
-    return ae.eval().requires_grad_(False)
+        return load_weights(card.autoencoder, weights)
+    except ValueError as e:
+        raise ModelLoadError(str(e)) from None
 
 
 def is_model_dir(path: str | Path) -> bool:

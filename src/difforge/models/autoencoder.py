@@ -205,15 +205,38 @@ def is_autoencoder_dir(path: str | Path) -> bool:
     return (Path(path) / CARD_FILE).is_file() and (Path(path) / WEIGHTS_FILE).is_file()
 
 
+def save_weights(ae: nn.Module, path: str | Path) -> Path:
+    """Write the autoencoder's weights to `path` (safetensors) through a temporary file, so
+    `path` is never half written."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    save_file({k: v.detach().cpu().contiguous() for k, v in ae.state_dict().items()}, str(tmp))
+    tmp.replace(path)
+    return path
+
+
+def load_weights(card: AutoencoderCard, path: str | Path) -> KLAutoencoder:
+    """The autoencoder `card` describes with the weights of `path` (eval mode, frozen);
+    ValueError in one line for weights that are missing, damaged or of another shape."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        ae = card.build()
+        ae.load_state_dict(load_file(str(path)))
+    except (RuntimeError, OSError, ValueError, TypeError, SafetensorError) as e:
+        raise ValueError(f"cannot load autoencoder weights {path}: {str(e).splitlines()[0]}") from None
+    return ae.eval().requires_grad_(False)
+
+
 def save_autoencoder(ae: KLAutoencoder, card: AutoencoderCard, directory: str | Path) -> Path:
     """Write `directory/autoencoder.safetensors`, then `autoencoder.json` (the card last, so a
     folder with a card has its weights)."""
-    from safetensors.torch import save_file
-
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().cpu().contiguous() for k, v in ae.state_dict().items()}
-    save_file(state, str(directory / WEIGHTS_FILE))
+    save_weights(ae, directory / WEIGHTS_FILE)
     (directory / CARD_FILE).write_text(json.dumps(card.to_dict(), indent=2) + "\n")
     return directory
 
@@ -221,9 +244,6 @@ def save_autoencoder(ae: KLAutoencoder, card: AutoencoderCard, directory: str | 
 def load_autoencoder(directory: str | Path, device: torch.device | str = "cpu"
                      ) -> tuple[KLAutoencoder, AutoencoderCard]:
     """The autoencoder of `directory` (eval mode, no gradients needed) and its card; one-line errors."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
     directory = Path(directory)
     if not is_autoencoder_dir(directory):
         raise ValueError(f"{directory} is not an autoencoder folder ({CARD_FILE} + {WEIGHTS_FILE}); make one with "
@@ -232,10 +252,4 @@ def load_autoencoder(directory: str | Path, device: torch.device | str = "cpu"
         card = AutoencoderCard.from_dict(json.loads((directory / CARD_FILE).read_text()))
     except (json.JSONDecodeError, ValueError) as e:
         raise ValueError(f"{directory / CARD_FILE}: {str(e).splitlines()[0]}") from None
-    try:
-        ae = card.build()
-        ae.load_state_dict(load_file(str(directory / WEIGHTS_FILE)))
-    except (RuntimeError, OSError, ValueError, TypeError, SafetensorError) as e:
-        raise ValueError(f"cannot load autoencoder weights {directory / WEIGHTS_FILE}: "
-                         f"{str(e).splitlines()[0]}") from None
-    return ae.to(device).eval().requires_grad_(False), card
+    return load_weights(card, directory / WEIGHTS_FILE).to(device), card

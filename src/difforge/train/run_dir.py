@@ -64,14 +64,9 @@ def create_run_dir(cfg: RunConfig, run_dir: Path, resume: bool, card, skipped: l
         report.write_text("".join(f"{path}\t{reason}\n" for path, reason in skipped))
         print(f"warning: skipped {len(skipped)} unusable file(s); list in {report}")
     if autoencoder is not None:  # beside the card that describes it, as in an exported model
-        from safetensors.torch import save_file
+        from difforge.models.autoencoder import WEIGHTS_FILE, save_weights
 
-        from difforge.models.autoencoder import WEIGHTS_FILE
-
-        state = {k: v.detach().cpu().contiguous() for k, v in autoencoder.state_dict().items()}
-        tmp = run_dir / f".{WEIGHTS_FILE}.tmp"
-        save_file(state, str(tmp))
-        tmp.replace(run_dir / WEIGHTS_FILE)
+        save_weights(autoencoder, run_dir / WEIGHTS_FILE)
     card.save(run_dir / "model.json")
 
 

@@ -131,8 +131,9 @@ class Trainer(FaultHandling):
             self.card = model_card(self.cfg, self.bundle, self.image_size, self.num_classes, self.ae_card)
         except ValueError as e:
             raise ConfigError(str(e)) from None
-        if self.ae is not None and self.card.process().sigma_max > LATENT_SIGMA_MAX_NOTE:
-            self.say(f"note: this noise schedule reaches sigma {self.card.process().sigma_max:.0f}; latents are not "
+        top = self.card.process().sigma_max if self.ae is not None else 0.0
+        if top > LATENT_SIGMA_MAX_NOTE:
+            self.say(f"note: this noise schedule reaches sigma {top:.0f}; latents are not "
                      "clipped as pixels are, so eps errors are multiplied by it in the first sampling steps. Stable "
                      "Diffusion's schedule (--schedule scaled_linear --set diffusion.beta_start=0.00085 --set "
                      "diffusion.beta_end=0.012) stops at 14.6; see docs/latent.md")
