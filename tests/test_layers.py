@@ -14,7 +14,7 @@ LAYERS = [
     {"diffusion", "io"},  # pure tensor maths; pixels <-> files and model space, output paths
     {"sampling", "models"},  # samplers over D(x, sigma, cond); networks and the Denoiser
     {"config", "defaults"},  # typed configs; sampling defaults
-    {"runs", "runtime", "hub"},  # run directories and checkpoints (reading); device and precision; Hub cache
+    {"runs", "runtime", "hub", "allocator"},  # run directories, checkpoints (reading); device, precision, malloc; Hub
     {"data"},  # datasets, prepare / inspect
     {"pipeline"},  # a loaded model that generates
     {"train", "eval", "tasks", "interop"},  # what is done with models (interop: diffusers folders)

@@ -10,6 +10,7 @@ from typing import NoReturn
 import click
 
 from difforge import __version__
+from difforge.allocator import tune_malloc
 
 # Copies of difforge.sampling.SAMPLERS and difforge.diffusion.grids.GRIDS, so that
 # `difforge --help` does not import torch; tests/cli checks that they agree.
@@ -43,6 +44,7 @@ def cli() -> None:
       difforge sample runs/demo --out demo.png           # one row per class
       difforge export runs/demo --out models/demo        # model.safetensors + config.json
     """
+    tune_malloc()
 
 
 def _is_idx_folder(path: Path) -> bool:
