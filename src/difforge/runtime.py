@@ -61,4 +61,3 @@ def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     if device.type != "cuda":
         raise ConfigError("precision fp16 needs a CUDA device; use bf16 on the CPU")
     return torch.float16
-
