@@ -182,10 +182,11 @@ class Pipeline:
 
     def denoiser(
         self, cfg: float | None = None, clip: bool = True, cfg_rescale: float = 0.0, threshold: float | None = None,
-        negative_prompt: str | None = None,
+        negative_prompt: str | None = None, cfg_interval: tuple[float, float] | None = None,
     ) -> nn.Module:
         """D(x, sigma, cond) with guidance (conditional models; default scale `default_cfg`,
-        optional guidance rescale phi = `cfg_rescale`) and x0 kept in [-1, 1]: by static
+        optional guidance rescale phi = `cfg_rescale`, guidance only at noise levels in
+        `cfg_interval` = (lo, hi) when given) and x0 kept in [-1, 1]: by static
         clipping (`clip`), or by dynamic thresholding at percentile `threshold` (Imagen).
         A text model's unconditional branch is the empty prompt, or `negative_prompt`."""
         d: nn.Module = self.model
@@ -196,18 +197,20 @@ class Pipeline:
         if self.takes_text:
             scale = self.default_cfg if cfg is None else cfg
             null = self.encode_prompts([negative_prompt or ""])
-            d = CFGDenoiser(d, scale, null=null, rescale=cfg_rescale)
+            d = CFGDenoiser(d, scale, null=null, rescale=cfg_rescale, interval=cfg_interval)
         elif self.num_classes:
             scale = self.default_cfg if cfg is None else cfg
             null = self.card.conditioning.null_label
-            if null is None and (scale != 1.0 or cfg_rescale):
+            if null is None and (scale != 1.0 or cfg_rescale or cfg_interval):
                 raise ValueError("classifier-free guidance needs a null class, which this model did not learn; "
                                  "use --cfg 1")
-            d = CFGDenoiser(d, scale, null_label=-1 if null is None else null, rescale=cfg_rescale)
+            d = CFGDenoiser(d, scale, null_label=-1 if null is None else null, rescale=cfg_rescale,
+                            interval=cfg_interval)
         elif cfg is not None and cfg != 1.0:
             raise ValueError("a CFG scale needs a class-conditional model; this one is unconditional")
-        elif cfg_rescale:
-            raise ValueError("guidance rescale needs a class-conditional model; this one is unconditional")
+        elif cfg_rescale or cfg_interval:
+            raise ValueError(f"guidance {'rescale' if cfg_rescale else 'intervals'} need a class-conditional or "
+                             "text model; this one is unconditional")
         if threshold is not None:
             return DynamicThresholdDenoiser(d, threshold)
         return ClampDenoiser(d) if clip and not self.card.latent else d  # latents have no [-1, 1] range
@@ -263,6 +266,7 @@ class Pipeline:
         clip: bool = True,
         cfg_rescale: float = 0.0,
         threshold: float | None = None,
+        cfg_interval: tuple[float, float] | None = None,
         callback: Callable[[dict], None] | None = None,
         seeds: Sequence[int] | None = None,
         generator: torch.Generator | Sequence[torch.Generator] | None = None,
@@ -300,7 +304,7 @@ class Pipeline:
         options = self.sampler_defaults(sampler, options)
         n, cond = self.condition(n, labels, prompts, truncate=truncate_prompts)
         gens_of = _noise_source(n, seed, seeds, generator)
-        den = self.denoiser(cfg, clip, cfg_rescale, threshold, negative_prompt).to(self.device)
+        den = self.denoiser(cfg, clip, cfg_rescale, threshold, negative_prompt, cfg_interval).to(self.device)
         sigmas = self.sigmas(sampler, steps, grid)
         size, c = self.card.image_size, self.card.channels
         out = []

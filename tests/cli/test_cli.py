@@ -142,7 +142,8 @@ def test_gif_and_progress_count_steps_not_calls(tiny_run, tmp_path, capsys):
 
     gif = tmp_path / "steps.gif"
     assert run(["sample", str(tiny_run), "--sampler", "heun", "--steps", "6", "--classes", "1,4", "--n", "4",
-                "--out", str(tmp_path / "s.png"), "--gif", str(gif), "--cfg-rescale", "0.7"]) == 0
+                "--out", str(tmp_path / "s.png"), "--gif", str(gif), "--cfg-rescale", "0.7",
+                "--cfg-interval", "0.2,20"]) == 0
     captured = capsys.readouterr()
     assert "6/6" in captured.err and "11/" not in captured.err  # heun: 11 denoiser calls, 6 steps
     with Image.open(gif) as im:
@@ -168,6 +169,8 @@ def test_gif_frames_stay_few_for_long_runs(tiny_run, tmp_path):
     (["--steps", "0"], "steps must be >= 1"),
     (["--sampler", "euler", "--steps", "2000", "--schedule", "trailing"], "steps must be in 1..1000"),
     (["--cfg-rescale", "2"], "guidance rescale must be in [0, 1]"),
+    (["--cfg-interval", "1"], "--cfg-interval takes LO,HI (two noise levels, e.g. 0.3,5), got '1'"),
+    (["--cfg-interval", "5,1"], "--cfg-interval needs 0 <= LO <= HI, got '5,1'"),
     (["--threshold", "0"], "percentile must be in (0, 1]"),
 ])
 def test_sample_option_errors(tiny_run, tmp_path, capsys, argv, message):

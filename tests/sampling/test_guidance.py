@@ -97,6 +97,7 @@ def test_threshold_denoiser_wraps_like_clamp():
 @pytest.mark.parametrize("make, message", [
     (lambda: CFGDenoiser(nn.Identity(), 3.0, 10, rescale=1.5), r"guidance rescale must be in \[0, 1\], got 1.5"),
     (lambda: DynamicThresholdDenoiser(nn.Identity(), p=99.5), r"percentile must be in \(0, 1\], got 99.5"),
+    (lambda: CFGDenoiser(nn.Identity(), 3.0, 10, interval=(5.0, 1.0)), r"needs 0 <= lo <= hi .*got 5.0, 1.0"),
 ])
 def test_bad_guidance_options(make, message):
     with pytest.raises(ValueError, match=message):
@@ -110,3 +111,32 @@ def test_ancestral_step_keeps_the_marginal():
     assert down**2 + up**2 == pytest.approx(1.0)
     assert ancestral_step(2.0, 1.0, 0.0) == (1.0, 0.0)
     assert ancestral_step(2.0, 0.0, 1.0) == (0.0, 0.0)
+
+
+class Affine(nn.Module):
+    """D(x, sigma, label) = x * (label + 1) + sigma; records the batch size of every call."""
+
+    def __init__(self):
+        super().__init__()
+        self.batches = []
+
+    def forward(self, x, sigma, cond):
+        self.batches.append(len(x))
+        sigma = torch.as_tensor(sigma, dtype=x.dtype).reshape(-1, 1).expand(len(x), 1)
+        return x * (cond.to(x.dtype) + 1).view(-1, 1) + sigma
+
+
+def test_guidance_interval_guides_inside_and_runs_one_pass_outside():
+    """Null label 9: D_null = 10 x + s, D_cond = x + s, guided = D_null + 2 (D_cond - D_null) = -8 x + s."""
+    x = torch.tensor([[1.0], [2.0]])
+    cond = torch.zeros(2, dtype=torch.long)
+    inner = Affine()
+    den = CFGDenoiser(inner, 2.0, 9, interval=(0.5, 2.0))
+    assert torch.allclose(den(x, torch.tensor(1.0), cond), -8 * x + 1)  # inside: both passes, one batch of 4
+    assert torch.allclose(den(x, torch.tensor(3.0), cond), x + 3)  # above: the conditional model alone
+    assert torch.allclose(den(x, torch.tensor(0.1), cond), x + 0.1)  # below
+    assert inner.batches == [4, 2, 2]
+    per_sample = den(x, torch.tensor([1.0, 3.0]), cond)  # levels per sample, one inside, one outside
+    assert torch.allclose(per_sample, torch.tensor([[-8 * 1.0 + 1], [2.0 + 3]]))
+    plain = CFGDenoiser(Affine(), 2.0, 9)
+    assert torch.allclose(plain(x, torch.tensor(3.0), cond), -8 * x + 3)  # no interval: guided everywhere
