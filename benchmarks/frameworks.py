@@ -24,12 +24,16 @@ import argparse
 import json
 import os
 import platform
+import sys
 import time
 from pathlib import Path
 
 import torch
 
 ROOT = Path(__file__).resolve().parent
+sys.path.insert(0, str(ROOT))
+from train_throughput import machine_record  # noqa: E402
+
 FRAMEWORKS = ("ddpm", "ncsn", "vp-sde", "subvp-sde", "ve-sde", "edm")
 NATIVE = {"ddpm": ("ddpm", 35), "ncsn": ("langevin", 8), "vp-sde": ("pc", 18), "subvp-sde": ("pc", 18),
           "ve-sde": ("pc", 18), "edm": ("heun", 18)}  # (sampler, steps): about 35 network calls each
@@ -125,33 +129,54 @@ def main() -> None:
             t0 = time.perf_counter()
             rec = train_one(fw, a.steps, a.batch_size, Path(a.runs))
             rec.update(measure(fw, Path(a.runs) / fw, a.n, a.bpd, grids))
+            rec["machine"] = machine_record()  # the process that trained and measured: threads, load
             (grids / f"{fw}.json").write_text(json.dumps(rec, indent=2))
             print(f"{fw}: {json.dumps(rec)} ({time.perf_counter() - t0:.0f} s)", flush=True)
     results = {"machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
-                           "threads": torch.get_num_threads(), "torch": torch.__version__,
-                           "note": "2-core x86_64 shared with other jobs (load average 9-11, up to three of these "
-                                   "benchmark processes at once): wall times are contended; equal steps are the "
-                                   "equal-compute comparison"},
+                           "torch": torch.__version__},
                "setup": {"model": "unet (unconditional)", "dataset": "fashion-mnist", "steps": a.steps,
                          "batch_size": a.batch_size, "fd_samples": a.n, "bpd_images": a.bpd},
                "frameworks": {fw: json.loads((grids / f"{fw}.json").read_text())
                               for fw in FRAMEWORKS if (grids / f"{fw}.json").is_file()}}
+    old = json.loads((ROOT / "frameworks.json").read_text()) if (ROOT / "frameworks.json").is_file() else {}
     for fw, rec in results["frameworks"].items():  # the bits/dim spread over images, from the run's report
         rep = Path(a.runs) / fw / "eval-pf-ode" / "report.json"
         if rep.is_file() and "bpd" in rec:
             rec["bpd"]["ode_sem"] = json.loads(rep.read_text())["likelihood"]["ode"]["bpd_sem"]
+        elif "bpd" in rec:  # the run folder is gone: keep what the last report read from it
+            sem = old.get("frameworks", {}).get(fw, {}).get("bpd", {}).get("ode_sem")
+            if sem is not None:
+                rec["bpd"]["ode_sem"] = sem
     (ROOT / "frameworks.json").write_text(json.dumps(results, indent=2))
     write_md(results)
+
+
+def machine_line(r: dict) -> str:
+    """Threads and load as each framework's process recorded them (runs before this field say so)."""
+    recs = {fw: v.get("machine") for fw, v in r.get("frameworks", {}).items()}
+    known = {fw: m for fw, m in recs.items() if m}
+    head = f"{r['machine']['cpu']}, {r['machine']['cores']} cores. "
+    if not known:
+        return head + ("Threads and load were not recorded by these runs (the files predate the field; the process "
+                       "that wrote this report had " + str(torch.get_num_threads()) + " thread): wall times are not "
+                       "comparable; equal steps are the equal-compute comparison.")
+    threads = sorted({m["threads"] for m in known.values()})
+    loads = [m["load_avg_1_5_15"][0] for m in known.values()]
+    return head + (f"Threads per run: {', '.join(map(str, threads))}; load average (1 min) at the end of each run "
+                   f"{min(loads):g}-{max(loads):g}" + ("" if len(known) == len(recs) else
+                                                      f"; not recorded for {sorted(set(recs) - set(known))}") + ".")
 
 
 def write_md(r: dict) -> None:
     s = r["setup"]
     lines = ["# Frameworks on Fashion-MNIST: same network, same steps", "",
              f"`unet` preset, unconditional, {s['steps']} steps of batch {s['batch_size']} (AdamW + one-cycle, "
-             f"EMA 0.99), fp32, 1 thread. FD: domain-classifier features, {s['fd_samples']} samples vs the test "
+             f"EMA 0.99), fp32. FD: domain-classifier features, {s['fd_samples']} samples vs the test "
              f"split (lower is better; the real-vs-real floor at the same N is shown). Bits/dim: probability-flow "
              f"ODE (RK4, 32 steps, Hutchinson), first {s['bpd_images']} test images, dequantized; per native pixel. "
-             f"Machine: {r['machine']['note']}.", "",
+             f"Machine: {machine_line(r)} Command: `python benchmarks/frameworks.py --steps {s['steps']} "
+             f"--batch-size {s['batch_size']} --n {s['fd_samples']} --bpd {s['bpd_images']}`; per-framework records: "
+             "`frameworks/*.json`.", "",
              "| framework | train s | FD (PF-ODE heun 18) | calls | native sampler | FD (native) | calls "
              "| bits/dim ODE ± sem | VLB |",
              "|---|---:|---:|---:|---|---:|---:|---:|---:|"]
