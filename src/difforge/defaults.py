@@ -12,6 +12,8 @@ DEFAULT_STEPS = {"ddpm": None, "ddim": 50, "euler": 50, "euler-a": 50, "heun": 2
 # Karras et al. (2022)'s rho = 7 grid, which they were tuned with.
 DEFAULT_GRID = {"ddpm": "trailing", "ddim": "trailing", "langevin": "log-snr"}  # langevin: NCSN's geometric levels
 DEFAULT_GRID_OTHERS = "karras"
+# The sampler of every command, the API, the server and the final grids when none is given.
+DEFAULT_SAMPLER = "ddim"
 # Classifier-free guidance scale of a class-conditional model when none is given.
 DEFAULT_CFG = 3.0
 

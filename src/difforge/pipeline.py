@@ -15,7 +15,13 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from difforge.defaults import DEFAULT_CFG, DEFAULT_GRID, DEFAULT_STEPS, default_grid  # noqa: F401 - re-exported
+from difforge.defaults import (  # noqa: F401 - re-exported
+    DEFAULT_CFG,
+    DEFAULT_GRID,
+    DEFAULT_SAMPLER,
+    DEFAULT_STEPS,
+    default_grid,
+)
 from difforge.diffusion.grids import sigma_grid
 from difforge.diffusion.process import NoiseProcess
 from difforge.hub import model_readme, not_found, resolve_model_dir
@@ -66,6 +72,25 @@ class Pipeline:
         if self.autoencoder is not None:
             self.autoencoder.to(device)
         self.device = torch.device(device)
+        return self
+
+    def use_precision(self, precision: str) -> Pipeline:
+        """Run the network under autocast from now on: "bf16" (CPU or CUDA), "fp16" (CUDA),
+        "fp32" (off, the default) or "auto" (bf16 where the device computes it natively, else
+        fp32; `difforge.runtime.resolve_precision`). The sampler's arithmetic stays float32.
+        Returns the pipeline."""
+        from difforge.config import PRECISIONS
+        from difforge.runtime import autocast_dtype
+
+        if precision not in PRECISIONS:
+            raise ValueError(f"unknown precision {precision!r}; expected one of {list(PRECISIONS)}")
+        self.model.autocast = autocast_dtype(precision, self.device)
+        return self
+
+    def compile(self, **options) -> Pipeline:
+        """`torch.compile` the network (options go to it); the first batch then takes the
+        compilation time. benchmarks/inference.py records what it buys. Returns the pipeline."""
+        self.model.net = torch.compile(self.model.net, **options)
         return self
 
     def require_pixel_space(self, what: str) -> None:
@@ -258,7 +283,7 @@ class Pipeline:
         labels: torch.Tensor | None = None,
         *,
         cfg: float | None = None,
-        sampler: str = "ddim",
+        sampler: str = DEFAULT_SAMPLER,
         steps: int | None = None,
         grid: str | None = None,
         seed: int = 0,

@@ -214,3 +214,25 @@ def test_n_is_the_total_even_below_the_class_count(tiny_run, tmp_path):
     assert run(["sample", str(tiny_run), "--n", "4", "--steps", "2", "--out", str(tmp_path / "few.png"),
                 "--npz", str(npz)]) == 0
     assert np.load(npz)["labels"].tolist() == [0, 1, 2, 3]
+
+
+def test_sampling_precision_and_compile(tiny_run, tmp_path):
+    from difforge.pipeline import load_pipeline
+    from difforge.runtime import native_bf16
+
+    pipe = load_pipeline(tiny_run)
+    x, sigma, cond = torch.randn(4, 1, 8, 8, generator=torch.Generator().manual_seed(0)), 2.0, torch.arange(4)
+    ref = pipe.model(x, sigma, cond)
+    pipe.use_precision("bf16")
+    assert pipe.model.autocast is torch.bfloat16
+    low = pipe.model(x, sigma, cond)
+    assert low.dtype == torch.float32 and not torch.equal(low, ref)  # the network ran in bf16
+    assert (low - ref).abs().max() <= 0.05 * ref.abs().max()  # bf16 keeps 8 bits of mantissa
+    pipe.use_precision("auto")
+    assert pipe.model.autocast is (torch.bfloat16 if native_bf16(torch.device("cpu")) else None)
+    with pytest.raises(ValueError, match="unknown precision 'fp8'"):
+        pipe.use_precision("fp8")
+    pipe.use_precision("fp32").compile(backend="eager")  # the plumbing; inductor's speed is a benchmark
+    assert torch.equal(pipe.model(x, sigma, cond), ref)
+    assert run(["sample", str(tiny_run), "--n", "2", "--class", "1", "--steps", "3", "--precision", "bf16",
+                "--out", str(tmp_path / "b.png")]) == 0

@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from difforge.cli.common import DATASET_NAMES, GRID_NAMES, SAMPLER_NAMES, _fail, cli, data_config
-from difforge.defaults import DEFAULT_CFG
+from difforge.defaults import DEFAULT_CFG, DEFAULT_SAMPLER
 
 
 @cli.command("train-classifier")
@@ -74,7 +74,7 @@ def _float_list(text: str) -> tuple[float, ...]:
               "labels, as `sample --npz` writes) instead of sampling.")
 @click.option("--cfg", type=float, help=f"Classifier-free guidance scale. [default: {DEFAULT_CFG:g}]")
 @click.option("--cfg-sweep", help="Also sample and score N images at each of these guidance scales, e.g. 1,2,3,5.")
-@click.option("--sampler", type=click.Choice(SAMPLER_NAMES), default="ddim", show_default=True)
+@click.option("--sampler", type=click.Choice(SAMPLER_NAMES), default=DEFAULT_SAMPLER, show_default=True)
 @click.option("--steps", type=int, help="Sampler steps. [default: as for `sample`]")
 @click.option("--schedule", "--grid", "grid", type=click.Choice(GRID_NAMES), help="Noise levels the steps visit. "
               "[default: as for `sample`]")

@@ -5,7 +5,8 @@ from __future__ import annotations
 import click
 
 from difforge.cli.common import GIF_FRAMES, GRID_NAMES, IMAGE_SUFFIXES, SAMPLER_NAMES, _fail, cli, no_progress_option
-from difforge.defaults import DEFAULT_CFG
+from difforge.config import PRECISIONS
+from difforge.defaults import DEFAULT_CFG, DEFAULT_SAMPLER
 
 # sampler options of `sample`: (flag, keyword of the sampler functions)
 SAMPLER_FLAGS = (("--eta", "eta"), ("--snr", "snr"), ("--corrector-steps", "corrector_steps"),
@@ -31,7 +32,7 @@ SAMPLER_FLAGS = (("--eta", "eta"), ("--snr", "snr"), ("--corrector-steps", "corr
 @click.option("--threshold", type=float, help="Dynamic thresholding of x0 at this percentile of |x0| (Imagen; e.g. "
               "0.995) instead of clipping to [-1, 1]. It divides the whole image by that percentile, so images whose "
               "background sits at black or white (Fashion-MNIST) turn grey: compare with the default clipping.")
-@click.option("--sampler", type=click.Choice(SAMPLER_NAMES), default="ddim", show_default=True,
+@click.option("--sampler", type=click.Choice(SAMPLER_NAMES), default=DEFAULT_SAMPLER, show_default=True,
               help="ddpm: ancestral (Ho et al. 2020); ddim (Song et al. 2021); euler, euler-a (ancestral), heun "
               "(Karras et al. 2022); dpmpp-2m, dpmpp-3m: DPM-Solver++ multistep (Lu et al. 2022); dpmpp-2m-sde: "
               "its stochastic variant, best at 15-30 steps on a briefly trained model. langevin: annealed Langevin "
@@ -59,10 +60,15 @@ SAMPLER_FLAGS = (("--eta", "eta"), ("--snr", "snr"), ("--corrector-steps", "corr
               help="pc and reverse-sde: Langevin corrector steps per level. [default: 1]")
 @click.option("--n-steps-each", type=int, help="langevin: steps per noise level. [default: 5]")
 @click.option("--device", default="auto", show_default=True)
+@click.option("--precision", type=click.Choice(PRECISIONS), default="fp32", show_default=True,
+              help="The network's autocast dtype while sampling (fp16 needs CUDA; auto: bf16 where the device "
+              "computes it natively). The sampler itself stays float32.")
+@click.option("--compile", "compile_net", is_flag=True, help="torch.compile the network first: about a minute of "
+              "compilation on a CPU, then faster steps (benchmarks/inference.py); worth it for thousands of images.")
 @no_progress_option
 def sample(model_dir, out, n, klass, classes, prompts, prompts_file, negative_prompt, cfg, cfg_rescale, cfg_interval,
            threshold, sampler, steps, grid, seed, ema, npz,
-           png_dir, gif, device, no_progress, **flags) -> None:
+           png_dir, gif, device, precision, compile_net, no_progress, **flags) -> None:
     """Generate images from a run directory or an exported model directory."""
     from difforge.pipeline import load_pipeline
     from difforge.runtime import resolve_device
@@ -71,7 +77,9 @@ def sample(model_dir, out, n, klass, classes, prompts, prompts_file, negative_pr
         if n is not None and n < 1:
             raise ValueError(f"--n must be >= 1, got {n}")
         _check_outputs(out, npz, gif, png_dir)
-        pipe = load_pipeline(model_dir, ema=ema, device=resolve_device(device))
+        pipe = load_pipeline(model_dir, ema=ema, device=resolve_device(device)).use_precision(precision)
+        if compile_net:
+            pipe.compile()
         labels = _labels(pipe, n, klass, classes)
         text, per_row = _prompts(pipe, n, prompts, prompts_file, negative_prompt)
         options = _sampler_options(sampler, flags)

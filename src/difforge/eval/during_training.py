@@ -59,7 +59,7 @@ class InTrainingEval:
 
     @torch.no_grad()
     def __call__(self, net: nn.Module) -> dict:
-        from difforge.pipeline import DEFAULT_CFG, Pipeline
+        from difforge.pipeline import DEFAULT_CFG, DEFAULT_SAMPLER, Pipeline
 
         t0 = time.perf_counter()
         was_training = net.training
@@ -68,7 +68,7 @@ class InTrainingEval:
             pipe = Pipeline(self.card.denoiser(net), self.card, self.device, autoencoder=self.autoencoder)
             images, _ = pipe.generate(n=self.n, labels=self.labels,
                                       cfg=DEFAULT_CFG if self.labels is not None else None,
-                                      sampler="ddim", seed=self.seed)
+                                      sampler=DEFAULT_SAMPLER, seed=self.seed)
         finally:
             net.train(was_training)
         m = self._score(self.clf.features(images))

@@ -33,6 +33,7 @@ import torch
 
 from difforge.config import DataConfig
 from difforge.data import load_dataset
+from difforge.defaults import DEFAULT_SAMPLER
 from difforge.eval import metrics as M
 
 REPORT_FORMAT = "difforge-eval"
@@ -43,7 +44,7 @@ class EvalConfig:
     """What to sample and how to score it."""
 
     n: int = 1000  # generated images (and floor images)
-    sampler: str = "ddim"
+    sampler: str = DEFAULT_SAMPLER
     steps: int | None = None  # None: the sampler's default (difforge.pipeline.DEFAULT_STEPS)
     grid: str | None = None  # None: the sampler's default grid
     cfg: float | None = None  # guidance scale; None: the pipeline's default for conditional models

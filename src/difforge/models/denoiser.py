@@ -29,7 +29,8 @@ class Denoiser(nn.Module):
     its `prediction` (eps, x0, v or edm, one the process allows) as D(x, sigma, cond).
 
     Coefficients are computed in float64 and applied in the dtype of `x` (use float64 for
-    exact parity tests); the network sees its own dtype. `net` may be a wrapper of the
+    exact parity tests); the network sees its own dtype, or runs under autocast to
+    `autocast` (a dtype; None: off) when sampling sets it. `net` may be a wrapper of the
     network (DistributedDataParallel): the loss then runs through it.
     """
 
@@ -42,6 +43,7 @@ class Denoiser(nn.Module):
         self.net = net
         self.process = process
         self.prediction = prediction
+        self.autocast: torch.dtype | None = None
 
     @property
     def sigma_min(self) -> float:
@@ -64,7 +66,10 @@ class Denoiser(nn.Module):
         shape = (-1,) + (1,) * (x.ndim - 1)
         c_in = pre.c_in.to(x.device, x.dtype).view(shape)
         c_noise = pre.c_noise.to(x.device, torch.float32)
-        return self.net((c_in * x).to(self.net_dtype()), c_noise, cond)
+        if self.autocast is None:
+            return self.net((c_in * x).to(self.net_dtype()), c_noise, cond)
+        with torch.autocast(x.device.type, dtype=self.autocast):
+            return self.net((c_in * x).to(self.net_dtype()), c_noise, cond).float()
 
     def forward(self, x: torch.Tensor, sigma: torch.Tensor | float, cond=None) -> torch.Tensor:
         """D(x, sigma, cond): the estimate of x0 (EDM, Eq. 7)."""

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from difforge.defaults import DEFAULT_SAMPLER
+
 ClassValue = int | str
 
 
@@ -14,7 +16,7 @@ class SamplingOptions(BaseModel):
 
     klass: ClassValue | None = Field(None, alias="class", description="Class index or name for every image; "
                                      "none: unconditional (the model's null label).")
-    sampler: str = Field("ddim", description="ddpm, ddim, euler, euler-a, heun, dpmpp-2m, dpmpp-3m "
+    sampler: str = Field(DEFAULT_SAMPLER, description="ddpm, ddim, euler, euler-a, heun, dpmpp-2m, dpmpp-3m "
                                              "(see GET /v1/model).")
     steps: int | None = Field(None, ge=1, description="Sampler steps. Default: the sampler's own (GET /v1/model).")
     cfg: float | None = Field(None, ge=0, le=100, description="Classifier-free guidance scale (1: none). Default 3.")

@@ -7,6 +7,8 @@ from pathlib import Path
 
 from torch import nn
 
+from difforge.defaults import DEFAULT_SAMPLER
+
 
 def draw_previews(trainer, name: str, nets: tuple[tuple[str, nn.Module], ...],
                   per_class: int) -> Iterator[tuple[str, Path]]:
@@ -42,7 +44,7 @@ def _sample_grid(trainer, net: nn.Module, path: Path, title: str, per_class: int
     labels = pipe.default_labels(per_class=per_class)
     prompts = pipe.default_prompts(per_class) if pipe.takes_text else None
     n = len(labels) if labels is not None else len(prompts) if prompts else 10 * per_class
-    steps = len(pipe.sigmas("ddim")) - 1
+    steps = len(pipe.sigmas(DEFAULT_SAMPLER)) - 1
     with tqdm(total=steps * -(-n // 100), desc=f"samples/{title}.png", unit="step", leave=False,
               disable=not trainer.progress, dynamic_ncols=True) as bar:
         images, _ = pipe.generate(labels=labels, n=None if labels is not None else n, seed=0, prompts=prompts,
