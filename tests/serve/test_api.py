@@ -156,6 +156,9 @@ def test_model_describes_the_model(client):
     assert m["preset"] == "tiny" and m["class_names"] == ["zero", "one", "two"] and m["num_classes"] == 3
     assert (m["image_size"], m["channels"], m["training_steps"]) == (SIZE, 1, 0)
     assert m["parameters"] > 1000 and "ddim" in m["samplers"] and m["limits"]["max_n"] == 8
+    from difforge.defaults import DEFAULT_SAMPLER
+
+    assert m["default_sampler"] == DEFAULT_SAMPLER in m["samplers"]  # the page preselects it
 
 
 def test_model_reports_recorded_metrics(tmp_path, pipe, make_client, make_model_dir):

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from difforge.defaults import DEFAULT_SAMPLER
+
 EVAL_KEYS = ("fd", "kid", "precision", "recall", "classifier_score", "conditional_accuracy")
 
 
@@ -69,6 +71,7 @@ def describe_model(path: str | Path, pipe) -> dict:
         "metrics": {"training": metrics or None, "evaluation": evaluation},
         "device": str(pipe.device),
         "default_cfg": pipe.default_cfg,
+        "default_sampler": DEFAULT_SAMPLER,
         "samplers": _samplers(pipe),
     }
 

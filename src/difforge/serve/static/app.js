@@ -58,7 +58,7 @@ async function loadModel() {
   const sampler = $("sampler");
   sampler.innerHTML = "";
   for (const name of Object.keys(model.samplers)) sampler.add(new Option(name, name));
-  sampler.value = "dpmpp-2m" in model.samplers ? "dpmpp-2m" : "ddim";
+  sampler.value = model.default_sampler in model.samplers ? model.default_sampler : Object.keys(model.samplers)[0];
   sampler.onchange = () => { $("steps").value = Math.min(model.samplers[sampler.value].default_steps, model.limits.max_steps); };
   sampler.onchange();
   $("steps").max = model.limits.max_steps;
