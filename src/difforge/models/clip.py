@@ -186,6 +186,18 @@ def clip_loss(image_emb: torch.Tensor, text_emb: torch.Tensor, logit_scale: torc
 
 FORMAT = "difforge-clip"
 WEIGHTS, META = "model.safetensors", "clip.json"
+CARRIED = "clip"  # the folder, beside a model's card, that holds the CLIP an unCLIP decoder carries
+
+
+def copy_clip(source: str | Path, directory: str | Path) -> Path:
+    """Copy a CLIP folder's two files into `directory` (created), clip.json last."""
+    import shutil
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(Path(source) / WEIGHTS, directory / WEIGHTS)
+    shutil.copyfile(Path(source) / META, directory / META)
+    return directory
 
 
 def clip_conditioner(arch: CLIPArch, truncate: bool):
