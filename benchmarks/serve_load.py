@@ -160,7 +160,8 @@ def main() -> None:
                      f"{lat['p50']} | {lat['p99']} | {p['batches']['mean_batch']} | "
                      f"{p['health']['p99_ms']} ({p['health']['max_ms']}) | "
                      f"{p['health']['failed']} / {p['health']['checks']} |")
-    lines += ["", f"Batching speed-up (batched / unbatched images per second; the phases ran one after the other under the same client load): "
+    lines += ["", "Batching speed-up (batched / unbatched images per second; the phases ran one after the other "
+              "under the same client load): "
               f"**{report['batching_speedup']}x**.", "",
               f"Statuses other than 200 and the deliberate 503: {errors}."]
     Path(args.out + ".md").write_text("\n".join(lines) + "\n")

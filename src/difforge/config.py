@@ -38,7 +38,7 @@ class ModelConfig:
 
     preset: str = "unet"  # see `difforge.models.PRESETS`
     conditional: bool = True  # class-conditional when the data has labels
-    label_dropout: float = 0.1  # per-sample probability of the null label (for CFG)
+    label_dropout: float = 0.1  # per-sample probability of the null label, or null CLIP embedding (for CFG)
     task: str = "generate"  # generate | superres (SR3: conditioned on the upsampled low-res image)
     scale: int = 2  # superres: upscaling factor (low-res side = image side / scale)
     text_encoder: str | None = None  # scratch | minilm: condition on the data's captions (text-to-image)
@@ -47,6 +47,8 @@ class ModelConfig:
     grad_checkpoint: bool = False  # recompute the UNet blocks' activations in backward: less memory, ~30% slower
     latent: str | None = None  # a `difforge train-autoencoder` folder: diffuse in its latent space (latent diffusion)
     cache_latents: bool = True  # latent: encode the data once (in memory, and in RUN/cache); else every batch
+    clip: str | None = None  # a `difforge train-clip` folder: condition on its image embeddings (unCLIP's decoder;
+    # label_dropout is then the embedding dropout)
 
 
 @dataclass(frozen=True)
@@ -254,6 +256,9 @@ def validate(cfg: RunConfig) -> RunConfig:
          "works in pixel space")
     need(not (d.hflip and m.latent), "data.hflip with model.latent: the latents are encoded from the images as "
          "stored; train the autoencoder and the model without it")
+    need(m.clip is None or (m.text_encoder is None and m.task == "generate"), "model.clip conditions generation on "
+         "CLIP image embeddings (unCLIP's decoder): it takes no --text-encoder and no --task superres")
+    need(not (d.hflip and m.clip), "data.hflip with model.clip: the CLIP embeddings are of the images as stored")
     need(0 <= m.caption_dropout < 1, f"model.caption_dropout must be in [0, 1), got {m.caption_dropout}")
     need(2 <= m.max_tokens <= 256, f"model.max_tokens must be in 2..256, got {m.max_tokens}")
     need(f.timesteps >= 2, f"diffusion.timesteps must be >= 2, got {f.timesteps}")

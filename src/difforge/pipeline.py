@@ -53,15 +53,17 @@ class Pipeline:
     """A model object (`Denoiser`: network, noise process, prediction) and its card;
     generates uint8 images. `Pipeline(card.denoiser(net), card)` wraps a network; a latent
     diffusion model (`card.latent`) also needs its `autoencoder` (a `KLAutoencoder`), which
-    decodes the sampled latents."""
+    decodes the sampled latents. An unCLIP decoder (conditioned on CLIP image embeddings)
+    may carry its domain CLIP (`clip`, a `difforge.models.clip.DomainCLIP`), which embeds
+    images for variations and prompts for its prior (`difforge.tasks.unclip`)."""
 
     def __init__(self, model: Denoiser, card: ModelCard, device: torch.device | str = "cpu",
-                 autoencoder: nn.Module | None = None):
+                 autoencoder: nn.Module | None = None, clip=None):
         if card.latent and autoencoder is None:
             raise ValueError("a latent diffusion model needs its autoencoder to make images")
         if autoencoder is not None and not card.latent:
             raise ValueError("this model works in pixel space: it takes no autoencoder")
-        self.model, self.card, self.autoencoder = model, card, autoencoder
+        self.model, self.card, self.autoencoder, self.clip = model, card, autoencoder, clip
         self.device = torch.device(device)
         if autoencoder is not None:
             autoencoder.to(self.device)
@@ -149,6 +151,11 @@ class Pipeline:
         """Whether this is a text-to-image model (`generate(prompts=...)`)."""
         return self.card.conditioning.kind == "text"
 
+    @property
+    def takes_image_embeddings(self) -> bool:
+        """Whether this is an unCLIP decoder (`generate(embeddings=...)`, CLIP image embeddings)."""
+        return self.card.conditioning.kind == "clip-image-embedding"
+
     def encode_prompts(self, prompts: Sequence[str], *, truncate: bool = False):
         """Prompts as the network's conditioning (a `TextCond` on this pipeline's device);
         a one-line error for a prompt over the model's token limit (cut to fit instead with
@@ -160,21 +167,34 @@ class Pipeline:
         return self.card.conditioning.conditioner(truncate=truncate)(list(prompts), device=self.device)
 
     def condition(self, n: int | None = None, labels=None, prompts: Sequence[str] | None = None, *,
-                  truncate: bool = False) -> tuple[int, Any]:
+                  truncate: bool = False, embeddings: torch.Tensor | None = None) -> tuple[int, Any]:
         """(n, cond): what the network is conditioned on for a batch of n images, on this
         pipeline's device. A text model's `prompts` encoded (`encode_prompts`; without
         prompts, n empty prompts: unconditional), class `labels` as a long tensor (each a
         class or the learned null), or None (an unconditional model; a class model's null).
         One prompt or label stands for all n images; n may be None where they give it.
         One-line errors: a prompt to a model that takes no text, labels to a text or an
-        unconditional model, no label to a model without a null class, counts that differ."""
-        if prompts is not None and not self.takes_text:
+        unconditional model, no label to a model without a null class, counts that differ.
+        An unCLIP decoder takes CLIP image `embeddings` (N, dim) (without them, the null:
+        unconditional)."""
+        if embeddings is not None and not self.takes_image_embeddings:
+            raise ValueError("this model is not an unCLIP decoder: it takes no CLIP image embeddings")
+        if self.takes_image_embeddings:
+            if labels is not None or prompts is not None:
+                raise ValueError("an unCLIP decoder takes CLIP image embeddings, not labels or prompts: give prompts "
+                                 "through a prior (`difforge unclip MODEL --prior PRIOR --prompt ...`)")
+            spec = self.card.conditioning
+            cond, what = (spec.null(_count(n)) if embeddings is None else spec.check(embeddings)), "embeddings"
+            cond = cond.to(self.device)
+        elif prompts is not None and not self.takes_text:
             self.encode_prompts(prompts)  # its one-line error
         if self.takes_text:
             if labels is not None:
                 raise ValueError("a text-to-image model takes prompts, not class labels")
             cond = self.encode_prompts([""] * _count(n) if prompts is None else prompts, truncate=truncate)
             what = "prompts"
+        elif self.takes_image_embeddings:
+            pass
         elif labels is not None:
             if not self.num_classes:
                 raise ValueError("this model is unconditional: it takes no class labels")
@@ -199,7 +219,7 @@ class Pipeline:
     def default_cfg(self) -> float | None:
         """The guidance scale when none is given: DEFAULT_CFG, 1 (none) for a model without a
         learned null class, None for an unconditional model."""
-        if self.takes_text:
+        if self.takes_text or self.takes_image_embeddings:
             return DEFAULT_CFG
         if not self.num_classes:
             return None
@@ -223,6 +243,10 @@ class Pipeline:
             scale = self.default_cfg if cfg is None else cfg
             null = self.encode_prompts([negative_prompt or ""])
             d = CFGDenoiser(d, scale, null=null, rescale=cfg_rescale, interval=cfg_interval)
+        elif self.takes_image_embeddings:
+            scale = self.default_cfg if cfg is None else cfg
+            d = CFGDenoiser(d, scale, null=self.card.conditioning.null(1, self.device), rescale=cfg_rescale,
+                            interval=cfg_interval)
         elif self.num_classes:
             scale = self.default_cfg if cfg is None else cfg
             null = self.card.conditioning.null_label
@@ -299,6 +323,7 @@ class Pipeline:
         prompts: Sequence[str] | None = None,
         negative_prompt: str | None = None,
         truncate_prompts: bool = False,
+        embeddings: torch.Tensor | None = None,
         **options,
     ) -> tuple[torch.Tensor | np.ndarray | list, torch.Tensor | None]:
         """Sample images; image i uses seed `seed + i` (or `seeds[i]` when given), whatever the batch size.
@@ -308,7 +333,8 @@ class Pipeline:
         `negative_prompt` when given (it replaces the empty prompt as the unconditional
         branch of classifier-free guidance). One label given alone also stands for `n` images.
         A prompt over the model's token limit is refused, or with `truncate_prompts` cut to
-        fit (as training cuts captions).
+        fit (as training cuts captions). An unCLIP decoder draws one image per row of
+        `embeddings` (N, dim), CLIP image embeddings (`n` of one row given alone).
 
         `generator` replaces the seeds: a list of `torch.Generator`s, one per image (image i
         draws all its noise from `generator[i]`, so `[Generator().manual_seed(s) for s in
@@ -327,7 +353,7 @@ class Pipeline:
             raise ValueError(f"unknown output_type {output_type!r}; expected one of {list(OUTPUT_TYPES)}")
         sample_fn = self._sampler(sampler, options)
         options = self.sampler_defaults(sampler, options)
-        n, cond = self.condition(n, labels, prompts, truncate=truncate_prompts)
+        n, cond = self.condition(n, labels, prompts, truncate=truncate_prompts, embeddings=embeddings)
         gens_of = _noise_source(n, seed, seeds, generator)
         den = self.denoiser(cfg, clip, cfg_rescale, threshold, negative_prompt, cfg_interval).to(self.device)
         sigmas = self.sigmas(sampler, steps, grid)
@@ -461,7 +487,22 @@ def load_pipeline(path: str | Path, ema: bool = True, device: str | torch.device
         net.load_state_dict(load_file(weights))
     except (RuntimeError, OSError, ValueError, SafetensorError) as e:  # SafetensorError: a corrupt file
         raise ModelLoadError(f"cannot load weights {weights}: {str(e).splitlines()[0]}") from None
-    return Pipeline(card.denoiser(net.to(device).eval()), card, device, autoencoder=_autoencoder(path, card))
+    return Pipeline(card.denoiser(net.to(device).eval()), card, device, autoencoder=_autoencoder(path, card),
+                    clip=_clip(path, card, device))
+
+
+def _clip(path: Path, card: ModelCard, device):
+    """An unCLIP decoder's domain CLIP, from the `clip/` folder beside its card."""
+    from difforge.models.clip import CARRIED, load_clip
+
+    if card.conditioning.kind != "clip-image-embedding":
+        return None
+    try:
+        return load_clip(path / CARRIED, device)
+    except FileNotFoundError:
+        raise ModelLoadError(f"{path} is an unCLIP decoder without its CLIP model ({CARRIED}/)") from None
+    except ValueError as e:
+        raise ModelLoadError(str(e)) from None
 
 
 def _autoencoder(path: Path, card: ModelCard) -> nn.Module | None:
@@ -516,6 +557,10 @@ def export_model(run_dir: str | Path, out: str | Path, ema: bool = True, overwri
         if not (run_dir / WEIGHTS_FILE).is_file():
             raise ModelLoadError(f"{run_dir} is a latent diffusion run without its autoencoder ({WEIGHTS_FILE})")
         shutil.copyfile(run_dir / WEIGHTS_FILE, out / WEIGHTS_FILE)
+    if card.conditioning.kind == "clip-image-embedding":  # so does an unCLIP decoder's CLIP
+        from difforge.models.clip import CARRIED, copy_clip
+
+        copy_clip(run_dir / CARRIED, out / CARRIED)
     card = card.exported(step, "ema" if ema else "raw")
     card.save(out / "config.json")
     (out / "README.md").write_text(model_readme(card, title=run_dir.resolve().name))

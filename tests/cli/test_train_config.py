@@ -17,7 +17,7 @@ VALUES = {
     "data.val_fraction": 0.25, "data.split_seed": 7, "data.hflip": True,
     "model.preset": "tiny", "model.conditional": False, "model.label_dropout": 0.2, "model.task": "superres",
     "model.scale": 4, "model.grad_checkpoint": True, "model.text_encoder": "scratch", "model.caption_dropout": 0.2,
-    "model.max_tokens": 32, "model.latent": "runs/ae", "model.cache_latents": False,
+    "model.max_tokens": 32, "model.latent": "runs/ae", "model.cache_latents": False, "model.clip": "runs/clip",
     "diffusion.timesteps": 500, "diffusion.schedule": "cosine", "diffusion.beta_start": 0.0002,
     "diffusion.beta_end": 0.03, "diffusion.framework": "vp-sde", "diffusion.prediction": "v",
     "diffusion.min_snr_gamma": 5.0, "diffusion.sigma_min": 0.02, "diffusion.sigma_max": 50.0,

@@ -98,3 +98,46 @@ def test_options_that_do_not_apply_are_one_line_errors(cache, tmp_path, capsys):
     np.savez(npz, images=np.zeros((4, 32, 32, 3), np.uint8))
     assert run([*base, str(tmp_path / "c"), "--npz", str(npz), "--garment-classifier", str(tmp_path / "g")]) != 0
     assert "does not apply to --npz" in capsys.readouterr().err
+
+
+def test_the_clip_score_evaluate_reports_is_clip_score_of_the_same_images(cache, tmp_path, capsys):
+    from difforge.data.fashion_colour import seen_prompts
+    from difforge.eval.clip import CLIPConfig, clip_score, load_clip, train_clip
+    from difforge.eval.prompts import spread
+    from difforge.pipeline import load_pipeline
+
+    data = load_config(cache / "run" / "config.yaml").data
+    bundle = load_dataset(data)
+    tiny = CLIPConfig(steps=3, batch_size=16, widths=(8, 16), embed_dim=16, eval_images=32)
+    train_clip(bundle, tiny).save(tmp_path / "clip")
+    out = tmp_path / "ev"
+    assert run(["evaluate", str(cache / "run"), "--n", "4", "--steps", "2", "--prompts-per-set", "3",
+                "--cfg-sweep", "1,3", "--no-memorization", "--clip", str(tmp_path / "clip"), "--out", str(out),
+                "--no-progress", "--device", "cpu"]) == 0
+    assert "CLIP score" in capsys.readouterr().out
+    r = json.loads((out / "report.json").read_text())
+    clip, pipe = load_clip(tmp_path / "clip"), load_pipeline(cache / "run")
+    prompts = [p.text for p in spread(seen_prompts(), 3)]
+    images, _ = pipe.generate(prompts=prompts, cfg=3.0, sampler="ddim", steps=2, seed=0)
+    pf = r["prompt_following"]
+    assert pf["sets"]["seen"]["clip_score"] == pytest.approx(clip_score(clip, images, prompts), abs=1e-9)
+    assert pf["ceiling"]["clip_score"] == pytest.approx(clip_score(clip, bundle.test.images, bundle.test.captions))
+    images_1, _ = pipe.generate(prompts=prompts, cfg=1.0, sampler="ddim", steps=2, seed=0)
+    sweep = {row["cfg"]: row for row in r["cfg_sweep"]}
+    assert sweep[1.0]["prompt_set_clip_scores"]["seen"] == pytest.approx(clip_score(clip, images_1, prompts))
+    assert sweep[3.0]["prompt_set_clip_scores"] == {name: s["clip_score"] for name, s in pf["sets"].items()}
+    cs = r["clip_score"]
+    assert cs["n"] == 4 and 0 <= cs["samples"] <= 100 and 0 <= cs["floor"] <= 100 and sweep[3.0]["clip_score"] == \
+        pytest.approx(cs["samples"])
+    assert "## CLIP score" in (out / "report.md").read_text()
+
+
+def test_clip_option_errors_are_one_line(cache, tmp_path, capsys):
+    base = ["evaluate", str(cache / "run"), "--n", "4", "--no-progress", "--out"]
+    assert run([*base, str(tmp_path / "a"), "--clip", str(tmp_path / "nowhere")]) != 0
+    err = capsys.readouterr().err
+    assert "--clip" in err and "no CLIP model" in err and len(err.strip().splitlines()) == 1
+    npz = tmp_path / "s.npz"
+    np.savez(npz, images=np.zeros((4, 32, 32, 3), np.uint8))
+    assert run([*base, str(tmp_path / "b"), "--npz", str(npz), "--clip", str(tmp_path / "nowhere")]) != 0
+    assert "does not apply to --npz" in capsys.readouterr().err

@@ -108,11 +108,14 @@ def _float_list(text: str) -> tuple[float, ...]:
               "set (seen, held-out pairs, paraphrases), spread over it. [default: N, at most the set]")
 @click.option("--garment-classifier", "garment_classifier", type=click.Path(file_okay=False), help="Text models of "
               "fashion-colour: the garment classifier directory. [default: the cached one, trained on first use]")
+@click.option("--clip", "clip_dir", type=click.Path(), help="Text models: also the CLIP score of the samples "
+              "against their prompts under this domain CLIP (a `difforge train-clip` folder), per prompt set, next "
+              "to the same score of real captioned images.")
 @click.option("--device", default="auto", show_default=True)
 @click.option("--overwrite", is_flag=True, help="Replace a report already in --out.")
 @click.option("--no-progress", is_flag=True, help="No progress bars.")
 def evaluate(model_dir, out, npz, cfg_sweep, dataset, data_path, classifier_path, inception, reference,
-             save_reference, garment_classifier, device, overwrite, no_progress, **settings) -> None:
+             save_reference, garment_classifier, clip_dir, device, overwrite, no_progress, **settings) -> None:
     """Measure a model: FD, KID, precision/recall, classifier score, conditional accuracy,
     per-class FD, each next to its real-vs-real floor at the same N.
 
@@ -145,7 +148,7 @@ def evaluate(model_dir, out, npz, cfg_sweep, dataset, data_path, classifier_path
         report = run_eval(model_dir, out, ecfg, data=data_config(dataset, data_path), npz=npz,
                           classifier=classifier_path, inception=inception, device=resolve_device(device),
                           progress=not no_progress, log=click.echo, overwrite=overwrite, reference=reference,
-                          save_reference=save_reference, garment_classifier=garment_classifier)
+                          save_reference=save_reference, garment_classifier=garment_classifier, clip=clip_dir)
     except (ConfigError, ValueError, FileNotFoundError, ImportError) as e:
         _fail(e)
     for line in summary_lines(report):

@@ -54,6 +54,9 @@ OPTIONS: dict[str, tuple[str, Any, str]] = {
                           "(classifier-free guidance on text). [default: 0.1]"),
     "--latent": ("model.latent", click.Path(), "Diffuse in the latent space of this `difforge train-autoencoder` "
                  "folder (latent diffusion); the run keeps a copy of the autoencoder."),
+    "--clip": ("model.clip", click.Path(), "Condition on the image embeddings of this `difforge train-clip` folder: "
+               "the decoder of unCLIP (text -> `train-prior` -> decoder: `difforge unclip`; `difforge variations`); "
+               "the run keeps a copy of the CLIP."),
     "--task": ("model.task", click.Choice(["generate", "superres"]), "superres: an SR3 model conditioned on the "
                "image downsampled by --scale (use it with `difforge upscale`). [default: generate]"),
     "--scale": ("model.scale", None, "Upscaling factor for --task superres, e.g. 2 or 4. [default: 2]"),

@@ -13,31 +13,39 @@ CLIP model.
 
 A trained model is a folder with `model.safetensors` (the towers and the logit scale;
 not the frozen MiniLM, which comes from the `text` extra) and `clip.json` (its
-architecture, how it was trained, and its held-out figures).
+architecture, how it was trained, and its held-out figures); `DomainCLIP` and the
+functions that read and write such a folder live in `difforge.models.clip`, below the
+pipeline, which loads the CLIP an unCLIP decoder carries.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
-import os
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
 
 from difforge.config import DataConfig
 from difforge.data import DatasetBundle, ImageDataset, to_model_input
-from difforge.models.clip import CLIPArch, CLIPModel, clip_loss
-from difforge.models.text import ScratchConditioner, TextCond
+from difforge.models.clip import (  # noqa: F401 - the loaded model and its files, re-exported
+    FORMAT,
+    META,
+    WEIGHTS,
+    CLIPArch,
+    CLIPModel,
+    DomainCLIP,
+    check_clip_dir,
+    clip_conditioner,
+    clip_loss,
+    is_clip_dir,
+    load_clip,
+)
+from difforge.models.text import TextCond
 
-FORMAT = "difforge-clip"
-WEIGHTS, META = "model.safetensors", "clip.json"
 SCORE_SCALE = 100.0  # w of w * max(cos, 0)
 
 
@@ -55,113 +63,6 @@ class CLIPConfig:
     weight_decay: float = 0.05  # on matrices and convolution kernels only
     seed: int = 0
     eval_images: int = 2000  # held-out pairs the retrieval accuracy and the scores are measured on
-
-
-# ---------------------------------------------------------------- a loaded model
-
-
-def _conditioner(arch: CLIPArch, truncate: bool):
-    if arch.text_encoder == "scratch":
-        return ScratchConditioner(arch.max_tokens, arch.text_width, truncate=truncate)
-    from difforge.models.minilm import MiniLMConditioner
-
-    return MiniLMConditioner(arch.max_tokens, truncate=truncate, cache_size=0)
-
-
-class DomainCLIP:
-    """A `CLIPModel` with its description (`meta`) and text conditioner: embeddings of
-    uint8 images and of prompts, and the CLIP score of pairs."""
-
-    def __init__(self, net: CLIPModel, meta: dict, device: torch.device | str = "cpu"):
-        self.net, self.meta = net.to(device).eval(), meta
-        self.device = torch.device(device)
-        self.conditioner = _conditioner(net.arch, truncate=False)
-
-    @property
-    def image_size(self) -> int:
-        return self.meta["image_size"]
-
-    def _check(self, images: torch.Tensor) -> None:
-        c, s = self.net.arch.channels, self.image_size
-        if not isinstance(images, torch.Tensor) or images.dtype != torch.uint8 or images.ndim != 4:
-            got = (f"{images.dtype} {tuple(images.shape)}" if isinstance(images, torch.Tensor)
-                   else type(images).__name__)
-            raise ValueError(f"expected uint8 images (N, C, H, W), got {got}")
-        if tuple(images.shape[1:]) != (c, s, s):
-            raise ValueError(f"images are {'x'.join(map(str, images.shape[1:]))}; this CLIP model takes {c}x{s}x{s}")
-
-    @torch.no_grad()
-    def embed_images(self, images: torch.Tensor, batch_size: int = 500) -> torch.Tensor:
-        """Unit embeddings (N, embed_dim) float32 on the CPU of uint8 images (N, C, H, W)."""
-        self._check(images)
-        out = [self.net.embed_images(to_model_input(images[s : s + batch_size].to(self.device), self.image_size))
-               .float().cpu() for s in range(0, len(images), batch_size)]
-        return torch.cat(out) if out else torch.zeros(0, self.net.arch.embed_dim)
-
-    @torch.no_grad()
-    def embed_texts(self, prompts: Sequence[str], batch_size: int = 500) -> torch.Tensor:
-        """Unit embeddings (N, embed_dim) float32 on the CPU of prompts; a prompt over the
-        model's token limit is a one-line ValueError."""
-        if isinstance(prompts, str):
-            prompts = [prompts]
-        prompts = list(prompts)
-        out = [self.net.embed_text(self.conditioner(prompts[s : s + batch_size], device=self.device)).float().cpu()
-               for s in range(0, len(prompts), batch_size)]
-        return torch.cat(out) if out else torch.zeros(0, self.net.arch.embed_dim)
-
-    def save(self, directory: str | Path) -> Path:
-        """Write model.safetensors + clip.json into `directory` (created if missing); each
-        file goes to a temporary name first, clip.json last (a folder with it is complete).
-        Callers check the folder first (`check_clip_dir`)."""
-        from safetensors.torch import save_file
-
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        state = {k: v.detach().cpu().contiguous() for k, v in self.net.state_dict().items()}
-        (directory / META).unlink(missing_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{WEIGHTS}-", dir=directory)
-        os.close(fd)
-        try:
-            save_file(state, tmp)
-            os.replace(tmp, directory / WEIGHTS)
-            fd, tmp = tempfile.mkstemp(prefix=f".{META}-", dir=directory)
-            with os.fdopen(fd, "w") as f:
-                f.write(json.dumps(self.meta, indent=2))
-            os.replace(tmp, directory / META)
-        finally:
-            Path(tmp).unlink(missing_ok=True)
-        return directory
-
-
-def is_clip_dir(directory: str | Path) -> bool:
-    return (Path(directory) / META).is_file()
-
-
-def check_clip_dir(directory: str | Path, *, overwrite: bool = False, what: str = "--out") -> Path:
-    """Refuse (before any training) a folder a CLIP model may not be written to: a file, a
-    folder of other files, or an existing CLIP model unless `overwrite`."""
-    from difforge.io.outputs import check_output_dir
-
-    return check_output_dir(directory, holds="CLIP model", is_ours=is_clip_dir, overwrite=overwrite, what=what)
-
-
-def load_clip(directory: str | Path, device: torch.device | str = "cpu") -> DomainCLIP:
-    """Load a model written by `DomainCLIP.save`; FileNotFoundError when there is none,
-    ValueError when it is unusable, ImportError when it needs the missing `text` extra."""
-    from safetensors.torch import load_file
-
-    directory = Path(directory)
-    if not (directory / META).is_file() or not (directory / WEIGHTS).is_file():
-        raise FileNotFoundError(f"no CLIP model in {directory} (expected {WEIGHTS} and {META})")
-    try:
-        meta = json.loads((directory / META).read_text())
-        if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-            raise ValueError("not a difforge CLIP model description")
-        net = CLIPModel(CLIPArch.from_dict(meta["arch"]))
-        net.load_state_dict(load_file(directory / WEIGHTS))
-    except (ValueError, KeyError, TypeError, RuntimeError, OSError) as e:
-        raise ValueError(f"cannot load CLIP model {directory}: {str(e).splitlines()[0]}") from None
-    return DomainCLIP(net, meta, device)
 
 
 # ---------------------------------------------------------------- the CLIP score
@@ -280,7 +181,7 @@ def _text_table(arch: CLIPArch, captions: list[str], device: torch.device, log) 
     position = {c: i for i, c in enumerate(dict.fromkeys(captions))}
     unique = list(position)
     index = torch.tensor([position[c] for c in captions], dtype=torch.long)
-    conditioner = _conditioner(arch, truncate=True)
+    conditioner = clip_conditioner(arch, truncate=True)
     if arch.text_encoder == "scratch":
         ids, mask = conditioner.tokenizer(unique)
         ids, mask = ids.to(device), mask.to(device)

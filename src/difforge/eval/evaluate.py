@@ -223,6 +223,7 @@ def evaluate(
     reference: str | Path | None = None,
     save_reference: str | Path | None = None,
     garment_classifier: str | Path | None = None,
+    clip: str | Path | None = None,
 ) -> dict:
     """Score a model (or an .npz of samples) and write out/report.json, report.md and plots.
     Returns the report dict (see the module docstring for the protocol). `out` must be new,
@@ -235,7 +236,13 @@ def evaluate(
 
     A text model of fashion-colour is also scored on its prompt sets (`eval.prompts`), with
     the garment classifier in `garment_classifier` (default: the cached one, trained on
-    first use; `eval.garment`)."""
+    first use; `eval.garment`).
+
+    With `clip` (a folder `difforge train-clip` wrote), a text model's samples are also
+    scored by that domain CLIP against their prompts (`eval.clip.clip_score`): the main
+    samples next to the same score of the real training images whose captions were the
+    prompts, and each prompt set next to the real reference images with their captions
+    (the ceiling)."""
     from difforge.eval.classifier import check_classifier_dir, is_classifier_dir
     from difforge.eval.report import write_report
     from difforge.io.outputs import check_output_dir
@@ -251,6 +258,7 @@ def evaluate(
     pipe, given, model_dir, data = _open_model(model_dir, cfg, data, device)
     text = pipe is not None and pipe.takes_text
     prompt_sets = _check_text_options(pipe, npz, data, cfg, garment_classifier)
+    domain_clip = _open_clip(clip, pipe, npz, device)
     if npz is not None:
         images, labels = read_npz(npz)
     elif cfg.n < 2:
@@ -259,6 +267,8 @@ def evaluate(
     ref, ref_split = (bundle.test, "test") if bundle.test is not None else (bundle.val, "val")
     if ref is None or len(ref) < 2:
         raise ValueError("the data has no test split and no validation split to compare with")
+    if domain_clip is not None:
+        _check_clip_fits(domain_clip, clip, bundle.train)
     extractors, spaces = _extractors(data, bundle, classifier, inception, device, log)
     if reference is not None and spaces["classifier"] is None:
         raise ValueError("--reference holds domain-classifier statistics: the data has no labels for a classifier")
@@ -292,11 +302,12 @@ def evaluate(
     following, garments = None, None
     if prompt_sets:
         garments = _garment_classifier(data, bundle, garment_classifier, device, log)
-        following = _prompt_following(pipe, cfg, garments, ref, ref_split, main_scale, progress, log)
+        following = _prompt_following(pipe, cfg, garments, ref, ref_split, main_scale, progress, log, domain_clip)
         following["garment_classifier"] = garments.describe(garment_classifier)
     sweep_labels = labels if prompts is None or bundle.class_names is None else caption_labels
     sweep = _cfg_sweep(pipe, cfg, extractors, feats, stats, ref_sub, sweep_labels,
-                       images if npz is None else None, main_scale, progress, prompts, garments, following)
+                       images if npz is None else None, main_scale, progress, prompts, garments, following,
+                       domain_clip)
     likelihood, memorization = _extra_measures(pipe, cfg, images, bundle, ref, ref_split, ref_sub, extractors,
                                                out, model_dir, log)
     report = _report_dict(
@@ -307,6 +318,8 @@ def evaluate(
     if text:
         report["sampling"] = report["sampling"] and {**report["sampling"], "prompts": "captions of training images"}
         report["prompt_following"] = following if following is not None else {"status": _no_prompt_sets(npz, data)}
+    if domain_clip is not None:
+        report["clip_score"] = _clip_report(domain_clip, clip, images, prompts, floor)
     report["seconds"] = round(time.perf_counter() - t0, 1)
     write_report(report, Path(out), images, labels)
     return report
@@ -329,6 +342,40 @@ def _open_model(model_dir, cfg: EvalConfig, data: DataConfig | None, device):
             raise ValueError("with --npz and no model, say which data to compare with (--dataset or --data)")
         data = data_config_for(Path(model_dir), pipe.card)
     return pipe, given, model_dir, data
+
+
+def _open_clip(clip, pipe, npz, device):
+    """The domain CLIP of --clip, loaded before any work; one-line refusals where it does not apply."""
+    if clip is None:
+        return None
+    if pipe is None or npz is not None:
+        raise ValueError("--clip scores samples drawn here against their prompts: it does not apply to --npz samples")
+    if not pipe.takes_text:
+        raise ValueError(f"--clip scores images against their prompts: it applies to text-to-image models; this is "
+                         f"{_kind(pipe)}")
+    from difforge.eval.clip import load_clip
+
+    try:
+        return load_clip(clip, device)
+    except FileNotFoundError as e:
+        raise FileNotFoundError(f"--clip: {e}") from None
+
+
+def _check_clip_fits(domain_clip, path, train) -> None:
+    c, s = domain_clip.net.arch.channels, domain_clip.image_size
+    if (train.channels, train.size) != (c, s):
+        raise ValueError(f"--clip {path} takes {c}x{s}x{s} images; this model's are "
+                         f"{train.channels}x{train.size}x{train.size}")
+
+
+def _clip_report(domain_clip, path, images, prompts, floor) -> dict:
+    """The CLIP score of the main samples against their prompts, and of the real training
+    images whose captions were the prompts (the floor) against those captions."""
+    from difforge.eval.clip import clip_score
+
+    return {"clip": str(path), "text_encoder": domain_clip.net.arch.text_encoder,
+            "samples": clip_score(domain_clip, images, prompts),
+            "floor": clip_score(domain_clip, floor.images, floor.captions), "n": len(images)}
 
 
 def _check_text_options(pipe, npz, data: DataConfig, cfg: EvalConfig, garment_classifier) -> bool:
@@ -368,7 +415,7 @@ def _garment_classifier(data: DataConfig, bundle, directory, device, log):
     return load_or_train_garment_classifier(data, directory, bundle=bundle, device=device, log=log)
 
 
-def _prompt_sets(pipe, cfg: EvalConfig, garments, scale: float, progress: bool) -> dict:
+def _prompt_sets(pipe, cfg: EvalConfig, garments, scale: float, progress: bool, clip=None) -> dict:
     """The three prompt sets sampled at guidance `scale` and measured (`eval.prompts`)."""
     from difforge.eval.prompts import PROMPT_SETS, prompt_following
 
@@ -376,20 +423,24 @@ def _prompt_sets(pipe, cfg: EvalConfig, garments, scale: float, progress: bool) 
     sizes = [min(per_set, len(make())) for make in PROMPT_SETS.values()]
     batches = sum(-(-k // cfg.batch_size) for k in sizes)
     with _generate_options(pipe, sum(sizes), cfg, scale, progress, " prompts", batches) as options:
-        return prompt_following(pipe, garments, per_set=per_set, **options)
+        return prompt_following(pipe, garments, per_set=per_set, clip=clip, **options)
 
 
 def _prompt_following(pipe, cfg: EvalConfig, garments, ref, ref_split: str, scale: float, progress: bool,
-                      log) -> dict:
+                      log, clip=None) -> dict:
     """The prompt sets at the main guidance scale, and the ceiling: the same measurement on
-    the real reference images."""
+    the real reference images (and with `clip`, their CLIP score against their captions)."""
     from difforge.eval.prompts import real_image_accuracy
 
     if log:
         log("prompt following: sampling the seen, held-out-pair and paraphrase prompts")
     ceiling = None if ref.attributes is None else {"split": ref_split, "n": len(ref),
                                                    "accuracy": real_image_accuracy(ref, garments)}
-    return {"cfg": scale, "ceiling": ceiling, "sets": _prompt_sets(pipe, cfg, garments, scale, progress)}
+    if ceiling is not None and clip is not None and ref.captions is not None:
+        from difforge.eval.clip import clip_score
+
+        ceiling["clip_score"] = clip_score(clip, ref.images, ref.captions)
+    return {"cfg": scale, "ceiling": ceiling, "sets": _prompt_sets(pipe, cfg, garments, scale, progress, clip)}
 
 
 def _extra_measures(pipe, cfg: EvalConfig, images, bundle, ref, ref_split, ref_sub, extractors, out, model_dir, log):
@@ -488,10 +539,11 @@ def _scores(extractors, ref, images, labels, floor, ref_sub, cfg: EvalConfig, sp
 
 
 def _cfg_sweep(pipe, cfg: EvalConfig, extractors, feats, stats, ref_sub, labels, images, main_scale,
-               progress, prompts=None, garments=None, following=None) -> list[dict]:
+               progress, prompts=None, garments=None, following=None, clip=None) -> list[dict]:
     """FD, KID, precision, recall, accuracy and classifier score at each guidance scale of
     the sweep (`images`, already sampled at `main_scale`, are reused there); for a text
-    model of fashion-colour, the prompt sets' accuracies too (`following` at `main_scale`)."""
+    model of fashion-colour, the prompt sets' accuracies too (`following` at `main_scale`);
+    with a domain `clip`, the CLIP scores of the samples and of each prompt set."""
     sweep = []
     for s in cfg.cfg_sweep:
         reuse = images is not None and s == main_scale
@@ -507,9 +559,16 @@ def _cfg_sweep(pipe, cfg: EvalConfig, extractors, feats, stats, ref_sub, labels,
                 if labels is not None:
                     row["conditional_accuracy"] = M.conditional_accuracy(p, labels.numpy())
                 row["classifier_score"] = M.classifier_score(p)[0]
+        if clip is not None:
+            from difforge.eval.clip import clip_score
+
+            row["clip_score"] = clip_score(clip, imgs, prompts)
         if following is not None:
-            sets = following["sets"] if s == following["cfg"] else _prompt_sets(pipe, cfg, garments, s, progress)
+            sets = following["sets"] if s == following["cfg"] else _prompt_sets(pipe, cfg, garments, s, progress,
+                                                                                 clip)
             row["prompt_sets"] = {name: r["accuracy"] for name, r in sets.items()}
+            if clip is not None:
+                row["prompt_set_clip_scores"] = {name: r["clip_score"] for name, r in sets.items()}
         sweep.append(row)
     return sweep
 

@@ -53,21 +53,28 @@ def prompt_set_accuracy(pipe, prompts: Sequence[AttributePrompt], garment_classi
 
 
 def prompt_following(pipe, garment_classifier=None, *, per_set: int, seed: int = 0,
-                     log: Callable[[str], None] | None = None, **generate) -> dict[str, dict]:
+                     log: Callable[[str], None] | None = None, clip=None, **generate) -> dict[str, dict]:
     """Each of `PROMPT_SETS`, `per_set` prompts spread over it: {set name: {"prompts": k,
     "of": set size, "seconds": sampling time, "accuracy": {attribute: share right, ...,
     "garment+colour", "all"}}}. Without `garment_classifier`, garment is not measured
-    (and "all" covers colour, size and position)."""
+    (and "all" covers colour, size and position). With `clip` (a domain CLIP,
+    `models.clip.DomainCLIP`), each set also gets "clip_score": the CLIP score of its images
+    against their prompts (`eval.clip.clip_score`)."""
     out = {}
     for name, make in PROMPT_SETS.items():
         every = make()
         chosen = spread(every, per_set)
         t0 = time.perf_counter()
-        acc, _ = prompt_set_accuracy(pipe, chosen, garment_classifier, seed=seed, **generate)
+        acc, images = prompt_set_accuracy(pipe, chosen, garment_classifier, seed=seed, **generate)
         out[name] = {"prompts": len(chosen), "of": len(every), "seconds": round(time.perf_counter() - t0, 1),
                      "accuracy": acc}
+        if clip is not None:
+            from difforge.eval.clip import clip_score
+
+            out[name]["clip_score"] = clip_score(clip, images, [p.text for p in chosen])
         if log:
-            log(f"{name}: " + ", ".join(f"{k} {v:.3f}" for k, v in acc.items()))
+            log(f"{name}: " + ", ".join(f"{k} {v:.3f}" for k, v in acc.items())
+                + (f", CLIP score {out[name]['clip_score']:.2f}" if clip is not None else ""))
     return out
 
 

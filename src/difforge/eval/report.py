@@ -88,6 +88,7 @@ def _markdown(r: dict) -> str:
                          f"{_f(row['accuracy'], 1.0, 3)} |")
         lines += ["", "![FD per class, model and floor](per_class_fd.png)", ""]
     lines += _prompt_section(r.get("prompt_following"))
+    lines += _clip_section(r.get("clip_score"), r.get("prompt_following"))
     if r["cfg_sweep"]:
         extra = "inception_fd" in r["cfg_sweep"][0]
         lines += ["## Guidance sweep", "",
@@ -149,6 +150,25 @@ def _prompt_section(pf: dict | None) -> list[str]:
     return lines + ["", "Seen: training phrasing of garment x colour pairs in the training data; held-out pairs: "
                         "pairs never seen together in training; paraphrases: phrasings and synonyms never used in "
                         "training.", ""]
+
+
+def _clip_section(cs: dict | None, pf: dict | None) -> list[str]:
+    """The domain CLIP score of the samples (and of each prompt set) next to real images'."""
+    if not cs:
+        return []
+    lines = ["## CLIP score", "",
+             f"100 * max(cos, 0) of the image and prompt embeddings of the domain CLIP `{cs['clip']}` "
+             f"({cs['text_encoder']} text encoder), averaged; comparable only under the same CLIP model.", "",
+             "| images | CLIP score | real images' |", "|---|---:|---:|",
+             f"| {cs['n']} samples from training captions | {_f(cs['samples'])} | {_f(cs['floor'])} (floor: "
+             "the images of those captions) |"]
+    if pf and "sets" in pf:
+        ceiling = (pf.get("ceiling") or {}).get("clip_score")
+        for name, row in pf["sets"].items():
+            if "clip_score" in row:
+                lines.append(f"| {name} ({row['prompts']}) | {_f(row['clip_score'])} | {_f(ceiling)} (ceiling: "
+                             "real reference images with their captions) |")
+    return lines + [""]
 
 
 def _prompt_sweep_table(sweep: list[dict], pf: dict) -> list[str]:
@@ -240,6 +260,14 @@ def summary_lines(r: dict) -> list[str]:
         for name, acc in rows:
             parts = [f"{k} {acc[k]:.3f}" for k in ATTRIBUTE_COLUMNS if k in acc]
             lines.append(f"  {name:<{width}}  " + ", ".join(parts))
+    cs = r.get("clip_score")
+    if cs:
+        sets = [(name, row["clip_score"]) for name, row in ((pf or {}).get("sets") or {}).items()
+                if "clip_score" in row]
+        ceiling = ((pf or {}).get("ceiling") or {}).get("clip_score")
+        lines.append(f"CLIP score {cs['samples']:.2f} (floor {cs['floor']:.2f})"
+                     + "".join(f"; {name} {v:.2f}" for name, v in sets)
+                     + (f" (real ceiling {ceiling:.2f})" if ceiling is not None else ""))
     lk = r.get("likelihood")
     if lk:
         parts = ([f"VLB {lk['vlb']['large']['bpd']:.4g}"] if lk.get("vlb") else []) + (

@@ -12,6 +12,10 @@ output L2-normalised:
   embedding of the frozen MiniLM (`models/minilm.py`, outside the module), followed by a
   trained linear projection.
 
+`DomainCLIP` is a trained model with its description and text conditioner (embeddings
+of uint8 images and of prompts); `load_clip` / `DomainCLIP.save` read and write its
+folder (`model.safetensors` + `clip.json`), which `difforge.eval.clip` trains.
+
 `clip_loss` is the symmetric InfoNCE loss of CLIP's Figure 3: cross-entropy over the
 cosine-similarity logits scaled by a learned temperature, image -> text and text ->
 image, averaged. The scale is learned as its logarithm, starts at 1 / 0.07 and is clamped
@@ -20,14 +24,20 @@ to at most 100 (CLIP, Section 2.5).
 
 from __future__ import annotations
 
+import json
 import math
+import os
+import tempfile
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from difforge.models.text import ScratchTextEncoder, TextCond
+from difforge.io.space import to_model_input
+from difforge.models.text import ScratchConditioner, ScratchTextEncoder, TextCond
 
 TEXT_ENCODERS = ("scratch", "minilm")
 MINILM_DIM = 384  # the pooled width of all-MiniLM-L6-v2 (difforge.models.minilm.DIM, not imported: no extra needed)
@@ -170,3 +180,126 @@ def clip_loss(image_emb: torch.Tensor, text_emb: torch.Tensor, logit_scale: torc
     target = positives.to(logits.dtype)
     target = target / target.sum(1, keepdim=True)
     return (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target)) / 2
+
+
+# ---------------------------------------------------------------- a trained model and its folder
+
+FORMAT = "difforge-clip"
+WEIGHTS, META = "model.safetensors", "clip.json"
+CARRIED = "clip"  # the folder, beside a model's card, that holds the CLIP an unCLIP decoder carries
+
+
+def copy_clip(source: str | Path, directory: str | Path) -> Path:
+    """Copy a CLIP folder's two files into `directory` (created), clip.json last."""
+    import shutil
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(Path(source) / WEIGHTS, directory / WEIGHTS)
+    shutil.copyfile(Path(source) / META, directory / META)
+    return directory
+
+
+def clip_conditioner(arch: CLIPArch, truncate: bool):
+    """Prompts -> the `TextCond` a CLIP model's text tower reads (`truncate`: cut long ones)."""
+    if arch.text_encoder == "scratch":
+        return ScratchConditioner(arch.max_tokens, arch.text_width, truncate=truncate)
+    from difforge.models.minilm import MiniLMConditioner
+
+    return MiniLMConditioner(arch.max_tokens, truncate=truncate, cache_size=0)
+
+
+class DomainCLIP:
+    """A `CLIPModel` with its description (`meta`) and text conditioner: embeddings of
+    uint8 images and of prompts (the CLIP score of pairs: `difforge.eval.clip`)."""
+
+    def __init__(self, net: CLIPModel, meta: dict, device: torch.device | str = "cpu"):
+        self.net, self.meta = net.to(device).eval(), meta
+        self.device = torch.device(device)
+        self.conditioner = clip_conditioner(net.arch, truncate=False)
+
+    @property
+    def image_size(self) -> int:
+        return self.meta["image_size"]
+
+    def _check(self, images: torch.Tensor) -> None:
+        c, s = self.net.arch.channels, self.image_size
+        if not isinstance(images, torch.Tensor) or images.dtype != torch.uint8 or images.ndim != 4:
+            got = (f"{images.dtype} {tuple(images.shape)}" if isinstance(images, torch.Tensor)
+                   else type(images).__name__)
+            raise ValueError(f"expected uint8 images (N, C, H, W), got {got}")
+        if tuple(images.shape[1:]) != (c, s, s):
+            raise ValueError(f"images are {'x'.join(map(str, images.shape[1:]))}; this CLIP model takes {c}x{s}x{s}")
+
+    @torch.no_grad()
+    def embed_images(self, images: torch.Tensor, batch_size: int = 500) -> torch.Tensor:
+        """Unit embeddings (N, embed_dim) float32 on the CPU of uint8 images (N, C, H, W)."""
+        self._check(images)
+        out = [self.net.embed_images(to_model_input(images[s : s + batch_size].to(self.device), self.image_size))
+               .float().cpu() for s in range(0, len(images), batch_size)]
+        return torch.cat(out) if out else torch.zeros(0, self.net.arch.embed_dim)
+
+    @torch.no_grad()
+    def embed_texts(self, prompts: Sequence[str], batch_size: int = 500) -> torch.Tensor:
+        """Unit embeddings (N, embed_dim) float32 on the CPU of prompts; a prompt over the
+        model's token limit is a one-line ValueError."""
+        if isinstance(prompts, str):
+            prompts = [prompts]
+        prompts = list(prompts)
+        out = [self.net.embed_text(self.conditioner(prompts[s : s + batch_size], device=self.device)).float().cpu()
+               for s in range(0, len(prompts), batch_size)]
+        return torch.cat(out) if out else torch.zeros(0, self.net.arch.embed_dim)
+
+    def save(self, directory: str | Path) -> Path:
+        """Write model.safetensors + clip.json into `directory` (created if missing); each
+        file goes to a temporary name first, clip.json last (a folder with it is complete).
+        Callers check the folder first (`check_clip_dir`)."""
+        from safetensors.torch import save_file
+
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        state = {k: v.detach().cpu().contiguous() for k, v in self.net.state_dict().items()}
+        (directory / META).unlink(missing_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{WEIGHTS}-", dir=directory)
+        os.close(fd)
+        try:
+            save_file(state, tmp)
+            os.replace(tmp, directory / WEIGHTS)
+            fd, tmp = tempfile.mkstemp(prefix=f".{META}-", dir=directory)
+            with os.fdopen(fd, "w") as f:
+                f.write(json.dumps(self.meta, indent=2))
+            os.replace(tmp, directory / META)
+        finally:
+            Path(tmp).unlink(missing_ok=True)
+        return directory
+
+
+def is_clip_dir(directory: str | Path) -> bool:
+    return (Path(directory) / META).is_file()
+
+
+def check_clip_dir(directory: str | Path, *, overwrite: bool = False, what: str = "--out") -> Path:
+    """Refuse (before any training) a folder a CLIP model may not be written to: a file, a
+    folder of other files, or an existing CLIP model unless `overwrite`."""
+    from difforge.io.outputs import check_output_dir
+
+    return check_output_dir(directory, holds="CLIP model", is_ours=is_clip_dir, overwrite=overwrite, what=what)
+
+
+def load_clip(directory: str | Path, device: torch.device | str = "cpu") -> DomainCLIP:
+    """Load a model written by `DomainCLIP.save`; FileNotFoundError when there is none,
+    ValueError when it is unusable, ImportError when it needs the missing `text` extra."""
+    from safetensors.torch import load_file
+
+    directory = Path(directory)
+    if not (directory / META).is_file() or not (directory / WEIGHTS).is_file():
+        raise FileNotFoundError(f"no CLIP model in {directory} (expected {WEIGHTS} and {META})")
+    try:
+        meta = json.loads((directory / META).read_text())
+        if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+            raise ValueError("not a difforge CLIP model description")
+        net = CLIPModel(CLIPArch.from_dict(meta["arch"]))
+        net.load_state_dict(load_file(directory / WEIGHTS))
+    except (ValueError, KeyError, TypeError, RuntimeError, OSError) as e:
+        raise ValueError(f"cannot load CLIP model {directory}: {str(e).splitlines()[0]}") from None
+    return DomainCLIP(net, meta, device)

@@ -11,6 +11,9 @@ what label dropout trains), and `to_dict` / `from_dict`:
 - `LowResImage`: SR3 super-resolution (Saharia et al. 2022, "Image super-resolution via
   iterative refinement"): the low-resolution image, upsampled bicubically to the model's
   size and concatenated to the network input as `channels` extra channels.
+- `CLIPImageEmbedding`: unCLIP's decoder (Ramesh et al. 2022): a domain CLIP's unit image
+  embedding per image, (B, dim) float; the null is the zero vector (no unit vector is
+  zero), which embedding dropout trains.
 - `TextPrompts`: a caption per image, as a `difforge.models.text.TextCond` made by the
   kind's conditioner (a byte tokenizer for a text encoder trained with the model, GLIDE;
   or a frozen pretrained encoder, Imagen / Stable Diffusion); the null is the empty prompt.
@@ -278,7 +281,62 @@ class TextPrompts:
                    **{k: int(d.get(k, v)) for k, v in defaults.items()})
 
 
-KINDS: dict[str, type] = {cls.kind: cls for cls in (Unconditional, ClassLabels, LowResImage, TextPrompts)}
+# ---------------------------------------------------------------- unCLIP
+
+
+@dataclass(frozen=True)
+class CLIPImageEmbedding:
+    """The decoder of unCLIP (Ramesh et al. 2022, "Hierarchical text-conditional image
+    generation with CLIP latents", Section 2.1): each image's CLIP image embedding, a unit
+    vector of `dim`, as a float tensor (B, dim). The network adds a projection of it to the
+    time embedding and cross-attends to `tokens` extra tokens projected from it (the paper's
+    four). The null, the unconditional branch of guidance, is the zero vector; `drop` sets
+    each row to it with probability p (the paper drops the embedding 10% of the time). The
+    CLIP model itself travels with the decoder (`clip/` beside its card); `clip` is the
+    sha256 of its weights, which a prior must share (`difforge.models.prior`)."""
+
+    kind: ClassVar[str] = "clip-image-embedding"
+    task: ClassVar[str] = "generate"
+    dim: int
+    tokens: int = 4
+    clip: str = ""
+
+    def __post_init__(self) -> None:
+        if self.dim < 1 or self.tokens < 1:
+            raise ValueError(f"a CLIP image embedding needs dim and tokens >= 1, got {self.dim}, {self.tokens}")
+
+    def network_kwargs(self, channels: int) -> dict[str, Any]:
+        return {"num_classes": None, "image_embed_dim": self.dim, "image_embed_tokens": self.tokens}
+
+    def null(self, n: int, device=None) -> torch.Tensor:
+        return torch.zeros(n, self.dim, device=device)
+
+    def check(self, emb: Any) -> torch.Tensor:
+        """`emb` as float32 (N, dim); a one-line error naming the dimensions otherwise."""
+        if (not isinstance(emb, torch.Tensor) or emb.ndim != 2 or emb.shape[1] != self.dim
+                or not emb.is_floating_point()):
+            got = tuple(emb.shape) if isinstance(emb, torch.Tensor) else type(emb).__name__
+            raise ValueError(f"this model takes CLIP image embeddings (N, {self.dim}), got {got}")
+        return emb.float()
+
+    def drop(self, emb: torch.Tensor, p: float, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Embedding dropout for classifier-free guidance: each row the null with probability p
+        (drawn on the CPU from `generator`)."""
+        if p <= 0:
+            return emb
+        keep = (torch.rand((len(emb),), generator=generator) >= p).to(emb.device)
+        return torch.where(keep[:, None], emb, torch.zeros_like(emb))
+
+    def to_dict(self) -> dict[str, Any]:
+        return _plain(self)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> CLIPImageEmbedding:
+        return cls(int(d["dim"]), int(d.get("tokens", 4)), str(d.get("clip", "")))
+
+
+KINDS: dict[str, type] = {cls.kind: cls for cls in (Unconditional, ClassLabels, LowResImage, TextPrompts,
+                                                    CLIPImageEmbedding)}
 
 
 def conditioning_from_dict(d: Mapping[str, Any]) -> Conditioning:

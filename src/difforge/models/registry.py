@@ -82,12 +82,13 @@ def _preset(name: str) -> Preset:
 def build_model(
     preset: str, *, in_channels: int, num_classes: int | None, out_channels: int | None = None, cond_channels: int = 0,
     kwargs: Mapping[str, Any] | None = None, context_dim: int | None = None, pooled_dim: int | None = None,
-    text_encoder: Mapping[str, Any] | None = None,
+    text_encoder: Mapping[str, Any] | None = None, image_embed_dim: int | None = None, image_embed_tokens: int = 4,
 ) -> nn.Module:
     """Build the preset's model; `out_channels` defaults to `in_channels`. `cond_channels`
     > 0 adds image-conditioning input channels (UNet presets only). `context_dim`,
     `pooled_dim`, `text_encoder`: text conditioning (UNet presets only; see `UNet`), as
-    `difforge.models.conditioning.TextPrompts.network_kwargs` gives them. `kwargs`: the
+    `difforge.models.conditioning.TextPrompts.network_kwargs` gives them; `image_embed_dim`,
+    `image_embed_tokens`: a CLIP image embedding (unCLIP's decoder; UNet presets only). `kwargs`: the
     architecture's keyword arguments as a model card recorded them (default: the preset's)."""
     p = _preset(preset)
     out = in_channels if out_channels is None else out_channels
@@ -101,6 +102,10 @@ def build_model(
             raise ValueError(f"model {preset!r} cannot take text; use a UNet preset such as 'unet-text'")
         kwargs.update(context_dim=context_dim, pooled_dim=pooled_dim,
                       text_encoder=None if text_encoder is None else dict(text_encoder))
+    if image_embed_dim:
+        if p.cls not in TAKES_TEXT:
+            raise ValueError(f"model {preset!r} cannot take a CLIP image embedding; use a UNet preset such as 'unet'")
+        kwargs.update(image_embed_dim=image_embed_dim, image_embed_tokens=image_embed_tokens)
     return p.cls(in_channels, out, num_classes, **kwargs)
 
 

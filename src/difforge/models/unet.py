@@ -89,6 +89,10 @@ class UNet(nn.Module):
             max_tokens) trained with the UNet (GLIDE): `cond.ids` are encoded in `forward`.
             None: a frozen encoder outside the network supplies `cond.emb` / `cond.pooled`.
             context_dim and pooled_dim default to the encoder's width.
+        image_embed_dim: the decoder of unCLIP (Ramesh et al. 2022, Section 2.1): `cond` is a
+            CLIP image embedding (B, image_embed_dim). It is projected and added to the time
+            embedding (the pooled path above) and projected into `image_embed_tokens` extra
+            tokens that the cross-attention layers attend to (their context).
 
     `grad_checkpoint` (an attribute, off by default; not part of the architecture): while
     training, each ResBlock stage's activations are recomputed in the backward pass
@@ -116,8 +120,19 @@ class UNet(nn.Module):
         context_dim: int | None = None,
         pooled_dim: int | None = None,
         text_encoder: Mapping[str, Any] | None = None,
+        image_embed_dim: int | None = None,
+        image_embed_tokens: int = 4,
     ):
         super().__init__()
+        self.image_embed_dim = image_embed_dim or None
+        if self.image_embed_dim:
+            if text_encoder is not None or context_dim or pooled_dim:
+                raise ValueError("a UNet conditioned on a CLIP image embedding takes no text")
+            if image_embed_tokens < 1:
+                raise ValueError(f"image_embed_tokens must be >= 1, got {image_embed_tokens}")
+            context_dim = pooled_dim = self.image_embed_dim
+            self.image_embed_tokens = image_embed_tokens
+            self.embed_tokens = nn.Linear(self.image_embed_dim, image_embed_tokens * self.image_embed_dim)
         if cond_channels and num_classes:
             raise ValueError("a UNet conditioned on an image (cond_channels) takes no class labels")
         self.cond_channels = cond_channels
@@ -191,7 +206,10 @@ class UNet(nn.Module):
                 ) -> torch.Tensor:
         check_size(x, self.size_multiple)
         context = mask = pooled = None
-        if self.context_dim:
+        if self.image_embed_dim:
+            context, mask, pooled = self._image_embedding(cond, x.shape[0])
+            cond = None
+        elif self.context_dim:
             context, mask, pooled = self._text(cond, x.shape[0])
             cond = None
         if self.cond_channels:  # image conditioning by channel concatenation
@@ -223,6 +241,16 @@ class UNet(nn.Module):
             else:
                 h = block(h)
         return self.out_conv(F.silu(self.out_norm(h)))
+
+    def _image_embedding(self, cond, batch: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(K tokens (B, K, D), their mask (all real), the embedding itself as the pooled vector)."""
+        d = self.image_embed_dim
+        if not isinstance(cond, torch.Tensor) or cond.ndim != 2 or cond.shape != (batch, d):
+            got = tuple(cond.shape) if isinstance(cond, torch.Tensor) else type(cond).__name__
+            raise ValueError(f"this model is conditioned on CLIP image embeddings ({batch}, {d}), got {got}")
+        emb = cond.to(self.embed_tokens.weight.dtype)
+        tokens = self.embed_tokens(emb).view(batch, self.image_embed_tokens, d)
+        return tokens, torch.ones(batch, self.image_embed_tokens, dtype=torch.bool, device=emb.device), emb
 
     def _text(self, cond, batch: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """(token embeddings (B, L, D), mask (B, L), pooled (B, P) or None) of a TextCond:

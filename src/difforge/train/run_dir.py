@@ -16,7 +16,7 @@ from difforge.config import (
 )
 from difforge.diffusion.frameworks import FrameworkSpec
 from difforge.models.card import Architecture, ModelCard
-from difforge.models.conditioning import ClassLabels, LowResImage, TextPrompts, Unconditional
+from difforge.models.conditioning import ClassLabels, CLIPImageEmbedding, LowResImage, TextPrompts, Unconditional
 from difforge.runs import is_run_dir, step_dirs
 from difforge.train.checkpoint import clean_stale
 
@@ -49,7 +49,8 @@ def resolve_run(cfg: RunConfig, resume: bool, length: dict | None = None) -> tup
     return cfg, run_dir
 
 
-def create_run_dir(cfg: RunConfig, run_dir: Path, resume: bool, card, skipped: list, autoencoder=None) -> None:
+def create_run_dir(cfg: RunConfig, run_dir: Path, resume: bool, card, skipped: list, autoencoder=None,
+                   clip_dir: str | None = None) -> None:
     """Write config.yaml (new, or a resumed run with a new length), the model card, a latent
     run's autoencoder weights and the list of skipped files; remove what an interrupted
     checkpoint write left. Rank 0 only."""
@@ -67,6 +68,10 @@ def create_run_dir(cfg: RunConfig, run_dir: Path, resume: bool, card, skipped: l
         from difforge.models.autoencoder import WEIGHTS_FILE, save_weights
 
         save_weights(autoencoder, run_dir / WEIGHTS_FILE)
+    if clip_dir is not None:  # an unCLIP decoder carries its CLIP (image embeddings of variations, the prior's text)
+        from difforge.models.clip import CARRIED, copy_clip
+
+        copy_clip(clip_dir, run_dir / CARRIED)
     card.save(run_dir / "model.json")
 
 
@@ -80,7 +85,8 @@ def example_prompts(ds, n: int = 10) -> list[str]:
     return list(dict.fromkeys(ds.captions))[:n]
 
 
-def model_card(cfg: RunConfig, bundle, image_size: int, num_classes: int | None, autoencoder=None) -> ModelCard:
+def model_card(cfg: RunConfig, bundle, image_size: int, num_classes: int | None, autoencoder=None,
+               clip=None) -> ModelCard:
     """What a sampler needs to rebuild the model: written as model.json / config.json.
     ValueError for a super-resolution scale the data's size does not allow. With an
     `autoencoder` (its card) the model is a latent one: its channels are the latents'."""
@@ -88,6 +94,8 @@ def model_card(cfg: RunConfig, bundle, image_size: int, num_classes: int | None,
     if cfg.model.task == "superres":
         conditioning = LowResImage(cfg.model.scale)
         conditioning.check(bundle.native_size, image_size)
+    elif clip is not None:  # (dim, fingerprint) of the CLIP whose image embeddings condition the model
+        conditioning = CLIPImageEmbedding(clip[0], clip=clip[1])
     elif cfg.model.text_encoder is not None:
         conditioning = TextPrompts(cfg.model.text_encoder, cfg.model.max_tokens)
         prompts = example_prompts(bundle.val if bundle.val is not None and len(bundle.val) else bundle.train)

@@ -75,7 +75,8 @@ class Trainer(FaultHandling):
             raise ConfigError(f"--text-encoder {cfg.model.text_encoder} needs captions, and dataset "
                               f"{self.train_set.name!r} has none: use a folder with metadata.jsonl or a .txt beside "
                               "each image, or --dataset fashion-colour")
-        self.num_classes = self.train_set.num_classes if generate and not self.text else None
+        self.clip = self.load_clip(cfg.model.clip) if cfg.model.clip is not None else None  # unCLIP's decoder
+        self.num_classes = self.train_set.num_classes if generate and not self.text and self.clip is None else None
         mult = size_multiple(cfg.model.preset)
         self.ae = self.ae_card = None  # latent diffusion: the frozen autoencoder
         if cfg.model.latent is not None:
@@ -119,6 +120,22 @@ class Trainer(FaultHandling):
                  f"{ae.scale:.4f}) from {path}")
         return ae.latent_size
 
+    def load_clip(self, path: str):
+        """The domain CLIP whose image embeddings condition an unCLIP decoder, checked against the data."""
+        from difforge.models.clip import load_clip
+        from difforge.models.prior import clip_fingerprint
+
+        try:
+            clip = load_clip(path, self.device)
+        except (FileNotFoundError, ValueError) as e:
+            raise ConfigError(f"--clip: {e}") from None
+        c, s = clip.net.arch.channels, clip.image_size
+        if (c, s) != (self.train_set.channels, self.bundle.native_size):
+            raise ConfigError(f"--clip {path}: the CLIP model takes {c}-channel {s}x{s} images; this data is "
+                              f"{self.train_set.channels}-channel {self.bundle.native_size}x{self.bundle.native_size}")
+        self.clip_id = (clip.net.arch.embed_dim, clip_fingerprint(path))
+        return clip
+
     def pipeline(self, net: torch.nn.Module):
         """A Pipeline of `net` with this run's card (and autoencoder): previews, in-training FD."""
         from difforge.pipeline import Pipeline
@@ -128,7 +145,8 @@ class Trainer(FaultHandling):
     def describe_model(self) -> None:
         """The model card (model.json) and how a batch's conditioning image is made (SR3)."""
         try:
-            self.card = model_card(self.cfg, self.bundle, self.image_size, self.num_classes, self.ae_card)
+            self.card = model_card(self.cfg, self.bundle, self.image_size, self.num_classes, self.ae_card,
+                                   self.clip_id if self.clip is not None else None)
         except ValueError as e:
             raise ConfigError(str(e)) from None
         top = self.card.process().sigma_max if self.ae is not None else 0.0
@@ -166,6 +184,14 @@ class Trainer(FaultHandling):
         self.val_labels = val.labels[:VAL_MAX_IMAGES] if self.val_images is not None and self.num_classes else None
         if self.text:
             self.encode_captions()
+        self.embeddings = self.val_embeddings = None  # unCLIP's decoder: each image's CLIP image embedding
+        if self.clip is not None:
+            t0 = time.perf_counter()
+            self.embeddings = self.clip.embed_images(self.train_set.images)
+            if self.val_images is not None:
+                self.val_embeddings = self.clip.embed_images(self.val_images)
+            self.say(f"CLIP image embeddings ({self.embeddings.shape[1]}-d) of {len(self.embeddings)} images in "
+                     f"{time.perf_counter() - t0:.1f} s (embedding dropout {self.cfg.model.label_dropout})")
         self.latents = self.val_latents = None
         if self.ae is not None:
             from difforge.train.latents import LatentSource
@@ -291,6 +317,7 @@ class Trainer(FaultHandling):
             cond = self.val_labels[i: i + 256].to(self.device) if self.val_labels is not None else None
             cond = self.cond_image(x0) if self.cond_image is not None else cond
             cond = self.val_captions.rows(slice(i, i + 256)).to(self.device) if self.val_captions else cond
+            cond = self.val_embeddings[i: i + 256].to(self.device) if self.val_embeddings is not None else cond
             loss = self.card.denoiser(net).loss(x0, cond, generator=g, autocast=self.amp_dtype)
             total_loss += loss.item() * len(x0)
             count += len(x0)
@@ -337,6 +364,9 @@ class Trainer(FaultHandling):
         if self.captions is not None:  # captions dropped to the empty prompt, the same way
             texts = self.card.conditioning.drop(self.captions.rows(idx), self.cfg.model.caption_dropout, self.gen)
             cond = texts[self.rows].to(self.device)
+        if self.embeddings is not None:  # CLIP image embeddings dropped to the null (zeros), the same way
+            emb = self.card.conditioning.drop(self.embeddings[idx], self.cfg.model.label_dropout, self.gen)
+            cond = emb[self.rows].to(self.device)
         if self.latents is not None:  # latent diffusion (no flips: config.validate refuses them)
             return self.latents.x0(idx, self.rows, self.gen), cond, len(idx)
         images = self.train_set.images[idx[self.rows]]
@@ -464,7 +494,8 @@ class Trainer(FaultHandling):
         self.load_data()
         self.describe_model()
         if self.world.main:  # every check has passed: now the run directory is written
-            create_run_dir(self.cfg, self.run_dir, resume, self.card, self.bundle.skipped, self.ae)
+            create_run_dir(self.cfg, self.run_dir, resume, self.card, self.bundle.skipped, self.ae,
+                           self.cfg.model.clip)
         self.build()
         if resume:
             self.resume()
