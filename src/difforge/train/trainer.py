@@ -76,7 +76,7 @@ class Trainer(FaultHandling):
                               f"{self.train_set.name!r} has none: use a folder with metadata.jsonl or a .txt beside "
                               "each image, or --dataset fashion-colour")
         self.num_classes = self.train_set.num_classes if generate and not self.text else None
-        mult = size_multiple(cfg.model.preset)
+        mult = size_multiple(cfg.model.preset, cfg.model.architecture)
         self.ae = self.ae_card = None  # latent diffusion: the frozen autoencoder
         if cfg.model.latent is not None:
             self.image_size = self.load_autoencoder(cfg.model.latent)
