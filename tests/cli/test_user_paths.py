@@ -278,4 +278,7 @@ def test_missing_output_folders_are_made(tiny_run, tmp_path, capsys):
     assert run(["sample", str(tiny_run), "--n", "2", "--steps", "2", "--no-progress", "--out", str(out),
                 "--gif", str(gif), "--npz", str(npz), "--png-dir", str(tmp_path / "f" / "pngs")]) == 0
     assert out.is_file() and gif.is_file() and npz.is_file()
-    assert sorted(p.name for p in (tmp_path / "f" / "pngs").iterdir()) == ["000000.png", "000001.png"]
+    pngs = sorted((tmp_path / "f" / "pngs").iterdir())
+    assert [p.name for p in pngs] == ["000000.png", "000001.png"]
+    images = np.load(npz)["images"]  # (N, 8, 8, 1): --png-dir holds the same pixels at the native size
+    assert all(np.array_equal(np.asarray(Image.open(p)), images[i, ..., 0]) for i, p in enumerate(pngs))
