@@ -48,7 +48,7 @@ run: install data
 # Installs what the tests need (Fashion-MNIST, Chromium for the web page test), checks the code
 # with ruff (pyproject.toml's [tool.ruff]; a finding fails the target), then runs the tests.
 test: install data browser
-	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff check src tests benchmarks tools
 	$(BIN)/python -m pytest
 
 bench: install

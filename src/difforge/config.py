@@ -10,7 +10,7 @@ import dataclasses
 from collections.abc import Iterable
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, get_type_hints
+from typing import Any, get_origin, get_type_hints
 
 DATASETS = ("fashion-mnist", "fashion-colour", "digits", "folder", "prepared", "shards")
 PRECISIONS = ("fp32", "bf16", "fp16", "auto")  # auto: bf16 where the device computes it natively (runtime.py)
@@ -22,8 +22,9 @@ TEXT_ENCODERS = ("scratch", "minilm")  # models/conditioning.py's, named here so
 class DataConfig:
     """Where images come from and how they are shaped for the model."""
 
-    dataset: str = "fashion-mnist"  # fashion-mnist | fashion-colour | digits | folder | prepared (a `prepare` store)
-    # | shards (WebDataset-layout tar shards)
+    # fashion-mnist | fashion-colour | digits | folder | prepared (a `prepare` store) | shards (WebDataset-layout tar
+    # shards)
+    dataset: str = "fashion-mnist"
     path: str | None = None  # idx folder for fashion-mnist / fashion-colour; image folder for `folder`; shards
     image_size: int | None = None  # model input size; None: native size rounded up
     channels: int | None = None  # 1 or 3 for image folders; None: as the data has it
@@ -49,6 +50,9 @@ class ModelConfig:
     cache_latents: bool = True  # latent: encode the data once (in memory, and in RUN/cache); else every batch
     clip: str | None = None  # a `difforge train-clip` folder: condition on its image embeddings (unCLIP's decoder;
     # label_dropout is then the embedding dropout)
+    # keyword arguments of the preset's network over the preset's own, e.g. {base_channels: 64, channel_mults:
+    # [1, 2, 2, 2], attention_levels: [2, 3]} (docs/training.md); recorded in the model card
+    architecture: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -56,10 +60,10 @@ class DiffusionConfig:
     """The framework and its noise process (`difforge.diffusion.frameworks.FrameworkSpec`,
     plus the prediction target)."""
 
-    timesteps: int = 1000
-    schedule: str = "linear"  # linear | cosine
-    beta_start: float = 1e-4
-    beta_end: float = 0.02
+    timesteps: int = 1000  # diffusion steps T of the DDPM chain (see framework for the others)
+    schedule: str = "linear"  # linear | scaled_linear | cosine
+    beta_start: float = 1e-4  # beta_1 of the linear and scaled_linear schedules
+    beta_end: float = 0.02  # beta_T of the linear and scaled_linear schedules
     # Framework (docs/frameworks.md): ddpm | ncsn | vp-sde | subvp-sde | ve-sde | edm.
     # timesteps is also NCSN's number of levels L and the SDEs' discretization N; the
     # VP/sub-VP SDEs use beta(t) from timesteps * beta_start to timesteps * beta_end.
@@ -67,7 +71,7 @@ class DiffusionConfig:
     prediction: str | None = None  # eps | x0 | v (ddpm, vp-sde, subvp-sde); None: the framework's own
     min_snr_gamma: float | None = None  # min-SNR-gamma loss weighting (Hang et al. 2023), e.g. 5
     sigma_min: float | None = None  # ncsn, ve-sde, edm noise range; None: the framework's default
-    sigma_max: float | None = None
+    sigma_max: float | None = None  # top of that range; None: the framework's default
 
 
 @dataclass(frozen=True)
@@ -76,24 +80,24 @@ class TrainConfig:
 
     max_steps: int | None = None  # wins over epochs when both are given
     epochs: int | None = None  # default when neither is given: 1 epoch
-    batch_size: int = 128
+    batch_size: int = 128  # images per optimiser step (all processes together); a smaller set: all of it
     grad_accum: int = 1  # micro-batches per step: batch_size images in grad_accum pieces, one optimiser update
     lr: float = 2e-3  # peak learning rate
-    weight_decay: float = 1e-3
+    weight_decay: float = 1e-3  # AdamW's decoupled weight decay
     lr_schedule: str = "onecycle"  # onecycle | cosine | constant
     warmup_steps: int = 100  # for cosine; onecycle warms up over its first 30%
     grad_clip: float = 1.0  # max global grad norm; 0 disables
     precision: str = "fp32"  # fp32 | bf16 | fp16 (fp16 needs CUDA) | auto (bf16 where native, else fp32)
-    ema_decay: float = 0.995
+    ema_decay: float = 0.995  # per-step decay of the exponential moving average of the weights
     ema_warmup: int = 2000  # EMA is a plain copy of the weights for this many steps
-    log_every: int = 10
+    log_every: int = 10  # steps between lines of metrics.jsonl (loss, learning rate, throughput)
     sample_every: int = 500  # 0 disables intermediate sample grids
     checkpoint_every: int = 1000  # 0: only at the end
-    keep_checkpoints: int = 3
-    seed: int = 0
+    keep_checkpoints: int = 3  # the newest this many checkpoints are kept
+    seed: int = 0  # initialisation, data order and noise
     device: str = "auto"  # auto (CUDA, else MPS, else CPU) | cpu | cuda | cuda:N | mps
-    wandb: bool = False
-    tensorboard: bool = False
+    wandb: bool = False  # log to Weights & Biases (pip install 'difforge[wandb]'; offline without WANDB_API_KEY)
+    tensorboard: bool = False  # log to TensorBoard under RUN_DIR/tensorboard (pip install 'difforge[tensorboard]')
     eval_every: int = 0  # steps between FD/KID evaluations of the EMA weights (eval/during_training.py); 0: off
     eval_samples: int = 500  # images generated per in-training evaluation
     final_grid: bool = True  # draw samples/final.png (10 per class, EMA weights) at the end
@@ -131,6 +135,8 @@ def _check_type(where: str, value: Any, hint: Any) -> Any:
             return value
         if typ in (str, bool) and isinstance(value, typ):
             return value
+        if get_origin(typ) is dict and isinstance(value, dict) and all(isinstance(k, str) for k in value):
+            return dict(value)
     names = " or ".join("null" if t is type(None) else t.__name__ for t in allowed)
     raise ConfigError(f"{where} must be {names}, got {value!r} ({type(value).__name__})")
 
@@ -183,7 +189,7 @@ def settings_to_dict(settings: Iterable[str]) -> dict[str, Any]:
             value = yaml.safe_load(raw)
         except yaml.YAMLError as e:
             raise ConfigError(f"--set {text!r}: {raw!r} is not a YAML value ({str(e).splitlines()[0]})") from None
-        if isinstance(value, (dict, list)):
+        if isinstance(value, (dict, list)) and not (isinstance(value, dict) and _takes_mapping(*parts)):
             raise ConfigError(f"--set {text!r}: expected one value (a number, true, false, null or text), "
                               f"got a {type(value).__name__}")
         if len(parts) == 1:
@@ -191,6 +197,15 @@ def settings_to_dict(settings: Iterable[str]) -> dict[str, Any]:
         else:
             d.setdefault(parts[0], {})[parts[1]] = _as_number(parts[0], parts[1], value)
     return d
+
+
+def _takes_mapping(section: str, key: str = "") -> bool:
+    """Whether config key `section.key` holds a mapping (model.architecture)."""
+    cls = SECTIONS.get(section)
+    if cls is None or key not in {f.name for f in fields(cls)}:
+        return False
+    hint = get_type_hints(cls)[key]
+    return any(get_origin(a) is dict for a in (getattr(hint, "__args__", None) or (hint,)))
 
 
 def _as_number(section: str, key: str, value: Any) -> Any:
@@ -286,6 +301,13 @@ def validate(cfg: RunConfig) -> RunConfig:
 
     need(f.schedule in SCHEDULES, f"unknown schedule {f.schedule!r}; expected one of {sorted(SCHEDULES)}")
     need(m.preset in PRESETS, f"unknown model {m.preset!r}; expected one of {sorted(PRESETS)}")
+    if m.architecture is not None:
+        from difforge.models.registry import check_architecture
+
+        try:
+            check_architecture(m.preset, m.architecture)
+        except ValueError as e:
+            raise ConfigError(f"model.architecture: {e}") from None
     checkpointable = sorted(name for name, p in PRESETS.items() if hasattr(p.cls, "grad_checkpoint"))
     need(not m.grad_checkpoint or m.preset in checkpointable, f"model {m.preset!r} does not support "
          f"model.grad_checkpoint; these do: {checkpointable}")

@@ -115,3 +115,76 @@ def model_readme(card: ModelCard, *, library: str = "difforge", title: str | Non
                "takes the Hub id as well (`serve`, `evaluate`, `inpaint`, ...).")
     return (f"---\n{front}\n---\n\n# {title or 'A difforge diffusion model'}\n\n"
             f"| | |\n|---|---|\n{table}\n\n## Use\n\n{use}\n")
+
+
+# ---------------------------------------------------------------- push
+
+# What a model folder holds that belongs on the Hub: an exported difforge model (config.json,
+# model.safetensors, autoencoder.safetensors for latent models) or a diffusers export
+# (model_index.json, unet/, scheduler/, difforge.json), and its README.md model card.
+# Anything else in the folder (the user's notes, an eval/ report) stays local.
+PUSHED_FILES = ("README.md", "config.json", "model.safetensors", "autoencoder.safetensors", "model_index.json",
+                "difforge.json")
+PUSHED_FOLDERS = ("unet", "scheduler")
+
+
+def push_files(model_dir: str | Path) -> list[str]:
+    """The files of the model folder `model_dir` that `push_model` uploads, relative and
+    sorted; ValueError (one line) when it is no exported model or has no model card."""
+    path = Path(model_dir)
+    if not path.is_dir():
+        raise FileNotFoundError(f"no such model directory: {path}")
+    difforge_model = (path / "config.json").is_file() and (path / "model.safetensors").is_file()
+    diffusers_model = (path / "model_index.json").is_file() and (path / "unet").is_dir()
+    if not (difforge_model or diffusers_model):
+        hint = (f"; export it first: difforge export {path} --out DIR" if (path / "model.json").is_file()
+                else " (config.json + model.safetensors, or a diffusers export)")
+        raise ValueError(f"{path} is not an exported model{hint}")
+    if not (path / "README.md").is_file():
+        raise ValueError(f"{path} has no README.md model card; export it again with difforge export --overwrite")
+    files = [name for name in PUSHED_FILES if (path / name).is_file()]
+    for folder in PUSHED_FOLDERS:
+        files += [p.relative_to(path).as_posix() for p in (path / folder).rglob("*") if p.is_file()] \
+            if (path / folder).is_dir() else []
+    return sorted(files)
+
+
+def _token() -> str | None:
+    """The token huggingface_hub would use (HF_TOKEN, or the one `hf auth login` saved)."""
+    try:
+        from huggingface_hub import get_token
+    except ImportError:  # huggingface_hub < 0.24
+        from huggingface_hub import HfFolder
+
+        return HfFolder.get_token()
+    return get_token()
+
+
+def push_model(model_dir: str | Path, repo_id: str, *, private: bool = False, message: str | None = None) -> str:
+    """Upload an exported model folder (`push_files`) to the Hub model repository `repo_id`
+    (created when missing) in one commit with huggingface_hub's `upload_folder`; returns
+    the repository's URL. Everything is checked before the network is used: the id, the
+    folder, huggingface_hub, a token, and that the Hub is not switched off (HF_HUB_OFFLINE)."""
+    if not looks_like_hub_id(repo_id):
+        raise ValueError(f"{repo_id!r} is not a Hub model id (OWNER/NAME)")
+    files = push_files(model_dir)
+    try:
+        import huggingface_hub
+        from huggingface_hub import constants
+    except ImportError:
+        raise ImportError("difforge push needs huggingface_hub: pip install 'difforge[interop]'") from None
+    if constants.HF_HUB_OFFLINE:
+        raise ValueError("HF_HUB_OFFLINE is set: pushing to the Hub needs the network")
+    token = _token()
+    if not token:
+        raise ValueError("no Hugging Face token: log in with `hf auth login` or set HF_TOKEN (a token with write "
+                         "access)")
+    api = huggingface_hub.HfApi(token=token)
+    try:
+        api.create_repo(repo_id, repo_type="model", private=private, exist_ok=True)
+        api.upload_folder(repo_id=repo_id, repo_type="model", folder_path=str(model_dir), allow_patterns=files,
+                          commit_message=message or f"Upload a difforge model ({len(files)} files)")
+    except OSError as e:  # HfHubHTTPError (401, 403, 404...) and network errors are OSErrors
+        raise ValueError(f"push to {repo_id} failed: {str(e).splitlines()[0] if str(e) else type(e).__name__}") \
+            from None
+    return f"{constants.ENDPOINT}/{repo_id}"

@@ -102,18 +102,22 @@ class Pipeline:
 
     @property
     def net(self) -> nn.Module:
+        """The network (the denoiser's F)."""
         return self.model.net
 
     @property
     def process(self) -> NoiseProcess:
+        """The noise process the model was trained in (`docs/architecture.md`)."""
         return self.model.process
 
     @property
     def num_classes(self) -> int | None:
+        """The number of classes of a class-conditional model, else None."""
         return self.card.num_classes
 
     @property
     def class_names(self) -> list[str] | None:
+        """The class names in label order, when the data had them."""
         names = self.card.class_names
         return None if names is None else list(names)
 
@@ -415,6 +419,8 @@ class Pipeline:
 
     def save_grid(self, images: torch.Tensor, path: str | Path, labels: torch.Tensor | None = None,
                   per_row: int | None = None) -> Path:
+        """Write uint8 `images` as one PNG grid: one row per class with `labels`, else rows of
+        `per_row` (default 10); returns the path."""
         from difforge.io import save_grid
 
         return save_grid(images, path, **self._layout(images, labels, per_row))

@@ -18,6 +18,7 @@ VALUES = {
     "model.preset": "tiny", "model.conditional": False, "model.label_dropout": 0.2, "model.task": "superres",
     "model.scale": 4, "model.grad_checkpoint": True, "model.text_encoder": "scratch", "model.caption_dropout": 0.2,
     "model.max_tokens": 32, "model.latent": "runs/ae", "model.cache_latents": False, "model.clip": "runs/clip",
+    "model.architecture": {"base_channels": 16},
     "diffusion.timesteps": 500, "diffusion.schedule": "cosine", "diffusion.beta_start": 0.0002,
     "diffusion.beta_end": 0.03, "diffusion.framework": "vp-sde", "diffusion.prediction": "v",
     "diffusion.min_snr_gamma": 5.0, "diffusion.sigma_min": 0.02, "diffusion.sigma_max": 50.0,
@@ -114,6 +115,10 @@ def test_set_goes_on_top_of_a_config_file(trained, tmp_path):
     ("train.lr.max=0.1", "expected SECTION.KEY=VALUE"),
     ("train.device=[0, 1]", "expected one value"),
     ("train.device='cuda", "is not a YAML value"),
+    ("model.architecture={base_channel: 16}", "model.architecture: ['base_channel'] are not arguments of model "
+                                              "'unet' (UNet); expected some of ['attention_levels', 'base_channels'"),
+    ("model.architecture={channel_mults: 3}", "model.architecture: model 'unet' cannot be built with"),
+    ("model.architecture=[1, 2]", "expected one value"),
 ])
 def test_bad_settings_fail_in_one_line(setting, message, trained, tmp_path, capsys):
     assert run(["train", "--out", str(tmp_path / "r"), "--set", setting]) != 0

@@ -5,6 +5,7 @@ odd input."""
 import json
 import os
 import signal
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -239,3 +240,45 @@ def test_digits_without_scikit_learn_is_one_line(tmp_path, capsys, monkeypatch):
     err = capsys.readouterr().err
     assert "needs scikit-learn" in err and "Traceback" not in err
     assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize("argv, what", [
+    (["--out", "{ro}/g.png"], "--out"),
+    (["--out", "{tmp}/g.png", "--gif", "{ro}/s.gif"], "--gif"),
+    (["--out", "{tmp}/g.png", "--npz", "{ro}/s.npz"], "--npz"),
+    (["--out", "{tmp}/g.png", "--png-dir", "{ro}/pngs"], "--png-dir"),
+    (["--out", "{ro}/deeper/g.png"], "--out"),
+])
+def test_an_unwritable_output_folder_is_one_line_before_any_work(argv, what, tiny_run, tmp_path, capsys,
+                                                                   monkeypatch):
+    """A read-only folder gave a traceback after the sampling; as root, whom permissions do
+    not stop, os.access is made to answer as it does for other users."""
+    import difforge.io.outputs as outputs
+    import difforge.pipeline
+
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(0o555)
+    real_access = os.access
+    monkeypatch.setattr(outputs.os, "access", lambda p, mode: False if Path(p) == ro and mode & os.W_OK
+                        else real_access(p, mode))
+    monkeypatch.setattr(difforge.pipeline, "load_pipeline", lambda *a, **k: pytest.fail("loaded before the check"))
+    argv = [_sub(a, {"{ro}": str(ro), "{tmp}": str(tmp_path)}) for a in argv]
+    try:
+        assert run(["sample", str(tiny_run), "--n", "2", "--steps", "2", "--no-progress", *argv]) != 0
+    finally:
+        ro.chmod(0o755)
+    err = capsys.readouterr().err
+    assert err.startswith(f"Error: {what} ") and f"cannot write in {ro} (permission denied)" in err
+    assert len(err.strip().splitlines()) == 1 and list(ro.iterdir()) == []
+
+
+def test_missing_output_folders_are_made(tiny_run, tmp_path, capsys):
+    out, gif, npz = tmp_path / "a" / "b" / "g.png", tmp_path / "c" / "s.gif", tmp_path / "d" / "e" / "s.npz"
+    assert run(["sample", str(tiny_run), "--n", "2", "--steps", "2", "--no-progress", "--out", str(out),
+                "--gif", str(gif), "--npz", str(npz), "--png-dir", str(tmp_path / "f" / "pngs")]) == 0
+    assert out.is_file() and gif.is_file() and npz.is_file()
+    pngs = sorted((tmp_path / "f" / "pngs").iterdir())
+    assert [p.name for p in pngs] == ["000000.png", "000001.png"]
+    images = np.load(npz)["images"]  # (N, 8, 8, 1): --png-dir holds the same pixels at the native size
+    assert all(np.array_equal(np.asarray(Image.open(p)), images[i, ..., 0]) for i, p in enumerate(pngs))

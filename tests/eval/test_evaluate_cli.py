@@ -145,3 +145,23 @@ def test_train_classifier_errors(tmp_path, capsys):
     assert "no such file or directory" in capsys.readouterr().err
     assert run(["train-classifier", "--dataset", "digits", "--epochs", "0", "--out", str(tmp_path)]) != 0
     assert "--epochs must be >= 1" in capsys.readouterr().err
+
+
+def test_bits_per_dim_and_classifier_training_show_progress_bars(cache, tmp_path, capsys):
+    """Bits/dim and classifier training had no progress bar; --no-progress turns both off,
+    bits/dim then logging its batches instead."""
+    base = ["evaluate", str(cache / "run"), "--n", "4", "--steps", "2", "--bpd", "3", "--bpd-timesteps", "2",
+            "--no-memorization", "--device", "cpu"]
+    capsys.readouterr()
+    assert run([*base, "--out", str(tmp_path / "a")]) == 0
+    captured = capsys.readouterr()
+    assert "bits/dim (VLB): 100%" in captured.err and "3/3" in captured.err
+    assert "bits/dim (VLB): 3/3 images" not in captured.out  # the bar replaces the log line
+    assert run([*base, "--out", str(tmp_path / "b"), "--no-progress"]) == 0
+    captured = capsys.readouterr()
+    assert captured.err == "" and "bits/dim (VLB): 3/3 images" in captured.out
+    clf = ["train-classifier", "--dataset", "digits", "--epochs", "2", "--batch-size", "512", "--device", "cpu"]
+    assert run([*clf, "--out", str(tmp_path / "clf1")]) == 0
+    assert "classifier: 100%" in capsys.readouterr().err  # a bar over the steps of both epochs
+    assert run([*clf, "--out", str(tmp_path / "clf2"), "--no-progress"]) == 0
+    assert capsys.readouterr().err == ""

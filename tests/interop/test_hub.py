@@ -112,3 +112,83 @@ def test_exported_model_carries_a_hub_readme(tmp_path):
     assert meta["datasets"] == ["digits"] and "class-conditional" in meta["tags"]  # the fixture: 10 digits
     assert f"training steps | {load_pipeline(out).card.step} (ema weights)" in text
     assert "hf download" in text
+
+
+@pytest.fixture
+def fake_hub(monkeypatch):
+    """HfApi with create_repo and upload_folder recorded instead of sent; the files an upload
+    would send are chosen by huggingface_hub's own pattern filter, as upload_folder does."""
+    from huggingface_hub.utils import filter_repo_objects
+
+    calls = []
+
+    def create_repo(self, repo_id, **kw):
+        calls.append(("create_repo", repo_id, kw))
+
+    def upload_folder(self, *, repo_id, folder_path, allow_patterns=None, **kw):
+        root = Path(folder_path)
+        every = sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file())
+        sent = sorted(filter_repo_objects(every, allow_patterns=allow_patterns))
+        calls.append(("upload_folder", repo_id, {"files": sent, "folder": root, "token": self.token, **kw}))
+
+    monkeypatch.setattr(hub.HfApi, "create_repo", create_repo)
+    monkeypatch.setattr(hub.HfApi, "upload_folder", upload_folder)
+    monkeypatch.setattr(hub_constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setenv("HF_TOKEN", "hf_not_a_real_token")
+    return calls
+
+
+def test_push_uploads_the_model_card_config_and_weights(fake_hub, tmp_path, capsys):
+    from difforge.models.card import ModelCard
+
+    model = export_model(FIXTURES / "run-ddpm", tmp_path / "model")
+    (model / "notes.txt").write_text("mine, not the Hub's")
+    (model / "eval").mkdir()
+    (model / "eval" / "report.json").write_text("{}")
+    assert run(["push", str(model), "someone/toy", "--private"]) == 0
+    (create, repo, kw), (upload, repo2, sent) = fake_hub
+    assert (create, repo, kw["private"], kw["exist_ok"]) == ("create_repo", "someone/toy", True, True)
+    assert (upload, repo2, sent["token"]) == ("upload_folder", "someone/toy", "hf_not_a_real_token")
+    assert sent["files"] == ["README.md", "config.json", "model.safetensors"]
+    meta = hub.ModelCard((sent["folder"] / "README.md").read_text()).data.to_dict()
+    assert meta["library_name"] == "difforge" and "ddpm" in meta["tags"]
+    assert ModelCard.load(sent["folder"] / "config.json").step is not None
+    assert "pushed README.md, config.json, model.safetensors to https://huggingface.co/someone/toy" \
+        in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("case, message", [
+    ("no token", "no Hugging Face token: log in with `hf auth login` or set HF_TOKEN"),
+    ("offline", "HF_HUB_OFFLINE is set: pushing to the Hub needs the network"),
+    ("run directory", "is not an exported model; export it first: difforge export"),
+    ("no card", "has no README.md model card"),
+    ("bad id", "'toy' is not a Hub model id (OWNER/NAME)"),
+])
+def test_push_refusals_are_one_line_before_any_upload(case, message, fake_hub, tmp_path, capsys, monkeypatch):
+    model = export_model(FIXTURES / "run-ddpm", tmp_path / "model")
+    target, repo = str(model), "someone/toy"
+    if case == "no token":
+        monkeypatch.setattr(hub, "get_token", lambda: None)  # neither HF_TOKEN nor a saved login
+    elif case == "offline":
+        monkeypatch.setattr(hub_constants, "HF_HUB_OFFLINE", True)
+    elif case == "run directory":
+        target = str(FIXTURES / "run-ddpm")
+    elif case == "no card":
+        (model / "README.md").unlink()
+    else:
+        repo = "toy"
+    assert run(["push", target, repo]) != 0
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1
+    assert fake_hub == []  # nothing created, nothing sent
+
+
+def test_push_takes_a_diffusers_export_with_its_subfolders(tmp_path):
+    from difforge.hub import push_files
+
+    names = ["model_index.json", "difforge.json", "README.md", "unet/config.json",
+             "unet/diffusion_pytorch_model.safetensors", "scheduler/scheduler_config.json", "samples/a.png", "x.txt"]
+    for name in names:
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text("x")
+    assert push_files(tmp_path) == sorted(names[:6])

@@ -93,6 +93,7 @@ def test_clear_one_line_errors(model_dir, pngs, tmp_path, capsys, argv, message)
 @pytest.mark.parametrize("argv, count", [
     (["inpaint", "--image", "{p}/a.png", "--mask", "center", "--steps", "4", "--jump-length", "2", "--resample", "2"],
      "6/6"),  # RePaint: 4 steps, and the first 2 once more
+    (["restore", "--image", "{p}/a.png", "--strength", "0.5", "--steps", "10"], "6/6"),  # SDEdit: the grid's low end
     (["denoise", "--image", "{p}/a.png", "--sigma", "0.1"], "1/1"),
     (["upscale", "--image", "{p}/low.png", "--steps", "3"], "3/3"),
     (["interpolate", "--a", "{p}/a.png", "--b", "{p}/b.png", "--frames", "3", "--steps", "5"], "13/13"),

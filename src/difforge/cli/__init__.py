@@ -4,7 +4,7 @@ options, builds a config and makes one call into the library.
   common.py    the click group, UserError, the names the option choices offer
   train.py     train (options made from the config dataclasses, plus --set)
   sample.py    sample, export
-  interop.py   import (diffusers models)
+  interop.py   import (diffusers models), push (to the Hugging Face Hub)
   evaluate.py  evaluate, train-classifier, report
   clip.py      train-clip, clip-score
   unclip.py    train-prior, unclip, variations

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from difforge.cli.common import DATASET_NAMES, GRID_NAMES, SAMPLER_NAMES, _fail, cli, data_config
+from difforge.cli.common import DATASET_NAMES, GRID_NAMES, SAMPLER_NAMES, _fail, cli, data_config, no_progress_option
 from difforge.defaults import DEFAULT_CFG, DEFAULT_SAMPLER
 
 
@@ -22,7 +22,8 @@ from difforge.defaults import DEFAULT_CFG, DEFAULT_SAMPLER
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--device", default="auto", show_default=True)
 @click.option("--overwrite", is_flag=True, help="Replace a classifier already in the output folder.")
-def train_classifier(dataset, data_path, out, epochs, batch_size, seed, device, overwrite) -> None:
+@no_progress_option
+def train_classifier(dataset, data_path, out, epochs, batch_size, seed, device, overwrite, no_progress) -> None:
     """Train the domain classifier that `evaluate` measures samples with.
 
     A small CNN on the training split; its accuracy is measured on the test split (else
@@ -48,7 +49,7 @@ def train_classifier(dataset, data_path, out, epochs, batch_size, seed, device, 
         target = check_classifier_dir(Path(out) if out else classifier_dir(data), overwrite=overwrite)
         cfg = ClassifierConfig(epochs=epochs, batch_size=batch_size, seed=seed)
         clf = train_clf(load_dataset(data), cfg, dataset_key=dataset_key(data), data=data,
-                        device=resolve_device(device), log=click.echo)
+                        device=resolve_device(device), log=click.echo, progress=not no_progress)
         path = clf.save(target)
     except (ConfigError, ValueError, FileNotFoundError, ImportError) as e:
         _fail(e)

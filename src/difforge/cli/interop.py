@@ -1,4 +1,5 @@
-"""`difforge import`: a diffusers UNet2DModel + scheduler folder as a difforge model."""
+"""`difforge import`: a diffusers UNet2DModel + scheduler folder as a difforge model; `difforge
+push`: an exported model to the Hugging Face Hub."""
 
 from __future__ import annotations
 
@@ -31,3 +32,22 @@ def import_(model_dir, out, scheduler, null_class, dataset, class_names, overwri
     except (ValueError, FileNotFoundError, ImportError) as e:
         _fail(e)
     click.echo(f"wrote {path / 'model.safetensors'} and {path / 'config.json'} (and README.md)")
+
+
+@cli.command()
+@click.argument("model_dir", type=click.Path())
+@click.argument("repo_id")
+@click.option("--private", is_flag=True, help="Create the repository as private (when it does not exist yet).")
+@click.option("--message", help="Commit message. [default: Upload a difforge model (N files)]")
+def push(model_dir, repo_id, private, message) -> None:
+    """Upload an exported model (difforge export, export --format diffusers, or import) to the
+    Hugging Face Hub as REPO_ID (OWNER/NAME), in one commit: its README.md model card, config
+    and weights; other files in the folder stay local. Needs huggingface_hub and a token with
+    write access (`hf auth login`, or HF_TOKEN)."""
+    try:
+        from difforge.hub import push_files, push_model
+
+        url = push_model(model_dir, repo_id, private=private, message=message)
+    except (ValueError, FileNotFoundError, ImportError) as e:
+        _fail(e)
+    click.echo(f"pushed {', '.join(push_files(model_dir))} to {url}")

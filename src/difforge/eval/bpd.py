@@ -36,9 +36,14 @@ def test_set_bits_per_dim(
     seed: int = 0,
     batch_size: int = 50,
     log=None,
+    progress: bool = False,
 ) -> dict:
     """Bits/dim of uint8 `images` (N, C, h, w) under a loaded `Pipeline` (module docstring).
-    `timesteps`: VLB timesteps (None: all T - 1, exact sum); `ode`: also the PF-ODE."""
+    `timesteps`: VLB timesteps (None: all T - 1, exact sum); `ode`: also the PF-ODE.
+    `progress`: a bar (stderr) counting the images of each estimator; else one `log` line
+    per batch."""
+    from tqdm.auto import tqdm
+
     from difforge.data import to_model_input
 
     model = pipe.model.to(pipe.device)
@@ -58,6 +63,16 @@ def test_set_bits_per_dim(
     nats = {"large": [], "small": []}
     ode_nats, nfe = [], 0
     t0 = time.perf_counter()
+
+    def bar(what: str):
+        return tqdm(total=n, desc=f"bits/dim ({what})", unit="img", dynamic_ncols=True, disable=not progress)
+
+    def done(b, what: str, start: int, size: int) -> None:
+        b.update(size)
+        if log and not progress:
+            log(f"bits/dim ({what}): {min(start + batch_size, n)}/{n} images")
+
+    vlb_bar = bar("VLB") if has_vlb else None
     for start in range(0, n if has_vlb else 0, batch_size):
         x = to_model_input(images[start : start + batch_size], size).to(pipe.device)
         cond = pipe.card.conditioning.null(len(x), pipe.device)  # the null label: log p(x)
@@ -65,8 +80,9 @@ def test_set_bits_per_dim(
         vlb = ddpm_vlb(model, x, cond, generator=g, timesteps=timesteps)
         for v in nats:
             nats[v].append(vlb.nats(v).cpu())
-        if log:
-            log(f"bits/dim (VLB): {min(start + batch_size, n)}/{n} images")
+        done(vlb_bar, "VLB", start, len(x))
+    if vlb_bar is not None:
+        vlb_bar.close()
     vlb_seconds = time.perf_counter() - t0
 
     def both(total: torch.Tensor) -> dict:
@@ -81,6 +97,7 @@ def test_set_bits_per_dim(
         out["vlb"]["seconds"] = round(vlb_seconds, 1)
     if ode:
         t0 = time.perf_counter()
+        ode_bar = bar("ODE")
         for start in range(0, n, batch_size):
             x = to_model_input(images[start : start + batch_size], size).to(pipe.device)
             cond = pipe.card.conditioning.null(len(x), pipe.device)  # the null label: log p(x)
@@ -90,8 +107,8 @@ def test_set_bits_per_dim(
             # -log P(k) <= -log p(y) - dims * log(BIN), for the whole model-size image
             ode_nats.append((-r.log_prob - dims_model * math.log(BIN)).cpu())
             nfe = r.nfe
-            if log:
-                log(f"bits/dim (ODE): {min(start + batch_size, n)}/{n} images")
+            done(ode_bar, "ODE", start, len(x))
+        ode_bar.close()
         out["ode"] = {**both(torch.cat(ode_nats)), "solver": f"rk4, {ode_steps} steps in log sigma", "nfe": nfe,
                       "trace": "Hutchinson, Rademacher probe", "seconds": round(time.perf_counter() - t0, 1)}
     return out

@@ -202,8 +202,12 @@ def train_classifier(
     data: DataConfig | None = None,
     device: torch.device | str = "cpu",
     log: Callable[[str], None] | None = None,
+    progress: bool = False,
 ) -> DomainClassifier:
-    """Train on the bundle's train split; measure accuracy on its test split (else val)."""
+    """Train on the bundle's train split; measure accuracy on its test split (else val).
+    `progress`: a bar (stderr) counting the optimiser steps of all epochs."""
+    from tqdm.auto import tqdm
+
     train = bundle.train
     held_out, split = (bundle.test, "test") if bundle.test is not None else (bundle.val, "val")
     if train.labels is None:
@@ -225,6 +229,7 @@ def train_classifier(
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=epochs * per_epoch)
     images, labels = train.images.to(device), train.labels.to(device)
     start = time.perf_counter()
+    bar = tqdm(total=epochs * per_epoch, desc="classifier", unit="step", dynamic_ncols=True, disable=not progress)
     for epoch in range(epochs):
         net.train()
         perm = torch.randperm(len(train), generator=g).to(device)
@@ -237,8 +242,10 @@ def train_classifier(
             opt.step()
             sched.step()
             total += loss.detach().item()
+            bar.update(1)
         if log:
             log(f"classifier epoch {epoch + 1}/{epochs}: loss {total / per_epoch:.4f}")
+    bar.close()
     seconds = time.perf_counter() - start
     meta = {
         "format": FORMAT,
@@ -304,6 +311,7 @@ def load_or_train_classifier(
     device: torch.device | str = "cpu",
     log: Callable[[str], None] | None = None,
     name: str | None = None,
+    progress: bool = False,
 ) -> DomainClassifier:
     """The cached classifier for `data` (in `directory`, default `classifier_dir(data)`);
     trained and saved there first when there is none, on `bundle` (default: `data` loaded).
@@ -317,6 +325,6 @@ def load_or_train_classifier(
     if log:
         log(f"no classifier for {name} yet: training one ({directory})")
     bundle = bundle if bundle is not None else load_dataset(data)
-    clf = train_classifier(bundle, cfg, dataset_key=name, data=data, device=device, log=log)
+    clf = train_classifier(bundle, cfg, dataset_key=name, data=data, device=device, log=log, progress=progress)
     clf.save(directory)
     return clf

@@ -171,13 +171,14 @@ def _suite(ref: np.ndarray, ref_sub: np.ndarray, x: np.ndarray, cfg: EvalConfig,
 Extractor = tuple[str, Callable[[torch.Tensor], tuple[np.ndarray, np.ndarray | None]]]
 
 
-def _extractors(data: DataConfig, bundle, classifier, inception, device, log) -> tuple[list[Extractor], dict]:
+def _extractors(data: DataConfig, bundle, classifier, inception, device, log,
+                progress: bool = False) -> tuple[list[Extractor], dict]:
     from difforge.eval.classifier import load_or_train_classifier
     from difforge.eval.inception import InceptionFeatures, default_inception_path
 
     found, spaces = [], {"classifier": None, "inception": None}
     if bundle.class_names is not None:
-        clf = load_or_train_classifier(data, classifier, bundle=bundle, device=device, log=log)
+        clf = load_or_train_classifier(data, classifier, bundle=bundle, device=device, log=log, progress=progress)
         shape = (clf.meta["channels"], clf.meta["image_size"])
         if clf.class_names != bundle.class_names or shape != (bundle.channels, bundle.native_size):
             raise ValueError(f"classifier {classifier} was trained on other data ({clf.meta['dataset']})")
@@ -269,7 +270,7 @@ def evaluate(
         raise ValueError("the data has no test split and no validation split to compare with")
     if domain_clip is not None:
         _check_clip_fits(domain_clip, clip, bundle.train)
-    extractors, spaces = _extractors(data, bundle, classifier, inception, device, log)
+    extractors, spaces = _extractors(data, bundle, classifier, inception, device, log, progress)
     if reference is not None and spaces["classifier"] is None:
         raise ValueError("--reference holds domain-classifier statistics: the data has no labels for a classifier")
 
@@ -309,7 +310,7 @@ def evaluate(
                        images if npz is None else None, main_scale, progress, prompts, garments, following,
                        domain_clip)
     likelihood, memorization = _extra_measures(pipe, cfg, images, bundle, ref, ref_split, ref_sub, extractors,
-                                               out, model_dir, log)
+                                               out, model_dir, log, progress)
     report = _report_dict(
         model=None if model_dir is None else str(given), npz=npz, n=n, floor=floor, data=data, ref=ref,
         ref_split=ref_split, bundle=bundle, pipe=pipe, cfg=cfg, main_scale=main_scale, sample_seconds=sample_seconds,
@@ -443,14 +444,15 @@ def _prompt_following(pipe, cfg: EvalConfig, garments, ref, ref_split: str, scal
     return {"cfg": scale, "ceiling": ceiling, "sets": _prompt_sets(pipe, cfg, garments, scale, progress, clip)}
 
 
-def _extra_measures(pipe, cfg: EvalConfig, images, bundle, ref, ref_split, ref_sub, extractors, out, model_dir, log):
+def _extra_measures(pipe, cfg: EvalConfig, images, bundle, ref, ref_split, ref_sub, extractors, out, model_dir, log,
+                    progress: bool = False):
     """The optional measures: test-set bits/dim (--bpd) and memorization (--memorization)."""
     likelihood = memorization = None
     if cfg.bpd:
         from difforge.eval.bpd import test_set_bits_per_dim
 
         bits = test_set_bits_per_dim(pipe, ref.images[: cfg.bpd], ode=cfg.bpd_ode,
-                                     timesteps=cfg.bpd_timesteps, seed=cfg.seed, log=log)
+                                     timesteps=cfg.bpd_timesteps, seed=cfg.seed, log=log, progress=progress)
         likelihood = {"split": ref_split, **bits}
     if cfg.memorization:
         memorization = _memorization(images, bundle, ref.images[ref_sub], ref_split, extractors, out, model_dir, log)

@@ -109,7 +109,40 @@ def build_model(
     return p.cls(in_channels, out, num_classes, **kwargs)
 
 
-def size_multiple(preset: str) -> int:
-    """The number that the preset's input height and width must be divisible by."""
+# what the data, the conditioning and the card give a network, never its architecture settings
+NOT_ARCHITECTURE = ("in_channels", "out_channels", "num_classes", "cond_channels", "context_dim", "pooled_dim",
+                    "text_encoder")
+
+
+def architecture_kwargs(preset: str, overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The preset's keyword arguments with `overrides` (a config's `model.architecture`) on top."""
+    return {**_preset(preset).kwargs, **(overrides or {})}
+
+
+def check_architecture(preset: str, overrides: Mapping[str, Any]) -> None:
+    """ValueError (one line) unless `overrides` are architecture arguments the preset's
+    network takes, with values it can be built with (built on the meta device: no weights)."""
+    import inspect
+
+    p = _preset(preset)
+    params = inspect.signature(p.cls.__init__).parameters
+    allowed = sorted(k for k in params if k != "self" and k not in NOT_ARCHITECTURE
+                     and params[k].kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY))
+    unknown = sorted(set(overrides) - set(allowed))
+    if unknown:
+        raise ValueError(f"{unknown} are not arguments of model {preset!r} ({p.cls.__name__}); expected some of "
+                         f"{allowed}")
+    try:
+        with torch.device("meta"):
+            build_model(preset, in_channels=1, num_classes=None, kwargs=architecture_kwargs(preset, overrides))
+    except (TypeError, ValueError, AssertionError, IndexError, KeyError, ZeroDivisionError) as e:
+        raise ValueError(f"model {preset!r} cannot be built with {dict(overrides)} "
+                         f"({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
+
+
+def size_multiple(preset: str, overrides: Mapping[str, Any] | None = None) -> int:
+    """The number that the preset's input height and width must be divisible by (with a
+    config's `model.architecture` `overrides`)."""
     with torch.device("meta"):  # builds the module structure without allocating weights
-        return build_model(preset, in_channels=1, num_classes=None).size_multiple
+        return build_model(preset, in_channels=1, num_classes=None,
+                           kwargs=architecture_kwargs(preset, overrides)).size_multiple

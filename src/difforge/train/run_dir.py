@@ -17,6 +17,7 @@ from difforge.config import (
 from difforge.diffusion.frameworks import FrameworkSpec
 from difforge.models.card import Architecture, ModelCard
 from difforge.models.conditioning import ClassLabels, CLIPImageEmbedding, LowResImage, TextPrompts, Unconditional
+from difforge.models.registry import architecture_kwargs
 from difforge.runs import is_run_dir, step_dirs
 from difforge.train.checkpoint import clean_stale
 
@@ -104,7 +105,8 @@ def model_card(cfg: RunConfig, bundle, image_size: int, num_classes: int | None,
     else:
         conditioning = Unconditional()
     channels = autoencoder.latent_channels if autoencoder is not None else bundle.channels
-    return ModelCard(Architecture.of_preset(cfg.model.preset), image_size, bundle.native_size, channels,
+    return ModelCard(Architecture(cfg.model.preset, architecture_kwargs(cfg.model.preset, cfg.model.architecture)),
+                     image_size, bundle.native_size, channels,
                      FrameworkSpec.from_dict(config_to_dict(cfg)["diffusion"]), cfg.diffusion.prediction,
                      conditioning, bundle.class_names if num_classes else None, cfg.data.dataset, prompts=prompts,
                      autoencoder=autoencoder)

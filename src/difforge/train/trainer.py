@@ -77,7 +77,7 @@ class Trainer(FaultHandling):
                               "each image, or --dataset fashion-colour")
         self.clip = self.load_clip(cfg.model.clip) if cfg.model.clip is not None else None  # unCLIP's decoder
         self.num_classes = self.train_set.num_classes if generate and not self.text and self.clip is None else None
-        mult = size_multiple(cfg.model.preset)
+        mult = size_multiple(cfg.model.preset, cfg.model.architecture)
         self.ae = self.ae_card = None  # latent diffusion: the frozen autoencoder
         if cfg.model.latent is not None:
             self.image_size = self.load_autoencoder(cfg.model.latent)
