@@ -5,17 +5,25 @@ from __future__ import annotations
 
 # Steps per sampler when not given (None: every timestep of the schedule). Heun makes two
 # denoiser calls per step (2N - 1 in all), so 25 Heun steps cost about 50 Euler steps.
-DEFAULT_STEPS = {"ddpm": None, "ddim": 50, "euler": 50, "euler-a": 50, "heun": 25, "dpmpp-2m": 25, "dpmpp-2m-sde": 25,
+# dpmpp-2m-sde: 10, the best FD per call of the sweep in benchmarks/sampler_sweep.md (fewer steps
+# beat 15 and 25 on a briefly trained model: the SDE's fresh noise corrects its errors).
+DEFAULT_STEPS = {"ddpm": None, "ddim": 50, "euler": 50, "euler-a": 50, "heun": 25, "dpmpp-2m": 25, "dpmpp-2m-sde": 10,
                  "dpmpp-3m": 25, "langevin": 50, "reverse-sde": 100, "pc": 50}
 # Sigma grid per sampler when not given: the discrete samplers step through the training
 # timesteps ("trailing" starts at the last one, Lin et al. 2024); the ODE/SDE solvers use
 # Karras et al. (2022)'s rho = 7 grid, which they were tuned with.
 DEFAULT_GRID = {"ddpm": "trailing", "ddim": "trailing", "langevin": "log-snr"}  # langevin: NCSN's geometric levels
 DEFAULT_GRID_OTHERS = "karras"
-# The sampler of every command, the API, the server and the final grids when none is given.
-DEFAULT_SAMPLER = "ddim"
-# Classifier-free guidance scale of a class-conditional model when none is given.
-DEFAULT_CFG = 3.0
+# The sampler of every command, the API, the server and the final grids when none is given:
+# chosen by benchmarks/sampler_sweep.py on the quick-start model (FD per network call, N = 2000,
+# three seed sets; the record and charts are benchmarks/results/sampler_sweep.{json,md,png}).
+DEFAULT_SAMPLER = "dpmpp-2m-sde"
+# Classifier-free guidance scale of a class-conditional model when none is given (the same
+# sweep: 3 over-saturates a briefly trained model).
+DEFAULT_CFG = 1.5
+# ... of a text-to-image model (and an unCLIP decoder): the scale its prompt-following
+# accuracy was measured at (benchmarks/results/text_to_image.json).
+DEFAULT_CFG_TEXT = 3.0
 
 
 def default_grid(sampler: str) -> str:

@@ -17,6 +17,7 @@ from torch import nn
 
 from difforge.defaults import (  # noqa: F401 - re-exported
     DEFAULT_CFG,
+    DEFAULT_CFG_TEXT,
     DEFAULT_GRID,
     DEFAULT_SAMPLER,
     DEFAULT_STEPS,
@@ -221,10 +222,11 @@ class Pipeline:
 
     @property
     def default_cfg(self) -> float | None:
-        """The guidance scale when none is given: DEFAULT_CFG, 1 (none) for a model without a
-        learned null class, None for an unconditional model."""
+        """The guidance scale when none is given: DEFAULT_CFG for class labels, DEFAULT_CFG_TEXT
+        for prompts and image embeddings, 1 (none) for a model without a learned null class,
+        None for an unconditional model."""
         if self.takes_text or self.takes_image_embeddings:
-            return DEFAULT_CFG
+            return DEFAULT_CFG_TEXT
         if not self.num_classes:
             return None
         return DEFAULT_CFG if self.card.conditioning.has_null else 1.0

@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from difforge.cli.common import DATASET_NAMES, GRID_NAMES, SAMPLER_NAMES, _fail, cli, data_config, no_progress_option
-from difforge.defaults import DEFAULT_CFG, DEFAULT_SAMPLER
+from difforge.defaults import DEFAULT_CFG, DEFAULT_CFG_TEXT, DEFAULT_SAMPLER
 
 
 @cli.command("train-classifier")
@@ -73,7 +73,8 @@ def _float_list(text: str) -> tuple[float, ...]:
               "conditional model); the real-vs-real floor uses as many training images.")
 @click.option("--npz", type=click.Path(dir_okay=False), help="Score these samples (images N,H,W,C uint8 and optional "
               "labels, as `sample --npz` writes) instead of sampling.")
-@click.option("--cfg", type=float, help=f"Classifier-free guidance scale. [default: {DEFAULT_CFG:g}]")
+@click.option("--cfg", type=float, help=f"Classifier-free guidance scale. [default: {DEFAULT_CFG:g} for classes, "
+              f"{DEFAULT_CFG_TEXT:g} for prompts]")
 @click.option("--cfg-sweep", help="Also sample and score N images at each of these guidance scales, e.g. 1,2,3,5.")
 @click.option("--sampler", type=click.Choice(SAMPLER_NAMES), default=DEFAULT_SAMPLER, show_default=True)
 @click.option("--steps", type=int, help="Sampler steps. [default: as for `sample`]")

@@ -6,7 +6,7 @@ import click
 
 from difforge.cli.common import GIF_FRAMES, GRID_NAMES, IMAGE_SUFFIXES, SAMPLER_NAMES, _fail, cli, no_progress_option
 from difforge.config import PRECISIONS
-from difforge.defaults import DEFAULT_CFG, DEFAULT_SAMPLER
+from difforge.defaults import DEFAULT_CFG, DEFAULT_CFG_TEXT, DEFAULT_SAMPLER
 
 # sampler options of `sample`: (flag, keyword of the sampler functions)
 SAMPLER_FLAGS = (("--eta", "eta"), ("--snr", "snr"), ("--corrector-steps", "corrector_steps"),
@@ -24,7 +24,8 @@ SAMPLER_FLAGS = (("--eta", "eta"), ("--snr", "snr"), ("--corrector-steps", "corr
 @click.option("--prompts-file", type=click.Path(dir_okay=False), help="Text-to-image models: prompts, one per line.")
 @click.option("--negative-prompt", help="Text-to-image models: what to guide away from (replaces the empty prompt "
               "as classifier-free guidance's unconditional branch).")
-@click.option("--cfg", type=float, help=f"Classifier-free guidance scale (1: none). [default: {DEFAULT_CFG:g}]")
+@click.option("--cfg", type=float, help=f"Classifier-free guidance scale (1: none). [default: {DEFAULT_CFG:g} for "
+              f"classes, {DEFAULT_CFG_TEXT:g} for prompts]")
 @click.option("--cfg-rescale", type=float, default=0.0, help="Guidance rescale phi in [0, 1] (Lin et al. 2024; 0.7 is "
               "typical): pulls the guided prediction's spread back to the conditional one's. [default: 0, off]")
 @click.option("--cfg-interval", help="LO,HI: guide only at noise levels sigma in [LO, HI] and run the conditional "

@@ -6,7 +6,7 @@ from __future__ import annotations
 import click
 
 from difforge.cli.common import SAMPLER_NAMES, _fail, cli, no_progress_option
-from difforge.defaults import DEFAULT_CFG
+from difforge.defaults import DEFAULT_CFG, DEFAULT_CFG_TEXT
 
 
 def task_options(sampler_default: str):
@@ -21,7 +21,8 @@ def task_options(sampler_default: str):
         click.option("--negative-prompt", help="Text-to-image models: what to guide away from (replaces the empty "
                      "prompt in guidance)."),
         click.option("--cfg", type=float, help="Classifier-free guidance scale with --class or --prompt. "
-                     f"[default: {DEFAULT_CFG:g}; 1, none, with no --class, --prompt or --negative-prompt]"),
+                     f"[default: {DEFAULT_CFG:g} with --class, {DEFAULT_CFG_TEXT:g} with --prompt; 1, none, with "
+                     "neither and no --negative-prompt]"),
         click.option("--sampler", type=click.Choice(SAMPLER_NAMES), help=f"[default: {sampler_default}]"),
         click.option("--steps", type=int, help="Sampler steps (of the whole noise range)."),
         click.option("--eta", type=float, help="Fresh noise per step, for ddim and euler-a."),

@@ -19,7 +19,8 @@ class SamplingOptions(BaseModel):
     sampler: str = Field(DEFAULT_SAMPLER, description="ddpm, ddim, euler, euler-a, heun, dpmpp-2m, dpmpp-3m "
                                              "(see GET /v1/model).")
     steps: int | None = Field(None, ge=1, description="Sampler steps. Default: the sampler's own (GET /v1/model).")
-    cfg: float | None = Field(None, ge=0, le=100, description="Classifier-free guidance scale (1: none). Default 3.")
+    cfg: float | None = Field(None, ge=0, le=100, description="Classifier-free guidance scale (1: none). "
+                         "Default: the model's default_cfg (GET /v1/model).")
     seed: int | None = Field(None, ge=0, le=2**53, description="Image i uses seed + i. Default: a random seed, "
                              "returned in the response.")
     eta: float | None = Field(None, ge=0, le=10, description="Fresh noise per step (ddim, euler-a).")
