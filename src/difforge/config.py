@@ -12,7 +12,8 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, get_type_hints
 
-DATASETS = ("fashion-mnist", "fashion-colour", "digits", "folder", "prepared", "shards")
+DATASETS = ("fashion-mnist", "fashion-colour", "moving-fashion-mnist", "digits", "folder", "prepared", "shards")
+VIDEO_DATASETS = ("moving-fashion-mnist",)  # sets of clips (N, C, T, H, W)
 PRECISIONS = ("fp32", "bf16", "fp16", "auto")  # auto: bf16 where the device computes it natively (runtime.py)
 LR_SCHEDULES = ("onecycle", "cosine", "constant")
 TEXT_ENCODERS = ("scratch", "minilm")  # models/conditioning.py's, named here so that the CLI needs no torch
@@ -22,7 +23,8 @@ TEXT_ENCODERS = ("scratch", "minilm")  # models/conditioning.py's, named here so
 class DataConfig:
     """Where images come from and how they are shaped for the model."""
 
-    dataset: str = "fashion-mnist"  # fashion-mnist | fashion-colour | digits | folder | prepared (a `prepare` store)
+    dataset: str = "fashion-mnist"  # fashion-mnist | fashion-colour | moving-fashion-mnist (clips) | digits | folder
+    # | prepared (a `prepare` store)
     # | shards (WebDataset-layout tar shards)
     path: str | None = None  # idx folder for fashion-mnist / fashion-colour; image folder for `folder`; shards
     image_size: int | None = None  # model input size; None: native size rounded up
