@@ -283,6 +283,16 @@ def validate(cfg: RunConfig) -> RunConfig:
 
     need(f.schedule in SCHEDULES, f"unknown schedule {f.schedule!r}; expected one of {sorted(SCHEDULES)}")
     need(m.preset in PRESETS, f"unknown model {m.preset!r}; expected one of {sorted(PRESETS)}")
+    video_presets = sorted(name for name, p in PRESETS.items() if getattr(p.cls, "takes_clips", False))
+    if d.dataset in VIDEO_DATASETS:
+        need(m.preset in video_presets, f"dataset {d.dataset!r} is clips: train it with a video model "
+             f"({', '.join(video_presets)}), not {m.preset!r}")
+        need(m.task == "generate" and m.text_encoder is None and m.latent is None,
+             "a video model generates clips of pixels: no --task superres, text encoder or latent")
+        need(not t.eval_every, "train.eval_every: the in-training FD measures images, not clips; set it to 0")
+    else:
+        need(m.preset not in video_presets, f"model {m.preset!r} works on clips; dataset {d.dataset!r} is images "
+             f"(video datasets: {', '.join(VIDEO_DATASETS)})")
     checkpointable = sorted(name for name, p in PRESETS.items() if hasattr(p.cls, "grad_checkpoint"))
     need(not m.grad_checkpoint or m.preset in checkpointable, f"model {m.preset!r} does not support "
          f"model.grad_checkpoint; these do: {checkpointable}")
