@@ -111,7 +111,8 @@ def test_time_resampling_keeps_constant_clips():
 
 def _card(framework, prediction=None):
     spec = FrameworkSpec(framework=framework, timesteps=50)
-    return ModelCard(Architecture.of_preset("stunet-tiny"), 16, 16, 1, spec, prediction, VideoFrames(8, 3), ("a", "b", "c"))
+    return ModelCard(Architecture.of_preset("stunet-tiny"), 16, 16, 1, spec, prediction, VideoFrames(8, 3),
+                     ("a", "b", "c"))
 
 
 @pytest.mark.parametrize("framework", ["ddpm", "edm", "ve-sde", "vp-sde"])

@@ -8,6 +8,7 @@ options, builds a config and makes one call into the library.
   evaluate.py  evaluate, train-classifier, report
   clip.py      train-clip, clip-score
   tasks.py     inpaint, restore, denoise, upscale, interpolate
+  video.py     sample-video
   data.py      prepare, inspect
   serve.py     serve
 
@@ -25,6 +26,7 @@ from difforge.cli import (  # noqa: F401  (registers the commands)
     serve,
     tasks,
     train,
+    video,
 )
 from difforge.cli.common import (  # noqa: F401  (the names other modules and tests use)
     DATASET_NAMES,
