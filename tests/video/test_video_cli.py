@@ -56,10 +56,10 @@ def test_sample_video_with_given_frames(video_run, tmp_path, suffix):
     assert code == 0
     video = read_video(dest)
     assert video.shape[0] == 16
-    if suffix == ".gif":  # lossless: the given frames come back exactly (the first clip's, top-left)
+    if suffix == ".gif":  # lossless: the given frames come back exactly (the first clip's: 2 px in, pixels x2)
         for i in range(4):
             given = np.asarray(Image.open(frames[i]))
-            assert np.array_equal(video[i, :64:2, :64:2, 0], given)
+            assert np.array_equal(video[i, 4:68:2, 4:68:2, 0], given)
 
 
 def test_pipeline_returns_given_frames_exactly(video_run):
@@ -102,8 +102,9 @@ def test_write_video_round_trip(tmp_path):
     clips = torch.randint(0, 256, (2, 1, 5, 8, 8), dtype=torch.uint8)
     path = write_video(clips, tmp_path / "a.gif")
     back = read_video(path)
-    assert back.shape == (5, 8, 18, 3)  # two clips side by side, 2 px apart
-    assert np.array_equal(back[:, :, :8, 0], clips[0, 0].numpy())
+    assert back.shape == (5, 12, 22, 3)  # two clips side by side, 2 px around and between
+    assert np.array_equal(back[:, 2:10, 2:10, 0], clips[0, 0].numpy())
+    assert np.array_equal(back[:, 2:10, 12:20, 0], clips[1, 0].numpy())
     with pytest.raises(ValueError, match="cannot read video"):
         (tmp_path / "bad.mp4").write_bytes(b"not a video")
         read_video(tmp_path / "bad.mp4")
