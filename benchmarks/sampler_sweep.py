@@ -49,11 +49,19 @@ def screen_plan() -> list[dict]:
     for sampler in SAMPLERS:  # 10 and 25 calls per image (heun: 9 and 25)
         for steps in ([5, 13] if sampler == "heun" else [10, 25]):
             plan.append(setting(sampler, steps, 1.5))
-    for sampler in ["ddim", "dpmpp-2m", "dpmpp-2m-sde"]:  # guidance scale at 25 calls
+    for sampler in ["ddim", "dpmpp-2m-sde"]:  # guidance scale at 25 calls
         for cfg in [1.0, 2.0, 3.0]:
             plan.append(setting(sampler, 25, cfg))
+    # around the leader (dpmpp-2m-sde): fewer steps, scales near 1.5, guidance intervals
+    plan.append(setting("dpmpp-2m-sde", 15, 1.5))
+    for cfg in [1.25, 2.0, 3.0]:
+        plan.append(setting("dpmpp-2m-sde", 10, cfg))
+    for interval in [(0.3, 3.0), (1.0, 10.0)]:
+        plan.append(setting("dpmpp-2m-sde", 10, 2.0, interval=interval))
     plan.append(setting("dpmpp-2m-sde", 25, 3.0, rescale=0.7))  # what keeps strong guidance in range
     plan.append(setting("dpmpp-2m-sde", 25, 3.0, threshold=0.995))
+    for cfg in [1.0, 2.0, 3.0]:
+        plan.append(setting("dpmpp-2m", 25, cfg))
     return plan
 
 
@@ -91,7 +99,7 @@ def run(args) -> None:
     k = pipe.num_classes
     if args.stage == "final":
         plan = [setting(*s) for s in json.loads(args.final)] if args.final else []
-        n, seed_sets = 2000, [0, 1, 2]
+        n, seed_sets = 2000, [int(v) for v in args.seed_sets.split(",")]
     else:
         plan, n, seed_sets = screen_plan(), args.n, [0]
     for s in plan:
@@ -155,8 +163,10 @@ def label(e: dict) -> str:
 def chart(path: Path) -> None:
     from difforge.io.charts import xy_panels
 
-    record = load(path)
-    entries = summary(record["rows"])
+    rows = list(load(path)["rows"])
+    for extra in sorted(path.parent.glob(path.stem + "_*.json")):  # final-stage files written beside it
+        rows += load(extra)["rows"]
+    entries = summary(rows)
     screen = [e for e in entries if e["n"] == 500 and not e["rescale"] and not e["threshold"] and not e["interval"]]
     by_calls, by_cfg = {}, {}
     for sampler in SAMPLERS:
@@ -186,6 +196,7 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=500, help="images per setting in the screen stage")
     ap.add_argument("--final", help='JSON list of settings for the final stage: [[sampler, steps, cfg, rescale, '
                                     'threshold, interval], ...]')
+    ap.add_argument("--seed-sets", default="0,1,2", help="final stage: the seed sets to draw")
     ap.add_argument("--out", type=Path, default=OUT)
     ap.add_argument("--chart", action="store_true", help="draw the charts and the table from --out, then stop")
     args = ap.parse_args()

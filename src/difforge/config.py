@@ -12,7 +12,8 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, get_origin, get_type_hints
 
-DATASETS = ("fashion-mnist", "fashion-colour", "digits", "folder", "prepared", "shards")
+DATASETS = ("fashion-mnist", "fashion-colour", "moving-fashion-mnist", "digits", "folder", "prepared", "shards")
+VIDEO_DATASETS = ("moving-fashion-mnist",)  # sets of clips (N, C, T, H, W)
 PRECISIONS = ("fp32", "bf16", "fp16", "auto")  # auto: bf16 where the device computes it natively (runtime.py)
 LR_SCHEDULES = ("onecycle", "cosine", "constant")
 TEXT_ENCODERS = ("scratch", "minilm")  # models/conditioning.py's, named here so that the CLI needs no torch
@@ -22,8 +23,8 @@ TEXT_ENCODERS = ("scratch", "minilm")  # models/conditioning.py's, named here so
 class DataConfig:
     """Where images come from and how they are shaped for the model."""
 
-    # fashion-mnist | fashion-colour | digits | folder | prepared (a `prepare` store) | shards (WebDataset-layout tar
-    # shards)
+    # fashion-mnist | fashion-colour | moving-fashion-mnist (clips) | digits | folder | prepared (a `prepare` store)
+    # | shards (WebDataset-layout tar shards)
     dataset: str = "fashion-mnist"
     path: str | None = None  # idx folder for fashion-mnist / fashion-colour; image folder for `folder`; shards
     image_size: int | None = None  # model input size; None: native size rounded up
@@ -308,6 +309,16 @@ def validate(cfg: RunConfig) -> RunConfig:
             check_architecture(m.preset, m.architecture)
         except ValueError as e:
             raise ConfigError(f"model.architecture: {e}") from None
+    video_presets = sorted(name for name, p in PRESETS.items() if getattr(p.cls, "takes_clips", False))
+    if d.dataset in VIDEO_DATASETS:
+        need(m.preset in video_presets, f"dataset {d.dataset!r} is clips: train it with a video model "
+             f"({', '.join(video_presets)}), not {m.preset!r}")
+        need(m.task == "generate" and m.text_encoder is None and m.latent is None,
+             "a video model generates clips of pixels: no --task superres, text encoder or latent")
+        need(not t.eval_every, "train.eval_every: the in-training FD measures images, not clips; set it to 0")
+    else:
+        need(m.preset not in video_presets, f"model {m.preset!r} works on clips; dataset {d.dataset!r} is images "
+             f"(video datasets: {', '.join(VIDEO_DATASETS)})")
     checkpointable = sorted(name for name, p in PRESETS.items() if hasattr(p.cls, "grad_checkpoint"))
     need(not m.grad_checkpoint or m.preset in checkpointable, f"model {m.preset!r} does not support "
          f"model.grad_checkpoint; these do: {checkpointable}")

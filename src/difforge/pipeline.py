@@ -35,6 +35,7 @@ from difforge.sampling import (
     CFGDenoiser,
     ClampDenoiser,
     DynamicThresholdDenoiser,
+    KeepGivenDenoiser,
     checked_sampler,
     get_sampler,
     per_sample_generators,
@@ -355,6 +356,8 @@ class Pipeline:
         """
         if self.card.task == "superres":
             raise ValueError("this is a super-resolution model: use `difforge upscale` (difforge.tasks.upscale)")
+        if self.takes_clips:
+            raise ValueError("this is a video model: use generate_video (difforge sample-video)")
         if output_type not in OUTPUT_TYPES:
             raise ValueError(f"unknown output_type {output_type!r}; expected one of {list(OUTPUT_TYPES)}")
         sample_fn = self._sampler(sampler, options)
@@ -375,6 +378,124 @@ class Pipeline:
             x = sample_fn(den, x, sigmas, generator=gens, callback=callback, cond=part, **options)
             out.append(self.to_images(x))
         return uint8_as(torch.cat(out), output_type), None if labels is None else cond.cpu()
+
+    # ------------------------------------------------------------ video
+    @property
+    def takes_clips(self) -> bool:
+        """Whether this is a video model (samples are clips (C, T, H, W); `generate_video`)."""
+        return self.card.frames is not None
+
+    def video_denoiser(self, cfg: float | None = None, clip: bool = True) -> nn.Module:
+        """A video model's D(x, sigma, FrameCond): classifier-free guidance against the null
+        (the null label, no frame observed; default scale DEFAULT_CFG with classes, else 1),
+        x0 clipped to [-1, 1], and the observed frames put back exactly (`KeepGivenDenoiser`)."""
+        spec = self.card.conditioning
+        scale = (DEFAULT_CFG if spec.num_classes else 1.0) if cfg is None else float(cfg)
+        d: nn.Module = self.model
+        if scale != 1.0:
+            d = CFGDenoiser(d, scale, null=spec.null(1, self.device))
+        return KeepGivenDenoiser(ClampDenoiser(d) if clip else d)
+
+    def video_condition(self, n: int | None, labels=None, given: torch.Tensor | None = None,
+                        mask: torch.Tensor | None = None) -> tuple[int, Any]:
+        """(n, FrameCond) for n clips: class `labels` (one for all, or one each; None: the
+        null), `given` float clips (N or 1, C, T, h, w) in [-1, 1] at the native size whose
+        frames at `mask` ((T,) or (N, T) bool) are observed. One-line errors for shapes,
+        counts, labels to a model without classes, or a mask that observes every frame."""
+        from difforge.models.frames import FrameCond
+
+        spec, t = self.card.conditioning, self.card.frames
+        if (given is None) != (mask is None):
+            raise ValueError("give the observed frames and their mask together")
+        if given is not None:
+            if not isinstance(given, torch.Tensor) or given.ndim != 5:
+                raise ValueError(f"given frames must be clips (N, C, T, H, W), got "
+                                 f"{tuple(given.shape) if isinstance(given, torch.Tensor) else type(given).__name__}")
+            if given.shape[2] != t:
+                raise ValueError(f"given clips have {given.shape[2]} frames; this model makes {t}")
+            frames = self.card.check_images(given.transpose(1, 2).reshape(-1, *given.shape[-3:]), "given frame")
+            given = self.card.to_model(frames.view(given.shape[0], t, *frames.shape[1:]).transpose(1, 2), -1.0)
+            mask = torch.as_tensor(mask, dtype=torch.bool)
+            mask = mask.expand(given.shape[0], t) if mask.ndim == 1 else mask
+            if mask.shape[-1] != t or mask.ndim != 2:
+                raise ValueError(f"the frame mask must be ({t},) or (N, {t}), got {tuple(mask.shape)}")
+            if mask.all():
+                raise ValueError("every frame is given: nothing is left to make")
+            n = given.shape[0] if n is None else n
+            if given.shape[0] != n and given.shape[0] != 1 or mask.shape[0] not in (1, n):
+                raise ValueError(f"got {given.shape[0]} given clips for {n} clips (give one for all, or one each)")
+        n = _count(n)
+        if labels is not None:
+            if not spec.num_classes:
+                raise ValueError("this model is unconditional: it takes no class labels")
+            labels = torch.as_tensor(labels, dtype=torch.long).reshape(-1)
+            bad = (labels < 0) | (labels > spec.num_classes)
+            if bad.any():
+                raise ValueError(f"labels must be in 0..{spec.num_classes - 1} (or {spec.num_classes}, the null "
+                                 f"class: unconditional), got {int(labels[bad][0])}")
+            if len(labels) not in (1, n):
+                raise ValueError(f"got {len(labels)} labels for {n} clips (give one for all, or one per clip)")
+            labels = labels.expand(n).clone()
+        null = spec.null(n)
+        if labels is None:
+            labels = null.labels
+        if given is None:
+            return n, FrameCond(null.mask, None, labels).to(self.device)
+        rows = torch.zeros(n, dtype=torch.long) if given.shape[0] == 1 else torch.arange(n)
+        mrows = torch.zeros(n, dtype=torch.long) if mask.shape[0] == 1 else torch.arange(n)
+        return n, FrameCond.given(given[rows], mask[mrows], labels).to(self.device)
+
+    @torch.no_grad()
+    def sample_video(
+        self,
+        n: int | None = None,
+        labels: torch.Tensor | None = None,
+        *,
+        given: torch.Tensor | None = None,
+        mask: torch.Tensor | None = None,
+        cfg: float | None = None,
+        sampler: str = "ddim",
+        steps: int | None = None,
+        grid: str | None = None,
+        seed: int = 0,
+        seeds: Sequence[int] | None = None,
+        batch_size: int = 16,
+        clip: bool = True,
+        callback: Callable[[dict], None] | None = None,
+        **options,
+    ) -> torch.Tensor:
+        """Sample clips with any frames given: float (N, C, T, h, w) in [-1, 1] at the native
+        size, the frames at `mask` equal to `given`'s (`video_condition` says what may be
+        given). Clip i uses seed `seed + i` (or `seeds[i]`). The building block of
+        prediction (the first frames given), interpolation (every other frame), infilling,
+        and of longer videos made window by window."""
+        if not self.takes_clips:
+            raise ValueError("this is not a video model: use generate")
+        sample_fn = self._sampler(sampler, options)
+        options = self.sampler_defaults(sampler, options)
+        n, cond = self.video_condition(n, labels, given, mask)
+        gens_of = _noise_source(n, seed, seeds, None)
+        den = self.video_denoiser(cfg, clip).to(self.device)
+        sigmas = self.sigmas(sampler, steps, grid)
+        size, c, t = self.card.image_size, self.card.channels, self.card.frames
+        prior_std = self.model.prior_std(float(sigmas[0]))
+        out = []
+        for start in range(0, n, batch_size):
+            stop = min(n, start + batch_size)
+            gens = gens_of(start, stop)
+            x = (randn_like(torch.empty(stop - start, c, t, size, size), gens) * prior_std).to(self.device)
+            part = cond[start:stop]
+            x = sample_fn(den, x, sigmas, generator=gens, callback=callback, cond=part, **options)
+            out.append(self.card.from_model(part.keep_given(x).float()).cpu())
+        return torch.cat(out)
+
+    def generate_video(self, n: int | None = None, labels: torch.Tensor | None = None, **kwargs
+                       ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """`sample_video` as uint8 clips (N, C, T, h, w), and the labels (None without)."""
+        from difforge.io.space import to_uint8
+
+        clips = self.sample_video(n, labels, **kwargs)
+        return to_uint8(clips), None if labels is None else torch.as_tensor(labels).reshape(-1).expand(len(clips))
 
     @torch.no_grad()
     def upscale(self, low: torch.Tensor, *, cfg: float | None = None, sampler: str = "ddpm", steps: int = 50,
@@ -426,6 +547,19 @@ class Pipeline:
         from difforge.io import save_grid
 
         return save_grid(images, path, **self._layout(images, labels, per_row))
+
+    def save_video_grid(self, clips: torch.Tensor, path: str | Path) -> Path:
+        """uint8 clips (N, C, T, h, w) as one PNG: a row of T frames per clip."""
+        from difforge.io.video import save_frames_grid
+
+        return save_frames_grid(clips, path, scale=2 if clips.shape[-1] <= 32 else 1)
+
+    def save_video(self, clips: torch.Tensor, path: str | Path, fps: int = 8) -> Path:
+        """uint8 clips (N, C, T, h, w) as one video, the clips side by side (`difforge.io.video.write_video`:
+        .gif with PIL, .mp4 with PyAV)."""
+        from difforge.io.video import write_video
+
+        return write_video(clips, path, fps=fps, scale=2 if clips.shape[-1] <= 32 else 1)
 
     def save_gif(self, frames: Sequence[torch.Tensor], path: str | Path, labels: torch.Tensor | None = None) -> Path:
         """uint8 image batches, one per frame, as an animated GIF of grids laid out as `save_grid`."""

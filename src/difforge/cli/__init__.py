@@ -9,6 +9,7 @@ options, builds a config and makes one call into the library.
   clip.py      train-clip, clip-score
   unclip.py    train-prior, unclip, variations
   tasks.py     inpaint, restore, denoise, upscale, interpolate
+  video.py     sample-video
   data.py      prepare, inspect
   serve.py     serve
 
@@ -27,6 +28,7 @@ from difforge.cli import (  # noqa: F401  (registers the commands)
     tasks,
     train,
     unclip,
+    video,
 )
 from difforge.cli.common import (  # noqa: F401  (the names other modules and tests use)
     DATASET_NAMES,

@@ -19,6 +19,8 @@ SAMPLER_NAMES = ("ddpm", "ddim", "euler", "euler-a", "heun", "dpmpp-2m", "dpmpp-
 FRAMEWORK_NAMES = ("ddpm", "ncsn", "vp-sde", "subvp-sde", "ve-sde", "edm")  # difforge.diffusion.frameworks
 GRID_NAMES = ("leading", "trailing", "linspace", "karras", "log-snr")
 DATASET_NAMES = ("fashion-mnist", "fashion-colour", "digits")  # the built-in datasets --dataset offers
+TRAIN_DATASET_NAMES = DATASET_NAMES + ("moving-fashion-mnist",)  # ... and train's, clips too
+FROM_FASHION_MNIST = ("fashion-colour", "moving-fashion-mnist")  # built from a Fashion-MNIST idx folder (--data)
 GIF_FRAMES = 16  # at most this many frames of the denoising, plus the final images
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")  # what a grid or picture --out may end in
 
@@ -68,6 +70,8 @@ def data_kind(dataset: str | None, data_path: str) -> str:
     if not path.exists() and "{" not in data_path:  # a brace pattern names shards
         raise FileNotFoundError(f"--data {data_path}: no such file or directory")
     kind = _guess_dataset(path)
+    if dataset in FROM_FASHION_MNIST and kind == "fashion-mnist":
+        return dataset
     if dataset is not None and dataset != kind:
         what = {"prepared": "a prepared store", "fashion-mnist": "a folder of Fashion-MNIST idx files",
                 "folder": "an image folder", "shards": "tar shards"}[kind]

@@ -9,20 +9,29 @@ from typing import Any, Union, get_args, get_origin, get_type_hints
 
 import click
 
-from difforge.cli.common import DATASET_NAMES, FRAMEWORK_NAMES, _fail, cli, data_kind, no_progress_option
+from difforge.cli.common import (
+    DATASET_NAMES,
+    FRAMEWORK_NAMES,
+    TRAIN_DATASET_NAMES,
+    _fail,
+    cli,
+    data_kind,
+    no_progress_option,
+)
 from difforge.config import LR_SCHEDULES, PRECISIONS, SECTIONS, TEXT_ENCODERS, RunConfig
 
 # Option -> (config key, click type where the key's own type is not enough, help), in the
 # order --help lists them. A bool key makes a flag: "--x/--no-x" sets either value, "--x"
 # only turns it on; unset options leave the key to --config and the defaults.
 OPTIONS: dict[str, tuple[str, Any, str]] = {
-    "--dataset": ("data.dataset", click.Choice(DATASET_NAMES), "Built-in dataset. [default: fashion-mnist]"),
+    "--dataset": ("data.dataset", click.Choice(TRAIN_DATASET_NAMES), "Built-in dataset (moving-fashion-mnist: "
+                  "clips, for --model stunet). [default: fashion-mnist]"),
     "--data": ("data.path", click.Path(), "Image folder (sub-folders = classes; flat = unconditional), a folder of "
                "Fashion-MNIST idx files, a `difforge prepare` store, or WebDataset-layout tar shards "
                "(a folder of .tar, one .tar, or a brace pattern such as 'shards/{000000..000009}.tar')."),
     "--out": ("out", None, "Run directory. [default: runs/default]"),
     "--model": ("model.preset", None, "Model preset: unet (default), unet-seed (the article's), tiny, "
-                "diffusers-unet (diffusers' UNet2DModel: exports to diffusers), ..."),
+                "diffusers-unet (diffusers' UNet2DModel: exports to diffusers), stunet (clips), ..."),
     "--max-steps": ("train.max_steps", None, "Stop after this many optimiser steps (wins over --epochs)."),
     "--epochs": ("train.epochs", None, "Passes over the training split. [default: 1 when --max-steps is absent]"),
     "--batch-size": ("train.batch_size", None, "Images per step. [default: 128]"),

@@ -11,6 +11,7 @@ import dataclasses
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -38,11 +39,13 @@ class ImageDataset:
     captions: list[str] | None = None
     attributes: dict[str, torch.Tensor] | None = None
 
+    layout: ClassVar[str] = "(N, C, H, W)"  # what one sample of `images` is; VideoDataset: clips
+
     def __post_init__(self) -> None:
         x, y = self.images, self.labels
-        if not isinstance(x, torch.Tensor) or x.dtype != torch.uint8 or x.ndim != 4:
+        if not isinstance(x, torch.Tensor) or x.dtype != torch.uint8 or x.ndim != self.layout.count(",") + 1:
             got = f"{x.dtype} {tuple(x.shape)}" if isinstance(x, torch.Tensor) else type(x).__name__
-            raise ValueError(f"images must be a uint8 tensor (N, C, H, W), got {got}")
+            raise ValueError(f"images must be a uint8 tensor {self.layout}, got {got}")
         if x.shape[1] not in (1, 3):
             raise ValueError(f"images must have 1 or 3 channels, got {x.shape[1]}")
         if (y is None) != (self.class_names is None):
@@ -77,7 +80,7 @@ class ImageDataset:
     def __repr__(self) -> str:
         return (
             f"ImageDataset(name={self.name!r}, n={len(self)}, channels={self.channels}, "
-            f"size={self.images.shape[2]}x{self.images.shape[3]}, num_classes={self.num_classes}"
+            f"size={self.images.shape[-2]}x{self.images.shape[-1]}, num_classes={self.num_classes}"
             + (", captioned" if self.captions is not None else "")
             + (f", attributes={sorted(self.attributes)}" if self.attributes else "")
             + ")"
@@ -93,13 +96,16 @@ class ImageDataset:
 
     @property
     def size(self) -> int:
-        return self.images.shape[2]
+        return self.images.shape[-1]
 
     def subset(self, indices: Sequence[int] | np.ndarray | torch.Tensor) -> ImageDataset:
         """The images (and labels, captions, attributes) at `indices`, in that order; copies."""
         idx = torch.as_tensor(np.asarray(indices) if not isinstance(indices, torch.Tensor) else indices)
-        idx = idx.to(torch.int64).reshape(-1)
-        return self.replace(
+        return self.replace(**self._selected(idx.to(torch.int64).reshape(-1)))
+
+    def _selected(self, idx: torch.Tensor) -> dict:
+        """The per-sample fields at the int64 indices `idx` (what `subset` replaces)."""
+        return dict(
             images=self.images.index_select(0, idx),
             labels=None if self.labels is None else self.labels.index_select(0, idx),
             captions=None if self.captions is None else [self.captions[i] for i in idx.tolist()],
@@ -111,6 +117,39 @@ class ImageDataset:
         """A copy with `changes` (field name -> value); every other field is carried over.
         The one way to rebuild a dataset from another, so that no field is forgotten."""
         return dataclasses.replace(self, **changes)
+
+
+@dataclass(frozen=True, eq=False, repr=False)
+class VideoDataset(ImageDataset):
+    """Clips as uint8 (N, C, T, H, W): a sample is a clip of T frames. Labels, captions and
+    attributes are per clip, as an ImageDataset's are per image. `trajectories`, when known
+    (a synthetic set), are float32 (N, K, T, 2): the (row, column) of the top-left corner of
+    each of the clip's K objects in every frame, NaN for an object a clip does not have;
+    `subset` keeps them aligned."""
+
+    trajectories: torch.Tensor | None = None
+
+    layout: ClassVar[str] = "(N, C, T, H, W)"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        tr = self.trajectories
+        if tr is not None and (not isinstance(tr, torch.Tensor) or tr.ndim != 4 or tr.shape[0] != len(self)
+                               or tr.shape[2] != self.frames or tr.shape[3] != 2):
+            got = tuple(tr.shape) if isinstance(tr, torch.Tensor) else type(tr).__name__
+            raise ValueError(f"trajectories must be (N, K, T, 2) = ({len(self)}, K, {self.frames}, 2), got {got}")
+
+    @property
+    def frames(self) -> int:
+        return self.images.shape[2]
+
+    def __repr__(self) -> str:
+        return super().__repr__().replace("ImageDataset(", "VideoDataset(", 1).replace(
+            ", size=", f", frames={self.frames}, size=", 1)
+
+    def _selected(self, idx: torch.Tensor) -> dict:
+        tr = self.trajectories
+        return {**super()._selected(idx), "trajectories": None if tr is None else tr.index_select(0, idx)}
 
 
 def _val_count(fraction: float, n: int) -> int:
@@ -168,5 +207,5 @@ def _with_channels(ds: ImageDataset, channels: int | None) -> ImageDataset:
     if channels is None or channels == ds.channels:
         return ds
     if channels == 3 and ds.channels == 1:
-        return ds.replace(images=ds.images.repeat(1, 3, 1, 1))
+        return ds.replace(images=ds.images.repeat(1, 3, *(1,) * (ds.images.ndim - 2)))
     raise ValueError(f"dataset {ds.name!r} has {ds.channels} channel(s); cannot give {channels}")

@@ -9,6 +9,7 @@ from difforge.data.digits import load_digits
 from difforge.data.fashion_colour import load_fashion_colour
 from difforge.data.folder import load_image_folder
 from difforge.data.idx import load_fashion_mnist
+from difforge.data.moving import load_moving_fashion_mnist
 from difforge.data.shards import load_shards
 from difforge.data.store import load_store
 
@@ -21,6 +22,9 @@ def load_dataset(cfg: DataConfig) -> DatasetBundle:
     fashion-colour: the captioned colour set drawn from Fashion-MNIST (`data/fashion_colour.py`,
       seed 0): train/val from the 60k train part (no held-out garment x colour pair),
       test from the t10k part; `cfg.path` overrides the Fashion-MNIST folder.
+    moving-fashion-mnist: clips (N, 1, 16, 32, 32) of garments moving in a frame
+      (`data/moving.py`, seed 0): train/val from 6000 clips of the 60k train part, test
+      from 1000 clips of the t10k part; `cfg.path` overrides the Fashion-MNIST folder.
     digits: train/val from all 1797 images; test None (too few to spare; val is held out).
     folder: train/val from the images under `cfg.path`; test None; `cfg.image_size`,
       when given, is the load size, else see `load_image_folder`.
@@ -39,6 +43,8 @@ def load_dataset(cfg: DataConfig) -> DatasetBundle:
         full, test = load_fashion_mnist(cfg.path)
     elif cfg.dataset == "fashion-colour":
         full, test = load_fashion_colour(cfg.path)
+    elif cfg.dataset == "moving-fashion-mnist":
+        full, test = load_moving_fashion_mnist(cfg.path)
     elif cfg.dataset == "digits":
         full = load_digits()
     elif cfg.dataset == "folder":

@@ -130,6 +130,11 @@ class ModelCard:
         return self.autoencoder is not None
 
     @property
+    def frames(self) -> int | None:
+        """The clip length of a video model (its samples are (C, T, H, W)); None for images."""
+        return getattr(self.conditioning, "frames", None) if self.conditioning.kind == "video-frames" else None
+
+    @property
     def pixel_channels(self) -> int:
         """The channels of the images the model makes (its latents' for a latent model differ)."""
         return self.autoencoder.channels if self.autoencoder is not None else self.channels

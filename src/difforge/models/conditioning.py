@@ -18,8 +18,13 @@ what label dropout trains), and `to_dict` / `from_dict`:
   kind's conditioner (a byte tokenizer for a text encoder trained with the model, GLIDE;
   or a frozen pretrained encoder, Imagen / Stable Diffusion); the null is the empty prompt.
 
-To add a kind (observed video frames + mask): a dataclass with these members whose `null`
-builds the kind's null value (an all-unobserved mask), registered in `KINDS`.
+- `VideoFrames`: a video model's clips of `frames` frames, conditioned on any observed
+  frames and, with `num_classes`, a class label per clip (Flexible Diffusion Models,
+  Harvey et al. 2022); the value is a `difforge.models.frames.FrameCond`, its null the
+  null label with every frame unobserved.
+
+To add a kind: a dataclass with these members whose `null` builds the kind's null value,
+registered in `KINDS`.
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ from typing import Any, ClassVar, Protocol
 import torch
 import torch.nn.functional as F
 
+from difforge.models.frames import FrameCond, training_masks
 from difforge.models.text import ScratchConditioner, TextCond, TextConditioner
 
 
@@ -327,6 +333,60 @@ class CLIPImageEmbedding:
         keep = (torch.rand((len(emb),), generator=generator) >= p).to(emb.device)
         return torch.where(keep[:, None], emb, torch.zeros_like(emb))
 
+
+# ---------------------------------------------------------------- video
+
+
+@dataclass(frozen=True)
+class VideoFrames:
+    """A video model: clips of `frames` frames (B, C, T, H, W), conditioned on observed
+    frames and a mask (Flexible Diffusion Models, Harvey et al. 2022), which the network
+    reads as C + 1 extra input channels (the frames, zero where unobserved, and the mask),
+    and with `num_classes` on a class label per clip. The value is a `FrameCond`; its null
+    (the unconditional branch of classifier-free guidance) is the null label (`num_classes`)
+    with no frame observed. Training draws masks with `difforge.models.frames.training_masks`
+    (none / the first k / a random subset); a dropped label drops the frames too."""
+
+    kind: ClassVar[str] = "video-frames"
+    task: ClassVar[str] = "generate"
+    frames: int
+    num_classes: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.frames < 1:
+            raise ValueError(f"a video model needs frames >= 1, got {self.frames}")
+        if self.num_classes is not None and self.num_classes < 1:
+            raise ValueError(f"a class-conditional model needs num_classes >= 1, got {self.num_classes}")
+
+    @property
+    def null_label(self) -> int | None:
+        return self.num_classes
+
+    @property
+    def has_null(self) -> bool:
+        return True
+
+    def network_kwargs(self, channels: int) -> dict[str, Any]:
+        return {"num_classes": self.num_classes, "cond_channels": channels + 1}
+
+    def null(self, n: int, device=None) -> FrameCond:
+        labels = None if self.num_classes is None else torch.full((n,), self.num_classes, dtype=torch.long,
+                                                                   device=device)
+        return FrameCond(torch.zeros((n, self.frames), dtype=torch.bool, device=device), None, labels)
+
+    def training_cond(self, labels: torch.Tensor | None, n: int, p: float,
+                      generator: torch.Generator | None = None) -> FrameCond:
+        """A training batch's conditioning without its frames (`FrameCond.observe` adds them):
+        labels dropped to the null with probability `p` (classifier-free guidance), then the
+        observed-frame masks (`training_masks`), none where the label was dropped. A model
+        without classes drops nothing and keeps every mask. Draws from `generator`."""
+        dropped = torch.rand((n,), generator=generator) < p if p > 0 else torch.zeros(n, dtype=torch.bool)
+        if self.num_classes is None:
+            labels, dropped = None, torch.zeros(n, dtype=torch.bool)
+        else:
+            labels = torch.where(dropped, self.num_classes, labels.cpu())
+        return FrameCond(training_masks(n, self.frames, generator, dropped), None, labels)
+
     def to_dict(self) -> dict[str, Any]:
         return _plain(self)
 
@@ -336,7 +396,7 @@ class CLIPImageEmbedding:
 
 
 KINDS: dict[str, type] = {cls.kind: cls for cls in (Unconditional, ClassLabels, LowResImage, TextPrompts,
-                                                    CLIPImageEmbedding)}
+                                                    CLIPImageEmbedding, VideoFrames)}
 
 
 def conditioning_from_dict(d: Mapping[str, Any]) -> Conditioning:

@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from difforge.models.diffusers_unet import DiffusersUNet
+from difforge.models.stunet import STUNet
 from difforge.models.unet import UNet
 from difforge.models.unet_seed import SeedUNet
 
@@ -58,6 +59,25 @@ PRESETS: dict[str, Preset] = {
         dict(base_channels=8, channel_mults=(1, 2), num_res_blocks=1, attention_levels=(), num_heads=2),
         "a very small UNet for fast tests (attention in the middle block only)",
     ),
+    "stunet": Preset(
+        STUNet,
+        dict(base_channels=32, channel_mults=(1, 2, 2), num_res_blocks=1, attention_levels=(2,), num_heads=4,
+             time_down=True, max_frames=16),
+        "space-time UNet for clips (B, C, T, H, W) (Lumiere / Video Diffusion Models): per-frame convolutions and "
+        "attention, temporal convolutions and attention, down- and upsampling in space and time; ~1.5M params",
+    ),
+    "stunet-space-down": Preset(
+        STUNet,
+        dict(base_channels=32, channel_mults=(1, 2, 2), num_res_blocks=1, attention_levels=(2,), num_heads=4,
+             time_down=False, max_frames=16),
+        "stunet without temporal down- and upsampling (every level keeps all frames)",
+    ),
+    "stunet-tiny": Preset(
+        STUNet,
+        dict(base_channels=8, channel_mults=(1, 2), num_res_blocks=1, attention_levels=(1,), num_heads=2,
+             time_down=True, max_frames=16),
+        "a very small space-time UNet for fast tests",
+    ),
     # kwargs: a diffusers UNet2DModel config; an imported model records its own (`difforge import`)
     "diffusers-unet": Preset(
         DiffusersUNet,
@@ -68,7 +88,7 @@ PRESETS: dict[str, Preset] = {
     ),
 }
 # the networks that take an SR3 conditioning image as extra input channels
-TAKES_COND_IMAGE = (UNet, DiffusersUNet)
+TAKES_COND_IMAGE = (UNet, DiffusersUNet, STUNet)
 # the networks that take text (cross-attention to tokens, a pooled vector, a scratch text encoder)
 TAKES_TEXT = (UNet,)
 
@@ -138,6 +158,11 @@ def check_architecture(preset: str, overrides: Mapping[str, Any]) -> None:
     except (TypeError, ValueError, AssertionError, IndexError, KeyError, ZeroDivisionError) as e:
         raise ValueError(f"model {preset!r} cannot be built with {dict(overrides)} "
                          f"({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
+
+
+def takes_clips(preset: str) -> bool:
+    """Whether the preset's network works on clips (B, C, T, H, W) (a video model)."""
+    return bool(getattr(_preset(preset).cls, "takes_clips", False))
 
 
 def size_multiple(preset: str, overrides: Mapping[str, Any] | None = None) -> int:

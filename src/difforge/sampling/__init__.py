@@ -12,7 +12,7 @@ from difforge.sampling.ddim import sample_ddim
 from difforge.sampling.ddpm import sample_ddpm
 from difforge.sampling.dpmpp import sample_dpmpp_2m, sample_dpmpp_2m_sde, sample_dpmpp_3m
 from difforge.sampling.euler import sample_euler, sample_euler_ancestral
-from difforge.sampling.guidance import CFGDenoiser, ClampDenoiser, DynamicThresholdDenoiser
+from difforge.sampling.guidance import CFGDenoiser, ClampDenoiser, DynamicThresholdDenoiser, KeepGivenDenoiser
 from difforge.sampling.heun import sample_heun
 from difforge.sampling.langevin import sample_langevin, sample_pc, sample_reverse_sde
 from difforge.sampling.noise import per_sample_generators, randn_like
@@ -98,6 +98,7 @@ __all__ = [
     "sample_pc",
     "CFGDenoiser",
     "ClampDenoiser",
+    "KeepGivenDenoiser",
     "DynamicThresholdDenoiser",
     "per_sample_generators",
     "randn_like",

@@ -167,3 +167,18 @@ class DynamicThresholdDenoiser(nn.Module):
 
     def forward(self, x: torch.Tensor, sigma, cond: torch.Tensor | None = None) -> torch.Tensor:
         return dynamic_threshold(self.inner(x, sigma, cond), self.p, self.max_value)
+
+
+class KeepGivenDenoiser(nn.Module):
+    """Observed frames put back exactly: D(x, sigma, cond) with the frames a video model's
+    cond observes (`cond.keep_given`, `difforge.models.frames.FrameCond`) in place of the
+    estimate there. A sampler that ends on D's estimate then returns the given frames as
+    they were given; the other frames are denoised knowing them."""
+
+    def __init__(self, denoiser: nn.Module):
+        super().__init__()
+        self.inner = denoiser
+
+    def forward(self, x: torch.Tensor, sigma, cond: Any = None) -> torch.Tensor:
+        out = self.inner(x, sigma, cond)
+        return out if cond is None else cond.keep_given(out)

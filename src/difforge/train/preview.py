@@ -25,6 +25,8 @@ def draw_previews(trainer, name: str, nets: tuple[tuple[str, nn.Module], ...],
             path = trainer.run_dir / "samples" / f"{name}{tag}.png"
             if trainer.cond_image is not None:
                 yield tag, _upscale_preview(trainer, net, path)
+            elif getattr(trainer, "video", False):
+                yield tag, _video_preview(trainer, net, path, name + tag)
             else:
                 yield tag, _sample_grid(trainer, net, path, name + tag, per_class)
         finally:
@@ -35,6 +37,24 @@ def _upscale_preview(trainer, net: nn.Module, path: Path) -> Path:
     bundle = trainer.bundle
     held_out = (bundle.val if bundle.val is not None and len(bundle.val) else trainer.train_set).images
     return trainer.pipeline(net).save_upscale_grid(held_out, path)
+
+
+VIDEO_PREVIEW_STEPS = 25  # DDIM steps of a video preview (a clip costs T images per step)
+
+
+def _video_preview(trainer, net: nn.Module, path: Path, title: str) -> Path:
+    """A video model's preview: one clip per class (8 clips without classes), one row of
+    frames per clip in NAME.png, and the clips side by side as NAME.gif."""
+    from tqdm.auto import tqdm
+
+    pipe = trainer.pipeline(net)
+    labels = pipe.default_labels(per_class=1)
+    n = len(labels) if labels is not None else 8
+    with tqdm(total=VIDEO_PREVIEW_STEPS * -(-n // 16), desc=f"samples/{title}.png", unit="step", leave=False,
+              disable=not trainer.progress, dynamic_ncols=True) as bar:
+        clips, _ = pipe.generate_video(n, labels, seed=0, steps=VIDEO_PREVIEW_STEPS, callback=lambda d: bar.update(1))
+    pipe.save_video(clips, path.with_suffix(".gif"))
+    return pipe.save_video_grid(clips, path)
 
 
 def _sample_grid(trainer, net: nn.Module, path: Path, title: str, per_class: int) -> Path:

@@ -16,7 +16,14 @@ from difforge.config import (
 )
 from difforge.diffusion.frameworks import FrameworkSpec
 from difforge.models.card import Architecture, ModelCard
-from difforge.models.conditioning import ClassLabels, CLIPImageEmbedding, LowResImage, TextPrompts, Unconditional
+from difforge.models.conditioning import (
+    ClassLabels,
+    CLIPImageEmbedding,
+    LowResImage,
+    TextPrompts,
+    Unconditional,
+    VideoFrames,
+)
 from difforge.models.registry import architecture_kwargs
 from difforge.runs import is_run_dir, step_dirs
 from difforge.train.checkpoint import clean_stale
@@ -97,6 +104,8 @@ def model_card(cfg: RunConfig, bundle, image_size: int, num_classes: int | None,
         conditioning.check(bundle.native_size, image_size)
     elif clip is not None:  # (dim, fingerprint) of the CLIP whose image embeddings condition the model
         conditioning = CLIPImageEmbedding(clip[0], clip=clip[1])
+    elif getattr(bundle.train, "frames", None) is not None:  # clips: observed frames, and classes when labelled
+        conditioning = VideoFrames(bundle.train.frames, num_classes or None)
     elif cfg.model.text_encoder is not None:
         conditioning = TextPrompts(cfg.model.text_encoder, cfg.model.max_tokens)
         prompts = example_prompts(bundle.val if bundle.val is not None and len(bundle.val) else bundle.train)

@@ -36,6 +36,7 @@ from difforge.train.run_dir import model_card
 from difforge.train.signals import StopFlag
 
 VAL_MAX_IMAGES = 2000  # validation loss is measured on at most this many held-out images
+VAL_MAX_CLIPS = 128  # ... or clips
 LATENT_SIGMA_MAX_NOTE = 50.0  # a latent run whose schedule goes above this noise level gets a note
 
 
@@ -77,6 +78,7 @@ class Trainer(FaultHandling):
                               "each image, or --dataset fashion-colour")
         self.clip = self.load_clip(cfg.model.clip) if cfg.model.clip is not None else None  # unCLIP's decoder
         self.num_classes = self.train_set.num_classes if generate and not self.text and self.clip is None else None
+        self.video = getattr(self.train_set, "frames", None) is not None  # clips (N, C, T, H, W)
         mult = size_multiple(cfg.model.preset, cfg.model.architecture)
         self.ae = self.ae_card = None  # latent diffusion: the frozen autoencoder
         if cfg.model.latent is not None:
@@ -180,8 +182,9 @@ class Trainer(FaultHandling):
         self.gen = torch.Generator().manual_seed(t.seed + 1)
         self.rows = world.share(t.batch_size)  # this rank's rows of every global batch
         val = self.bundle.val
-        self.val_images = val.images[:VAL_MAX_IMAGES] if val is not None and len(val) else None
-        self.val_labels = val.labels[:VAL_MAX_IMAGES] if self.val_images is not None and self.num_classes else None
+        most = VAL_MAX_CLIPS if self.video else VAL_MAX_IMAGES
+        self.val_images = val.images[:most] if val is not None and len(val) else None
+        self.val_labels = val.labels[:most] if self.val_images is not None and self.num_classes else None
         if self.text:
             self.encode_captions()
         self.embeddings = self.val_embeddings = None  # unCLIP's decoder: each image's CLIP image embedding
@@ -309,15 +312,18 @@ class Trainer(FaultHandling):
         was_training = net.training
         net.eval()
         total_loss, count = 0.0, 0
-        for i in range(0, len(self.val_images), 256):
+        chunk = 32 if self.video else 256
+        for i in range(0, len(self.val_images), chunk):
             if self.val_latents is not None:
-                x0 = self.val_latents.x0(torch.arange(i, min(i + 256, len(self.val_images))), slice(None), g)
+                x0 = self.val_latents.x0(torch.arange(i, min(i + chunk, len(self.val_images))), slice(None), g)
             else:
-                x0 = to_model_input(self.val_images[i: i + 256], self.image_size).to(self.device)
-            cond = self.val_labels[i: i + 256].to(self.device) if self.val_labels is not None else None
+                x0 = to_model_input(self.val_images[i: i + chunk], self.image_size).to(self.device)
+            cond = self.val_labels[i: i + chunk].to(self.device) if self.val_labels is not None else None
+            if self.video:  # masks from the fixed generator: the same every time
+                cond = self.card.conditioning.training_cond(cond, len(x0), 0.0, g).observe(x0)
             cond = self.cond_image(x0) if self.cond_image is not None else cond
-            cond = self.val_captions.rows(slice(i, i + 256)).to(self.device) if self.val_captions else cond
-            cond = self.val_embeddings[i: i + 256].to(self.device) if self.val_embeddings is not None else cond
+            cond = self.val_captions.rows(slice(i, i + chunk)).to(self.device) if self.val_captions else cond
+            cond = self.val_embeddings[i: i + chunk].to(self.device) if self.val_embeddings is not None else cond
             loss = self.card.denoiser(net).loss(x0, cond, generator=g, autocast=self.amp_dtype)
             total_loss += loss.item() * len(x0)
             count += len(x0)
@@ -358,7 +364,11 @@ class Trainer(FaultHandling):
         the training generator, then sliced."""
         idx = self.batches.batch(self.step)  # the global batch: the same on every rank
         cond = None
-        if self.num_classes:  # labels dropped per sample of the global batch, then sliced
+        if self.video:  # labels dropped, then observed-frame masks, for the global batch; frames added below
+            labels = self.train_set.labels[idx] if self.num_classes else None
+            cond = self.card.conditioning.training_cond(labels, len(idx), self.cfg.model.label_dropout, self.gen)
+            cond = cond[self.rows].to(self.device)
+        elif self.num_classes:  # labels dropped per sample of the global batch, then sliced
             labels = self.card.conditioning.drop(self.train_set.labels[idx], self.cfg.model.label_dropout, self.gen)
             cond = labels[self.rows].to(self.device)
         if self.captions is not None:  # captions dropped to the empty prompt, the same way
@@ -371,9 +381,11 @@ class Trainer(FaultHandling):
             return self.latents.x0(idx, self.rows, self.gen), cond, len(idx)
         images = self.train_set.images[idx[self.rows]]
         if self.cfg.data.hflip:  # at the native size, before any padding
-            flip = (torch.rand(len(idx), generator=self.gen) < 0.5)[self.rows].view(-1, 1, 1, 1)
+            flip = (torch.rand(len(idx), generator=self.gen) < 0.5)[self.rows].view(-1, *(1,) * (images.ndim - 1))
             images = torch.where(flip, images.flip(-1), images)
         x0 = to_model_input(images, self.image_size).to(self.device)
+        if self.video:
+            cond = cond.observe(x0)
         if self.cond_image is not None:
             cond = self.cond_image(x0)
         return x0, cond, len(idx)

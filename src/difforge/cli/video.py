@@ -1,0 +1,145 @@
+"""`difforge sample-video`: clips from a video model, with any frames given."""
+
+from __future__ import annotations
+
+import click
+
+from difforge.cli.common import GRID_NAMES, SAMPLER_NAMES, _fail, cli, no_progress_option
+
+
+@cli.command("sample-video")
+@click.argument("model_dir", type=click.Path())
+@click.option("--out", default="clip.gif", show_default=True, help="Video to write: .gif or .mp4 (the clips side "
+              "by side).")
+@click.option("--frames", type=int, help="Frames per clip; must be the model's clip length. [default: the model's]")
+@click.option("--n", "n", type=int, default=1, show_default=True, help="Clips in all.")
+@click.option("--class", "klass", help="The class of every clip (index or name). [default: unconditional]")
+@click.option("--given", help="Which frames are given: first:K (predict the rest), last:K, every:K (interpolate: "
+              "frames 0, K, 2K, ... given) or frames:I,J,... (infill the others).")
+@click.option("--given-frames", help="Comma-separated image files: the given frames in order (with --given, its "
+              "frames; alone, the first frames). [default: from --given-video, else held-out clips of the model's "
+              "built-in dataset]")
+@click.option("--given-video", type=click.Path(dir_okay=False), help="A .gif or .mp4 whose frames (at the model's "
+              "frame size) supply the given frames.")
+@click.option("--cfg", type=float, help="Classifier-free guidance scale (1: none). [default: 3 with classes, else 1]")
+@click.option("--sampler", type=click.Choice(SAMPLER_NAMES), default="ddim", show_default=True)
+@click.option("--steps", type=int, help="Sampler steps. [default: the sampler's, 50 for ddim]")
+@click.option("--schedule", "--grid", "grid", type=click.Choice(GRID_NAMES), help="Noise levels the steps visit.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Clip i uses seed + i.")
+@click.option("--fps", type=int, default=8, show_default=True, help="Frames per second of the video.")
+@click.option("--frames-png", type=click.Path(dir_okay=False),
+              help="Also write a PNG with one row of frames per clip.")
+@click.option("--ema/--no-ema", default=True, show_default=True, help="Use the EMA weights of a run.")
+@click.option("--device", default="auto", show_default=True)
+@no_progress_option
+def sample_video(model_dir, out, frames, n, klass, given, given_frames, given_video, cfg, sampler, steps, grid, seed,
+                 fps, frames_png, ema, device, no_progress) -> None:
+    """Generate clips from a video model (a run directory or an exported model)."""
+    from difforge.io.outputs import check_output_file
+    from difforge.io.video import video_suffix
+    from difforge.pipeline import load_pipeline
+    from difforge.runtime import resolve_device
+
+    try:
+        video_suffix(out)
+        check_output_file(out, suffixes=(".gif", ".mp4"))
+        if frames_png:
+            check_output_file(frames_png, what="--frames-png", suffixes=(".png",))
+        if n < 1:
+            raise ValueError(f"--n must be >= 1, got {n}")
+        if given_frames and given_video:
+            raise ValueError("give --given-frames or --given-video, not both")
+        pipe = load_pipeline(model_dir, ema=ema, device=resolve_device(device))
+        if not pipe.takes_clips:
+            raise ValueError(f"{model_dir} is an image model: use `difforge sample`")
+        t = pipe.card.frames
+        if frames is not None and frames != t:
+            raise ValueError(f"--frames {frames}: this model makes clips of {t} frames")
+        labels = None if klass is None else torch_long([pipe.parse_class(klass)])
+        clips, mask = _given(pipe, n, given, given_frames, given_video)
+        from tqdm.auto import tqdm
+
+        steps_total = len(pipe.sigmas(sampler, steps, grid)) - 1
+        with tqdm(total=steps_total * -(-n // 16), desc="sample-video", unit="step", disable=no_progress) as bar:
+            out_clips, _ = pipe.generate_video(n, labels, given=clips, mask=mask, cfg=cfg, sampler=sampler,
+                                               steps=steps, grid=grid, seed=seed, callback=lambda d: bar.update(1))
+        path = pipe.save_video(out_clips, out, fps=fps)
+        if frames_png:
+            pipe.save_video_grid(out_clips, frames_png)
+    except (ValueError, FileNotFoundError, OSError) as e:
+        _fail(e)
+    given_note = "" if mask is None else f", frames {mask.nonzero().flatten().tolist()} given"
+    click.echo(f"wrote {path} ({n} clip(s) of {t} frames{given_note})")
+
+
+def torch_long(values):
+    import torch
+
+    return torch.tensor(values, dtype=torch.long)
+
+
+def _given(pipe, n: int, given: str | None, files: str | None, video: str | None):
+    """(given clips (1 or n, C, T, h, w) float in [-1, 1], mask (T,)) or (None, None)."""
+    import torch
+
+    from difforge.models.frames import parse_given
+
+    t, c, size = pipe.card.frames, pipe.card.channels, pipe.card.native_size
+    if given is None and files is None and video is None:
+        return None, None
+    if files is not None:
+        paths = [p.strip() for p in files.split(",") if p.strip()]
+        if not paths:
+            raise ValueError("--given-frames names no file")
+        mask = parse_given(given, t) if given is not None else parse_given(f"first:{len(paths)}", t)
+        if int(mask.sum()) != len(paths):
+            raise ValueError(f"--given-frames: {len(paths)} file(s) for the {int(mask.sum())} given frame(s)")
+        from difforge.io.decode import read_image
+
+        clip = torch.zeros(1, c, t, size, size)
+        for k, p in zip(mask.nonzero().flatten().tolist(), paths):
+            try:
+                arr = torch.from_numpy(read_image(p, c))
+            except ValueError as e:
+                raise ValueError(f"--given-frames {p}: {e}") from None
+            if tuple(arr.shape[:2]) != (size, size):
+                raise ValueError(f"--given-frames {p} is {arr.shape[1]}x{arr.shape[0]}; this model's frames are "
+                                 f"{size}x{size}")
+            clip[0, :, k] = arr.permute(2, 0, 1).float() / 127.5 - 1
+        return clip, mask
+    if given is None:
+        raise ValueError("--given-video needs --given (which of its frames are given)")
+    mask = parse_given(given, t)
+    if video is not None:
+        from difforge.io.video import read_video
+
+        arr = torch.from_numpy(read_video(video))  # (T', H, W, 3)
+        if arr.shape[0] < t or tuple(arr.shape[1:3]) != (size, size):
+            raise ValueError(f"--given-video {video} is {arr.shape[0]} frames of {arr.shape[2]}x{arr.shape[1]}; "
+                             f"this model needs at least {t} frames of {size}x{size}")
+        arr = arr[:t].permute(3, 0, 1, 2).float()  # (3, T, H, W)
+        arr = arr.mean(0, keepdim=True) if c == 1 else arr
+        return (arr / 127.5 - 1)[None], mask
+    return _held_out(pipe, n), mask
+
+
+def _held_out(pipe, n: int):
+    """The first n held-out clips of the model's built-in dataset, as float clips."""
+    from difforge.config import VIDEO_DATASETS
+
+    name = pipe.card.dataset
+    if name not in VIDEO_DATASETS:
+        raise ValueError("--given needs the given frames: --given-frames or --given-video (this model's dataset "
+                         f"{name!r} has no built-in clips)")
+    from difforge.data.idx import load_fashion_mnist
+    from difforge.data.moving import TEST_CLIPS, moving_clips
+
+    _, source = load_fashion_mnist()
+    count = min(TEST_CLIPS, len(source))
+    if n > count:
+        raise ValueError(f"--n {n}: the built-in set has {count} held-out clips")
+    test = moving_clips(source, count, seed=1)  # the test split of data/moving.py's load_moving_fashion_mnist
+    clips = test.images[:n].float() / 127.5 - 1
+    if clips.shape[1] != pipe.card.channels:
+        clips = clips.expand(-1, pipe.card.channels, -1, -1, -1)
+    return clips

@@ -1,0 +1,116 @@
+"""Clips out to files and back: GIF (PIL), MP4 (PyAV, the optional `video` extra), and a
+PNG grid of frames.
+
+A clip is uint8 (C, T, H, W); a batch (N, C, T, H, W) is written as one video whose frame
+t lays the N clips' frames t side by side (`make_grid`), or as one PNG with a row of T
+frames per clip.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from difforge.io.images import _to_pil, make_grid
+
+VIDEO_SUFFIXES = (".gif", ".mp4")
+
+
+def _check_clips(clips: torch.Tensor) -> None:
+    if not isinstance(clips, torch.Tensor) or clips.dtype != torch.uint8 or clips.ndim != 5:
+        got = f"{clips.dtype} {tuple(clips.shape)}" if isinstance(clips, torch.Tensor) else type(clips).__name__
+        raise ValueError(f"expected uint8 clips (N, C, T, H, W), got {got}")
+
+
+def video_suffix(path: str | Path) -> str:
+    """The output's suffix, checked: a one-line error for anything but .gif and .mp4."""
+    suffix = Path(path).suffix.lower()
+    if suffix not in VIDEO_SUFFIXES:
+        raise ValueError(f"cannot write a video to {str(path)!r}: the file name must end in "
+                         f"{' or '.join(VIDEO_SUFFIXES)}")
+    return suffix
+
+
+def frame_arrays(clips: torch.Tensor, nrow: int | None = None, scale: int = 1) -> list[np.ndarray]:
+    """The video's frames as uint8 (H', W', C) arrays: frame t is the grid of every clip's frame t."""
+    _check_clips(clips)
+    nrow = nrow or min(len(clips), 8)
+    out = []
+    for t in range(clips.shape[2]):
+        grid = make_grid(clips[:, :, t], nrow, pad=2 if len(clips) > 1 else 0)
+        out.append(grid.repeat(scale, 0).repeat(scale, 1) if scale > 1 else grid)
+    return out
+
+
+def write_video(clips: torch.Tensor, path: str | Path, *, fps: int = 8, scale: int = 1, nrow: int | None = None
+                ) -> Path:
+    """Write uint8 clips (N, C, T, H, W) as one video at `fps` frames per second: a looping
+    GIF (PIL), or an MP4 (H.264, yuv420p, through PyAV: `pip install 'difforge[video]'`).
+    `scale` enlarges pixels (nearest)."""
+    path = Path(path)
+    suffix = video_suffix(path)
+    if fps < 1:
+        raise ValueError(f"fps must be >= 1, got {fps}")
+    frames = frame_arrays(clips, nrow, scale)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if suffix == ".gif":
+        pics = [_to_pil(f) for f in frames]
+        pics[0].save(path, save_all=True, append_images=pics[1:], duration=round(1000 / fps), loop=0)
+        return path
+    _write_mp4(frames, path, fps)
+    return path
+
+
+def _write_mp4(frames: list[np.ndarray], path: Path, fps: int) -> None:
+    try:
+        import av
+    except ImportError:
+        raise ValueError("writing MP4 needs PyAV: pip install 'difforge[video]' (or write a .gif)") from None
+    h, w = frames[0].shape[:2]
+    he, we = h + h % 2, w + w % 2  # yuv420p needs even sides
+    with av.open(str(path), mode="w") as container:
+        stream = container.add_stream("libx264" if "libx264" in av.codecs_available else "mpeg4", rate=fps)
+        stream.width, stream.height, stream.pix_fmt = we, he, "yuv420p"
+        for f in frames:
+            rgb = np.repeat(f, 3, axis=-1) if f.shape[-1] == 1 else f
+            rgb = np.pad(rgb, ((0, he - h), (0, we - w), (0, 0)))
+            for packet in stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+
+
+def read_video(path: str | Path) -> np.ndarray:
+    """A GIF or MP4 file's frames as uint8 (T, H, W, 3); a one-line error for a file that
+    cannot be read."""
+    path = Path(path)
+    suffix = video_suffix(path)
+    if not path.is_file():
+        raise ValueError(f"video file not found: {path}")
+    try:
+        if suffix == ".gif":
+            from PIL import Image, ImageSequence
+
+            with Image.open(path) as im:
+                return np.stack([np.asarray(f.convert("RGB")) for f in ImageSequence.Iterator(im)])
+        import av
+
+        with av.open(str(path)) as container:
+            return np.stack([f.to_ndarray(format="rgb24") for f in container.decode(video=0)])
+    except ImportError:
+        raise ValueError("reading MP4 needs PyAV: pip install 'difforge[video]'") from None
+    except Exception as e:  # PIL / PyAV errors of a corrupt file
+        why = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise ValueError(f"cannot read video {path}: {why}") from None
+
+
+def save_frames_grid(clips: torch.Tensor, path: str | Path, scale: int = 1) -> Path:
+    """uint8 clips (N, C, T, H, W) as one PNG: row i is clip i's T frames."""
+    _check_clips(clips)
+    n, c, t, h, w = clips.shape
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _to_pil(make_grid(clips.transpose(1, 2).reshape(n * t, c, h, w), t), scale).save(path)
+    return path
