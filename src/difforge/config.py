@@ -47,6 +47,9 @@ class ModelConfig:
     grad_checkpoint: bool = False  # recompute the UNet blocks' activations in backward: less memory, ~30% slower
     latent: str | None = None  # a `difforge train-autoencoder` folder: diffuse in its latent space (latent diffusion)
     cache_latents: bool = True  # latent: encode the data once (in memory, and in RUN/cache); else every batch
+    init_from: str | None = None  # fine-tune: start from this run, model directory or Hub id (its architecture)
+    lora_rank: int = 0  # with init_from: train rank-r LoRA adapters on the frozen model; 0: fine-tune every weight
+    lora_alpha: float | None = None  # LoRA: the update is scaled by alpha / rank; None: alpha = rank
 
 
 @dataclass(frozen=True)
@@ -254,6 +257,14 @@ def validate(cfg: RunConfig) -> RunConfig:
          "works in pixel space")
     need(not (d.hflip and m.latent), "data.hflip with model.latent: the latents are encoded from the images as "
          "stored; train the autoencoder and the model without it")
+    need(m.lora_rank >= 0, f"model.lora_rank must be >= 0 (0: no LoRA), got {m.lora_rank}")
+    need(m.lora_rank == 0 or m.init_from is not None, "LoRA (model.lora_rank) adapts a trained model: give it with "
+         "--init-from MODEL")
+    need(m.lora_alpha is None or m.lora_alpha > 0, f"model.lora_alpha must be > 0, got {m.lora_alpha}")
+    need(m.lora_alpha is None or m.lora_rank > 0, "model.lora_alpha is the scale of LoRA adapters: it needs "
+         "--lora-rank")
+    need(m.init_from is None or m.latent is None, "model.init_from with model.latent: fine-tuning a latent "
+         "diffusion model is not supported yet")
     need(0 <= m.caption_dropout < 1, f"model.caption_dropout must be in [0, 1), got {m.caption_dropout}")
     need(2 <= m.max_tokens <= 256, f"model.max_tokens must be in 2..256, got {m.max_tokens}")
     need(f.timesteps >= 2, f"diffusion.timesteps must be >= 2, got {f.timesteps}")
