@@ -20,6 +20,12 @@ whose `image_size` and `channels` are its latents' and whose `native_size` is th
 its autoencoder's weights are `autoencoder.safetensors` beside the card. Cards without an
 autoencoder are still written as version 2, so older difforge keeps reading them, and
 refuses (asks for an upgrade) the latent ones it could not sample.
+
+A fine-tuned model's card (either version) also holds "source" (`Source`: the model it
+started from, its weights file and SHA-256) and, for LoRA, "lora" (`LoraSpec`): its
+weights are then only the adapter, applied to the source on load. Older difforge ignores
+both keys; it reads a merged export as any model and fails to load a LoRA adapter's
+weights (missing keys).
 """
 
 from __future__ import annotations
