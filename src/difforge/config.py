@@ -54,6 +54,9 @@ class ModelConfig:
     # keyword arguments of the preset's network over the preset's own, e.g. {base_channels: 64, channel_mults:
     # [1, 2, 2, 2], attention_levels: [2, 3]} (docs/training.md); recorded in the model card
     architecture: dict[str, Any] | None = None
+    init_from: str | None = None  # fine-tune: start from this run, model directory or Hub id (its architecture)
+    lora_rank: int = 0  # with init_from: train rank-r LoRA adapters on the frozen model; 0: fine-tune every weight
+    lora_alpha: float | None = None  # LoRA: the update is scaled by alpha / rank; None: alpha = rank
 
 
 @dataclass(frozen=True)
@@ -275,6 +278,14 @@ def validate(cfg: RunConfig) -> RunConfig:
     need(m.clip is None or (m.text_encoder is None and m.task == "generate"), "model.clip conditions generation on "
          "CLIP image embeddings (unCLIP's decoder): it takes no --text-encoder and no --task superres")
     need(not (d.hflip and m.clip), "data.hflip with model.clip: the CLIP embeddings are of the images as stored")
+    need(m.lora_rank >= 0, f"model.lora_rank must be >= 0 (0: no LoRA), got {m.lora_rank}")
+    need(m.lora_rank == 0 or m.init_from is not None, "LoRA (model.lora_rank) adapts a trained model: give it with "
+         "--init-from MODEL")
+    need(m.lora_alpha is None or m.lora_alpha > 0, f"model.lora_alpha must be > 0, got {m.lora_alpha}")
+    need(m.lora_alpha is None or m.lora_rank > 0, "model.lora_alpha is the scale of LoRA adapters: it needs "
+         "--lora-rank")
+    need(m.init_from is None or m.latent is None, "model.init_from with model.latent: fine-tuning a latent "
+         "diffusion model is not supported yet")
     need(0 <= m.caption_dropout < 1, f"model.caption_dropout must be in [0, 1), got {m.caption_dropout}")
     need(2 <= m.max_tokens <= 256, f"model.max_tokens must be in 2..256, got {m.max_tokens}")
     need(f.timesteps >= 2, f"diffusion.timesteps must be >= 2, got {f.timesteps}")

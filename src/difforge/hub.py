@@ -98,6 +98,11 @@ def model_readme(card: ModelCard, *, library: str = "difforge", title: str | Non
             ("conditioning", classes)]
     if card.dataset:
         rows.append(("dataset", card.dataset))
+    if card.source is not None:
+        rows.append(("fine-tuned from", f"`{card.source.path}` ({card.source.weights}, sha256 "
+                                        f"{card.source.sha256[:12]})"))
+    if card.lora is not None:
+        rows.append(("LoRA adapter", f"rank {card.lora.rank}, alpha {card.lora.alpha:g}; needs the base model above"))
     if card.step is not None:
         rows.append(("training steps", f"{card.step} ({card.weights or 'ema'} weights)"))
     table = "\n".join(f"| {k} | {v} |" for k, v in rows)

@@ -28,7 +28,7 @@ from difforge.diffusion.process import NoiseProcess
 from difforge.hub import model_readme, not_found, resolve_model_dir
 from difforge.io.formats import OUTPUT_TYPES, uint8_as
 from difforge.io.space import from_uint8
-from difforge.models.card import ModelCard
+from difforge.models.card import ModelCard, Source
 from difforge.models.conditioning import downsample
 from difforge.models.denoiser import Denoiser
 from difforge.sampling import (
@@ -593,9 +593,14 @@ def _noise_source(n: int, seed: int, seeds: Sequence[int] | None, generator) -> 
         seeds[start:stop] if seeds is not None else range(seed + start, seed + stop))
 
 
+ADAPTER_FILE = "adapter.safetensors"  # a LoRA model's exported adapter, beside its config.json
+
+
 def _card_and_weights(path: Path, ema: bool) -> tuple[ModelCard, Path]:
     if (path / "config.json").is_file() and (path / "model.safetensors").is_file():
         card_file, weights = path / "config.json", path / "model.safetensors"
+    elif (path / "config.json").is_file() and (path / ADAPTER_FILE).is_file():
+        card_file, weights = path / "config.json", path / ADAPTER_FILE
     elif (path / "model.json").is_file():
         from difforge.runs import find_resumable, weights_file  # reads files only
 
@@ -614,21 +619,104 @@ def _card_and_weights(path: Path, ema: bool) -> tuple[ModelCard, Path]:
         raise ModelLoadError(f"{card_file}: {e}") from None
 
 
-def load_pipeline(path: str | Path, ema: bool = True, device: str | torch.device = "cpu") -> Pipeline:
-    """Load a run directory (its newest valid checkpoint), an exported model directory, or
-    a Hub id `owner/name` of a model in the local Hugging Face cache (`difforge.hub`)."""
+def _network(card: ModelCard, weights: Path) -> nn.Module:
+    """The network of `card` with the weights in `weights`; a LoRA model's adapter applied
+    to its base (checked against the recorded hash) and folded into the weights."""
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
+    try:
+        state = load_file(weights)
+        if card.lora is None:
+            net = card.build_network()
+            net.load_state_dict(state)
+            return net
+    except (RuntimeError, OSError, ValueError, SafetensorError) as e:  # SafetensorError: a corrupt file
+        raise ModelLoadError(f"cannot load weights {weights}: {str(e).splitlines()[0]}") from None
+    from difforge.models.lora import add_adapters, load_adapter_state, merge_adapters
+
+    net, _ = base_network(card)
+    try:
+        add_adapters(net, card.lora)
+        load_adapter_state(net, card.lora, state)
+    except ValueError as e:
+        raise ModelLoadError(f"cannot load the adapter {weights}: {e}") from None
+    return merge_adapters(net)
+
+
+def model_source(path: str | Path, ema: bool = True) -> tuple[ModelCard, Source]:
+    """The card of the model at `path` (a run: its newest valid checkpoint; a model
+    directory; a Hub id in the local cache) and a `Source` naming its weights file and hash:
+    what `train --init-from` starts from."""
+    from difforge.hub import is_hub_model
+    from difforge.runs import sha256_file
+
+    given, folder = path, resolve_model_dir(path)
+    if not folder.is_dir():
+        raise ModelLoadError(not_found(given))
+    card, weights = _card_and_weights(folder, ema)
+    step = card.step
+    if step is None and (weights.parent / "meta.json").is_file():
+        step = json.loads((weights.parent / "meta.json").read_text()).get("step")
+    where = str(given) if is_hub_model(given) else str(folder.resolve())
+    return card, Source(where, weights.relative_to(folder).as_posix(), sha256_file(weights), step)
+
+
+def source_weights(source: Source) -> tuple[ModelCard, nn.Module]:
+    """The card and network (weights loaded) that `source` names, after checking that the
+    weights file is still the one recorded (one-line errors: gone, or changed)."""
+    from difforge.runs import sha256_file
+
+    folder = resolve_model_dir(source.path)
+    weights = folder / source.weights
+    if not weights.is_file():
+        raise ModelLoadError(f"the base model's weights {source.path}/{source.weights} are gone; this LoRA model "
+                             "needs them (restore the base model, or export this one merged while you have it)")
+    if sha256_file(weights) != source.sha256:
+        raise ModelLoadError(f"the base model changed: {weights} does not match the SHA-256 recorded when the "
+                             f"adapter was trained ({source.sha256[:12]}...); an adapter only fits its own base")
+    card_file = folder / "config.json" if (folder / "config.json").is_file() else folder / "model.json"
+    try:
+        card = ModelCard.load(card_file)
+    except (OSError, ValueError) as e:
+        raise ModelLoadError(f"{card_file}: {e}") from None
+    return card, _network(card, weights)
+
+
+def base_network(card: ModelCard) -> tuple[nn.Module, list[str]]:
+    """A new network of `card` holding the weights of its `source` (hash checked), and the
+    names of the tensors that kept their initialisation: a class-label embedding whose
+    number of classes differs from the source's (ModelLoadError for any other mismatch)."""
+    _, source_net = source_weights(card.source)
+    net = card.build_network()
+    return net, load_matching(net, source_net.state_dict(), card.source.path)
+
+
+def load_matching(net: nn.Module, state: dict[str, torch.Tensor], where: str) -> list[str]:
+    """Load `state` into `net` where the shapes agree; the tensors left at their
+    initialisation must be embedding tables (class labels): their names are returned."""
+    own = net.state_dict()
+    modules = dict(net.named_modules())
+    if set(own) != set(state):
+        key = sorted(set(own) ^ set(state))[0]
+        raise ModelLoadError(f"{where}: its network differs from this one ({key!r} is in only one of them)")
+    kept = [k for k in own if own[k].shape != state[k].shape]
+    for k in kept:
+        if not isinstance(modules.get(k.rpartition(".")[0]), nn.Embedding):
+            raise ModelLoadError(f"{where}: {k} is {tuple(state[k].shape)} there and {tuple(own[k].shape)} here")
+    net.load_state_dict({k: v if k not in kept else own[k] for k, v in state.items()})
+    return kept
+
+
+def load_pipeline(path: str | Path, ema: bool = True, device: str | torch.device = "cpu") -> Pipeline:
+    """Load a run directory (its newest valid checkpoint), an exported model directory, or
+    a Hub id `owner/name` of a model in the local Hugging Face cache (`difforge.hub`). A
+    LoRA model's adapter is applied to its base and folded into the weights."""
     given, path = path, resolve_model_dir(path)
     if not path.is_dir():
         raise ModelLoadError(not_found(given))
     card, weights = _card_and_weights(path, ema)
-    try:
-        net = card.build_network()
-        net.load_state_dict(load_file(weights))
-    except (RuntimeError, OSError, ValueError, SafetensorError) as e:  # SafetensorError: a corrupt file
-        raise ModelLoadError(f"cannot load weights {weights}: {str(e).splitlines()[0]}") from None
+    net = _network(card, weights)
     return Pipeline(card.denoiser(net.to(device).eval()), card, device, autoencoder=_autoencoder(path, card),
                     clip=_clip(path, card, device))
 
@@ -663,13 +751,21 @@ def _autoencoder(path: Path, card: ModelCard) -> nn.Module | None:
 
 
 def is_model_dir(path: str | Path) -> bool:
-    """Whether `path` holds an exported model (config.json + model.safetensors)."""
-    return (Path(path) / "config.json").is_file() and (Path(path) / "model.safetensors").is_file()
+    """Whether `path` holds an exported model (config.json + model.safetensors, or a LoRA
+    adapter's adapter.safetensors)."""
+    p = Path(path)
+    return (p / "config.json").is_file() and ((p / "model.safetensors").is_file() or (p / ADAPTER_FILE).is_file())
 
 
-def export_model(run_dir: str | Path, out: str | Path, ema: bool = True, overwrite: bool = False) -> Path:
+LORA_EXPORTS = ("merged", "adapter")
+
+
+def export_model(run_dir: str | Path, out: str | Path, ema: bool = True, overwrite: bool = False,
+                 lora: str | None = None) -> Path:
     """Write `out/model.safetensors` + `out/config.json` (and a Hub README.md) from a run's
-    newest checkpoint.
+    newest checkpoint. A LoRA run exports `lora="merged"` (the default: a plain model, the
+    adapter folded into the weights) or `"adapter"` (`adapter.safetensors` and a card that
+    names the base model and its hash).
 
     `out` must be new, empty, or (with `overwrite`) an exported model: a folder of other
     files is refused before anything is written."""
@@ -690,9 +786,21 @@ def export_model(run_dir: str | Path, out: str | Path, ema: bool = True, overwri
         card = ModelCard.load(run_dir / "model.json")
     except ValueError as e:
         raise ModelLoadError(f"{run_dir / 'model.json'}: {e}") from None
+    if lora is not None and lora not in LORA_EXPORTS:
+        raise ModelLoadError(f"unknown LoRA export {lora!r}; expected one of {list(LORA_EXPORTS)}")
+    if lora is not None and card.lora is None:
+        raise ModelLoadError(f"{run_dir} is not a LoRA run: it exports as a whole model, without --lora")
     step = int(json.loads((ckpt / "meta.json").read_text())["step"])
-    out.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(weights_file(ckpt, ema), out / "model.safetensors")
+    if card.lora is not None and lora != "adapter":  # merged: the base with the adapter folded in
+        from safetensors.torch import save_file
+
+        net = _network(card, weights_file(ckpt, ema))
+        out.mkdir(parents=True, exist_ok=True)
+        save_file({k: v.detach().contiguous() for k, v in net.state_dict().items()}, out / "model.safetensors")
+        card = card.merged()
+    else:
+        out.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(weights_file(ckpt, ema), out / (ADAPTER_FILE if card.lora else "model.safetensors"))
     if card.latent:  # the autoencoder travels with the model
         from difforge.models.autoencoder import WEIGHTS_FILE
 

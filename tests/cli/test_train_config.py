@@ -2,6 +2,7 @@
 set, bad settings fail in one line, and --resume keeps its run's config."""
 
 import dataclasses
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -19,6 +20,8 @@ VALUES = {
     "model.scale": 4, "model.grad_checkpoint": True, "model.text_encoder": "scratch", "model.caption_dropout": 0.2,
     "model.max_tokens": 32, "model.latent": "runs/ae", "model.cache_latents": False, "model.clip": "runs/clip",
     "model.architecture": {"base_channels": 16},
+    "model.init_from": str(Path(__file__).parents[1] / "fixtures" / "model-ddpm"), "model.lora_rank": 4,
+    "model.lora_alpha": 8.0,
     "diffusion.timesteps": 500, "diffusion.schedule": "cosine", "diffusion.beta_start": 0.0002,
     "diffusion.beta_end": 0.03, "diffusion.framework": "vp-sde", "diffusion.prediction": "v",
     "diffusion.min_snr_gamma": 5.0, "diffusion.sigma_min": 0.02, "diffusion.sigma_max": 50.0,
@@ -30,7 +33,10 @@ VALUES = {
     "train.wandb": True, "train.tensorboard": True, "train.eval_every": 100, "train.eval_samples": 64,
     "train.final_grid": False,
 }
-NEEDS = {"diffusion.sigma_min": ["diffusion.framework=ve-sde"], "diffusion.sigma_max": ["diffusion.framework=ve-sde"]}
+FIXTURE = VALUES["model.init_from"]
+NEEDS = {"diffusion.sigma_min": ["diffusion.framework=ve-sde"], "diffusion.sigma_max": ["diffusion.framework=ve-sde"],
+         "model.lora_rank": [f"model.init_from={FIXTURE}"],
+         "model.lora_alpha": [f"model.init_from={FIXTURE}", "model.lora_rank=2"]}
 KEYS = [f"{name}.{f.name}" for name, cls in SECTIONS.items() for f in dataclasses.fields(cls)]
 
 

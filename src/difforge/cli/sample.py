@@ -235,9 +235,15 @@ def _write(pipe, images, labels, frames: dict, *, out: str, npz: str | None, png
               "trained with --model diffusers-unet (or imported from diffusers), and takes a model directory too.")
 @click.option("--ema/--no-ema", default=True, show_default=True, help="Export the EMA weights.")
 @click.option("--overwrite", is_flag=True, help="Replace an exported model already in --out.")
-def export(run_dir, out, fmt, ema, overwrite) -> None:
+@click.option("--lora", type=click.Choice(["merged", "adapter"]), help="A LoRA run (train --lora-rank): merged, "
+              "a plain model with the adapter folded into the weights; adapter, adapter.safetensors + config.json "
+              "naming the base model and its hash (loads only beside that base). [default: merged]")
+def export(run_dir, out, fmt, ema, overwrite, lora) -> None:
     """Export a run's newest checkpoint as a standalone model directory."""
     try:
+        if lora is not None and fmt == "diffusers":
+            raise ValueError("--lora chooses between difforge exports; --format diffusers always folds a LoRA "
+                             "adapter into the weights")
         if fmt == "diffusers":
             from difforge.interop import export_diffusers
 
@@ -245,10 +251,13 @@ def export(run_dir, out, fmt, ema, overwrite) -> None:
         else:
             from difforge.pipeline import export_model
 
-            path = export_model(run_dir, out, ema=ema, overwrite=overwrite)
+            path = export_model(run_dir, out, ema=ema, overwrite=overwrite, lora=lora)
     except (ValueError, FileNotFoundError, ImportError) as e:
         _fail(e)
-    if fmt == "diffusers":
+    if lora == "adapter":
+        click.echo(f"wrote {path / 'adapter.safetensors'} and {path / 'config.json'} (the base model's path and "
+                   "hash) and README.md")
+    elif fmt == "diffusers":
         click.echo(f"wrote {path} (diffusers DDPMPipeline: unet/, scheduler/, model_index.json; README.md)")
     else:
         click.echo(f"wrote {path / 'model.safetensors'} and {path / 'config.json'} (and README.md)")

@@ -66,6 +66,12 @@ OPTIONS: dict[str, tuple[str, Any, str]] = {
     "--clip": ("model.clip", click.Path(), "Condition on the image embeddings of this `difforge train-clip` folder: "
                "the decoder of unCLIP (text -> `train-prior` -> decoder: `difforge unclip`; `difforge variations`); "
                "the run keeps a copy of the CLIP."),
+    "--init-from": ("model.init_from", None, "Fine-tune: start from the weights of this run, exported model, "
+                    "imported diffusers model or Hub id; the architecture and framework are its own. [default: none]"),
+    "--lora-rank": ("model.lora_rank", None, "With --init-from: freeze the model and train LoRA adapters of this "
+                    "rank (pip install 'difforge[lora]'). [default: 0, every weight trains]"),
+    "--lora-alpha": ("model.lora_alpha", None, "LoRA scale: the update is multiplied by alpha / rank. "
+                     "[default: the rank]"),
     "--task": ("model.task", click.Choice(["generate", "superres"]), "superres: an SR3 model conditioned on the "
                "image downsampled by --scale (use it with `difforge upscale`). [default: generate]"),
     "--scale": ("model.scale", None, "Upscaling factor for --task superres, e.g. 2 or 4. [default: 2]"),
@@ -172,6 +178,12 @@ def train(config_file, settings, resume, no_progress, **options) -> None:
                    f"{', '.join(ignored + (['--config'] if config_file else []))}", err=True)
     try:
         base = load_config(config_file) if config_file else RunConfig()
+        init_from = given["model"].get("init_from", base.model.init_from)
+        if init_from is not None and not resume:  # fine-tuning: the source's architecture and framework
+            from difforge.train.finetune import load_source, source_settings
+
+            base = config_from_dict(source_settings(load_source(init_from)[0]))
+            base = load_config(config_file, base) if config_file else base
         cfg = config_from_dict(given, base)
         from difforge.train.loop import train as run_training
 

@@ -20,6 +20,12 @@ whose `image_size` and `channels` are its latents' and whose `native_size` is th
 its autoencoder's weights are `autoencoder.safetensors` beside the card. Cards without an
 autoencoder are still written as version 2, so older difforge keeps reading them, and
 refuses (asks for an upgrade) the latent ones it could not sample.
+
+A fine-tuned model's card (either version) also holds "source" (`Source`: the model it
+started from, its weights file and SHA-256) and, for LoRA, "lora" (`LoraSpec`): its
+weights are then only the adapter, applied to the source on load. Older difforge ignores
+both keys; it reads a merged export as any model and fails to load a LoRA adapter's
+weights (missing keys).
 """
 
 from __future__ import annotations
@@ -41,6 +47,7 @@ from difforge.io.space import to_model_size, to_native_size
 from difforge.models.autoencoder import AutoencoderCard
 from difforge.models.conditioning import ClassLabels, Conditioning, LowResImage, Unconditional, conditioning_from_dict
 from difforge.models.denoiser import Denoiser
+from difforge.models.lora import LoraSpec
 from difforge.models.registry import PRESETS, build_model
 
 FORMAT = "difforge-model"
@@ -83,13 +90,34 @@ class Architecture:
 
 
 @dataclass(frozen=True)
+class Source:
+    """Where a fine-tuned model started: the model `path` (an absolute folder, or a Hub id),
+    the weights file inside it (`weights`, relative), that file's SHA-256, and its step."""
+
+    path: str
+    weights: str
+    sha256: str
+    step: int | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"path": self.path, "weights": self.weights, "sha256": self.sha256, "step": self.step}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> Source:
+        return cls(str(d["path"]), str(d["weights"]), str(d["sha256"]), d.get("step"))
+
+
+@dataclass(frozen=True)
 class ModelCard:
     """A trained model's description (module docstring). `image_size` is the network's
     input size, `native_size` the data's (padded or resized to it); `class_names` name the
     classes of a class-conditional model; `step` and `weights` ("ema" / "raw") are set on
     exported models; `prompts`, example prompts of a text-to-image model (its training
     previews and the default of `difforge sample`); `autoencoder`, the first stage of a
-    latent diffusion model (then `image_size` and `channels` describe its latents)."""
+    latent diffusion model (then `image_size` and `channels` describe its latents);
+    `source`, the model a fine-tuned one started from (`train --init-from`); `lora`, the
+    adapters of a LoRA model, whose weights are only the adapters and whose base is
+    `source` (its hash checked on load)."""
 
     architecture: Architecture
     image_size: int
@@ -104,8 +132,12 @@ class ModelCard:
     weights: str | None = None
     prompts: tuple[str, ...] | None = None
     autoencoder: AutoencoderCard | None = None
+    source: Source | None = None
+    lora: LoraSpec | None = None
 
     def __post_init__(self) -> None:
+        if self.lora is not None and self.source is None:
+            raise ValueError("a LoRA model needs its base model (source)")
         if self.prompts is not None:
             object.__setattr__(self, "prompts", tuple(str(p) for p in self.prompts))
         check_framework(self.diffusion, self.prediction)
@@ -211,7 +243,9 @@ class ModelCard:
                 "class_names": None if self.class_names is None else list(self.class_names),
                 "dataset": self.dataset, "step": self.step, "weights": self.weights,
                 **({"prompts": list(self.prompts)} if self.prompts is not None else {}),
-                **({"autoencoder": self.autoencoder.to_dict()} if self.autoencoder is not None else {})}
+                **({"autoencoder": self.autoencoder.to_dict()} if self.autoencoder is not None else {}),
+                **({"source": self.source.to_dict()} if self.source is not None else {}),
+                **({"lora": self.lora.to_dict()} if self.lora is not None else {})}
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> ModelCard:
@@ -246,6 +280,11 @@ class ModelCard:
         """This card for an exported model: the training step and which weights ("ema"/"raw")."""
         return dataclasses.replace(self, step=int(step), weights=weights)
 
+    def merged(self) -> ModelCard:
+        """This card for a LoRA model whose adapters were folded into the weights: a plain
+        model (its `source` still says where it started)."""
+        return dataclasses.replace(self, lora=None)
+
 
 def _from_v2(cls: type[ModelCard], d: Mapping[str, Any]) -> ModelCard:
     arch = d["architecture"]
@@ -254,7 +293,9 @@ def _from_v2(cls: type[ModelCard], d: Mapping[str, Any]) -> ModelCard:
                int(d["image_size"]), int(d["native_size"]), int(d["channels"]),
                FrameworkSpec.from_dict(d["diffusion"]), d.get("prediction"), conditioning_from_dict(d["conditioning"]),
                d.get("class_names"), d.get("dataset"), d.get("step"), d.get("weights"), d.get("prompts"),
-               AutoencoderCard.from_dict(d["autoencoder"]) if d.get("autoencoder") is not None else None)
+               AutoencoderCard.from_dict(d["autoencoder"]) if d.get("autoencoder") is not None else None,
+               Source.from_dict(d["source"]) if d.get("source") is not None else None,
+               LoraSpec.from_dict(d["lora"]) if d.get("lora") is not None else None)
 
 
 def _from_v1(cls: type[ModelCard], d: Mapping[str, Any]) -> ModelCard:

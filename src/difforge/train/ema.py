@@ -28,6 +28,8 @@ class EMA:
     def update(self, model: nn.Module) -> None:
         copy_only = self.step < self.warmup
         for s, p in zip(self.shadow.parameters(), model.parameters()):
+            if not p.requires_grad:  # frozen (a LoRA run's base): never changes, nor does its average
+                continue
             if copy_only:
                 s.copy_(p.detach())
             else:

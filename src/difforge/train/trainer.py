@@ -26,9 +26,17 @@ from difforge.config import ConfigError, RunConfig, config_to_dict
 from difforge.data import load_dataset, to_model_input
 from difforge.data.batches import EpochBatches
 from difforge.models import build_model, size_multiple
+from difforge.models.card import ModelCard
 from difforge.train import distributed
 from difforge.train.accumulate import accumulate_gradients
-from difforge.train.checkpoint import find_resumable, load_checkpoint, restore_rng, rng_state, save_checkpoint
+from difforge.train.checkpoint import (
+    CheckpointError,
+    find_resumable,
+    load_checkpoint,
+    restore_rng,
+    rng_state,
+    save_checkpoint,
+)
 from difforge.train.ema import EMA
 from difforge.train.faults import MAX_BAD_STEPS, FaultHandling, TrainingError
 from difforge.train.optim import build_optimizer, build_scheduler, set_schedule_step
@@ -63,6 +71,8 @@ class Trainer(FaultHandling):
         self.say = print if world.main else (lambda *a, **k: None)
         self.step = self.rollbacks = self.skipped = self.bad_in_a_row = 0
         self.last_saved: int | None = None
+        self.resuming = False
+        self.resume_from: Path | None = None  # the checkpoint a resumed run continues from
 
     # ------------------------------------------------------------------ build
     def load_data(self) -> None:
@@ -151,6 +161,8 @@ class Trainer(FaultHandling):
                                    self.clip_id if self.clip is not None else None)
         except ValueError as e:
             raise ConfigError(str(e)) from None
+        if self.cfg.model.init_from is not None:
+            self.card = self.fine_tuning_card()
         top = self.card.process().sigma_max if self.ae is not None else 0.0
         if top > LATENT_SIGMA_MAX_NOTE:
             self.say(f"note: this noise schedule reaches sigma {top:.0f}; latents are not "
@@ -162,11 +174,29 @@ class Trainer(FaultHandling):
         if self.card.task == "superres":
             self.cond_image = functools.partial(self.card.conditioning.from_clean, native_size=self.card.native_size)
 
+    def fine_tuning_card(self) -> ModelCard:
+        """A fine-tuning run's card (train/finetune.py): on resume the run's own, which names
+        the source as it was when the run began."""
+        from difforge.train.finetune import adopt, load_source
+
+        saved = self.run_dir / "model.json"
+        if self.resuming and saved.is_file():
+            card = ModelCard.load(saved)
+            if card.source is not None:
+                return card
+        source_card, source = load_source(self.cfg.model.init_from)
+        return adopt(self.card, source_card, source, self.cfg, self.say)
+
     def build(self) -> None:
         """Network, EMA, noise process, loss, batches, optimiser, LR schedule, grad scaler, RNG."""
         t, world = self.cfg.train, self.world
         torch.manual_seed(t.seed)
-        self.model = build_model(**self.card.build_kwargs()).to(self.device)
+        if self.card.source is not None and (self.card.lora is not None or self.resume_from is None):
+            from difforge.train.finetune import init_network  # fine-tuning: the source's weights (and adapters)
+
+            self.model = init_network(self.card, self.say).to(self.device)
+        else:
+            self.model = build_model(**self.card.build_kwargs()).to(self.device)
         if self.cfg.model.grad_checkpoint:  # config.validate checked that the network supports it
             self.model.grad_checkpoint = True
         self.ema = EMA(self.model, t.ema_decay, t.ema_warmup)
@@ -219,8 +249,17 @@ class Trainer(FaultHandling):
 
     def load_weights_and_optimizer(self, ckpt: Path) -> dict:
         m_sd, e_sd, state = load_checkpoint(ckpt)
-        self.model.load_state_dict(m_sd)
-        self.ema.shadow.load_state_dict(e_sd)
+        if self.card.lora is not None:  # a LoRA run's checkpoints hold only the adapter
+            from difforge.models.lora import load_adapter_state
+
+            try:
+                load_adapter_state(self.model, self.card.lora, m_sd)
+                load_adapter_state(self.ema.shadow, self.card.lora, e_sd)
+            except ValueError as e:
+                raise CheckpointError(f"{ckpt}: {e}") from None
+        else:
+            self.model.load_state_dict(m_sd)
+            self.ema.shadow.load_state_dict(e_sd)
         self.ema.load_state_dict(state["ema"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scaler.load_state_dict(state["scaler"])
@@ -228,7 +267,7 @@ class Trainer(FaultHandling):
 
     def resume(self) -> None:
         """Continue from the newest verified checkpoint; a new run length re-lays the LR schedule."""
-        ckpt = self.newest_checkpoint()
+        ckpt = self.resume_from
         if ckpt is None:
             self.say(f"no checkpoint in {self.run_dir}; starting from step 0")
             return
@@ -271,8 +310,14 @@ class Trainer(FaultHandling):
                 "world_size": world.size,
                 "total_steps": self.total,  # the run's length when written (extension re-lays the LR schedule)
             }
-            path = save_checkpoint(self.run_dir / "checkpoints", step, self.model.state_dict(),
-                                   self.ema.shadow.state_dict(), state, keep=self.cfg.train.keep_checkpoints)
+            weights, ema = self.model.state_dict(), self.ema.shadow.state_dict()
+            if self.card.lora is not None:  # only the adapter; the card names the base and its hash
+                from difforge.models.lora import adapter_state
+
+                spec = self.card.lora
+                weights, ema = adapter_state(self.model, spec), adapter_state(self.ema.shadow, spec)
+            path = save_checkpoint(self.run_dir / "checkpoints", step, weights, ema, state,
+                                   keep=self.cfg.train.keep_checkpoints)
         distributed.barrier(world)
         self.last_saved = step
         return path
@@ -503,6 +548,8 @@ class Trainer(FaultHandling):
 
         from difforge.train.run_dir import create_run_dir
 
+        self.resuming = resume
+        self.resume_from = self.newest_checkpoint() if resume else None
         self.load_data()
         self.describe_model()
         if self.world.main:  # every check has passed: now the run directory is written
