@@ -333,6 +333,13 @@ class CLIPImageEmbedding:
         keep = (torch.rand((len(emb),), generator=generator) >= p).to(emb.device)
         return torch.where(keep[:, None], emb, torch.zeros_like(emb))
 
+    def to_dict(self) -> dict[str, Any]:
+        return _plain(self)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> CLIPImageEmbedding:
+        return cls(int(d["dim"]), int(d.get("tokens", 4)), str(d.get("clip", "")))
+
 
 # ---------------------------------------------------------------- video
 
@@ -391,8 +398,9 @@ class VideoFrames:
         return _plain(self)
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> CLIPImageEmbedding:
-        return cls(int(d["dim"]), int(d.get("tokens", 4)), str(d.get("clip", "")))
+    def from_dict(cls, d: Mapping[str, Any]) -> VideoFrames:
+        k = d.get("num_classes")
+        return cls(int(d["frames"]), None if k is None else int(k))
 
 
 KINDS: dict[str, type] = {cls.kind: cls for cls in (Unconditional, ClassLabels, LowResImage, TextPrompts,
