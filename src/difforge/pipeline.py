@@ -413,7 +413,8 @@ class Pipeline:
                                  f"{tuple(given.shape) if isinstance(given, torch.Tensor) else type(given).__name__}")
             if given.shape[2] != t:
                 raise ValueError(f"given clips have {given.shape[2]} frames; this model makes {t}")
-            frames = self.card.check_images(given.transpose(1, 2).reshape(-1, *given.shape[-3:]), "given frame")
+            by_frame = given.transpose(1, 2)  # (N, T, C, H, W)
+            frames = self.card.check_images(by_frame.reshape(-1, *by_frame.shape[2:]), "given frame")
             given = self.card.to_model(frames.view(given.shape[0], t, *frames.shape[1:]).transpose(1, 2), -1.0)
             mask = torch.as_tensor(mask, dtype=torch.bool)
             mask = mask.expand(given.shape[0], t) if mask.ndim == 1 else mask
