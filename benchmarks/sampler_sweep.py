@@ -58,10 +58,8 @@ def screen_plan() -> list[dict]:
         plan.append(setting("dpmpp-2m-sde", 10, cfg))
     for interval in [(0.3, 3.0), (1.0, 10.0)]:
         plan.append(setting("dpmpp-2m-sde", 10, 2.0, interval=interval))
-    plan.append(setting("dpmpp-2m-sde", 25, 3.0, rescale=0.7))  # what keeps strong guidance in range
-    plan.append(setting("dpmpp-2m-sde", 25, 3.0, threshold=0.995))
-    for cfg in [1.0, 2.0, 3.0]:
-        plan.append(setting("dpmpp-2m", 25, cfg))
+    plan.append(setting("dpmpp-2m-sde", 10, 3.0, rescale=0.7))  # what keeps strong guidance in range
+    plan.append(setting("dpmpp-2m-sde", 10, 3.0, threshold=0.995))
     return plan
 
 

@@ -89,7 +89,7 @@ def check_numbers(got: dict, rec: dict, rel: float = REL) -> None:
                                              ("model-ddpm", "model-ddpm", True)])
 def test_saved_models_sample_what_the_old_code_sampled(name, path, ema):
     pipe = load_pipeline(FIXTURES / path, ema=ema)
-    images, _ = pipe.generate(labels=torch.tensor([0, 3, 7]), sampler="ddim", steps=5, cfg=3.0, seed=0)  # recorded at 3
+    images, _ = pipe.generate(labels=torch.tensor([0, 3, 7]), sampler="ddim", steps=5, cfg=3.0, seed=0)  # as recorded
     assert uint8_sha(images) == SAVED[name]["ddim"]["sha256"]
 
 
