@@ -97,7 +97,7 @@ def run(args) -> None:
     k = pipe.num_classes
     if args.stage == "final":
         plan = [setting(*s) for s in json.loads(args.final)] if args.final else []
-        n, seed_sets = 2000, [int(v) for v in args.seed_sets.split(",")]
+        n, seed_sets = args.final_n, [int(v) for v in args.seed_sets.split(",")]
     else:
         plan, n, seed_sets = screen_plan(), args.n, [0]
     for s in plan:
@@ -195,6 +195,7 @@ def main() -> None:
     ap.add_argument("--final", help='JSON list of settings for the final stage: [[sampler, steps, cfg, rescale, '
                                     'threshold, interval], ...]')
     ap.add_argument("--seed-sets", default="0,1,2", help="final stage: the seed sets to draw")
+    ap.add_argument("--final-n", type=int, default=2000, help="final stage: images per setting and seed set")
     ap.add_argument("--out", type=Path, default=OUT)
     ap.add_argument("--chart", action="store_true", help="draw the charts and the table from --out, then stop")
     args = ap.parse_args()

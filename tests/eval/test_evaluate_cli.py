@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from cli_runner import run
+from difforge.defaults import DEFAULT_CFG
 
 REPORT_KEYS = {"format", "n", "floor_n", "data", "sampling", "protocol", "classifier", "inception", "metrics",
                "floor", "per_class", "cfg_sweep"}
@@ -35,8 +36,8 @@ def cache(setup, monkeypatch):
 
 def test_evaluate_writes_the_report(cache, tmp_path, capsys):
     out = tmp_path / "ev"
-    assert run(["evaluate", str(cache / "run"), "--n", "20", "--steps", "3", "--cfg-sweep", "1,3", "--out", str(out),
-                "--no-progress", "--device", "cpu"]) == 0
+    assert run(["evaluate", str(cache / "run"), "--n", "20", "--steps", "3", "--cfg-sweep", f"1,{DEFAULT_CFG}",
+                "--out", str(out), "--no-progress", "--device", "cpu"]) == 0
     text = capsys.readouterr().out
     assert "classifier: FD" in text and "floor" in text and "inception: skipped" in text
     r = json.loads((out / "report.json").read_text())
@@ -44,10 +45,10 @@ def test_evaluate_writes_the_report(cache, tmp_path, capsys):
     assert r["n"] == 20 and r["floor_n"] == 20 and r["data"]["reference_split"] == "val"
     assert SUITE_KEYS <= set(r["metrics"]["classifier"]) and SUITE_KEYS <= set(r["floor"]["classifier"])
     assert 0 < r["classifier"]["test_accuracy"] <= 1 and r["inception"]["status"].startswith("skipped")
-    assert r["sampling"]["steps"] == 3 and r["sampling"]["cfg"] == 3.0
+    assert r["sampling"]["steps"] == 3 and r["sampling"]["cfg"] == DEFAULT_CFG
     assert [row["n"] for row in r["per_class"]] == [2] * 10
-    assert [row["cfg"] for row in r["cfg_sweep"]] == [1.0, 3.0]
-    assert r["cfg_sweep"][1]["fd"] == pytest.approx(r["metrics"]["classifier"]["fd"])  # cfg 3 reuses the samples
+    assert [row["cfg"] for row in r["cfg_sweep"]] == [1.0, DEFAULT_CFG]
+    assert r["cfg_sweep"][1]["fd"] == pytest.approx(r["metrics"]["classifier"]["fd"])  # the default reuses the samples
     # the floor is real data: it beats an 6-step model
     assert r["floor"]["classifier"]["fd"] < r["metrics"]["classifier"]["fd"]
     md = (out / "report.md").read_text()

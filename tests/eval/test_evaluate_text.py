@@ -118,11 +118,11 @@ def test_the_clip_score_evaluate_reports_is_clip_score_of_the_same_images(cache,
     r = json.loads((out / "report.json").read_text())
     clip, pipe = load_clip(tmp_path / "clip"), load_pipeline(cache / "run")
     prompts = [p.text for p in spread(seen_prompts(), 3)]
-    images, _ = pipe.generate(prompts=prompts, cfg=3.0, sampler="ddim", steps=2, seed=0)
+    images, _ = pipe.generate(prompts=prompts, cfg=3.0, steps=2, seed=0)  # evaluate's default sampler
     pf = r["prompt_following"]
     assert pf["sets"]["seen"]["clip_score"] == pytest.approx(clip_score(clip, images, prompts), abs=1e-9)
     assert pf["ceiling"]["clip_score"] == pytest.approx(clip_score(clip, bundle.test.images, bundle.test.captions))
-    images_1, _ = pipe.generate(prompts=prompts, cfg=1.0, sampler="ddim", steps=2, seed=0)
+    images_1, _ = pipe.generate(prompts=prompts, cfg=1.0, steps=2, seed=0)
     sweep = {row["cfg"]: row for row in r["cfg_sweep"]}
     assert sweep[1.0]["prompt_set_clip_scores"]["seen"] == pytest.approx(clip_score(clip, images_1, prompts))
     assert sweep[3.0]["prompt_set_clip_scores"] == {name: s["clip_score"] for name, s in pf["sets"].items()}

@@ -15,6 +15,7 @@ import torch
 from safetensors.torch import load_file
 
 from cli_runner import run
+from difforge.defaults import DEFAULT_CFG
 from difforge.interop import InteropError, framework_from_scheduler, import_diffusers, scheduler_from_card
 from difforge.models.card import ModelCard
 from difforge.pipeline import load_pipeline
@@ -130,7 +131,7 @@ def test_class_conditional_import_maps_num_class_embeds(tmp_path):
     # --null-class: the last embedding is the null class; CFG then works and mixes both branches
     assert run(["import", str(src), "--out", str(tmp_path / "cfg"), "--null-class"]) == 0
     pipe = load_pipeline(tmp_path / "cfg")
-    assert pipe.num_classes == 3 and pipe.card.conditioning.null_label == 3 and pipe.default_cfg == 3.0
+    assert pipe.num_classes == 3 and pipe.card.conditioning.null_label == 3 and pipe.default_cfg == DEFAULT_CFG
     guided = _ours(pipe, 2, torch.tensor([0, 2]), cfg=2.0)
     assert torch.isfinite(guided).all()
 

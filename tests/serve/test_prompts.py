@@ -82,13 +82,13 @@ def test_merged_requests_with_different_prompts_equal_each_alone(text_pipe):
 def test_no_prompt_and_the_empty_prompt_are_the_unconditional_samples(text_client, text_pipe):
     none, empty = generate(text_client, n=2, steps=3, seed=5), generate(text_client, prompt="", n=2, steps=3, seed=5)
     assert none["prompts"] == ["", ""] and none["images"] == empty["images"]
-    expected, _ = text_pipe.generate(n=2, sampler="ddim", steps=3, seed=5)  # Pipeline.generate without prompts
+    expected, _ = text_pipe.generate(n=2, steps=3, seed=5)  # Pipeline.generate without prompts, default sampler
     assert torch.equal(images_of(none), expected)
 
 
 def test_a_negative_prompt_replaces_the_empty_prompt_in_guidance(text_client, text_pipe):
     out = generate(text_client, prompt=RED, negative_prompt=BLUE, steps=3, seed=2, cfg=CFG)
-    expected, _ = text_pipe.generate(prompts=[RED], negative_prompt=BLUE, sampler="ddim", steps=3, seed=2, cfg=CFG)
+    expected, _ = text_pipe.generate(prompts=[RED], negative_prompt=BLUE, steps=3, seed=2, cfg=CFG)
     assert torch.equal(images_of(out), expected)
     plain = generate(text_client, prompt=RED, steps=3, seed=2, cfg=CFG)
     assert plain["images"] != out["images"]
