@@ -46,8 +46,9 @@ def recipes(work: Path, latent_steps: int | None, pixel_steps: int) -> dict[str,
     }
 
 
-def run_command(args: list[str], log) -> dict:
-    cmd = [sys.executable, "-m", "difforge", *args, "--no-progress"]
+def run_command(args: list[str], log, no_progress: bool = True) -> dict:
+    """One `difforge` command, timed; its output appended to the log."""
+    cmd = [sys.executable, "-m", "difforge", *args] + (["--no-progress"] if no_progress else [])
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     seconds = time.perf_counter() - t0

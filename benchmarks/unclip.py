@@ -22,29 +22,19 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
+from text_to_image import run_command as run_text_command  # noqa: E402
 from train_throughput import machine_record  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
 def run_command(args: list[str], log) -> dict:
-    """One `difforge` command, timed; its output appended to the log."""
-    cmd = [sys.executable, "-m", "difforge", *args] + (["--no-progress"] if args[0] == "train" else [])
-    t0 = time.perf_counter()
-    proc = subprocess.run(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    seconds = time.perf_counter() - t0
-    log.write(f"$ difforge {' '.join(args)}\n{proc.stdout}\n")
-    log.flush()
-    if proc.returncode:
-        raise SystemExit(f"difforge {' '.join(args)} failed ({proc.returncode}); see the log")
-    return {"command": "difforge " + " ".join(args), "seconds": round(seconds, 1),
-            "load_avg_after": [round(v, 2) for v in os.getloadavg()]}
+    """text_to_image's runner; train-clip and train-prior take no --no-progress."""
+    return run_text_command(args, log, no_progress=args[0] == "train")
 
 
 def recipes(work: Path, a) -> dict[str, list[list[str]]]:

@@ -97,13 +97,9 @@ class DomainClassifier:
         return self.meta["feature_dim"]
 
     def _check(self, images: torch.Tensor) -> None:
-        c, s = self.meta["channels"], self.meta["image_size"]
-        if not isinstance(images, torch.Tensor) or images.dtype != torch.uint8 or images.ndim != 4:
-            got = (f"{images.dtype} {tuple(images.shape)}" if isinstance(images, torch.Tensor)
-                   else type(images).__name__)
-            raise ValueError(f"expected uint8 images (N, C, H, W), got {got}")
-        if tuple(images.shape[1:]) != (c, s, s):
-            raise ValueError(f"images are {'x'.join(map(str, images.shape[1:]))}; this classifier takes {c}x{s}x{s}")
+        from difforge.io.images import check_uint8_batch
+
+        check_uint8_batch(images, self.meta["channels"], self.meta["image_size"], "this classifier")
 
     @torch.no_grad()
     def features_and_logits(self, images: torch.Tensor, batch_size: int = 500) -> tuple[np.ndarray, np.ndarray]:

@@ -11,6 +11,16 @@ import torch
 from difforge.io.space import to_uint8  # noqa: E402,F401 - the one conversion, re-exported
 
 
+def check_uint8_batch(images, channels: int, size: int, who: str) -> None:
+    """A one-line ValueError unless `images` is a uint8 (N, channels, size, size) tensor;
+    `who` names what takes them ("this classifier")."""
+    if not isinstance(images, torch.Tensor) or images.dtype != torch.uint8 or images.ndim != 4:
+        got = f"{images.dtype} {tuple(images.shape)}" if isinstance(images, torch.Tensor) else type(images).__name__
+        raise ValueError(f"expected uint8 images (N, C, H, W), got {got}")
+    if tuple(images.shape[1:]) != (channels, size, size):
+        raise ValueError(f"images are {'x'.join(map(str, images.shape[1:]))}; {who} takes {channels}x{size}x{size}")
+
+
 def make_grid(images: torch.Tensor, nrow: int, pad: int = 2, pad_value: int = 255) -> np.ndarray:
     """uint8 (N, C, H, W) -> one uint8 (H', W', C) array with `nrow` images per row."""
     if images.dtype != torch.uint8 or images.ndim != 4:
