@@ -36,12 +36,13 @@ SAMPLER_FLAGS = (("--eta", "eta"), ("--snr", "snr"), ("--corrector-steps", "corr
 @click.option("--sampler", type=click.Choice(SAMPLER_NAMES), default=DEFAULT_SAMPLER, show_default=True,
               help="ddpm: ancestral (Ho et al. 2020); ddim (Song et al. 2021); euler, euler-a (ancestral), heun "
               "(Karras et al. 2022); dpmpp-2m, dpmpp-3m: DPM-Solver++ multistep (Lu et al. 2022); dpmpp-2m-sde: "
-              "its stochastic variant, best at 15-30 steps on a briefly trained model. langevin: annealed Langevin "
+              "its stochastic variant, the default: the lowest FD per call in benchmarks/sampler_sweep.py (10 "
+              "steps, guidance 1.5). langevin: annealed Langevin "
               "dynamics (Song & Ermon 2019, 5 calls per level); reverse-sde: Euler-Maruyama on the reverse SDE; pc: "
               "it plus a Langevin corrector (Song et al. 2021, 2 calls per step).")
 @click.option("--steps", type=int, help="Sampler steps; heun makes 2 denoiser calls per step, the others 1. "
-              "[default: every timestep (1000) for ddpm, 50 for ddim, euler and euler-a, 25 for heun and the dpmpp "
-              "samplers]")
+              "[default: every timestep (1000) for ddpm, 50 for ddim, euler and euler-a, 25 for heun, dpmpp-2m and "
+              "dpmpp-3m, 10 for dpmpp-2m-sde]")
 @click.option("--schedule", "--grid", "grid", type=click.Choice(GRID_NAMES), help="Noise levels the steps visit: "
               "leading / trailing / linspace subsets of the training timesteps, karras (rho = 7), or log-snr "
               "(uniform). [default: trailing for ddpm and ddim, karras for the others]")
