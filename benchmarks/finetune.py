@@ -119,8 +119,7 @@ def main() -> None:
                                                      seed=0))
         return {"fd": fd(images), "sampling": t}
 
-    floor_images = torch.stack([255 - torch.from_numpy(_read(p)) for p in sorted(style.rglob("*.png"))][:args.n])
-    result["floor_fd_real_style_images"] = fd(floor_images)
+    result["floor_fd_real_style_images"] = fd(style_floor_images(style, args.n))
     result["pretrained_untouched"] = score(pre.out)
     result["methods"] = {}
     for i, (name, (model, lr)) in enumerate(methods.items()):
@@ -134,6 +133,16 @@ def main() -> None:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))
+
+
+def style_floor_images(style: Path, n: int) -> "torch.Tensor":  # noqa: F821 - torch is imported inside
+    """n class-balanced real images of the new style (as stored: `fd` inverts them back)."""
+    import torch
+
+    folders = sorted(p for p in style.iterdir() if p.is_dir())
+    per = -(-n // len(folders))
+    picked = [torch.from_numpy(_read(p)) for f in folders for p in sorted(f.glob("*.png"))[:per]]
+    return torch.stack(picked[:n])
 
 
 def _read(path: Path):
