@@ -278,3 +278,25 @@ def test_trained_diffusers_unet_run_exports_to_diffusers(tmp_path):
         torch.tensor([4, 10])
     with torch.no_grad():
         assert torch.equal(unet(x, t, class_labels=y).sample, pipe.net(x, t, y))
+
+
+def test_an_imported_diffusers_model_fine_tunes_in_full_and_with_lora(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    src = _save(tmp_path / "src", _unet())
+    assert run(["import", str(src), "--out", str(tmp_path / "imported")]) == 0
+    rng = np.random.default_rng(0)
+    (tmp_path / "imgs").mkdir()
+    for i in range(12):
+        pixels = rng.integers(0, 255, (SIZE, SIZE, 3), dtype=np.uint8)
+        Image.fromarray(pixels, "RGB").save(tmp_path / "imgs" / f"{i}.png")
+    common = ["--data", str(tmp_path / "imgs"), "--init-from", str(tmp_path / "imported"), "--max-steps", "2",
+              "--batch-size", "4", "--no-progress", "--sample-every", "0", "--no-final-grid"]
+    assert run(["train", *common, "--out", str(tmp_path / "full")]) == 0
+    assert run(["train", *common, "--lora-rank", "2", "--out", str(tmp_path / "lora")]) == 0
+    for run_dir in ("full", "lora"):
+        pipe = load_pipeline(tmp_path / run_dir)
+        assert pipe.card.architecture.preset == "diffusers-unet" and pipe.card.source is not None
+        images, _ = pipe.generate(n=2, steps=2, seed=0)
+        assert images.shape == (2, 3, SIZE, SIZE)
