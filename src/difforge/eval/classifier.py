@@ -15,7 +15,6 @@ import hashlib
 import json
 import math
 import os
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -129,24 +128,9 @@ class DomainClassifier:
         one: nothing else in the folder is touched. Callers check the folder first
         (`check_classifier_dir`): a folder of other files is never written to.
         """
-        from safetensors.torch import save_file
+        from difforge.io.outputs import save_weights_and_meta
 
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        state = {k: v.detach().cpu().contiguous() for k, v in self.net.state_dict().items()}
-        (directory / META).unlink(missing_ok=True)  # a crash below leaves no half-replaced classifier
-        fd, tmp = tempfile.mkstemp(prefix=f".{WEIGHTS}-", dir=directory)
-        os.close(fd)
-        try:
-            save_file(state, tmp)
-            os.replace(tmp, directory / WEIGHTS)
-            fd, tmp = tempfile.mkstemp(prefix=f".{META}-", dir=directory)
-            with os.fdopen(fd, "w") as f:
-                f.write(json.dumps(self.meta, indent=2))
-            os.replace(tmp, directory / META)  # last: a folder with classifier.json is complete
-        finally:
-            Path(tmp).unlink(missing_ok=True)
-        return directory
+        return save_weights_and_meta(directory, self.net, self.meta, WEIGHTS, META)
 
 
 def summary_line(meta: dict) -> str:

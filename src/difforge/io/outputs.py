@@ -69,3 +69,31 @@ def check_output_file(path: str | Path, *, what: str = "--out", suffixes: tuple[
         raise OutputError(f"{what} {p}: cannot overwrite it (permission denied)")
     _writable_ancestor(p, what)
     return p
+
+
+def save_weights_and_meta(directory: str | Path, module, meta: dict, weights: str, meta_name: str) -> Path:
+    """Write `module`'s state dict to `weights` (safetensors) and `meta` to `meta_name` (JSON)
+    in `directory` (created if missing). The old meta file goes first and the new one comes
+    last, each file through a temporary name in the folder renamed over the old one: a
+    folder holding the meta file is complete, and nothing else in it is touched."""
+    import json
+    import tempfile
+
+    from safetensors.torch import save_file
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
+    (directory / meta_name).unlink(missing_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{weights}-", dir=directory)
+    os.close(fd)
+    try:
+        save_file(state, tmp)
+        os.replace(tmp, directory / weights)
+        fd, tmp = tempfile.mkstemp(prefix=f".{meta_name}-", dir=directory)
+        with os.fdopen(fd, "w") as f:
+            f.write(json.dumps(meta, indent=2))
+        os.replace(tmp, directory / meta_name)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+    return directory

@@ -26,8 +26,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -250,24 +248,9 @@ class DomainCLIP:
         """Write model.safetensors + clip.json into `directory` (created if missing); each
         file goes to a temporary name first, clip.json last (a folder with it is complete).
         Callers check the folder first (`check_clip_dir`)."""
-        from safetensors.torch import save_file
+        from difforge.io.outputs import save_weights_and_meta
 
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        state = {k: v.detach().cpu().contiguous() for k, v in self.net.state_dict().items()}
-        (directory / META).unlink(missing_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{WEIGHTS}-", dir=directory)
-        os.close(fd)
-        try:
-            save_file(state, tmp)
-            os.replace(tmp, directory / WEIGHTS)
-            fd, tmp = tempfile.mkstemp(prefix=f".{META}-", dir=directory)
-            with os.fdopen(fd, "w") as f:
-                f.write(json.dumps(self.meta, indent=2))
-            os.replace(tmp, directory / META)
-        finally:
-            Path(tmp).unlink(missing_ok=True)
-        return directory
+        return save_weights_and_meta(directory, self.net, self.meta, WEIGHTS, META)
 
 
 def is_clip_dir(directory: str | Path) -> bool:
