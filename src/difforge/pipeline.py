@@ -17,6 +17,7 @@ from torch import nn
 
 from difforge.defaults import (  # noqa: F401 - re-exported
     DEFAULT_CFG,
+    DEFAULT_CFG_INTERVAL,
     DEFAULT_CFG_TEXT,
     DEFAULT_GRID,
     DEFAULT_SAMPLER,
@@ -232,13 +233,23 @@ class Pipeline:
             return None
         return DEFAULT_CFG if self.card.conditioning.has_null else 1.0
 
+    @property
+    def default_cfg_interval(self) -> tuple[float, float] | None:
+        """The noise levels guidance applies at when no interval is given: DEFAULT_CFG_INTERVAL
+        for a class-conditional pixel model with a null class (where it was measured), None
+        (every level) for the others."""
+        if self.takes_text or self.takes_image_embeddings or self.card.latent or not self.num_classes:
+            return None
+        return DEFAULT_CFG_INTERVAL if self.card.conditioning.has_null else None
+
     def denoiser(
         self, cfg: float | None = None, clip: bool = True, cfg_rescale: float = 0.0, threshold: float | None = None,
         negative_prompt: str | None = None, cfg_interval: tuple[float, float] | None = None,
     ) -> nn.Module:
         """D(x, sigma, cond) with guidance (conditional models; default scale `default_cfg`,
         optional guidance rescale phi = `cfg_rescale`, guidance only at noise levels in
-        `cfg_interval` = (lo, hi) when given) and x0 kept in [-1, 1]: by static
+        `cfg_interval` = (lo, hi), default `default_cfg_interval`; (0, inf) guides at every
+        level) and x0 kept in [-1, 1]: by static
         clipping (`clip`), or by dynamic thresholding at percentile `threshold` (Imagen).
         A text model's unconditional branch is the empty prompt, or `negative_prompt`."""
         d: nn.Module = self.model
@@ -257,6 +268,8 @@ class Pipeline:
         elif self.num_classes:
             scale = self.default_cfg if cfg is None else cfg
             null = self.card.conditioning.null_label
+            if cfg_interval is None:
+                cfg_interval = self.default_cfg_interval
             if null is None and (scale != 1.0 or cfg_rescale or cfg_interval):
                 raise ValueError("classifier-free guidance needs a null class, which this model did not learn; "
                                  "use --cfg 1")

@@ -168,7 +168,7 @@ def test_gif_frames_stay_few_for_long_runs(tiny_run, tmp_path):
     (["--steps", "0"], "steps must be >= 1"),
     (["--sampler", "euler", "--steps", "2000", "--schedule", "trailing"], "steps must be in 1..1000"),
     (["--cfg-rescale", "2"], "guidance rescale must be in [0, 1]"),
-    (["--cfg-interval", "1"], "--cfg-interval takes LO,HI (two noise levels, e.g. 0.3,5), got '1'"),
+    (["--cfg-interval", "1"], "--cfg-interval takes LO,HI (two noise levels, e.g. 0.3,5) or all, got '1'"),
     (["--cfg-interval", "5,1"], "--cfg-interval needs 0 <= LO <= HI, got '5,1'"),
     (["--threshold", "0"], "percentile must be in (0, 1]"),
 ])
@@ -193,6 +193,36 @@ def test_pipeline_defaults_and_errors(tiny_run):
         pipe.sigmas("euler", 10, "cosine")
     with pytest.raises(ValueError, match="sampler 'heun' takes no option 'eta'"):
         pipe.generate(n=1, labels=torch.tensor([0]), sampler="heun", steps=2, eta=1.0)
+
+
+def test_default_guidance_interval(tiny_run, tmp_path):
+    """A class model guides at DEFAULT_CFG inside DEFAULT_CFG_INTERVAL unless told otherwise: the
+    defaults draw the same images as the explicit setting, and `--cfg-interval all` (0, inf)
+    the same as a guidance at every level."""
+    import math
+
+    from difforge.defaults import DEFAULT_CFG, DEFAULT_CFG_INTERVAL
+    from difforge.pipeline import load_pipeline
+    from difforge.sampling import CFGDenoiser
+
+    pipe = load_pipeline(tiny_run)
+    assert pipe.default_cfg == DEFAULT_CFG and pipe.default_cfg_interval == DEFAULT_CFG_INTERVAL
+
+    def guidance(den):
+        return next(m for m in den.modules() if isinstance(m, CFGDenoiser))
+
+    assert guidance(pipe.denoiser()).interval == DEFAULT_CFG_INTERVAL
+    assert guidance(pipe.denoiser(cfg=3.0)).interval == DEFAULT_CFG_INTERVAL  # a scale alone keeps the interval
+    assert guidance(pipe.denoiser(cfg_interval=(0.0, math.inf))).interval is None
+    assert guidance(pipe.denoiser(cfg_interval=(1.0, 2.0))).interval == (1.0, 2.0)
+    labels = torch.tensor([0, 3])
+    common = {"labels": labels, "sampler": "dpmpp-2m-sde", "steps": 4, "seed": 5}
+    default, _ = pipe.generate(**common)
+    explicit, _ = pipe.generate(cfg=DEFAULT_CFG, cfg_interval=DEFAULT_CFG_INTERVAL, **common)
+    everywhere, _ = pipe.generate(cfg_interval=(0.0, math.inf), **common)
+    assert torch.equal(default, explicit) and not torch.equal(default, everywhere)
+    assert run(["sample", str(tiny_run), "--n", "2", "--class", "1", "--steps", "3", "--cfg-interval", "all",
+                "--out", str(tmp_path / "all.png"), "--no-progress"]) == 0
 
 
 def test_seed_independent_of_batch_size_stochastic_sampler(tiny_run):

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from cli_runner import run
-from difforge.defaults import DEFAULT_CFG
+from difforge.defaults import DEFAULT_CFG, DEFAULT_CFG_INTERVAL
 
 REPORT_KEYS = {"format", "n", "floor_n", "data", "sampling", "protocol", "classifier", "inception", "metrics",
                "floor", "per_class", "cfg_sweep"}
@@ -46,12 +46,14 @@ def test_evaluate_writes_the_report(cache, tmp_path, capsys):
     assert SUITE_KEYS <= set(r["metrics"]["classifier"]) and SUITE_KEYS <= set(r["floor"]["classifier"])
     assert 0 < r["classifier"]["test_accuracy"] <= 1 and r["inception"]["status"].startswith("skipped")
     assert r["sampling"]["steps"] == 3 and r["sampling"]["cfg"] == DEFAULT_CFG
+    assert r["sampling"]["cfg_interval"] == list(DEFAULT_CFG_INTERVAL)
     assert [row["n"] for row in r["per_class"]] == [2] * 10
     assert [row["cfg"] for row in r["cfg_sweep"]] == [1.0, DEFAULT_CFG]
     assert r["cfg_sweep"][1]["fd"] == pytest.approx(r["metrics"]["classifier"]["fd"])  # the default reuses the samples
     # the floor is real data: it beats an 6-step model
     assert r["floor"]["classifier"]["fd"] < r["metrics"]["classifier"]["fd"]
     md = (out / "report.md").read_text()
+    assert f"guidance {DEFAULT_CFG:g} at sigma in [{DEFAULT_CFG_INTERVAL[0]:g}, {DEFAULT_CFG_INTERVAL[1]:g}]" in md
     assert "N = 20" in md and "real-vs-real floor" in md and "accuracy" in md
     for png in ("samples.png", "per_class_fd.png", "cfg_sweep.png"):
         assert (out / png).stat().st_size > 0

@@ -1,5 +1,7 @@
 """Guidance rescale and dynamic thresholding against hand-computed values (and diffusers')."""
 
+import math
+
 import pytest
 import torch
 from torch import nn
@@ -140,3 +142,6 @@ def test_guidance_interval_guides_inside_and_runs_one_pass_outside():
     assert torch.allclose(per_sample, torch.tensor([[-8 * 1.0 + 1], [2.0 + 3]]))
     plain = CFGDenoiser(Affine(), 2.0, 9)
     assert torch.allclose(plain(x, torch.tensor(3.0), cond), -8 * x + 3)  # no interval: guided everywhere
+    everywhere = CFGDenoiser(Affine(), 2.0, 9, interval=(0.0, math.inf))  # `--cfg-interval all`
+    assert everywhere.interval is None
+    assert torch.allclose(everywhere(x, torch.tensor(300.0), cond), -8 * x + 300)

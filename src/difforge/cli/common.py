@@ -4,6 +4,7 @@ the option choices offer, and the --data helpers of `train`, `train-classifier` 
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import NoReturn
 
@@ -86,3 +87,19 @@ def data_config(dataset: str | None, data_path: str | None):
     if data_path is not None:
         return DataConfig(dataset=data_kind(dataset, data_path), path=str(data_path))
     return DataConfig(dataset=dataset) if dataset is not None else None
+
+
+def parse_interval(text: str | None) -> tuple[float, float] | None:
+    """--cfg-interval "LO,HI" -> (lo, hi), "all" -> (0, inf); a one-line error for anything else."""
+    if text is None:
+        return None
+    if text.strip().lower() == "all":
+        return 0.0, math.inf
+    parts = text.split(",")
+    try:
+        lo, hi = (float(p) for p in parts)
+    except ValueError:
+        raise ValueError(f"--cfg-interval takes LO,HI (two noise levels, e.g. 0.3,5) or all, got {text!r}") from None
+    if not 0 <= lo <= hi:
+        raise ValueError(f"--cfg-interval needs 0 <= LO <= HI, got {text!r}")
+    return lo, hi

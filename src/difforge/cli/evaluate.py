@@ -6,7 +6,16 @@ from pathlib import Path
 
 import click
 
-from difforge.cli.common import DATASET_NAMES, GRID_NAMES, SAMPLER_NAMES, _fail, cli, data_config, no_progress_option
+from difforge.cli.common import (
+    DATASET_NAMES,
+    GRID_NAMES,
+    SAMPLER_NAMES,
+    _fail,
+    cli,
+    data_config,
+    no_progress_option,
+    parse_interval,
+)
 from difforge.defaults import DEFAULT_CFG, DEFAULT_CFG_TEXT, DEFAULT_SAMPLER
 
 
@@ -75,6 +84,8 @@ def _float_list(text: str) -> tuple[float, ...]:
               "labels, as `sample --npz` writes) instead of sampling.")
 @click.option("--cfg", type=float, help=f"Classifier-free guidance scale. [default: {DEFAULT_CFG:g} for classes, "
               f"{DEFAULT_CFG_TEXT:g} for prompts]")
+@click.option("--cfg-interval", help="LO,HI: guide only at noise levels sigma in [LO, HI]; all: at every level. "
+              "[default: as for `sample`]")
 @click.option("--cfg-sweep", help="Also sample and score N images at each of these guidance scales, e.g. 1,2,3,5.")
 @click.option("--sampler", type=click.Choice(SAMPLER_NAMES), default=DEFAULT_SAMPLER, show_default=True)
 @click.option("--steps", type=int, help="Sampler steps. [default: as for `sample`]")
@@ -158,14 +169,16 @@ def evaluate(model_dir, out, npz, cfg_sweep, dataset, data_path, classifier_path
     click.echo(f"wrote {Path(out) / 'report.md'} and report.json (N = {report['n']})")
 
 
-def _eval_config(cfg_sweep: str | None, *, k: int, bpd: int, bpd_ode: bool, bpd_timesteps: int, **settings):
+def _eval_config(cfg_sweep: str | None, *, k: int, bpd: int, bpd_ode: bool, bpd_timesteps: int,
+                 cfg_interval: str | None = None, **settings):
     """The EvalConfig of the options, checked."""
     from difforge.eval.evaluate import EvalConfig
 
     if k < 1:
         raise ValueError(f"--k must be >= 1, got {k}")
     sweep = _float_list(cfg_sweep) if cfg_sweep is not None else ()
-    ecfg = EvalConfig(cfg_sweep=sweep, k=k, bpd=bpd, bpd_ode=bpd_ode, bpd_timesteps=bpd_timesteps or None, **settings)
+    ecfg = EvalConfig(cfg_sweep=sweep, cfg_interval=parse_interval(cfg_interval), k=k, bpd=bpd, bpd_ode=bpd_ode,
+                      bpd_timesteps=bpd_timesteps or None, **settings)
     if bpd_timesteps < 0:
         raise ValueError(f"--bpd-timesteps must be >= 0, got {bpd_timesteps}")
     if bpd_ode and not bpd:

@@ -4,9 +4,18 @@ from __future__ import annotations
 
 import click
 
-from difforge.cli.common import GIF_FRAMES, GRID_NAMES, IMAGE_SUFFIXES, SAMPLER_NAMES, _fail, cli, no_progress_option
+from difforge.cli.common import (
+    GIF_FRAMES,
+    GRID_NAMES,
+    IMAGE_SUFFIXES,
+    SAMPLER_NAMES,
+    _fail,
+    cli,
+    no_progress_option,
+    parse_interval,
+)
 from difforge.config import PRECISIONS
-from difforge.defaults import DEFAULT_CFG, DEFAULT_CFG_TEXT, DEFAULT_SAMPLER
+from difforge.defaults import DEFAULT_CFG, DEFAULT_CFG_INTERVAL, DEFAULT_CFG_TEXT, DEFAULT_SAMPLER
 
 # sampler options of `sample`: (flag, keyword of the sampler functions)
 SAMPLER_FLAGS = (("--eta", "eta"), ("--snr", "snr"), ("--corrector-steps", "corrector_steps"),
@@ -29,7 +38,8 @@ SAMPLER_FLAGS = (("--eta", "eta"), ("--snr", "snr"), ("--corrector-steps", "corr
 @click.option("--cfg-rescale", type=float, default=0.0, help="Guidance rescale phi in [0, 1] (Lin et al. 2024; 0.7 is "
               "typical): pulls the guided prediction's spread back to the conditional one's. [default: 0, off]")
 @click.option("--cfg-interval", help="LO,HI: guide only at noise levels sigma in [LO, HI] and run the conditional "
-              "model alone (half the cost) elsewhere (Kynkaanniemi et al. 2024). [default: guide at every level]")
+              "model alone (half the cost) elsewhere (Kynkaanniemi et al. 2024); all: at every level. [default: "
+              f"{DEFAULT_CFG_INTERVAL[0]:g},{DEFAULT_CFG_INTERVAL[1]:g} for classes, all for prompts]")
 @click.option("--threshold", type=float, help="Dynamic thresholding of x0 at this percentile of |x0| (Imagen; e.g. "
               "0.995) instead of clipping to [-1, 1]. It divides the whole image by that percentile, so images whose "
               "background sits at black or white (Fashion-MNIST) turn grey: compare with the default clipping.")
@@ -37,7 +47,7 @@ SAMPLER_FLAGS = (("--eta", "eta"), ("--snr", "snr"), ("--corrector-steps", "corr
               help="ddpm: ancestral (Ho et al. 2020); ddim (Song et al. 2021); euler, euler-a (ancestral), heun "
               "(Karras et al. 2022); dpmpp-2m, dpmpp-3m: DPM-Solver++ multistep (Lu et al. 2022); dpmpp-2m-sde: "
               "its stochastic variant, the default: the lowest FD per call in benchmarks/sampler_sweep.py (10 "
-              "steps, guidance 1.5). langevin: annealed Langevin "
+              "steps, guidance 2 at sigma in [0.3, 3]). langevin: annealed Langevin "
               "dynamics (Song & Ermon 2019, 5 calls per level); reverse-sde: Euler-Maruyama on the reverse SDE; pc: "
               "it plus a Langevin corrector (Song et al. 2021, 2 calls per step).")
 @click.option("--steps", type=int, help="Sampler steps; heun makes 2 denoiser calls per step, the others 1. "
@@ -100,20 +110,6 @@ def sample(model_dir, out, n, klass, classes, prompts, prompts_file, negative_pr
     except (ValueError, FileNotFoundError) as e:
         _fail(e)
     _write(pipe, images, labels, frames, out=out, npz=npz, png_dir=png_dir, gif=gif, per_row=per_row)
-
-
-def parse_interval(text: str | None) -> tuple[float, float] | None:
-    """--cfg-interval "LO,HI" -> (lo, hi); a one-line error for anything else."""
-    if text is None:
-        return None
-    parts = text.split(",")
-    try:
-        lo, hi = (float(p) for p in parts)
-    except ValueError:
-        raise ValueError(f"--cfg-interval takes LO,HI (two noise levels, e.g. 0.3,5), got {text!r}") from None
-    if not 0 <= lo <= hi:
-        raise ValueError(f"--cfg-interval needs 0 <= LO <= HI, got {text!r}")
-    return lo, hi
 
 
 def _check_outputs(out: str, npz: str | None, gif: str | None, png_dir: str | None) -> None:

@@ -48,6 +48,7 @@ class EvalConfig:
     steps: int | None = None  # None: the sampler's default (difforge.pipeline.DEFAULT_STEPS)
     grid: str | None = None  # None: the sampler's default grid
     cfg: float | None = None  # guidance scale; None: the pipeline's default for conditional models
+    cfg_interval: tuple[float, float] | None = None  # guided noise levels; None: the pipeline's default
     eta: float | None = None
     seed: int = 0  # image i uses seed + i; the floor and reference subsets use `seed` too
     ema: bool = True
@@ -118,7 +119,8 @@ def _generate_options(pipe, n: int, cfg: EvalConfig, scale: float | None, progre
     total = (len(pipe.sigmas(cfg.sampler, cfg.steps, cfg.grid)) - 1) * batches
     desc = f"sample {n}{what} ({cfg.sampler}" + (f", cfg {scale:g})" if scale is not None else ")")
     with tqdm(total=total, desc=desc, unit="step", disable=not progress, dynamic_ncols=True) as bar:
-        yield {"cfg": scale, "sampler": cfg.sampler, "steps": cfg.steps, "grid": cfg.grid, "seed": cfg.seed,
+        yield {"cfg": scale, "cfg_interval": cfg.cfg_interval, "sampler": cfg.sampler, "steps": cfg.steps,
+               "grid": cfg.grid, "seed": cfg.seed,
                "batch_size": cfg.batch_size, "callback": lambda d: bar.update(1), **options}
 
 
@@ -459,6 +461,16 @@ def _extra_measures(pipe, cfg: EvalConfig, images, bundle, ref, ref_split, ref_s
     return likelihood, memorization
 
 
+def _interval_record(pipe, cfg: EvalConfig) -> list[float] | str | None:
+    """The guided noise levels of the report: [lo, hi], "all", or None (no guidance)."""
+    if not (pipe.num_classes or pipe.takes_text):
+        return None
+    interval = cfg.cfg_interval if cfg.cfg_interval is not None else pipe.default_cfg_interval
+    if interval is None or (interval[0] == 0 and interval[1] == float("inf")):
+        return "all"
+    return [float(v) for v in interval]
+
+
 def _report_dict(*, model, npz, n, floor, data, ref, ref_split, bundle, pipe, cfg: EvalConfig, main_scale,
                  sample_seconds, ref_sub, spaces, metrics, floors, per_class, sweep, likelihood, memorization) -> dict:
     """report.json's content (the module docstring describes the protocol)."""
@@ -473,7 +485,8 @@ def _report_dict(*, model, npz, n, floor, data, ref, ref_split, bundle, pipe, cf
                  "train_count": len(bundle.train), "class_names": bundle.class_names},
         "sampling": None if npz is not None else {
             "sampler": cfg.sampler, "steps": len(pipe.sigmas(cfg.sampler, cfg.steps, cfg.grid)) - 1,
-            "grid": cfg.grid, "cfg": main_scale if pipe.num_classes or pipe.takes_text else None, "eta": cfg.eta,
+            "grid": cfg.grid, "cfg": main_scale if pipe.num_classes or pipe.takes_text else None,
+            "cfg_interval": _interval_record(pipe, cfg), "eta": cfg.eta,
             "seed": cfg.seed, "ema": cfg.ema, "conditional": bool(pipe.num_classes), "text": pipe.takes_text,
             "seconds": round(sample_seconds, 1)},
         "protocol": {"k": cfg.k, "kid_subsets": cfg.kid_subsets,

@@ -62,6 +62,8 @@ def _markdown(r: dict) -> str:
     s = r["sampling"]
     how = (f" ({s['sampler']}, {s['steps']} steps"
            + (f", guidance {s['cfg']:g}" if s["cfg"] is not None else "")
+           + (f" at sigma in [{s['cfg_interval'][0]:g}, {s['cfg_interval'][1]:g}]"
+              if isinstance(s.get("cfg_interval"), list) else "")
            + f", seed {s['seed']}, {'EMA' if s['ema'] else 'raw'} weights, {s['seconds']:g} s)") if s else ""
     lines.append(f"**N = {n}** generated images{how}, against the real **{d['reference_split']}** split of "
                  f"{d['dataset']} ({d['reference_count']} images).")

@@ -3,6 +3,7 @@ clipping and dynamic thresholding of x0."""
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -64,7 +65,7 @@ class CFGDenoiser(nn.Module):
     the conditional model alone (one pass, half the cost) elsewhere (Kynkaanniemi et al.
     2024, "Applying guidance in a limited interval improves sample and distribution
     quality"): guidance at high noise levels pulls samples towards a few modes, at low
-    levels it only sharpens. None (default) guides at every level.
+    levels it only sharpens. None (default), or (0, inf), guides at every level.
 
     The unconditional branch is either `null_label`, the learned null class of a
     class-conditional model, or `null`, an explicit null condition of the batch's rows or
@@ -83,7 +84,7 @@ class CFGDenoiser(nn.Module):
             lo, hi = (float(v) for v in interval)
             if not 0.0 <= lo <= hi:
                 raise ValueError(f"a guidance interval needs 0 <= lo <= hi (noise levels), got {lo}, {hi}")
-            interval = (lo, hi)
+            interval = None if lo == 0.0 and hi == math.inf else (lo, hi)
         self.interval = interval
         if (null_label is None) == (null is None):
             raise ValueError("classifier-free guidance needs exactly one of null_label (class labels) and null "

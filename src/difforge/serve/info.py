@@ -71,6 +71,7 @@ def describe_model(path: str | Path, pipe) -> dict:
         "metrics": {"training": metrics or None, "evaluation": evaluation},
         "device": str(pipe.device),
         "default_cfg": pipe.default_cfg,
+        "default_cfg_interval": list(pipe.default_cfg_interval) if pipe.default_cfg_interval else None,
         "default_sampler": DEFAULT_SAMPLER,
         "samplers": _samplers(pipe),
     }
