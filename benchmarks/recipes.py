@@ -1,0 +1,153 @@
+"""Which training recipe gives the best quick-start model for the same training time.
+
+Every variant trains the quick-start network (`configs/quickstart.yaml`, preset `unet`) on the same
+number of training images, 700 steps of 128 (half the quick start's 1400), and changes one thing:
+the framework (EDM preconditioning with log-normal noise levels), the prediction target, the loss
+weighting (min-SNR), the noise schedule, the batch size, the learning rate. The network and the
+images seen are the same, so a step costs the same and equal images mean equal wall clock; each
+run's own time is recorded next to its score so that this can be checked (batch size changes the
+cost per image a little).
+
+Each variant is scored like the sampler sweep (`sampler_sweep.py`): the default sampling setting,
+N class-balanced images per seed set, Frechet distance on difforge's domain-classifier features
+against the 10,000 test images, class accuracy, precision and recall.
+
+    python benchmarks/recipes.py train edm           # trains WORK/edm, records its time
+    python benchmarks/recipes.py score edm --n 1000  # scores it at the default sampling setting
+    python benchmarks/recipes.py --table             # results/recipes.md from every recorded variant
+
+Variants can train side by side (one thread each: OMP_NUM_THREADS=1); each writes its own file,
+results/recipes/VARIANT.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).parent
+sys.path.insert(0, str(HERE))
+from text_to_image import run_command  # noqa: E402
+from train_throughput import machine_record  # noqa: E402
+
+RESULTS = HERE / "results" / "recipes"
+STEPS = 700  # half the quick start: the budget that would fit its time target
+
+VARIANTS: dict[str, tuple[str, list[str]]] = {
+    "base": ("the quick start's recipe: DDPM, epsilon, linear schedule, batch 128, lr 2e-3", []),
+    "edm": ("EDM preconditioning and log-normal noise levels", ["--framework", "edm"]),
+    "min-snr": ("epsilon with min-SNR-5 loss weighting", ["--min-snr-gamma", "5"]),
+    "v": ("v-prediction", ["--prediction", "v"]),
+    "v-cosine": ("v-prediction, cosine schedule", ["--prediction", "v", "--schedule", "cosine"]),
+    "b64": ("batch 64 for twice the steps (same images)", ["--batch-size", "64", "--steps-factor", "2"]),
+    "lr4e-3": ("peak learning rate 4e-3", ["--lr", "0.004"]),
+}
+
+
+def train_args(name: str, work: Path) -> list[str]:
+    _, extra = VARIANTS[name]
+    extra = list(extra)
+    factor = 1
+    if "--steps-factor" in extra:
+        i = extra.index("--steps-factor")
+        factor = int(extra[i + 1])
+        del extra[i:i + 2]
+    steps = STEPS * factor
+    return ["train", "--config", "configs/quickstart.yaml", "--out", str(work / name), "--max-steps", str(steps),
+            "--set", f"train.sample_every={steps}", "--set", f"train.checkpoint_every={steps}", *extra]
+
+
+def record_path(name: str) -> Path:
+    return RESULTS / f"{name}.json"
+
+
+def load(name: str) -> dict:
+    path = record_path(name)
+    return json.loads(path.read_text()) if path.exists() else {"variant": name, "rows": []}
+
+
+def save(name: str, record: dict) -> None:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    record_path(name).write_text(json.dumps(record, indent=1))
+
+
+def train(name: str, work: Path) -> None:
+    args = train_args(name, work)
+    log = open(RESULTS.parent / f"recipes-{name}.log", "a")
+    machine = machine_record()
+    result = run_command(args, log)
+    record = load(name)
+    record.update(description=VARIANTS[name][0], training=result, machine_before=machine,
+                  omp_num_threads=os.environ.get("OMP_NUM_THREADS"), run=str(work / name))
+    save(name, record)
+    print(json.dumps(result))
+
+
+def score(name: str, work: Path, n: int, seed_sets: str) -> None:
+    import sampler_sweep
+
+    from difforge.defaults import DEFAULT_CFG, DEFAULT_SAMPLER, DEFAULT_STEPS
+
+    scratch = RESULTS / f".{name}.sweep.json"
+    record = load(name)
+    scratch.write_text(json.dumps({"rows": record["rows"]}))
+    final = json.dumps([[DEFAULT_SAMPLER, DEFAULT_STEPS[DEFAULT_SAMPLER], DEFAULT_CFG, 0.0, None, None]])
+    sampler_sweep.run(argparse.Namespace(model=str(work / name), stage="final", final=final, seed_sets=seed_sets,
+                                         final_n=n, out=scratch))
+    swept = json.loads(scratch.read_text())
+    record = load(name)
+    record["rows"] = swept["rows"]
+    record["classifier_test_accuracy"] = swept.get("classifier_test_accuracy")
+    save(name, record)
+    scratch.unlink()
+
+
+def table() -> str:
+    import statistics
+
+    lines = ["| variant | what changes | training s (threads) | N | seed sets | FD mean (min-max) | accuracy |",
+             "|---|---|---|---|---|---|---|"]
+    for name in VARIANTS:
+        if not record_path(name).exists():
+            continue
+        rec = load(name)
+        by_n: dict[int, list[dict]] = {}
+        for row in rec["rows"]:
+            by_n.setdefault(row["n"], []).append(row)
+        for n, rows in sorted(by_n.items()):
+            fds = [r["fd"] for r in rows]
+            acc = statistics.mean(r["accuracy"] for r in rows)
+            tr = rec.get("training", {})
+            lines.append(f"| {name} | {rec.get('description', '')} | {tr.get('seconds', '?')} "
+                         f"({rec.get('omp_num_threads') or 'all'}) | {n} | {len(rows)} | "
+                         f"{statistics.mean(fds):.2f} ({min(fds):.2f}-{max(fds):.2f}) | {acc:.3f} |")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("action", nargs="?", choices=["train", "score"])
+    ap.add_argument("variant", nargs="?", choices=sorted(VARIANTS))
+    ap.add_argument("--work", type=Path, default=Path("runs/recipes"), help="where the runs go")
+    ap.add_argument("--n", type=int, default=1000, help="score: images per seed set")
+    ap.add_argument("--seed-sets", default="0", help="score: comma-separated seed sets")
+    ap.add_argument("--table", action="store_true", help="write results/recipes.md from the recorded variants")
+    args = ap.parse_args()
+    if args.table:
+        text = table()
+        (HERE / "results" / "recipes.md").write_text(text)
+        print(text)
+        return
+    if not args.action or not args.variant:
+        ap.error("give an action (train, score) and a variant, or --table")
+    if args.action == "train":
+        train(args.variant, args.work)
+    else:
+        score(args.variant, args.work, args.n, args.seed_sets)
+
+
+if __name__ == "__main__":
+    main()
