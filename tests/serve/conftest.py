@@ -77,6 +77,40 @@ def make_text_run(root, steps: int = 2):
     return root / "run"
 
 
+VIDEO_FRAMES = 4
+
+
+def make_video_model_dir(path, seed: int = 0):
+    """model.safetensors + config.json of an untrained class-conditional `stunet-tiny` video
+    model: clips of VIDEO_FRAMES frames of SIZE x SIZE, classes CLASSES, 50 DDPM timesteps."""
+    from safetensors.torch import save_file
+
+    from difforge.diffusion.frameworks import FrameworkSpec
+    from difforge.models.card import Architecture, ModelCard
+    from difforge.models.conditioning import VideoFrames
+
+    card = ModelCard(Architecture.of_preset("stunet-tiny"), SIZE, SIZE, 1, FrameworkSpec("ddpm", timesteps=50), None,
+                     VideoFrames(VIDEO_FRAMES, len(CLASSES)), CLASSES, dataset="synthetic", step=0, weights="ema")
+    torch.manual_seed(seed)
+    net = card.build_network()
+    path.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.contiguous() for k, v in net.state_dict().items()}, path / "model.safetensors")
+    (path / "config.json").write_text(json.dumps(card.to_dict()))
+    return path
+
+
+@pytest.fixture(scope="session")
+def video_model_dir(tmp_path_factory):
+    return make_video_model_dir(tmp_path_factory.mktemp("serve-video") / "model")
+
+
+@pytest.fixture(scope="session")
+def video_pipe(video_model_dir):
+    from difforge.pipeline import load_pipeline
+
+    return load_pipeline(video_model_dir)
+
+
 @pytest.fixture(scope="session")
 def text_model_dir(tmp_path_factory):
     return make_text_run(tmp_path_factory.mktemp("serve-text"))
@@ -109,6 +143,12 @@ def client(pipe, model_dir):
 @pytest.fixture(scope="module")
 def text_client(text_pipe, text_model_dir):
     with make_client(text_pipe, text_model_dir, max_n=8, max_steps=50, max_body_bytes=64 * 1024) as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def video_client(video_pipe, video_model_dir):
+    with make_client(video_pipe, video_model_dir, max_n=8, max_steps=50, max_body_bytes=64 * 1024) as c:
         yield c
 
 

@@ -6,12 +6,21 @@ import click
 
 from difforge.cli.common import GRID_NAMES, SAMPLER_NAMES, _fail, cli, no_progress_option
 
+SCHEMES = ("autoregressive", "hierarchical")  # difforge.tasks.long_video.SCHEMES (a test checks they agree)
+
 
 @cli.command("sample-video")
 @click.argument("model_dir", type=click.Path())
 @click.option("--out", default="clip.gif", show_default=True, help="Video to write: .gif or .mp4 (the clips side "
               "by side).")
-@click.option("--frames", type=int, help="Frames per clip; must be the model's clip length. [default: the model's]")
+@click.option("--frames", type=int, help="Frames per clip. More than the model's clip length T makes a long video "
+              "window by window (--scheme). [default: the model's T]")
+@click.option("--scheme", type=click.Choice(SCHEMES), help="How a video longer than T is made: autoregressive (each "
+              "window conditions on the last --context frames made and makes the next T - K) or hierarchical "
+              "(keyframes over the whole length first, then the frames between them). [default: autoregressive "
+              "when --frames > T]")
+@click.option("--context", type=int, help="Frames each window of a long video conditions on (1..T-1). "
+              "[default: T/2]")
 @click.option("--n", "n", type=int, default=1, show_default=True, help="Clips in all.")
 @click.option("--class", "klass", help="The class of every clip (index or name). [default: unconditional]")
 @click.option("--given", help="Which frames are given: first:K (predict the rest), last:K, every:K (interpolate: "
@@ -32,9 +41,13 @@ from difforge.cli.common import GRID_NAMES, SAMPLER_NAMES, _fail, cli, no_progre
 @click.option("--ema/--no-ema", default=True, show_default=True, help="Use the EMA weights of a run.")
 @click.option("--device", default="auto", show_default=True)
 @no_progress_option
-def sample_video(model_dir, out, frames, n, klass, given, given_frames, given_video, cfg, sampler, steps, grid, seed,
-                 fps, frames_png, ema, device, no_progress) -> None:
-    """Generate clips from a video model (a run directory or an exported model)."""
+def sample_video(model_dir, out, frames, scheme, context, n, klass, given, given_frames, given_video, cfg, sampler,
+                 steps, grid, seed, fps, frames_png, ema, device, no_progress) -> None:
+    """Generate clips from a video model (a run directory or an exported model).
+
+    With --frames above the model's clip length T, or --scheme, the video is made window by
+    window: every window is T frames of the video, some already made (given to the model),
+    the others new."""
     from difforge.io.outputs import check_output_file
     from difforge.io.video import video_suffix
     from difforge.pipeline import load_pipeline
@@ -53,23 +66,42 @@ def sample_video(model_dir, out, frames, n, klass, given, given_frames, given_vi
         if not pipe.takes_clips:
             raise ValueError(f"{model_dir} is an image model: use `difforge sample`")
         t = pipe.card.frames
-        if frames is not None and frames != t:
-            raise ValueError(f"--frames {frames}: this model makes clips of {t} frames")
+        length = t if frames is None else frames
+        if length < t:
+            raise ValueError(f"--frames {frames}: this model makes clips of {t} frames (more are made window by "
+                             "window; fewer are not)")
+        if scheme is None and (length > t or context is not None):
+            scheme = "autoregressive"
         labels = None if klass is None else torch_long([pipe.parse_class(klass)])
-        clips, mask = _given(pipe, n, given, given_frames, given_video)
+        clips, mask = _given(pipe, n, given, given_frames, given_video, length)
         from tqdm.auto import tqdm
 
-        steps_total = len(pipe.sigmas(sampler, steps, grid)) - 1
+        from difforge.io.space import to_uint8
+
+        windows = 1
+        if scheme is not None:
+            from difforge.tasks.long_video import plan
+
+            windows = len(plan(scheme, length, t, context, [] if mask is None else mask.nonzero().flatten().tolist()))
+        steps_total = (len(pipe.sigmas(sampler, steps, grid)) - 1) * windows
         with tqdm(total=steps_total * -(-n // 16), desc="sample-video", unit="step", disable=no_progress) as bar:
-            out_clips, _ = pipe.generate_video(n, labels, given=clips, mask=mask, cfg=cfg, sampler=sampler,
-                                               steps=steps, grid=grid, seed=seed, callback=lambda d: bar.update(1))
+            options = dict(cfg=cfg, sampler=sampler, steps=steps, grid=grid, seed=seed,
+                           callback=lambda d: bar.update(1))
+            if scheme is None:
+                out_clips, _ = pipe.generate_video(n, labels, given=clips, mask=mask, **options)
+            else:
+                from difforge.tasks.long_video import sample_long_video
+
+                out_clips = to_uint8(sample_long_video(pipe, length, n, labels, scheme=scheme, context=context,
+                                                       given=clips, mask=mask, **options))
         path = pipe.save_video(out_clips, out, fps=fps)
         if frames_png:
             pipe.save_video_grid(out_clips, frames_png)
     except (ValueError, FileNotFoundError, OSError) as e:
         _fail(e)
     given_note = "" if mask is None else f", frames {mask.nonzero().flatten().tolist()} given"
-    click.echo(f"wrote {path} ({n} clip(s) of {t} frames{given_note})")
+    scheme_note = "" if scheme is None else f"; {scheme}, {windows} window(s) of {t}"
+    click.echo(f"wrote {path} ({n} clip(s) of {length} frames{given_note}{scheme_note})")
 
 
 def torch_long(values):
@@ -78,13 +110,14 @@ def torch_long(values):
     return torch.tensor(values, dtype=torch.long)
 
 
-def _given(pipe, n: int, given: str | None, files: str | None, video: str | None):
-    """(given clips (1 or n, C, T, h, w) float in [-1, 1], mask (T,)) or (None, None)."""
+def _given(pipe, n: int, given: str | None, files: str | None, video: str | None, t: int):
+    """(given clips (1 or n, C, t, h, w) float in [-1, 1], mask (t,)) or (None, None), for
+    videos of t frames."""
     import torch
 
     from difforge.models.frames import parse_given
 
-    t, c, size = pipe.card.frames, pipe.card.channels, pipe.card.native_size
+    c, size = pipe.card.channels, pipe.card.native_size
     if given is None and files is None and video is None:
         return None, None
     if files is not None:
@@ -120,7 +153,13 @@ def _given(pipe, n: int, given: str | None, files: str | None, video: str | None
         arr = arr[:t].permute(3, 0, 1, 2).float()  # (3, T, H, W)
         arr = arr.mean(0, keepdim=True) if c == 1 else arr
         return (arr / 127.5 - 1)[None], mask
-    return _held_out(pipe, n), mask
+    clip_frames = pipe.card.frames  # a long video: the built-in clips give its first frames only
+    if mask[clip_frames:].any():
+        raise ValueError(f"--given {given}: the built-in held-out clips have {clip_frames} frames; give later "
+                         "frames with --given-frames or --given-video")
+    held = _held_out(pipe, n)
+    held = torch.cat([held, held.new_zeros(*held.shape[:2], t - held.shape[2], *held.shape[3:])], dim=2)
+    return held, mask
 
 
 def _held_out(pipe, n: int):

@@ -16,6 +16,7 @@ import torch
 from difforge.io.images import _to_pil, make_grid
 
 VIDEO_SUFFIXES = (".gif", ".mp4")
+DEFAULT_FPS = 8  # frames per second of written videos (sample-video --fps, the server's GIFs)
 
 
 def _check_clips(clips: torch.Tensor) -> None:
@@ -44,8 +45,21 @@ def frame_arrays(clips: torch.Tensor, nrow: int | None = None, scale: int = 1) -
     return out
 
 
-def write_video(clips: torch.Tensor, path: str | Path, *, fps: int = 8, scale: int = 1, nrow: int | None = None
-                ) -> Path:
+def gif_bytes(clips: torch.Tensor, *, fps: int = DEFAULT_FPS, scale: int = 1, nrow: int | None = None) -> bytes:
+    """uint8 clips (N, C, T, H, W) as the bytes of one looping GIF (the clips side by side),
+    what `write_video` writes to a .gif file."""
+    import io
+
+    if fps < 1:
+        raise ValueError(f"fps must be >= 1, got {fps}")
+    pics = [_to_pil(f) for f in frame_arrays(clips, nrow, scale)]
+    buf = io.BytesIO()
+    pics[0].save(buf, format="GIF", save_all=True, append_images=pics[1:], duration=round(1000 / fps), loop=0)
+    return buf.getvalue()
+
+
+def write_video(clips: torch.Tensor, path: str | Path, *, fps: int = DEFAULT_FPS, scale: int = 1,
+                nrow: int | None = None) -> Path:
     """Write uint8 clips (N, C, T, H, W) as one video at `fps` frames per second: a looping
     GIF (PIL), or an MP4 (H.264, yuv420p, through PyAV: `pip install 'difforge[video]'`).
     `scale` enlarges pixels (nearest)."""
@@ -53,13 +67,11 @@ def write_video(clips: torch.Tensor, path: str | Path, *, fps: int = 8, scale: i
     suffix = video_suffix(path)
     if fps < 1:
         raise ValueError(f"fps must be >= 1, got {fps}")
-    frames = frame_arrays(clips, nrow, scale)
     path.parent.mkdir(parents=True, exist_ok=True)
     if suffix == ".gif":
-        pics = [_to_pil(f) for f in frames]
-        pics[0].save(path, save_all=True, append_images=pics[1:], duration=round(1000 / fps), loop=0)
+        path.write_bytes(gif_bytes(clips, fps=fps, scale=scale, nrow=nrow))
         return path
-    _write_mp4(frames, path, fps)
+    _write_mp4(frame_arrays(clips, nrow, scale), path, fps)
     return path
 
 

@@ -27,7 +27,7 @@ from difforge.serve.respond import ClientGone, Responder
 from difforge.serve.schemas import ErrorResponse, GenerateRequest, ImagesResponse, InpaintRequest, RestoreRequest
 
 STATIC = files("difforge.serve") / "static"
-ERRORS = {code: {"model": ErrorResponse} for code in (400, 401, 403, 413, 415, 422, 503, 504)}
+ERRORS = {code: {"model": ErrorResponse} for code in (400, 401, 403, 406, 413, 415, 422, 503, 504)}
 log = logging.getLogger("difforge.serve")
 
 
@@ -107,10 +107,11 @@ def _task_routes(app: FastAPI, check, responder: Responder, auth: list) -> None:
 
     @app.post("/v1/generate", dependencies=auth, response_model=ImagesResponse,
               openapi_extra=body_doc(GenerateRequest),
-              responses={**ERRORS, 200: {"content": {"image/png": {}, "text/event-stream": {}},
+              responses={**ERRORS, 200: {"content": {"image/png": {}, "image/gif": {}, "text/event-stream": {}},
                                          "description": "JSON (default); a PNG grid with `Accept: image/png` (seeds "
-                                                        "in X-Seeds); server-sent events `progress` ... `result` "
-                                                        "with `Accept: text/event-stream`."}})
+                                                        "in X-Seeds); a video model's clips as one GIF with "
+                                                        "`Accept: image/gif`; server-sent events `progress` ... "
+                                                        "`result` with `Accept: text/event-stream`."}})
     async def generate(request: Request):
         """Sample images: class label(s), prompt(s) (text-to-image models) or none, n, sampler, steps, CFG scale,
         seed."""

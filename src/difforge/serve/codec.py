@@ -85,3 +85,16 @@ def grid_png(images: torch.Tensor, nrow: int, scale: int = 1, pad: int = 2) -> b
 def png_b64(image: torch.Tensor) -> str:
     """uint8 (C, H, W) -> base64 text of its PNG."""
     return base64.b64encode(encode_png(image)).decode("ascii")
+
+
+def frames_in_a_row(clips: torch.Tensor) -> torch.Tensor:
+    """uint8 clips (N, C, T, H, W) -> uint8 images (N, C, H, T * W): each clip's frames side by side."""
+    n, c, t, h, w = clips.shape
+    return clips.permute(0, 1, 3, 2, 4).reshape(n, c, h, t * w)
+
+
+def gif_b64(clip: torch.Tensor, fps: int) -> str:
+    """uint8 clip (C, T, H, W) -> base64 text of its looping GIF."""
+    from difforge.io.video import gif_bytes
+
+    return base64.b64encode(gif_bytes(clip[None], fps=fps)).decode("ascii")

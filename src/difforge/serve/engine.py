@@ -215,7 +215,8 @@ class Engine:
         try:
             if warmup:  # build kernels and caches before saying ready
                 labels = torch.zeros(1, dtype=torch.long) if self.pipe.num_classes else None
-                self.pipe.generate(n=1, labels=labels, sampler="ddim", steps=1, seed=0)
+                make = self.pipe.generate_video if self.pipe.takes_clips else self.pipe.generate
+                make(n=1, labels=labels, sampler="ddim", steps=1, seed=0)
         except Exception as e:  # noqa: BLE001 - reported by /readyz and to every request
             self._fail("warm-up failed", e)
             return
@@ -325,7 +326,7 @@ class Engine:
                 return
             sigma = float(d.get("sigma", 0.0))
             x = d["x"].float() * float(self.pipe.process.scale(sigma))
-            images = self.pipe.to_images(x)
+            images = self._previews(x)
             for j, (a, b) in streams:
                 if not j.cancelled.is_set() and j.on_progress is not None:
                     try:  # one listener's failure must not fail the others' batch
@@ -334,6 +335,17 @@ class Engine:
                         j.on_progress = None
 
         return on_step
+
+    def _previews(self, x: torch.Tensor) -> torch.Tensor:
+        """uint8 images of sampler states x: (N, C, S, S) images, or a video model's clips
+        (N, C, T, S, S) as one image per clip with its frames in a row."""
+        if x.ndim != 5:
+            return self.pipe.to_images(x)
+        from difforge.serve.codec import frames_in_a_row
+
+        n, c, t, s, _ = x.shape
+        frames = self.pipe.to_images(x.transpose(1, 2).reshape(n * t, c, s, s))
+        return frames_in_a_row(frames.view(n, t, *frames.shape[1:]).transpose(1, 2))
 
     def _chunks(self, n: int) -> list[tuple[int, int]]:
         """Rows [a, b) of at most max_batch images."""
@@ -356,16 +368,20 @@ class Engine:
         seeds = [s for j in batch for s in j.seeds]
         steps = len(self.pipe.sigmas(p["sampler"], p.get("steps"), p.get("grid"))) - 1
         chunks = self._chunks(len(seeds))  # merged batches fit max_batch; one large request may not
+        if self.pipe.takes_clips:  # uint8 clips (N, C, T, h, w); a job with given frames runs alone
+            make, p = self.pipe.generate_video, {**p, **batch[0].inputs}
+        else:
+            make, p = self.pipe.generate, {**p, "prompts": prompts}
         if len(chunks) == 1:
-            images, _ = self.pipe.generate(n=len(seeds), labels=labels, prompts=prompts, seeds=seeds,
-                                           batch_size=len(seeds), callback=self._callback(batch, spans, steps), **p)
+            images, _ = make(n=len(seeds), labels=labels, seeds=seeds, batch_size=len(seeds),
+                             callback=self._callback(batch, spans, steps), **p)
             return [images[a:b] for a, b in spans]
         parts = []
         for k, (a, b) in enumerate(chunks):  # one job (merging stops at max_batch)
             cb = self._callback(batch, [(0, b - a)], steps, done=k * steps, total=len(chunks) * steps)
-            images, _ = self.pipe.generate(n=b - a, labels=None if labels is None else labels[a:b],
-                                           prompts=None if prompts is None else prompts[a:b], seeds=seeds[a:b],
-                                           batch_size=b - a, callback=cb, **p)
+            part = {**p, "prompts": p["prompts"][a:b]} if p.get("prompts") is not None else p
+            images, _ = make(n=b - a, labels=None if labels is None else labels[a:b], seeds=seeds[a:b],
+                             batch_size=b - a, callback=cb, **part)
             parts.append(images)
         return [torch.cat(parts)]
 

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 from difforge.defaults import DEFAULT_SAMPLER
+from difforge.io.video import DEFAULT_FPS
 
 EVAL_KEYS = ("fd", "kid", "precision", "recall", "classifier_score", "conditional_accuracy")
 
@@ -61,6 +62,9 @@ def describe_model(path: str | Path, pipe) -> dict:
         "num_classes": pipe.num_classes,
         "class_names": pipe.class_names,
         "takes_text": pipe.takes_text,
+        "takes_clips": pipe.takes_clips,
+        "frames": card.frames,
+        "fps": DEFAULT_FPS if pipe.takes_clips else None,
         "prompts": pipe.default_prompts() if pipe.takes_text else None,
         "text": _text(pipe),
         "dataset": card.dataset,

@@ -11,7 +11,7 @@ import secrets
 import torch
 
 from difforge.io.space import from_uint8
-from difforge.serve.codec import BadInput, decode_image, decode_mask
+from difforge.serve.codec import BadInput, b64decode, decode_image, decode_mask
 from difforge.serve.engine import Job
 from difforge.serve.limits import HTTPError, one_line
 
@@ -158,8 +158,46 @@ class Validator:
             raise self._fail("this model learned no null class, so it cannot sample without one: give `class` or "
                              "`labels`")
         key = ("generate",) + tuple(sorted((k, v) for k, v in params.items()))
-        job = Job("generate", params, seeds, labels, prompts=prompts, key=key)
+        inputs = self._given(req)
+        if inputs:  # frames given: runs alone (its clip and mask are not part of the batch key)
+            key = None
+        job = Job("generate", params, seeds, labels, prompts=prompts, inputs=inputs, key=key)
         return job, self._meta(params, seeds, labels, steps, prompts)
+
+    def _given(self, req) -> dict:
+        """A video request's given frames as {"given": float (1, C, T, S, S), "mask": (T,)}, or {}."""
+        if req.given is None and req.given_frames is None:
+            return {}
+        pipe = self.pipe
+        field = "given" if req.given is not None else "given_frames"
+        if not pipe.takes_clips:
+            raise self._fail(f"{field}: this is an image model: only video models take given frames")
+        from difforge.models.frames import parse_given
+
+        frames = req.given_frames or []
+        if not frames:
+            raise self._fail("given_frames: give one base64 image per given frame")
+        t, c, size = pipe.card.frames, pipe.card.channels, pipe.card.native_size
+        try:
+            mask = parse_given(req.given if req.given is not None else f"first:{len(frames)}", t)
+        except ValueError as e:
+            raise self._fail(str(e).replace("--given ", "given ", 1)) from None
+        if int(mask.sum()) != len(frames):
+            raise self._fail(f"given_frames: {len(frames)} image(s) for the {int(mask.sum())} given frame(s)")
+        clip = torch.zeros(1, c, t, size, size)
+        for i, (k, text) in enumerate(zip(mask.nonzero().flatten().tolist(), frames)):
+            name = f"given_frames[{i}]"
+            try:
+                img = decode_image(b64decode(text, name), name, c, size)
+            except BadInput as e:
+                raise self._fail(str(e)) from None
+            clip[0, :, k] = from_uint8(img)[0]
+        return {"given": clip, "mask": mask}
+
+    def _image_task(self, route: str) -> None:
+        if self.pipe.takes_clips:
+            raise self._fail(f"{route} works on images; this is a video model: use /v1/generate (with `given` "
+                             "frames to predict, interpolate or infill)")
 
     def _image(self, uploads: dict, name: str = "image") -> torch.Tensor:
         """The uploaded image as float (1, C, S, S) in [-1, 1] at the model's native size."""
@@ -173,6 +211,7 @@ class Validator:
         from difforge.tasks import METHODS, repaint_path
         from difforge.tasks.inpaint import DEFAULT_STEPS
 
+        self._image_task("inpaint")
         if req.method not in METHODS:
             raise self._fail(f"unknown inpainting method {req.method!r}; expected one of {sorted(METHODS)}")
         params, seeds, labels, steps = self._common(req, req.n, DEFAULT_STEPS)
@@ -199,6 +238,7 @@ class Validator:
         return job, self._meta(params, seeds, labels, steps)
 
     def restore(self, req, uploads: dict) -> tuple[Job, dict]:
+        self._image_task("restore")
         if req.eta is not None:
             raise self._fail("eta does not apply to restore")
         params, seeds, labels, steps = self._common(req, req.n)

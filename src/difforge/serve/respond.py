@@ -13,7 +13,8 @@ import torch
 from fastapi import Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
-from difforge.serve.codec import BadInput, grid_png, png_b64
+from difforge.io.video import DEFAULT_FPS, gif_bytes
+from difforge.serve.codec import BadInput, frames_in_a_row, gif_b64, grid_png, png_b64
 from difforge.serve.config import ServeConfig
 from difforge.serve.engine import Cancelled, Engine, Job, OutOfMemory, QueueFull, Unavailable, progress_to_loop
 from difforge.serve.limits import HTTPError
@@ -37,6 +38,8 @@ class Responder:
         """Queue the job and answer as the client asked (Accept): JSON, a PNG grid, or events."""
         t0 = time.perf_counter()
         accept = _accepted(request.headers.get("accept", ""))
+        if accept == "image/gif" and not self.engine.pipe.takes_clips:
+            raise HTTPError(406, "Accept: image/gif: this is an image model; ask for image/png or JSON")
         loop = asyncio.get_running_loop()
         events: asyncio.Queue | None = None
         if accept == "text/event-stream":
@@ -60,7 +63,13 @@ class Responder:
                                      headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
         result = await self._wait(job, request, deadline)
         body = render(result, time.perf_counter() - t0)
+        if accept == "image/gif":  # a video model's clips side by side, as one GIF
+            gif = await asyncio.to_thread(gif_bytes, result, fps=DEFAULT_FPS)
+            return Response(gif, media_type="image/gif", headers=_reproduce(body))
         if accept == "image/png":
+            if result.ndim == 5:  # clips: a row of frames each
+                png = await asyncio.to_thread(grid_png, frames_in_a_row(result), 1, 1)
+                return Response(png, media_type="image/png", headers=_reproduce(body))
             rows = min(len(result), 10)
             png = await asyncio.to_thread(grid_png, result, rows, 1)
             return Response(png, media_type="image/png",
@@ -131,9 +140,17 @@ class Responder:
     @staticmethod
     def images(seeds, labels, sampler, steps, cfg, prompts=None):
         def render(result: torch.Tensor, seconds: float) -> ImagesResponse:
-            return ImagesResponse(images=[png_b64(im) for im in result], seeds=seeds, labels=labels, prompts=prompts,
-                                  width=result.shape[-1], height=result.shape[-2], channels=result.shape[1],
-                                  sampler=sampler, steps=steps, cfg=cfg, seconds=round(seconds, 4))
+            video = {}
+            if result.ndim == 5:  # a video model's uint8 clips (N, C, T, h, w)
+                video = {"videos": [gif_b64(clip, DEFAULT_FPS) for clip in result], "frames": result.shape[2],
+                         "fps": DEFAULT_FPS}
+                result_images = frames_in_a_row(result)
+            else:
+                result_images = result
+            return ImagesResponse(images=[png_b64(im) for im in result_images], seeds=seeds, labels=labels,
+                                  prompts=prompts, width=result.shape[-1], height=result.shape[-2],
+                                  channels=result.shape[1], sampler=sampler, steps=steps, cfg=cfg,
+                                  seconds=round(seconds, 4), **video)
 
         return render
 
@@ -144,11 +161,17 @@ async def _disconnected(request: Request) -> None:
         pass
 
 
+def _reproduce(body) -> dict:
+    """The headers that say how to make a binary answer's images again."""
+    return {"X-Seeds": ",".join(map(str, body.seeds)),
+            "X-Labels": ",".join("" if k is None else str(k) for k in body.labels)}
+
+
 def _accepted(accept: str) -> str:
-    """The first of JSON, PNG or event-stream named in an Accept header (default JSON)."""
+    """The first of JSON, PNG, GIF or event-stream named in an Accept header (default JSON)."""
     for part in accept.split(","):
         kind = part.split(";")[0].strip().lower()
-        if kind in ("application/json", "image/png", "text/event-stream"):
+        if kind in ("application/json", "image/png", "image/gif", "text/event-stream"):
             return kind
     return "application/json"
 

@@ -39,6 +39,12 @@ class GenerateRequest(SamplingOptions):
                                         "place of the empty prompt.")
     grid: str | None = Field(None, description="Noise levels the steps visit: leading, trailing, linspace, karras, "
                              "log-snr. Default: the sampler's own.")
+    given: str | None = Field(None, description="Video models (GET /v1/model: `takes_clips`): which frames of every "
+                              "clip are given: first:K, last:K, every:K or frames:I,J,...; their pictures in "
+                              "`given_frames`.")
+    given_frames: list[str] | None = Field(None, description="Video models: base64 images at the model's native "
+                                           "size, one per given frame in order (with `given`; alone: the first "
+                                           "frames).")
 
 
 class InpaintRequest(SamplingOptions):
@@ -70,7 +76,12 @@ class RestoreRequest(SamplingOptions):
 class ImagesResponse(BaseModel):
     """Images as base64 PNGs, with what reproduces each one."""
 
-    images: list[str] = Field(description="Base64 PNGs at the model's native size.")
+    images: list[str] = Field(description="Base64 PNGs at the model's native size (a video model: one per clip, its "
+                              "frames in a row).")
+    videos: list[str] | None = Field(None, description="Video models: one base64 looping GIF per clip (None for "
+                                     "image models).")
+    frames: int | None = Field(None, description="Video models: frames per clip.")
+    fps: int | None = Field(None, description="Video models: frames per second of the GIFs.")
     seeds: list[int] = Field(description="Seed of each image: the same request with this seed and n = 1 "
                                          "gives it again.")
     labels: list[int | None] = Field(description="Class of each image (None: unconditional).")

@@ -53,6 +53,13 @@ async function loadModel() {
     if (!$("prompt").value) $("prompt").value = (model.prompts || [""])[0];
     for (const id of ["prompt", "negative"]) $(id).maxLength = model.limits.max_prompt_chars;
   }
+  // a video model: the clip is shown as an <img> (an animated GIF); images-only edits are hidden
+  const clips = Boolean(model.takes_clips);
+  $("canvas-wrap").hidden = clips;
+  $("clip").hidden = !clips;
+  $("edit").hidden = clips;
+  $("edit-title").hidden = clips;
+  if (clips) $("model-name").textContent += `, clips of ${model.frames} frames`;
   $("cfg").disabled = !model.num_classes && !text;
   if (model.default_cfg != null) $("cfg").value = model.default_cfg;
   const sampler = $("sampler");
@@ -91,6 +98,12 @@ async function drawB64(b64) {
   await img.decode();
   imageCtx.clearRect(0, 0, imageCanvas.width, imageCanvas.height);
   imageCtx.drawImage(img, 0, 0, imageCanvas.width, imageCanvas.height);
+}
+
+function showClip(src) {
+  const clip = $("clip");
+  clip.src = src;
+  clip.dataset.kind = src.startsWith("data:image/gif") ? "gif" : "png";
 }
 
 // POST a request and read its server-sent events: `progress` (intermediate images), then
@@ -142,14 +155,24 @@ async function run(label, path, body) {
       imageCanvas.dataset.frames = String(frames);
       $("progress").value = p.step / p.steps;
       setState("running", `${label}: step ${p.step} / ${p.steps}`);
-      await drawB64(p.images[0]);
+      if (model.takes_clips) showClip(`data:image/png;base64,${p.images[0]}`);  // the frames in a row
+      else await drawB64(p.images[0]);
     });
-    current = result.images[0];
-    await drawB64(current);
-    $("progress").value = 1;
     const link = $("download");
-    link.href = `data:image/png;base64,${current}`;
-    link.download = `difforge-${path.split("/").pop()}-seed${result.seeds[0]}.png`;
+    if (result.videos) {  // a clip: its GIF animates in the <img>
+      current = null;
+      showClip(`data:image/gif;base64,${result.videos[0]}`);
+      link.href = $("clip").src;
+      link.download = `difforge-${path.split("/").pop()}-seed${result.seeds[0]}.gif`;
+      link.textContent = "Download GIF";
+    } else {
+      current = result.images[0];
+      await drawB64(current);
+      link.href = `data:image/png;base64,${current}`;
+      link.download = `difforge-${path.split("/").pop()}-seed${result.seeds[0]}.png`;
+      link.textContent = "Download PNG";
+    }
+    $("progress").value = 1;
     link.hidden = false;
     $("seed-used").textContent = `seed ${result.seeds[0]}, ${result.sampler}, ${result.steps} steps` +
       (result.cfg != null ? `, cfg ${result.cfg}` : "") +
@@ -167,6 +190,7 @@ async function run(label, path, body) {
 
 function updateButtons() {
   $("generate").disabled = busy;
+  if (model && model.takes_clips) return;  // clips: no edits
   $("inpaint").disabled = busy || !current || maskPixels === 0;
   $("restore").disabled = busy || !current;
 }
