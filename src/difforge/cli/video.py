@@ -11,7 +11,8 @@ from difforge.cli.common import GRID_NAMES, SAMPLER_NAMES, _fail, cli, no_progre
 @click.argument("model_dir", type=click.Path())
 @click.option("--out", default="clip.gif", show_default=True, help="Video to write: .gif or .mp4 (the clips side "
               "by side).")
-@click.option("--frames", type=int, help="Frames per clip; must be the model's clip length. [default: the model's]")
+@click.option("--frames", type=int, help="Frames per clip: the model's clip length, or any length for an RVD model "
+              "(rolled out frame by frame). [default: the model's]")
 @click.option("--n", "n", type=int, default=1, show_default=True, help="Clips in all.")
 @click.option("--class", "klass", help="The class of every clip (index or name). [default: unconditional]")
 @click.option("--given", help="Which frames are given: first:K (predict the rest), last:K, every:K (interpolate: "
@@ -53,13 +54,17 @@ def sample_video(model_dir, out, frames, n, klass, given, given_frames, given_vi
         if not pipe.takes_clips:
             raise ValueError(f"{model_dir} is an image model: use `difforge sample`")
         t = pipe.card.frames
-        if frames is not None and frames != t:
+        if pipe.residual_video and frames is not None:  # rolled out frame by frame: any length
+            t = frames
+        elif frames is not None and frames != t:
             raise ValueError(f"--frames {frames}: this model makes clips of {t} frames")
         labels = None if klass is None else torch_long([pipe.parse_class(klass)])
-        clips, mask = _given(pipe, n, given, given_frames, given_video)
+        clips, mask = _given(pipe, n, given, given_frames, given_video, t)
         from tqdm.auto import tqdm
 
         steps_total = len(pipe.sigmas(sampler, steps, grid)) - 1
+        if pipe.residual_video and mask is not None:  # one sampler run per frame made
+            steps_total *= t - int(mask.sum())
         with tqdm(total=steps_total * -(-n // 16), desc="sample-video", unit="step", disable=no_progress) as bar:
             out_clips, _ = pipe.generate_video(n, labels, given=clips, mask=mask, cfg=cfg, sampler=sampler,
                                                steps=steps, grid=grid, seed=seed, callback=lambda d: bar.update(1))
@@ -78,13 +83,14 @@ def torch_long(values):
     return torch.tensor(values, dtype=torch.long)
 
 
-def _given(pipe, n: int, given: str | None, files: str | None, video: str | None):
-    """(given clips (1 or n, C, T, h, w) float in [-1, 1], mask (T,)) or (None, None)."""
+def _given(pipe, n: int, given: str | None, files: str | None, video: str | None, t: int):
+    """(given clips (1 or n, C, T, h, w) float in [-1, 1], mask (T,)) or (None, None); an RVD
+    model's given clips may hold only the given first frames."""
     import torch
 
     from difforge.models.frames import parse_given
 
-    t, c, size = pipe.card.frames, pipe.card.channels, pipe.card.native_size
+    c, size = pipe.card.channels, pipe.card.native_size
     if given is None and files is None and video is None:
         return None, None
     if files is not None:
@@ -114,10 +120,11 @@ def _given(pipe, n: int, given: str | None, files: str | None, video: str | None
         from difforge.io.video import read_video
 
         arr = torch.from_numpy(read_video(video))  # (T', H, W, 3)
-        if arr.shape[0] < t or tuple(arr.shape[1:3]) != (size, size):
+        need = int(mask.sum()) if pipe.residual_video else t
+        if arr.shape[0] < need or tuple(arr.shape[1:3]) != (size, size):
             raise ValueError(f"--given-video {video} is {arr.shape[0]} frames of {arr.shape[2]}x{arr.shape[1]}; "
-                             f"this model needs at least {t} frames of {size}x{size}")
-        arr = arr[:t].permute(3, 0, 1, 2).float()  # (3, T, H, W)
+                             f"this model needs at least {need} frames of {size}x{size}")
+        arr = arr[:need].permute(3, 0, 1, 2).float()  # (3, T, H, W)
         arr = arr.mean(0, keepdim=True) if c == 1 else arr
         return (arr / 127.5 - 1)[None], mask
     return _held_out(pipe, n), mask

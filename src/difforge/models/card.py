@@ -49,6 +49,7 @@ from difforge.models.conditioning import ClassLabels, Conditioning, LowResImage,
 from difforge.models.denoiser import Denoiser
 from difforge.models.lora import LoraSpec
 from difforge.models.registry import PRESETS, build_model
+from difforge.models.rvd import RVDDenoiser, RVDNet
 
 FORMAT = "difforge-model"
 VERSION = 2  # written for pixel-space models
@@ -201,8 +202,12 @@ class ModelCard:
         return build_model(**self.build_kwargs())
 
     def denoiser(self, net: nn.Module | None = None) -> Denoiser:
-        """The model object: `net` (default: a new network) with this card's process and prediction."""
-        return Denoiser(self.build_network() if net is None else net, self.process(), self.prediction)
+        """The model object: `net` (default: a new network) with this card's process and prediction
+        (an `RVDDenoiser` for residual video diffusion)."""
+        net = self.build_network() if net is None else net
+        if PRESETS[self.architecture.preset].cls is RVDNet:
+            return RVDDenoiser(net, self.process(), self.prediction, frames=self.frames)
+        return Denoiser(net, self.process(), self.prediction)
 
     # ------------------------------------------------------------ images in and out
     def check_images(self, image: torch.Tensor, what: str = "image") -> torch.Tensor:
