@@ -69,6 +69,21 @@ def test_the_scale_is_a_running_rms_of_the_residuals():
     assert "scale" in net.state_dict()  # checkpoints, the EMA copy and exports carry it
 
 
+@pytest.mark.parametrize("preset", ["rvd", "rvd-tiny"])
+def test_presets_map_a_residual_frame_to_one_of_its_shape(preset):
+    from difforge.models import build_model, size_multiple
+    from difforge.models.rvd import ResidualCond
+
+    torch.manual_seed(0)
+    net = build_model(preset, in_channels=1, num_classes=10, cond_channels=2)  # a video card's channels: unused
+    k = net.context
+    cond = ResidualCond(torch.randn(2, k, 16, 16), torch.randn(2, 1, 16, 16), torch.tensor([3, 10]))
+    assert net(torch.randn(2, 1, 16, 16), torch.zeros(2), cond).shape == (2, 1, 16, 16)
+    assert net.predict(cond.context).shape == (2, 1, 16, 16) and net.size_multiple == size_multiple(preset)
+    with pytest.raises(ValueError, match=f"a context must be \\(B, {k}, H, W\\)"):
+        net.predict(torch.randn(2, k + 1, 16, 16))
+
+
 def test_given_prefix_errors():
     assert given_prefix(parse_given("first:3", 16), 2) == (3, 16)
     for mask, message in [(parse_given("every:2", 16), "must be the first ones"),

@@ -224,7 +224,8 @@ class RVDDenoiser(Denoiser):
 
     def loss(self, x0: torch.Tensor, cond=None, *, generator: torch.Generator, autocast: torch.dtype | None = None,
              rows: slice | None = None, global_batch: int | None = None) -> torch.Tensor:
-        """The loss of clean clips `x0` (B, C, T, H, W): for each clip a frame position p in
+        """The loss of clean clips `x0` (B, C, T, H, W), rows `rows` of a batch of `global_batch`
+        (gradient accumulation; `Denoiser.loss`): for each clip a frame position p in
         K..T-1 drawn from `generator` (before the noise levels and the noise), the
         predictor's MSE on frame p from frames p-K..p-1, plus the denoising loss
         (`Denoiser.loss`) of the scaled residual given the context, mu (detached) and the
@@ -233,12 +234,12 @@ class RVDDenoiser(Denoiser):
         core = self.core
         if x0.ndim != 5:
             raise ValueError(f"an RVD model trains on clips (B, C, T, H, W), got {tuple(x0.shape)}")
-        b, t, k = x0.shape[0], x0.shape[2], core.context
-        if rows is not None and global_batch not in (None, b):
-            raise ValueError("residual video diffusion trains in one process: data-parallel training is not supported")
+        t, k = x0.shape[2], core.context
+        b = x0.shape[0] if global_batch is None else global_batch  # gradient accumulation: rows of a larger batch
+        rows = rows if rows is not None else slice(0, b)
         if t <= k:
             raise ValueError(f"clips of {t} frames are too short for a context of {k} frames")
-        pos = torch.randint(k, t, (b,), generator=generator)
+        pos = torch.randint(k, t, (b,), generator=generator)[rows]
         context, target = context_and_target(x0, pos, k)
         with torch.autocast(x0.device.type, dtype=autocast or torch.float32, enabled=autocast is not None):
             mu = core.predict(context).float()
@@ -248,7 +249,8 @@ class RVDDenoiser(Denoiser):
             core.observe_residuals(target - mu)
         labels = cond.labels if isinstance(cond, FrameCond) else cond
         r = to_residual(target, mu.to(target.dtype), core.scale.to(target.dtype))
-        diffusion = super().loss(r, ResidualCond(context, mu, labels), generator=generator, autocast=autocast)
+        diffusion = super().loss(r, ResidualCond(context, mu, labels), generator=generator, autocast=autocast,
+                                 rows=rows, global_batch=b)
         return diffusion + self.predictor_weight * mse
 
 
