@@ -194,6 +194,13 @@ class RVDNet(nn.Module):
         return self.residual(inp, c_noise, cond.labels)
 
 
+def check_context(context: int, frames: int | None) -> None:
+    """A one-line error unless clips of `frames` frames are longer than the context."""
+    if frames is not None and context >= frames:
+        raise ValueError(f"an RVD model with a context of {context} frames needs clips longer than {context} frames; "
+                         f"these have {frames} (set model.architecture.context below {frames})")
+
+
 def core_network(net: nn.Module) -> RVDNet:
     """The `RVDNet` of `net` (itself, or what torch.compile wrapped); one-line errors otherwise."""
     if isinstance(net, nn.parallel.DistributedDataParallel):
@@ -212,10 +219,7 @@ class RVDDenoiser(Denoiser):
     def __init__(self, net: nn.Module, process, prediction: str, frames: int | None = None,
                  predictor_weight: float = 1.0):
         super().__init__(net, process, prediction)
-        k = core_network(net).context
-        if frames is not None and k >= frames:
-            raise ValueError(f"an RVD model with a context of {k} frames needs clips longer than {k} frames; these "
-                             f"have {frames} (set model.architecture.context below {frames})")
+        check_context(core_network(net).context, frames)
         self.predictor_weight = predictor_weight
 
     @property
