@@ -91,6 +91,7 @@ def score(name: str, work: Path, n: int, seed_sets: str) -> None:
 
     from difforge.defaults import DEFAULT_CFG, DEFAULT_SAMPLER, DEFAULT_STEPS
 
+    RESULTS.mkdir(parents=True, exist_ok=True)
     scratch = RESULTS / f".{name}.sweep.json"
     record = load(name)
     scratch.write_text(json.dumps({"rows": record["rows"]}))

@@ -487,6 +487,9 @@ class Pipeline:
             raise ValueError("this is not a video model: use generate")
         sample_fn = self._sampler(sampler, options)
         options = self.sampler_defaults(sampler, options)
+        if self.residual_video:
+            return self._sample_rvd(n, labels, given, mask, cfg, sample_fn, self.sigmas(sampler, steps, grid), seed,
+                                    seeds, batch_size, clip, callback, options)
         n, cond = self.video_condition(n, labels, given, mask)
         gens_of = _noise_source(n, seed, seeds, None)
         den = self.video_denoiser(cfg, clip).to(self.device)
@@ -501,6 +504,55 @@ class Pipeline:
             part = cond[start:stop]
             x = sample_fn(den, x, sigmas, generator=gens, callback=callback, cond=part, **options)
             out.append(self.card.from_model(part.keep_given(x).float()).cpu())
+        return torch.cat(out)
+
+    @property
+    def residual_video(self) -> bool:
+        """Whether this is a residual video diffusion model (`difforge.models.rvd`): clips are
+        rolled out frame by frame from given first frames."""
+        from difforge.models.rvd import RVDDenoiser
+
+        return isinstance(self.model, RVDDenoiser)
+
+    def _sample_rvd(self, n, labels, given, mask, cfg, sample_fn, sigmas, seed, seeds, batch_size, clip, callback,
+                    options) -> torch.Tensor:
+        """`sample_video` of an RVD model: the first G frames of `given` ((N or 1, C, >= G, h, w))
+        continued to the mask's length T, any T > G (`difforge.models.rvd.rollout`)."""
+        from difforge.models.rvd import given_prefix, rollout
+
+        k = self.model.core.context
+        if cfg is not None and float(cfg) != 1.0:
+            raise ValueError("an RVD model samples without classifier-free guidance (use --cfg 1)")
+        if given is None or mask is None:
+            raise ValueError(f"an RVD model continues given frames: give the first {k} or more (--given first:{k})")
+        g, t = given_prefix(mask, k)
+        if not isinstance(given, torch.Tensor) or given.ndim != 5 or given.shape[2] < g:
+            raise ValueError(f"given frames must be clips (N, C, T, H, W) of at least {g} frames, got "
+                             f"{tuple(given.shape) if isinstance(given, torch.Tensor) else type(given).__name__}")
+        by_frame = given[:, :, :g].transpose(1, 2)  # (N, G, C, H, W)
+        frames = self.card.check_images(by_frame.reshape(-1, *by_frame.shape[2:]), "given frame")
+        frames = self.card.to_model(frames, -1.0)
+        given = frames.view(given.shape[0], g, *frames.shape[1:]).transpose(1, 2)  # (N, C, G, H, W)
+        n = given.shape[0] if n is None else n
+        if given.shape[0] not in (1, n):
+            raise ValueError(f"got {given.shape[0]} given clips for {n} clips (give one for all, or one each)")
+        n, cond = self.video_condition(n, labels)
+        given = given.expand(n, -1, -1, -1, -1)
+        gens_of = _noise_source(n, seed, seeds, None)
+        prior_std = self.model.prior_std(float(sigmas[0]))
+        out = []
+        for start in range(0, n, batch_size):
+            stop = min(n, start + batch_size)
+            gens = gens_of(start, stop)
+
+            def residual(den, rcond, gens=gens):
+                x = randn_like(torch.empty(rcond.mu.shape), gens) * prior_std
+                return sample_fn(den, x.to(self.device), sigmas, generator=gens, callback=callback, cond=rcond,
+                                 **options)
+
+            part = None if cond.labels is None else cond.labels[start:stop]
+            x = rollout(self.model, given[start:stop].to(self.device), t, part, residual, clip)
+            out.append(self.card.from_model(x.float()).cpu())
         return torch.cat(out)
 
     def generate_video(self, n: int | None = None, labels: torch.Tensor | None = None, **kwargs

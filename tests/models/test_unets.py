@@ -47,7 +47,8 @@ def test_every_preset_is_tested_for_shapes():
 
     clips = {p for p in PRESETS if takes_clips(p)}
     assert set(SHAPES) == set(PRESETS) - clips
-    assert clips == {"stunet", "stunet-tiny", "stunet-space-down"}  # tests/video/test_stunet.py: their shapes
+    # tests/video/test_stunet.py and test_rvd.py: their shapes
+    assert clips == {"stunet", "stunet-tiny", "stunet-space-down", "rvd", "rvd-tiny"}
 
 
 @pytest.mark.parametrize("preset", sorted(SHAPES))

@@ -201,7 +201,7 @@ def test_cli_samples_a_long_video(video_model, tmp_path, capsys):
     code = run(["sample-video", str(video_model), "--out", str(dest), "--frames", "20", "--steps", "1",
                 "--scheme", "hierarchical", "--context", "4", "--given", "first:2", "--no-progress"])
     assert code == 0
-    assert "20 frames, frames [0, 1] given; hierarchical, 2 window(s) of 16" in capsys.readouterr().out
+    assert "20 frames, frames [0, 1] given; hierarchical, 3 window(s) of 16" in capsys.readouterr().out
     assert read_video(dest).shape[0] == 20
     code = run(["sample-video", str(video_model), "--out", str(dest), "--frames", "24", "--steps", "1",
                 "--no-progress"])

@@ -14,7 +14,8 @@ SCHEMES = ("autoregressive", "hierarchical")  # difforge.tasks.long_video.SCHEME
 @click.option("--out", default="clip.gif", show_default=True, help="Video to write: .gif or .mp4 (the clips side "
               "by side).")
 @click.option("--frames", type=int, help="Frames per clip. More than the model's clip length T makes a long video "
-              "window by window (--scheme). [default: the model's T]")
+              "window by window (--scheme); an RVD model rolls out frame by frame to any length. [default: the "
+              "model's T]")
 @click.option("--scheme", type=click.Choice(SCHEMES), help="How a video longer than T is made: autoregressive (each "
               "window conditions on the last --context frames made and makes the next T - K) or hierarchical "
               "(keyframes over the whole length first, then the frames between them). [default: autoregressive "
@@ -67,10 +68,14 @@ def sample_video(model_dir, out, frames, scheme, context, n, klass, given, given
             raise ValueError(f"{model_dir} is an image model: use `difforge sample`")
         t = pipe.card.frames
         length = t if frames is None else frames
-        if length < t:
+        if pipe.residual_video:
+            if scheme is not None or context is not None:
+                raise ValueError("--scheme and --context make long videos from a frame-conditioned model; an RVD "
+                                 "model rolls out frame by frame to any --frames")
+        elif length < t:
             raise ValueError(f"--frames {frames}: this model makes clips of {t} frames (more are made window by "
                              "window; fewer are not)")
-        if scheme is None and (length > t or context is not None):
+        if scheme is None and not pipe.residual_video and (length > t or context is not None):
             scheme = "autoregressive"
         labels = None if klass is None else torch_long([pipe.parse_class(klass)])
         clips, mask = _given(pipe, n, given, given_frames, given_video, length)
@@ -84,6 +89,8 @@ def sample_video(model_dir, out, frames, scheme, context, n, klass, given, given
 
             windows = len(plan(scheme, length, t, context, [] if mask is None else mask.nonzero().flatten().tolist()))
         steps_total = (len(pipe.sigmas(sampler, steps, grid)) - 1) * windows
+        if pipe.residual_video and mask is not None:  # one sampler run per frame made
+            steps_total *= length - int(mask.sum())
         with tqdm(total=steps_total * -(-n // 16), desc="sample-video", unit="step", disable=no_progress) as bar:
             options = dict(cfg=cfg, sampler=sampler, steps=steps, grid=grid, seed=seed,
                            callback=lambda d: bar.update(1))
@@ -112,7 +119,7 @@ def torch_long(values):
 
 def _given(pipe, n: int, given: str | None, files: str | None, video: str | None, t: int):
     """(given clips (1 or n, C, t, h, w) float in [-1, 1], mask (t,)) or (None, None), for
-    videos of t frames."""
+    videos of t frames; an RVD model's given clips may hold only the given first frames."""
     import torch
 
     from difforge.models.frames import parse_given
@@ -147,17 +154,18 @@ def _given(pipe, n: int, given: str | None, files: str | None, video: str | None
         from difforge.io.video import read_video
 
         arr = torch.from_numpy(read_video(video))  # (T', H, W, 3)
-        if arr.shape[0] < t or tuple(arr.shape[1:3]) != (size, size):
+        need = int(mask.sum()) if pipe.residual_video else t
+        if arr.shape[0] < need or tuple(arr.shape[1:3]) != (size, size):
             raise ValueError(f"--given-video {video} is {arr.shape[0]} frames of {arr.shape[2]}x{arr.shape[1]}; "
-                             f"this model needs at least {t} frames of {size}x{size}")
-        arr = arr[:t].permute(3, 0, 1, 2).float()  # (3, T, H, W)
+                             f"this model needs at least {need} frames of {size}x{size}")
+        arr = arr[:need].permute(3, 0, 1, 2).float()  # (3, T, H, W)
         arr = arr.mean(0, keepdim=True) if c == 1 else arr
         return (arr / 127.5 - 1)[None], mask
     clip_frames = pipe.card.frames  # a long video: the built-in clips give its first frames only
     if mask[clip_frames:].any():
         raise ValueError(f"--given {given}: the built-in held-out clips have {clip_frames} frames; give later "
                          "frames with --given-frames or --given-video")
-    held = _held_out(pipe, n)
+    held = _held_out(pipe, n)[:, :, :t]  # an RVD rollout may be shorter than the clips
     held = torch.cat([held, held.new_zeros(*held.shape[:2], t - held.shape[2], *held.shape[3:])], dim=2)
     return held, mask
 

@@ -49,6 +49,7 @@ from difforge.models.conditioning import ClassLabels, Conditioning, LowResImage,
 from difforge.models.denoiser import Denoiser
 from difforge.models.lora import LoraSpec
 from difforge.models.registry import PRESETS, build_model
+from difforge.models.rvd import RVDDenoiser, RVDNet, check_context
 
 FORMAT = "difforge-model"
 VERSION = 2  # written for pixel-space models
@@ -141,6 +142,8 @@ class ModelCard:
         if self.prompts is not None:
             object.__setattr__(self, "prompts", tuple(str(p) for p in self.prompts))
         check_framework(self.diffusion, self.prediction)
+        if PRESETS[self.architecture.preset].cls is RVDNet:  # its clips must be longer than its context
+            check_context(dict(self.architecture.kwargs).get("context", 4), self.frames)
         object.__setattr__(self, "prediction", resolve_prediction(self.diffusion.framework, self.prediction))
         if self.channels < 1 or self.image_size < 1 or self.native_size < 1:
             raise ValueError(f"bad image shape: {self.channels} channels, "
@@ -201,8 +204,12 @@ class ModelCard:
         return build_model(**self.build_kwargs())
 
     def denoiser(self, net: nn.Module | None = None) -> Denoiser:
-        """The model object: `net` (default: a new network) with this card's process and prediction."""
-        return Denoiser(self.build_network() if net is None else net, self.process(), self.prediction)
+        """The model object: `net` (default: a new network) with this card's process and prediction
+        (an `RVDDenoiser` for residual video diffusion)."""
+        net = self.build_network() if net is None else net
+        if PRESETS[self.architecture.preset].cls is RVDNet:
+            return RVDDenoiser(net, self.process(), self.prediction, frames=self.frames)
+        return Denoiser(net, self.process(), self.prediction)
 
     # ------------------------------------------------------------ images in and out
     def check_images(self, image: torch.Tensor, what: str = "image") -> torch.Tensor:

@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from difforge.models.diffusers_unet import DiffusersUNet
+from difforge.models.rvd import RVDNet
 from difforge.models.stunet import STUNet
 from difforge.models.unet import UNet
 from difforge.models.unet_seed import SeedUNet
@@ -78,6 +79,19 @@ PRESETS: dict[str, Preset] = {
              time_down=True, max_frames=16),
         "a very small space-time UNet for fast tests",
     ),
+    "rvd": Preset(
+        RVDNet,
+        dict(context=4, predictor_width=32, base_channels=32, channel_mults=(1, 2, 2), num_res_blocks=1,
+             attention_levels=(2,), num_heads=4),
+        "residual video diffusion (Yang et al. 2022): a next-frame predictor from the last 4 frames and a UNet "
+        "diffusion model of the scaled residual, rolled out frame by frame (docs/video.md); ~1.2M params",
+    ),
+    "rvd-tiny": Preset(
+        RVDNet,
+        dict(context=2, predictor_width=8, predictor_dilations=(1, 2), base_channels=8, channel_mults=(1, 2),
+             num_res_blocks=1, attention_levels=(), num_heads=2),
+        "a very small RVD model for fast tests",
+    ),
     # kwargs: a diffusers UNet2DModel config; an imported model records its own (`difforge import`)
     "diffusers-unet": Preset(
         DiffusersUNet,
@@ -87,8 +101,9 @@ PRESETS: dict[str, Preset] = {
         "diffusers' UNet2DModel (needs difforge[interop]); exports to and imports from diffusers",
     ),
 }
-# the networks that take an SR3 conditioning image as extra input channels
-TAKES_COND_IMAGE = (UNet, DiffusersUNet, STUNet)
+# the networks that take an SR3 conditioning image as extra input channels (RVDNet: a video card's frame channels,
+# which it replaces by its own context)
+TAKES_COND_IMAGE = (UNet, DiffusersUNet, STUNet, RVDNet)
 # the networks that take text (cross-attention to tokens, a pooled vector, a scratch text encoder)
 TAKES_TEXT = (UNet,)
 

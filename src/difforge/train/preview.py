@@ -50,11 +50,31 @@ def _video_preview(trainer, net: nn.Module, path: Path, title: str) -> Path:
     pipe = trainer.pipeline(net)
     labels = pipe.default_labels(per_class=1)
     n = len(labels) if labels is not None else 8
+    given = {}
+    if pipe.residual_video:  # rolled out from the first K frames of held-out clips, with their labels
+        given, labels, n = _rvd_given(trainer, pipe, n)
     with tqdm(total=VIDEO_PREVIEW_STEPS * -(-n // 16), desc=f"samples/{title}.png", unit="step", leave=False,
               disable=not trainer.progress, dynamic_ncols=True) as bar:
-        clips, _ = pipe.generate_video(n, labels, seed=0, steps=VIDEO_PREVIEW_STEPS, callback=lambda d: bar.update(1))
+        clips, _ = pipe.generate_video(n, labels, seed=0, steps=VIDEO_PREVIEW_STEPS, callback=lambda d: bar.update(1),
+                                       **given)
     pipe.save_video(clips, path.with_suffix(".gif"))
     return pipe.save_video_grid(clips, path)
+
+
+def _rvd_given(trainer, pipe, n: int) -> tuple[dict, object, int]:
+    """An RVD preview's given frames (the first K of up to n held-out clips, else training
+    clips), their labels and their count."""
+    import torch
+
+    from difforge.io.space import from_uint8
+
+    bundle = trainer.bundle
+    source = bundle.val if bundle.val is not None and len(bundle.val) else trainer.train_set
+    n = min(n, len(source))
+    k, t = pipe.model.core.context, pipe.card.frames
+    mask = torch.arange(t) < k
+    labels = source.labels[:n] if pipe.num_classes else None
+    return {"given": from_uint8(source.images[:n]), "mask": mask}, labels, n
 
 
 def _sample_grid(trainer, net: nn.Module, path: Path, title: str, per_class: int) -> Path:
