@@ -125,7 +125,7 @@ def evaluate_video(model_dir: str | Path, out: str | Path, cfg: VideoEvalConfig 
         "data": {**asdict(data), "reference_split": "test" if bundle.test is not None else "val",
                  "reference_clips": len(ref), "train_clips": len(bundle.train), "class_names": bundle.class_names},
         "sampling": {"sampler": cfg.sampler, "steps": len(pipe.sigmas(cfg.sampler, cfg.steps, cfg.grid)) - 1,
-                     "grid": cfg.grid, "cfg": cfg.cfg, "seed": cfg.seed, "ema": cfg.ema,
+                     "grid": cfg.grid, "cfg": _scale(pipe, cfg), "seed": cfg.seed, "ema": cfg.ema,
                      "conditional": bool(pipe.num_classes), "seconds": round(sample_seconds, 1)},
         "frame_classifier": {**{k: clf.meta.get(k) for k in ("dataset", "test_accuracy", "feature_dim")},
                              "dir": None if classifier is None else str(classifier),
@@ -140,6 +140,13 @@ def evaluate_video(model_dir: str | Path, out: str | Path, cfg: VideoEvalConfig 
     report["seconds"] = round(time.perf_counter() - t0, 1)
     _write(report, Path(out), clips)
     return report
+
+
+def _scale(pipe, cfg: VideoEvalConfig) -> float:
+    """The guidance scale sampling uses (`Pipeline.video_denoiser`'s default when not given)."""
+    from difforge.defaults import DEFAULT_CFG
+
+    return float(cfg.cfg) if cfg.cfg is not None else (DEFAULT_CFG if pipe.num_classes else 1.0)
 
 
 def _generate(pipe, cfg: VideoEvalConfig, n: int, labels, progress: bool, what: str, **given):
@@ -246,7 +253,6 @@ def _given_task(pipe, cfg: VideoEvalConfig, truth_set, mask: torch.Tensor, spec:
     if given.shape[1] != pipe.card.channels:
         given = given.expand(-1, pipe.card.channels, -1, -1, -1)
     made, _ = _generate(pipe, cfg, len(truth), labels, progress, f"clips given {spec}", given=given, mask=mask)
-    made = made[:, : truth.shape[1]] if made.shape[1] != truth.shape[1] else made
     scores = {"mask": mask.nonzero().flatten().tolist(), "clips": len(truth)}
     for name, clips in (("model", made), ("nearest_given_frame", _nearest_given(truth, mask))):
         latent = ~mask
@@ -286,7 +292,7 @@ def video_markdown(r: dict) -> str:
     fc, vc = r["frame_classifier"], r["video_classifier"]
     lines = [f"# Video evaluation of `{r['model']}`", "",
              f"**N = {r['n']}** generated clips of {r['frames']} frames ({s['sampler']}, {s['steps']} steps"
-             + (f", guidance {s['cfg']:g}" if s["cfg"] is not None else "")
+             + (f", guidance {s['cfg']:g}" if s["cfg"] != 1 else ", no guidance")
              + f", seed {s['seed']}, {'EMA' if s['ema'] else 'raw'} weights, {s['seconds']:g} s), against the "
              f"{d['reference_clips']} real **{d['reference_split']}** clips of {d['dataset']}. The **floor** is "
              f"{r['n']} real training clips of the same classes, scored exactly like the generated ones: only "
