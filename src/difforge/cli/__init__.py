@@ -10,6 +10,7 @@ options, builds a config and makes one call into the library.
   unclip.py    train-prior, unclip, variations
   tasks.py     inpaint, restore, denoise, upscale, interpolate
   video.py     sample-video
+  video_eval.py  evaluate-video
   data.py      prepare, inspect
   serve.py     serve
 
@@ -29,6 +30,7 @@ from difforge.cli import (  # noqa: F401  (registers the commands)
     train,
     unclip,
     video,
+    video_eval,
 )
 from difforge.cli.common import (  # noqa: F401  (the names other modules and tests use)
     DATASET_NAMES,

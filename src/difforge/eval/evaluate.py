@@ -336,6 +336,8 @@ def _open_model(model_dir, cfg: EvalConfig, data: DataConfig | None, device):
         from difforge.pipeline import load_pipeline, resolve_model_dir
 
         pipe = load_pipeline(model_dir, ema=cfg.ema, device=device)
+        if pipe.takes_clips:
+            raise ValueError(f"{model_dir} is a video model: use `difforge evaluate-video`")
         model_dir = resolve_model_dir(model_dir)
         if cfg.cfg_sweep and not (pipe.num_classes or pipe.takes_text):
             raise ValueError("--cfg-sweep needs a class-conditional or text-to-image model; this one is "
