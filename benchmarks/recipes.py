@@ -116,23 +116,34 @@ def score(name: str, work: Path, n: int, seed_sets: str) -> None:
 def table() -> str:
     import statistics
 
-    lines = ["| variant | what changes | training s (threads) | N | seed sets | FD mean (min-max) | accuracy |",
-             "|---|---|---|---|---|---|---|"]
-    for name in VARIANTS:
+    lines = ["| variant | what changes | steps x batch | training s (threads) | N x seed sets | FD mean (min-max) | "
+             "accuracy | precision | recall |", "|---|---|---|---|---|---|---|---|---|"]
+    notes = []
+    for name, (description, _) in VARIANTS.items():
         if not record_path(name).exists():
             continue
         rec = load(name)
+        args = train_args(name, Path("."))
+        steps = args[args.index("--max-steps") + 1]
+        batch = args[args.index("--batch-size") + 1] if "--batch-size" in args else "128"
+        seconds = rec.get("training", {}).get("seconds")
+        threads = rec.get("omp_num_threads") or "all"
+        if rec.get("note"):
+            notes.append(f"- {name}: {rec['note']}")
         by_n: dict[int, list[dict]] = {}
         for row in rec["rows"]:
             by_n.setdefault(row["n"], []).append(row)
         for n, rows in sorted(by_n.items()):
             fds = [r["fd"] for r in rows]
-            acc = statistics.mean(r["accuracy"] for r in rows)
-            tr = rec.get("training", {})
-            lines.append(f"| {name} | {rec.get('description', '')} | {tr.get('seconds', '?')} "
-                         f"({rec.get('omp_num_threads') or 'all'}) | {n} | {len(rows)} | "
-                         f"{statistics.mean(fds):.2f} ({min(fds):.2f}-{max(fds):.2f}) | {acc:.3f} |")
-    return "\n".join(lines) + "\n"
+
+            def mean(key: str, rows=rows) -> float:
+                return statistics.mean(r[key] for r in rows)
+
+            timed = "not timed here" if seconds is None else f"{seconds:.0f} ({threads})"
+            lines.append(f"| {name} | {description} | {steps} x {batch} | {timed} | {n} x {len(rows)} | "
+                         f"{statistics.mean(fds):.2f} ({min(fds):.2f}-{max(fds):.2f}) | {mean('accuracy'):.3f} | "
+                         f"{mean('precision'):.3f} | {mean('recall'):.3f} |")
+    return "\n".join(lines + ([""] + notes if notes else [])) + "\n"
 
 
 def main() -> None:
