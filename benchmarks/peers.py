@@ -124,21 +124,24 @@ def difforge_train(args, log) -> dict:
     if args.smoke:  # a small validation split too: the trainer validates on it at the end
         base += ["--model", "tiny", "--set", "data.val_fraction=0.002"]
     quiet = ["--set", "train.sample_every=0", "--set", "train.checkpoint_every=0", "--set", "train.final_grid=false"]
-    calib_dir = args.work / "difforge-calibrate"
-    calib = run_command(base + ["--max-steps", str(args.calibrate_steps), "--set", f"train.log_every="
-                                f"{max(1, args.calibrate_steps // 5)}", *quiet, "--out", str(calib_dir)], log)
-    rows = metrics_rows(calib_dir)[1:]  # the first interval holds the warm-up
-    ips = statistics.median(r["img_per_s"] for r in rows)
-    steps = max(1, int(args.minutes * 60 * ips / args.batch))
-    print(f"difforge: {ips:.1f} img/s in calibration -> {steps} steps for {args.minutes} min", flush=True)
+    calib, steps = None, args.difforge_steps
+    if steps is None:
+        calib_dir = args.work / "difforge-calibrate"
+        calib = run_command(base + ["--max-steps", str(args.calibrate_steps), "--set", f"train.log_every="
+                                    f"{max(1, args.calibrate_steps // 5)}", *quiet, "--out", str(calib_dir)], log)
+        rows = metrics_rows(calib_dir)[1:]  # the first interval holds the warm-up
+        ips = statistics.median(r["img_per_s"] for r in rows)
+        steps = max(1, int(args.minutes * 60 * ips / args.batch))
+        calib["img_per_s_median"] = round(ips, 2)
+        print(f"difforge: {ips:.1f} img/s in calibration -> {steps} steps for {args.minutes} min", flush=True)
     run_dir = args.work / "difforge"
     before = machine_record()
     cmd = run_command(base + ["--max-steps", str(steps), "--out", str(run_dir)], log)
     rows = metrics_rows(run_dir)
     seconds = loop_seconds(rows, args.batch)
-    return {"command": cmd, "calibration": {**calib, "img_per_s_median": round(ips, 2)}, "steps": steps,
+    return {"command": cmd, "calibration": calib, "steps": steps,
             "batch": args.batch, "loop_seconds": round(seconds, 1),
-            "img_per_s": round(steps * args.batch / seconds, 2), "final_loss": rows[-1]["loss"],
+            "img_per_s": round(rows[-1]["step"] * args.batch / seconds, 2), "final_loss": rows[-1]["loss"],
             "precision": resolve_precision("auto", torch.device("cpu")),  # the config's `auto`, as the trainer sees it
             "machine_before": before, "machine_after": machine_record()}
 
@@ -476,6 +479,8 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0, help="the diffusers side's training seed")
     ap.add_argument("--batch", type=int, default=BATCH)
     ap.add_argument("--calibrate-steps", type=int, default=40, help="difforge steps timed to size its run")
+    ap.add_argument("--difforge-steps", type=int, help="give difforge's run this many steps instead of calibrating "
+                                                       "(when the machine's load moved during calibration)")
     ap.add_argument("--peer-probe-steps", type=int, default=8, help="diffusers steps timed to size its schedule")
     ap.add_argument("--peer-lr", type=float, default=1e-3, help="the diffusers side's peak learning rate")
     ap.add_argument("--peer-warmup", type=float, default=0.05, help="its linear warm-up, a fraction of its steps")
