@@ -36,7 +36,8 @@ same recipe (constant lr 3e-4, no clipping, fp32) but keeps its EMA, which it ca
 
 Both sides of a part run one after the other in this script, under the same thread count
 (set OMP_NUM_THREADS; the difforge commands inherit it); the machine, threads and load are
-recorded before and after each side. The real runs (about 45 and 10 minutes on 2 threads):
+recorded before and after each side. The real runs (estimated 45-50 and 5-6 minutes of wall
+clock on 2 idle AVX2 cores; scoring 3 x 1000 images is about 10 of the 45):
 
     OMP_NUM_THREADS=2 python benchmarks/peers.py --minutes 15 --n 1000 --work /tmp/peers
     OMP_NUM_THREADS=2 python benchmarks/peers.py --part loop --work /tmp/peers
@@ -472,7 +473,8 @@ def write_table(md: Path, data: dict) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--part", choices=["quality", "loop"], default="quality")
-    ap.add_argument("--work", type=Path, required=True, help="a folder for the runs (difforge's, diffusers')")
+    ap.add_argument("--work", type=Path, required=True, help="a folder for the runs (difforge's, diffusers'); a run "
+                                                             "already there is not overwritten: difforge refuses it")
     ap.add_argument("--minutes", type=float, default=15.0, help="training budget of each side (wall clock)")
     ap.add_argument("--n", type=int, default=1000, help="images scored per row")
     ap.add_argument("--seed-set", type=int, default=0, help="image i is drawn from seed 1_000_000 * S + i")
