@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 import time
@@ -137,8 +138,9 @@ def run(args) -> None:
                 continue
             labels = balanced_labels(k, n)
             extra = {"threshold": s["threshold"]} if s["threshold"] else {}
-            if s["interval"]:
-                extra["cfg_interval"] = tuple(s["interval"])
+            # no interval: guidance at every level, as when these rows were first recorded (the
+            # pipeline's own default is now an interval)
+            extra["cfg_interval"] = tuple(s["interval"]) if s["interval"] else (0, math.inf)
             t0, r0 = time.perf_counter(), os.times()
             images, _ = pipe.generate(labels=labels, sampler=s["sampler"], steps=s["steps"], cfg=s["cfg"],
                                       cfg_rescale=s["rescale"], seed=1_000_000 * seed_set, **extra)
