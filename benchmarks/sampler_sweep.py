@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 import time
@@ -74,24 +75,54 @@ def load(path: Path) -> dict:
     return {"rows": []}
 
 
-def run(args) -> None:
+def balanced_labels(k: int, n: int):
+    """n class labels, 0..k-1 in turn: class-balanced samples."""
     import torch
 
+    return torch.arange(k).repeat(-(-n // k))[:n]
+
+
+class Scorer:
+    """Scores class-balanced samples on the features of difforge's domain classifier
+    against the 10,000 test images: FD, class accuracy of the samples, and precision /
+    recall (k = 3) against N test images drawn by the seed set."""
+
+    def __init__(self, log=print):
+        from difforge.config import DataConfig
+        from difforge.data import load_dataset
+        from difforge.eval.classifier import load_or_train_classifier
+        from difforge.eval.metrics import feature_stats
+
+        data = DataConfig()
+        self.bundle = load_dataset(data)
+        self.clf = load_or_train_classifier(data, bundle=self.bundle, log=log)
+        self.ref_feats = self.clf.features(self.bundle.test.images)
+        self.mu_ref, self.cov_ref = feature_stats(self.ref_feats)
+
+    def __call__(self, images, labels, seed_set: int) -> dict:
+        """images: uint8 (N, C, 28, 28); labels: the N classes they were drawn for."""
+        import torch
+
+        from difforge.eval.metrics import conditional_accuracy, feature_stats, frechet_distance, precision_recall
+
+        feats, logits = self.clf.features_and_logits(images)
+        mu, cov = feature_stats(feats)
+        g = torch.Generator().manual_seed(seed_set)
+        real = self.ref_feats[torch.randperm(len(self.ref_feats), generator=g)[:len(images)].numpy()]
+        pr = precision_recall(real, feats)
+        return {"fd": round(float(frechet_distance(mu, cov, self.mu_ref, self.cov_ref)), 4),
+                "accuracy": round(conditional_accuracy(logits, torch.as_tensor(labels).numpy()), 4),
+                "precision": round(pr.precision, 4), "recall": round(pr.recall, 4)}
+
+
+def run(args) -> None:
     from difforge.allocator import tune_malloc
 
     tune_malloc()
-    from difforge.config import DataConfig
-    from difforge.data import load_dataset
-    from difforge.eval.classifier import load_or_train_classifier
-    from difforge.eval.metrics import conditional_accuracy, feature_stats, frechet_distance, precision_recall
     from difforge.pipeline import load_pipeline
 
     pipe = load_pipeline(args.model)
-    data = DataConfig()
-    bundle = load_dataset(data)
-    clf = load_or_train_classifier(data, bundle=bundle, log=print)
-    ref_feats = clf.features(bundle.test.images)
-    mu_ref, cov_ref = feature_stats(ref_feats)
+    scorer = Scorer()
     record = load(args.out)
     done = {key(r) for r in record["rows"]}
     k = pipe.num_classes
@@ -105,28 +136,22 @@ def run(args) -> None:
             row = {**s, "calls": calls(s["sampler"], s["steps"]), "n": n, "seed_set": seed_set}
             if key(row) in done:
                 continue
-            labels = torch.arange(k).repeat(-(-n // k))[:n]
+            labels = balanced_labels(k, n)
             extra = {"threshold": s["threshold"]} if s["threshold"] else {}
-            if s["interval"]:
-                extra["cfg_interval"] = tuple(s["interval"])
+            # no interval: guidance at every level, as when these rows were first recorded (the
+            # pipeline's own default is now an interval)
+            extra["cfg_interval"] = tuple(s["interval"]) if s["interval"] else (0, math.inf)
             t0, r0 = time.perf_counter(), os.times()
             images, _ = pipe.generate(labels=labels, sampler=s["sampler"], steps=s["steps"], cfg=s["cfg"],
                                       cfg_rescale=s["rescale"], seed=1_000_000 * seed_set, **extra)
             wall, r1 = time.perf_counter() - t0, os.times()
-            feats, logits = clf.features_and_logits(images)
-            mu, cov = feature_stats(feats)
-            g = torch.Generator().manual_seed(seed_set)
-            real = ref_feats[torch.randperm(len(ref_feats), generator=g)[:n].numpy()]
-            pr = precision_recall(real, feats)
-            row.update(fd=round(float(frechet_distance(mu, cov, mu_ref, cov_ref)), 4),
-                       accuracy=round(conditional_accuracy(logits, labels.numpy()), 4),
-                       precision=round(pr.precision, 4), recall=round(pr.recall, 4),
+            row.update(**scorer(images, labels, seed_set),
                        s_per_image=round(wall / n, 5),
                        system_share=round((r1.system - r0.system) / max(1e-9, (r1.user - r0.user)
                                                                         + (r1.system - r0.system)), 4),
                        machine=machine_record())
             record["rows"].append(row)
-            record["model"], record["classifier_test_accuracy"] = str(args.model), clf.test_accuracy
+            record["model"], record["classifier_test_accuracy"] = str(args.model), scorer.clf.test_accuracy
             args.out.parent.mkdir(parents=True, exist_ok=True)
             args.out.write_text(json.dumps(record, indent=1))
             print(json.dumps({k2: row[k2] for k2 in row if k2 != "machine"}), flush=True)
