@@ -15,8 +15,9 @@ DEFAULT_STEPS = {"ddpm": None, "ddim": 50, "euler": 50, "euler-a": 50, "heun": 2
 DEFAULT_GRID = {"ddpm": "trailing", "ddim": "trailing", "langevin": "log-snr"}  # langevin: NCSN's geometric levels
 DEFAULT_GRID_OTHERS = "karras"
 # The sampler of every command, the API, the server and the final grids when none is given:
-# chosen by benchmarks/sampler_sweep.py on the quick-start model (FD per network call, N = 2000,
-# three seed sets; the record and charts are benchmarks/results/sampler_sweep.{json,md,png}).
+# chosen by benchmarks/sampler_sweep.py on the quick-start model of the time, DDPM for 1400 steps
+# (FD per network call, N = 2000, three seed sets; the record and charts are
+# benchmarks/results/sampler_sweep.{json,md,png}).
 DEFAULT_SAMPLER = "dpmpp-2m-sde"
 # Classifier-free guidance of a class-conditional pixel model when none is given (the same
 # sweep, N = 2000 x 3 seed sets): scale 2, applied only at noise levels sigma in [0.3, 3]
