@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -54,6 +55,7 @@ def one_thread():
 RECORDED_KERNELS = "AVX512"
 SAME_KERNELS = torch.backends.cpu.get_cpu_capability() == RECORDED_KERNELS
 REL = 1e-6 if SAME_KERNELS else 1e-3
+EVERY_LEVEL = (0.0, math.inf)  # guidance as recorded: at every noise level (the default now has an interval)
 
 
 def uint8_sha(images: torch.Tensor) -> str:
@@ -89,7 +91,8 @@ def check_numbers(got: dict, rec: dict, rel: float = REL) -> None:
                                              ("model-ddpm", "model-ddpm", True)])
 def test_saved_models_sample_what_the_old_code_sampled(name, path, ema):
     pipe = load_pipeline(FIXTURES / path, ema=ema)
-    images, _ = pipe.generate(labels=torch.tensor([0, 3, 7]), sampler="ddim", steps=5, cfg=3.0, seed=0)  # as recorded
+    images, _ = pipe.generate(labels=torch.tensor([0, 3, 7]), sampler="ddim", steps=5, cfg=3.0, seed=0,
+                              cfg_interval=EVERY_LEVEL)  # as recorded
     assert uint8_sha(images) == SAVED[name]["ddim"]["sha256"]
 
 
@@ -97,7 +100,8 @@ def test_exported_model_samples_bpd_and_sr3_as_before():
     pipe = load_pipeline(FIXTURES / "model-ddpm")
     rec = SAVED["model-ddpm"]
     assert uint8_sha(pipe.generate(n=2, sampler="ddpm", steps=10, seed=5)[0]) == rec["ddpm-null"]["sha256"]
-    images, _ = pipe.generate(labels=torch.tensor([0, 3, 7]), sampler="dpmpp-2m", steps=6, cfg=2.0, seed=1)
+    images, _ = pipe.generate(labels=torch.tensor([0, 3, 7]), sampler="dpmpp-2m", steps=6, cfg=2.0, seed=1,
+                              cfg_interval=EVERY_LEVEL)
     assert uint8_sha(images) == rec["dpmpp-2m-cfg2"]["sha256"]
     real = torch.randint(0, 256, (3, 1, 8, 8), generator=torch.Generator().manual_seed(4), dtype=torch.uint8)
     check_numbers(bits_per_dim_of(pipe, real, ode=True, timesteps=4, ode_steps=3), rec["bpd"])
@@ -141,9 +145,10 @@ def test_denoiser_and_samplers_as_recorded(framework, prediction):
         gens = per_sample_generators(range(10, 13))
         x = randn_like(torch.empty(3, 1, 8, 8), gens) * den.prior_std(float(sigmas[0]))
         with torch.no_grad():
-            x = get_sampler(name)(pipe.denoiser(2.0), x, sigmas, generator=gens, cond=labels)
+            x = get_sampler(name)(pipe.denoiser(2.0, cfg_interval=EVERY_LEVEL), x, sigmas, generator=gens, cond=labels)
         check_stats(x, rec["samplers"][name]["x"])
-        images, _ = pipe.generate(labels=labels, sampler=name, steps=3, seed=3)
+        images, _ = pipe.generate(labels=labels, sampler=name, steps=3, seed=3, cfg=3.0,
+                                  cfg_interval=EVERY_LEVEL)  # the default guidance when recorded
         if SAME_KERNELS:  # elsewhere a float sample may round to the neighbouring uint8 level
             assert uint8_sha(images) == rec["samplers"][name]["generate"]["sha256"], name
     assert set(rec["samplers"]) == (set(SAMPLERS) if prediction == ALLOWED_PREDICTIONS[framework][0] else
