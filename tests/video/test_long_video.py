@@ -8,7 +8,7 @@ import torch
 
 from cli_runner import run
 from difforge.tasks.long_video import SCHEMES, Stage, check_plan, keyframes, plan, run_plan, sample_long_video
-from video_helpers import tiny_fashion
+from video_helpers import train_tiny_video
 
 CASES = [(64, 16, 8, ()), (64, 16, 4, ()), (16, 16, 8, ()), (17, 16, 15, ()), (40, 8, 1, ()), (300, 16, 8, ()),
          (33, 4, 3, ()), (64, 16, 8, (0, 1, 2, 3)), (64, 16, 4, (60, 61, 62, 63)), (50, 16, 8, (0, 10, 20, 49))]
@@ -170,13 +170,8 @@ def test_cli_schemes_match_the_module():
 
 @pytest.fixture(scope="module")
 def video_model(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("long")
-    root = tiny_fashion(tmp / "fm", n_train=8, n_test=4)
-    out = tmp / "run"
-    code = run(["train", "--dataset", "moving-fashion-mnist", "--data", str(root), "--model", "stunet-tiny",
-                "--out", str(out), "--max-steps", "1", "--batch-size", "2", "--set", "train.sample_every=0",
-                "--set", "train.final_grid=false", "--set", "diffusion.timesteps=20", "--no-progress"])
-    assert code == 0
+    out, _ = train_tiny_video(tmp_path_factory.mktemp("long"), steps=1, batch=2, sample_every=0, timesteps=20,
+                              n_train=8, n_test=4)
     return out
 
 

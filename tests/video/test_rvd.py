@@ -15,7 +15,7 @@ from difforge.models.rvd import (
     stack_context,
     to_residual,
 )
-from video_helpers import tiny_fashion
+from video_helpers import tiny_fashion, train_tiny_video
 
 
 def test_residual_round_trip_both_ways():
@@ -96,14 +96,7 @@ def test_given_prefix_errors():
 
 @pytest.fixture(scope="module")
 def rvd_run(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("rvd")
-    root = tiny_fashion(tmp / "fm", n_train=24, n_test=8)
-    out = tmp / "run"
-    code = run(["train", "--dataset", "moving-fashion-mnist", "--data", str(root), "--model", "rvd-tiny",
-                "--out", str(out), "--max-steps", "3", "--batch-size", "4", "--set", "train.sample_every=2",
-                "--set", "train.final_grid=false", "--set", "diffusion.timesteps=50", "--no-progress"])
-    assert code == 0
-    return out, root
+    return train_tiny_video(tmp_path_factory.mktemp("rvd"), "rvd-tiny")
 
 
 def test_training_writes_an_rvd_card_checkpoint_and_previews(rvd_run):

@@ -8,19 +8,12 @@ from PIL import Image
 from cli_runner import run
 from difforge.io.video import read_video, write_video
 from difforge.models.frames import parse_given
-from video_helpers import tiny_fashion
+from video_helpers import tiny_fashion, train_tiny_video
 
 
 @pytest.fixture(scope="module")
 def video_run(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("video")
-    root = tiny_fashion(tmp / "fm", n_train=24, n_test=8)
-    out = tmp / "run"
-    code = run(["train", "--dataset", "moving-fashion-mnist", "--data", str(root), "--model", "stunet-tiny",
-                "--out", str(out), "--max-steps", "3", "--batch-size", "4", "--set", "train.sample_every=2",
-                "--set", "train.final_grid=false", "--set", "diffusion.timesteps=50", "--no-progress"])
-    assert code == 0
-    return out, root
+    return train_tiny_video(tmp_path_factory.mktemp("video"))
 
 
 def test_train_writes_a_video_card_and_previews(video_run):

@@ -14,7 +14,7 @@ from cli_runner import run
 from difforge.data.moving import render
 from difforge.eval import metrics as M
 from difforge.eval import video_metrics as V
-from video_helpers import tiny_fashion
+from video_helpers import train_tiny_video
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 C1, C2 = (0.01 * 255) ** 2, (0.03 * 255) ** 2
@@ -178,12 +178,7 @@ def tiny_video(tmp_path_factory):
     from difforge.eval.video_classifier import VideoClassifierConfig, train_video_classifier
 
     tmp = tmp_path_factory.mktemp("video-eval")
-    root = tiny_fashion(tmp / "fm", n_train=48, n_test=16)
-    out = tmp / "run"
-    code = run(["train", "--dataset", "moving-fashion-mnist", "--data", str(root), "--model", "stunet-tiny",
-                "--out", str(out), "--max-steps", "3", "--batch-size", "4", "--set", "train.sample_every=0",
-                "--set", "train.final_grid=false", "--set", "diffusion.timesteps=50", "--no-progress"])
-    assert code == 0
+    out, root = train_tiny_video(tmp, sample_every=0, n_train=48, n_test=16)
     images = load_dataset(DataConfig(dataset="fashion-mnist", path=str(root)))
     train_classifier(images, ClassifierConfig(epochs=1, batch_size=16)).save(tmp / "clf")
     clips = load_dataset(DataConfig(dataset="moving-fashion-mnist", path=str(root)))
