@@ -6,11 +6,11 @@ import json
 
 import numpy as np
 import pytest
+from garment_squares import write_garment_squares
 
 from cli_runner import run
 from difforge.config import load_config
 from difforge.data import load_dataset
-from difforge.data.idx import write_idx
 from difforge.eval.classifier import ClassifierConfig, classifier_dir, dataset_key, train_classifier
 from difforge.eval.garment import garment_classifier_dir, load_or_train_garment_classifier
 
@@ -22,13 +22,7 @@ SETS = ["seen", "held-out pairs", "paraphrases"]
 def setup(tmp_path_factory):
     """A 2-step text model and both classifiers (one epoch each) in a private DIFFORGE_CACHE."""
     root = tmp_path_factory.mktemp("text-eval")
-    rng = np.random.default_rng(0)
-    (root / "fm").mkdir()
-    for split in ("train", "t10k"):
-        images = np.zeros((200, 28, 28), np.uint8)
-        images[:, 5:23, 5:23] = rng.integers(80, 256, (200, 18, 18), dtype=np.uint8)
-        write_idx(root / "fm" / f"{split}-images-idx3-ubyte.gz", images)
-        write_idx(root / "fm" / f"{split}-labels-idx1-ubyte.gz", (np.arange(200) % 10).astype(np.uint8))
+    write_garment_squares(root / "fm")
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("DIFFORGE_CACHE", str(root / "cache"))
         assert run(["train", "--dataset", "fashion-colour", "--set", f"data.path={root / 'fm'}", "--model", "tiny",

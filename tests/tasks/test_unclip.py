@@ -6,10 +6,10 @@ import json
 import numpy as np
 import pytest
 import torch
+from garment_squares import write_garment_squares
 from PIL import Image
 
 from cli_runner import run
-from difforge.data.idx import write_idx
 from difforge.models import build_model
 from difforge.models.card import ModelCard
 from difforge.models.conditioning import CLIPImageEmbedding, conditioning_from_dict
@@ -83,13 +83,7 @@ def test_the_prior_outputs_unit_embeddings_of_its_dimension_and_guidance_uses_th
 def trained(tmp_path_factory):
     """A tiny CLIP, a prior and a decoder on a 200-garment stand-in, each a few steps."""
     root = tmp_path_factory.mktemp("unclip")
-    rng = np.random.default_rng(0)
-    (root / "fm").mkdir()
-    for split in ("train", "t10k"):
-        images = np.zeros((200, 28, 28), np.uint8)
-        images[:, 5:23, 5:23] = rng.integers(80, 256, (200, 18, 18), dtype=np.uint8)
-        write_idx(root / "fm" / f"{split}-images-idx3-ubyte.gz", images)
-        write_idx(root / "fm" / f"{split}-labels-idx1-ubyte.gz", (np.arange(200) % 10).astype(np.uint8))
+    write_garment_squares(root / "fm")
     _clip_and_prior(root / "fm", root / "clip", root / "prior", 16)
     data = ["--dataset", "fashion-colour", "--set", f"data.path={root / 'fm'}"]
     assert run(["train", *data, "--clip", str(root / "clip"), "--model", "tiny", "--max-steps", "2",
