@@ -139,3 +139,36 @@ def test_every_framework_trains_and_samples_clips(framework):
         assert out.shape == x0.shape and torch.isfinite(out).all()
         if name in ("ddim", "heun", "dpmpp-2m"):  # deterministic: the last step is D's estimate
             torch.testing.assert_close(out[:, :, :2], x0[:, :, :2])
+
+
+def test_latent_frames_mean_is_the_mean_over_unobserved_frames():
+    from difforge.models.denoiser import latent_frames_mean
+
+    err = torch.arange(2 * 1 * 4 * 2 * 2, dtype=torch.float32).view(2, 1, 4, 2, 2)
+    mask = torch.tensor([[True, False, False, True], [False, False, False, False]])
+    cond = FrameCond(mask, None, None)
+    got = latent_frames_mean(err, cond)
+    frame_means = err.mean(dim=(1, 3, 4))  # (2, 4)
+    torch.testing.assert_close(got, torch.stack([frame_means[0, 1:3].mean(), frame_means[1].mean()]))
+    torch.testing.assert_close(latent_frames_mean(err, None), err.flatten(1).mean(1))  # images / nothing given
+    torch.testing.assert_close(latent_frames_mean(err, torch.tensor([0, 1])), err.flatten(1).mean(1))  # labels
+
+
+def test_the_loss_ignores_observed_frames():
+    card = _card("edm")
+    torch.manual_seed(0)
+    den = card.denoiser()
+    x0 = torch.rand(2, 1, 8, 16, 16) * 2 - 1
+    mask = torch.tensor([[True] * 4 + [False] * 4, [False] * 8])
+    cond = FrameCond.given(x0, mask, torch.tensor([0, 1]))
+    calls = {}
+
+    def keep(module, args, out):  # the network's output: only its latent frames may reach the loss
+        out.retain_grad()
+        calls["out"] = out
+
+    handle = den.net.register_forward_hook(keep)
+    den.loss(x0, cond, generator=torch.Generator().manual_seed(0)).backward()
+    handle.remove()
+    grad = calls["out"].grad
+    assert grad[0, :, :4].abs().max() == 0 and grad[0, :, 4:].abs().max() > 0 and grad[1].abs().max() > 0

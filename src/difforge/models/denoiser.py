@@ -22,6 +22,7 @@ from torch import nn
 
 from difforge.diffusion.parameterization import skip_out
 from difforge.diffusion.process import NoiseProcess, Preconditioning, float64_device
+from difforge.models.frames import FrameCond
 
 
 class Denoiser(nn.Module):
@@ -101,6 +102,9 @@ class Denoiser(nn.Module):
         Eq. 14; NCSN's denoising score matching with lambda = sigma^2, Song & Ermon 2019,
         Eq. 6), x0, v, or EDM's F with lambda(sigma) c_out^2 = 1 (Karras et al. 2022, Eq. 8),
         each sample weighted by `process.loss_weight` (min-SNR-gamma, Hang et al. 2023).
+        A clip with observed frames (a `FrameCond` mask) is scored on its latent frames only,
+        as in Flexible Diffusion Models: the observed ones are given to the network and
+        replaced by their true values at sampling, so their error teaches nothing.
         `autocast`: the network's autocast dtype (None: off); the loss is float32.
 
         Under data parallelism `x0` holds rows `rows` of a global batch of `global_batch`
@@ -120,7 +124,7 @@ class Denoiser(nn.Module):
             out = self.network_output(x, sigma, cond, pre)
         c_skip, c_out = pre.c_skip.to(x0.device, wide).view(shape), pre.c_out.to(x0.device, wide).view(shape)
         target = ((x0.to(wide) - c_skip * x.to(wide)) / c_out).float()
-        per_sample = ((out.float() - target) ** 2).flatten(1).mean(1)  # (B,)
+        per_sample = latent_frames_mean((out.float() - target) ** 2, cond)  # (B,)
         weight = self.process.loss_weight(self.prediction, sigma)
         if weight is not None:
             per_sample = per_sample * weight.to(per_sample.device).float()
@@ -129,3 +133,16 @@ class Denoiser(nn.Module):
     def prior_std(self, sigma_max: float | None = None) -> float:
         """Standard deviation of x at the start of sampling (the process's prior at sigma_max)."""
         return self.process.prior_std(self.sigma_max if sigma_max is None else sigma_max)
+
+
+def latent_frames_mean(error: torch.Tensor, cond) -> torch.Tensor:
+    """The mean of `error` (B, ...) per sample, (B,); for clips (B, C, T, H, W) with observed
+    frames (`cond` a `FrameCond` whose mask (B, T) is True where a frame is given), the
+    mean over the latent frames only (a clip with none latent scores 0)."""
+    mask = getattr(cond, "mask", None) if isinstance(cond, FrameCond) else None
+    if mask is None or error.ndim != 5 or not bool(mask.any()):
+        return error.flatten(1).mean(1)
+    latent = (~mask.to(error.device, torch.bool)).to(error.dtype)  # (B, T)
+    per_frame = error.mean(dim=(1, 3, 4))  # (B, T): every frame has C H W elements
+    return (per_frame * latent).sum(1) / latent.sum(1).clamp(min=1)
+
