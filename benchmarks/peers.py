@@ -467,7 +467,22 @@ def write_table(md: Path, data: dict) -> None:
     start, end = text.find(MARKERS[0]), text.find(MARKERS[1])
     if start < 0 or end < start:
         raise SystemExit(f"{md} lacks the markers {MARKERS}")
-    md.write_text(text[: start + len(MARKERS[0])] + "\n" + table(data) + "\n" + text[end:])
+    chart = write_chart(md.parent / "results" / "peers.png" if md == MD else md.with_suffix(".png"), data)
+    body = table(data) + (f"\n\n![FD of each row]({chart.relative_to(md.parent)})" if chart else "")
+    md.write_text(text[: start + len(MARKERS[0])] + "\n" + body + "\n" + text[end:])
+
+
+def write_chart(path: Path, data: dict) -> Path | None:
+    """A bar per scored row of part one: its FD (lower is better); None before any row."""
+    from difforge.io.charts import bar_chart
+
+    q = data.get("quality")
+    if not q or "rows" not in q:
+        return None
+    names = ["diffusers" if r["model"] == "diffusers" else "ours" if r["cfg_interval"][1] != "inf"
+             else f"ours cfg {r['cfg']:g}" for r in q["rows"]]  # the chart cuts labels at 12 characters
+    return bar_chart(names, {f"FD, N = {q['n']}": [r["fd"] for r in q["rows"]]}, path,
+                     title=f"difforge (ours) and diffusers, {q['minutes']:g} min of training each", ylabel="FD")
 
 
 def main() -> None:
