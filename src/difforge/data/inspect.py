@@ -132,6 +132,10 @@ def summary(p: Prepared, max_examples: int = 5) -> list[str]:
 def prepare_summary(p: Prepared) -> str:
     """What `prepare` did, in one line: kept per split, quarantined, removed and flagged."""
     r = p.report
+    if p.clips is not None:
+        from difforge.data.video_prepare import clip_summary
+
+        return clip_summary(p)
     counts = ", ".join(f"{k} {len(v)}" for k, v in p.arrays.items())
     near = r["near_duplicates"]
     return (f"kept {r['kept']} of {r['candidates']} files ({counts}); quarantined {len(r['quarantined'])}, "
@@ -228,4 +232,5 @@ def read_prepared(path: str | Path, *, verify: bool = False):
         settings=manifest["settings"],
         source=manifest["source"],
         report=read_report(path),
+        clips=manifest.get("clips"),
     )
