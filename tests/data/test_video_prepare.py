@@ -213,6 +213,9 @@ def test_cli_store_trains_and_samples(source, tmp_path, capsys):
     assert manifest["version"] == 3 and read_manifest(store)["clips"]["frames"] == 4
     assert splits["train"].frames == 4 and splits["train"].images.shape[1:] == (1, 4, SIZE, SIZE)
     assert type(splits["test"]).__name__ == "VideoDataset"
+    assert run(["inspect", str(store), "--sheets", str(tmp_path / "sheets")]) == 0
+    report = capsys.readouterr().out
+    assert "clips of 4 frames at 10 fps" in report and "b/short.gif: 1 frames, clips need 4" in report
 
     assert run(["train", "--data", str(store), "--model", "tiny", "--out", str(tmp_path / "r0"),
                 "--max-steps", "1", "--no-progress"]) != 0
