@@ -249,6 +249,26 @@ def save_config(cfg: RunConfig, path: str | Path) -> None:
     Path(path).write_text(yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
 
 
+def check_clips(cfg: RunConfig, clips: bool, what: str) -> None:
+    """ConfigError unless the model and training options suit the data: clips (N, C, T, H, W)
+    for a video model, images for the others. `what` names the data in the message."""
+    from difforge.models.registry import PRESETS
+
+    m, t = cfg.model, cfg.train
+    video_presets = sorted(name for name, p in PRESETS.items() if getattr(p.cls, "takes_clips", False))
+    if clips:
+        if m.preset not in video_presets:
+            raise ConfigError(f"{what} is clips: train it with a video model ({', '.join(video_presets)}), "
+                              f"not {m.preset!r}")
+        if m.task != "generate" or m.text_encoder is not None or m.latent is not None:
+            raise ConfigError("a video model generates clips of pixels: no --task superres, text encoder or latent")
+        if t.eval_every:
+            raise ConfigError("train.eval_every: the in-training FD measures images, not clips; set it to 0")
+    elif m.preset in video_presets:
+        raise ConfigError(f"model {m.preset!r} works on clips; {what} is images (video datasets: "
+                          f"{', '.join(VIDEO_DATASETS)}, or a store of `difforge prepare --clip-frames`)")
+
+
 def validate(cfg: RunConfig) -> RunConfig:
     """Reject impossible values before any work starts."""
     d, m, f, t = cfg.data, cfg.model, cfg.diffusion, cfg.train
@@ -320,16 +340,8 @@ def validate(cfg: RunConfig) -> RunConfig:
             check_architecture(m.preset, m.architecture)
         except ValueError as e:
             raise ConfigError(f"model.architecture: {e}") from None
-    video_presets = sorted(name for name, p in PRESETS.items() if getattr(p.cls, "takes_clips", False))
-    if d.dataset in VIDEO_DATASETS:
-        need(m.preset in video_presets, f"dataset {d.dataset!r} is clips: train it with a video model "
-             f"({', '.join(video_presets)}), not {m.preset!r}")
-        need(m.task == "generate" and m.text_encoder is None and m.latent is None,
-             "a video model generates clips of pixels: no --task superres, text encoder or latent")
-        need(not t.eval_every, "train.eval_every: the in-training FD measures images, not clips; set it to 0")
-    else:
-        need(m.preset not in video_presets, f"model {m.preset!r} works on clips; dataset {d.dataset!r} is images "
-             f"(video datasets: {', '.join(VIDEO_DATASETS)})")
+    if d.dataset != "prepared":  # a store holds images or clips: checked when it is loaded
+        check_clips(cfg, d.dataset in VIDEO_DATASETS, f"dataset {d.dataset!r}")
     checkpointable = sorted(name for name, p in PRESETS.items() if hasattr(p.cls, "grad_checkpoint"))
     need(not m.grad_checkpoint or m.preset in checkpointable, f"model {m.preset!r} does not support "
          f"model.grad_checkpoint; these do: {checkpointable}")

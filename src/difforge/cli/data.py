@@ -59,8 +59,14 @@ def _prepare_config(kw: dict):
               help="Store the splits as .npy arrays, or as WebDataset-layout tar shards (OUT_DIR/SPLIT/000000.tar: "
               "KEY.png, KEY.txt caption, KEY.cls label).")
 @click.option("--shard-size", type=int, help="Samples per tar shard with --format shards. [default: 1000]")
+@click.option("--clip-frames", type=int, help="SOURCE is videos: cut them into clips of this many frames "
+              "(a store of clips for video models).")
+@click.option("--fps", type=float, help="With --clip-frames: resample every video to this frame rate (frames "
+              "dropped or repeated by timestamp). [default: every decoded frame]")
+@click.option("--clip-stride", type=int, help="With --clip-frames: frames from one clip's start to the next's. "
+              "[default: --clip-frames, non-overlapping]")
 @no_progress_option
-def prepare(source, out_dir, overwrite, layout, shard_size, no_progress, **kw) -> None:
+def prepare(source, out_dir, overwrite, layout, shard_size, clip_frames, fps, clip_stride, no_progress, **kw) -> None:
     """Clean, resize and split SOURCE into a store that `train --data OUT_DIR` reads.
 
     SOURCE is an image folder (sub-folders = classes, or flat; captions from a
@@ -68,6 +74,12 @@ def prepare(source, out_dir, overwrite, layout, shard_size, no_progress, **kw) -
     manifest with path and label columns, or tar shards (a folder of .tar, one .tar, or a
     brace pattern). Unusable files are quarantined, exact duplicates removed, near
     duplicates and outliers reported; `difforge inspect OUT_DIR` shows all of it.
+
+    With --clip-frames N, SOURCE is a folder of videos (.mp4, .webm, .mov, .avi, .mkv,
+    .gif; sub-folders = classes) and of frame folders (a folder of numbered images is one
+    video), or one video file: each video is resampled to --fps, resized to --size and cut
+    into clips of N frames; unreadable and too short videos are reported and skipped, and
+    all clips of a video go to the same split (docs/video.md, "Your own videos").
     """
     import time
 
@@ -76,8 +88,20 @@ def prepare(source, out_dir, overwrite, layout, shard_size, no_progress, **kw) -
 
     start = time.perf_counter()
     try:
-        path, result = prepare_store(source, out_dir, _prepare_config(kw), overwrite=overwrite,
-                                     progress=not no_progress, log=click.echo, layout=layout, shard_size=shard_size)
+        if clip_frames is not None:
+            from difforge.data.video_prepare import ClipConfig, prepare_clips_store
+
+            if layout != "arrays" or shard_size is not None:
+                raise ValueError("--format shards holds images; a store of clips is written as arrays")
+            path, result = prepare_clips_store(source, out_dir, _prepare_config(kw),
+                                               ClipConfig(clip_frames, fps, clip_stride), overwrite=overwrite,
+                                               progress=not no_progress, log=click.echo)
+        elif fps is not None or clip_stride is not None:
+            raise ValueError("--fps and --clip-stride apply to videos: give --clip-frames N as well")
+        else:
+            path, result = prepare_store(source, out_dir, _prepare_config(kw), overwrite=overwrite,
+                                         progress=not no_progress, log=click.echo, layout=layout,
+                                         shard_size=shard_size)
     except (ValueError, FileNotFoundError, FileExistsError) as e:
         _fail(e)
     click.echo(prepare_summary(result))

@@ -28,7 +28,7 @@ SCHEMES = ("autoregressive", "hierarchical")  # difforge.tasks.long_video.SCHEME
               "frames 0, K, 2K, ... given) or frames:I,J,... (infill the others).")
 @click.option("--given-frames", help="Comma-separated image files: the given frames in order (with --given, its "
               "frames; alone, the first frames). [default: from --given-video, else held-out clips of the model's "
-              "built-in dataset]")
+              "built-in dataset or `prepare` store]")
 @click.option("--given-video", type=click.Path(dir_okay=False), help="A .gif or .mp4 whose frames (at the model's "
               "frame size) supply the given frames.")
 @click.option("--cfg", type=float, help="Classifier-free guidance scale (1: none). [default: 3 with classes, else 1]")
@@ -78,7 +78,7 @@ def sample_video(model_dir, out, frames, scheme, context, n, klass, given, given
         if scheme is None and not pipe.residual_video and (length > t or context is not None):
             scheme = "autoregressive"
         labels = None if klass is None else torch_long([pipe.parse_class(klass)])
-        clips, mask = _given(pipe, n, given, given_frames, given_video, length)
+        clips, mask = _given(pipe, n, given, given_frames, given_video, length, model_dir)
         from tqdm.auto import tqdm
 
         from difforge.io.space import to_uint8
@@ -117,7 +117,7 @@ def torch_long(values):
     return torch.tensor(values, dtype=torch.long)
 
 
-def _given(pipe, n: int, given: str | None, files: str | None, video: str | None, t: int):
+def _given(pipe, n: int, given: str | None, files: str | None, video: str | None, t: int, model_dir=None):
     """(given clips (1 or n, C, t, h, w) float in [-1, 1], mask (t,)) or (None, None), for
     videos of t frames; an RVD model's given clips may hold only the given first frames."""
     import torch
@@ -161,13 +161,48 @@ def _given(pipe, n: int, given: str | None, files: str | None, video: str | None
         arr = arr[:need].permute(3, 0, 1, 2).float()  # (3, T, H, W)
         arr = arr.mean(0, keepdim=True) if c == 1 else arr
         return (arr / 127.5 - 1)[None], mask
-    clip_frames = pipe.card.frames  # a long video: the built-in clips give its first frames only
+    clip_frames = pipe.card.frames  # a long video: the held-out clips give its first frames only
     if mask[clip_frames:].any():
-        raise ValueError(f"--given {given}: the built-in held-out clips have {clip_frames} frames; give later "
+        whose = "store's" if pipe.card.dataset == "prepared" else "built-in"
+        raise ValueError(f"--given {given}: the {whose} held-out clips have {clip_frames} frames; give later "
                          "frames with --given-frames or --given-video")
-    held = _held_out(pipe, n)[:, :, :t]  # an RVD rollout may be shorter than the clips
+    held = _store_held_out(pipe, n, model_dir) if pipe.card.dataset == "prepared" else _held_out(pipe, n)
+    held = held[:, :, :t]  # an RVD rollout may be shorter than the clips
     held = torch.cat([held, held.new_zeros(*held.shape[:2], t - held.shape[2], *held.shape[3:])], dim=2)
     return held, mask
+
+
+def _store_held_out(pipe, n: int, model_dir):
+    """The first n clips of the test split (else the val split) of the `prepare` store a run
+    was trained on (its config.yaml names it), as float clips."""
+    from pathlib import Path
+
+    from difforge.config import load_config
+    from difforge.data.store import load_store
+
+    run_config = Path(model_dir) / "config.yaml" if model_dir is not None else None
+    if run_config is None or not run_config.is_file():
+        raise ValueError("--given needs the given frames: --given-frames or --given-video (this model was trained "
+                         "on a prepared store, and only a run directory records which)")
+    path = load_config(run_config).data.path
+    try:
+        _, splits = load_store(path)
+    except (ValueError, FileNotFoundError) as e:
+        raise ValueError(f"--given: the run's store: {e}; give --given-frames or --given-video") from None
+    split = next((s for s in ("test", "val") if splits.get(s) is not None), None)
+    if split is None:
+        raise ValueError(f"--given: the store {path} has no test or val clips; give --given-frames or --given-video")
+    held = splits[split]
+    if n > len(held):
+        raise ValueError(f"--n {n}: the store {path} has {len(held)} held-out ({split}) clips")
+    shape = (pipe.card.frames, pipe.card.native_size)
+    if (held.frames, held.size) != shape:
+        raise ValueError(f"--given: the store {path} holds clips of {held.frames} frames of {held.size}x{held.size}; "
+                         f"this model makes {shape[0]} frames of {shape[1]}x{shape[1]}")
+    clips = held.images[:n].float() / 127.5 - 1
+    if clips.shape[1] != pipe.card.channels:
+        clips = clips.expand(-1, pipe.card.channels, -1, -1, -1)
+    return clips
 
 
 def _held_out(pipe, n: int):

@@ -47,7 +47,7 @@ def _channel_stats(arrays: list[np.ndarray], chunk: int = 4096) -> tuple[np.ndar
     s1, s2, n = np.zeros(c), np.zeros(c), 0
     for a in arrays:
         for i in range(0, len(a), chunk):
-            x = np.asarray(a[i : i + chunk]).transpose(1, 0, 2, 3).reshape(c, -1).astype(np.int64)
+            x = np.moveaxis(np.asarray(a[i : i + chunk]), 1, 0).reshape(c, -1).astype(np.int64)  # clips too
             s1 += x.sum(axis=1)
             s2 += (x * x).sum(axis=1)
             n += x.shape[1]
@@ -61,6 +61,10 @@ def summary(p: Prepared, max_examples: int = 5) -> list[str]:
     lines = [f"source: {p.source['path']} ({p.source['kind']})",
              f"stored: {s['size']}x{s['size']}, {s['channels']} channel(s); splits val {s['val_fraction']:g}, "
              f"test {s['test_fraction']:g} by content hash (seed {s['split_seed']})"]
+    if p.clips is not None:
+        fps = f" at {p.clips['fps']:g} fps" if p.clips["fps"] else ""
+        lines.append(f"clips of {p.clips['frames']} frames{fps}, a clip every {p.clips['stride']} frames; "
+                     "counts below are clips, sizes and modes of their videos")
     if r:
         lines.append(f"candidates {r['candidates']}, decoded {r['decoded']}, kept {r['kept']}")
     counts = {k: len(v) for k, v in p.arrays.items()}
@@ -98,6 +102,13 @@ def summary(p: Prepared, max_examples: int = 5) -> list[str]:
         return lines
     if "captions" in r:
         lines += ["", *caption_stats_lines(r["captions"])]
+    if p.clips is not None:  # videos: no near-duplicate or outlier checks
+        lines += ["", f"videos kept {r['videos_kept']}; quarantined: {len(r['quarantined'])} file(s)"]
+        lines += [f"    {e['source']}: {e['reason']}" for e in r["quarantined"][:max_examples]]
+        lines.append(f"exact duplicates removed: {len(r['duplicates'])}; too short: {len(r['too_short'])}")
+        lines += [f"    {e['source']}: {e['frames']} frames, clips need {e['needed']}"
+                  for e in r["too_short"][:max_examples]]
+        return lines
     q = r["quarantined"]
     lines += ["", f"quarantined: {len(q)} file(s)"]
     for kind, n in Counter(_reason_kind(e["reason"]) for e in q).most_common():
@@ -132,6 +143,10 @@ def summary(p: Prepared, max_examples: int = 5) -> list[str]:
 def prepare_summary(p: Prepared) -> str:
     """What `prepare` did, in one line: kept per split, quarantined, removed and flagged."""
     r = p.report
+    if p.clips is not None:
+        from difforge.data.video_prepare import clip_summary
+
+        return clip_summary(p)
     counts = ", ".join(f"{k} {len(v)}" for k, v in p.arrays.items())
     near = r["near_duplicates"]
     return (f"kept {r['kept']} of {r['candidates']} files ({counts}); quarantined {len(r['quarantined'])}, "
@@ -161,14 +176,17 @@ def contact_sheets(p: Prepared, out_dir: str | Path) -> list[Path]:
     pool.sort()  # content-hash order: a stable pseudo-random sample
     written = []
     groups: dict[str, list] = {}
+    frames = p.clips["frames"] if p.clips is not None else None  # clips: a row of frames each
+    most = SHEET_IMAGES if frames is None else max(1, SHEET_IMAGES // frames)
     for sha, split, i in pool:
         name = p.class_names[int(p.labels[split][i])] if p.class_names is not None else "all"
-        if len(groups.setdefault(name, [])) < SHEET_IMAGES:
+        if len(groups.setdefault(name, [])) < most:
             groups[name].append(p.arrays[split][i])
     for c, name in enumerate(p.class_names or ["all"]):
         if groups.get(name):
             safe = "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in name)
-            written.append(_save(groups[name], out / f"{c:02d}-{safe}.png", 8, size))
+            cells = groups[name] if frames is None else [x for clip in groups[name] for x in clip.swapaxes(0, 1)]
+            written.append(_save(cells, out / f"{c:02d}-{safe}.png", frames or 8, size))
     where = _locator(p)
     flagged = [where[e["source"]] for e in p.report.get("outliers", []) if e["source"] in where]
     if flagged:
@@ -228,4 +246,5 @@ def read_prepared(path: str | Path, *, verify: bool = False):
         settings=manifest["settings"],
         source=manifest["source"],
         report=read_report(path),
+        clips=manifest.get("clips"),
     )

@@ -103,6 +103,7 @@ class Prepared:
     settings: dict
     source: dict  # path and kind
     report: dict = field(default_factory=dict)  # quarantined, duplicates, near duplicates, outliers
+    clips: dict | None = None  # a store of clips (`video_prepare`): frames, fps, stride; arrays (N, C, T, S, S)
 
 
 # ---------------------------------------------------------------- decoding (runs in workers)

@@ -4,7 +4,9 @@
                              array files with their SHA-256 and shapes, and per image its
                              source, content hash, perceptual hash, stored size and mode
     DIR/report.json          what preparation removed or flagged, and why
-    DIR/{split}_images.npy   uint8 (N, C, S, S), split in train / val / test
+    DIR/{split}_images.npy   uint8 (N, C, S, S), split in train / val / test; a store of
+                             clips (`prepare --clip-frames`): uint8 (N, C, T, S, S), and the
+                             manifest's "clips" says {"frames": T, "fps", "stride"}
     DIR/{split}_labels.npy   int64 (N,), when the data is labelled
 
 or, written with `layout="shards"` (`prepare --format shards`), in place of the arrays:
@@ -34,7 +36,8 @@ from difforge.runs import sha256_file  # one hashing of files, shared with check
 
 FORMAT = "difforge-prepared"
 VERSION = 2  # 2: captions, the shards layout
-READS = (1, 2)  # the store versions this difforge reads
+CLIPS_VERSION = 3  # 3: clips; a store of images is still written as VERSION, which older difforge reads
+READS = (1, 2, 3)  # the store versions this difforge reads
 LAYOUTS = ("arrays", "shards")
 
 
@@ -118,7 +121,7 @@ def write_store(prepared, out_dir: str | Path, *, overwrite: bool = False, layou
             splits[s] = entry
         manifest = {  # "format" first: `is_store` looks for it in the first bytes
             "format": FORMAT,
-            "version": VERSION,
+            "version": VERSION if getattr(prepared, "clips", None) is None else CLIPS_VERSION,
             "difforge": __version__,
             "layout": layout,
             "source": prepared.source,
@@ -128,6 +131,8 @@ def write_store(prepared, out_dir: str | Path, *, overwrite: bool = False, layou
             "channels": prepared.settings["channels"],
             "splits": splits,
         }
+        if getattr(prepared, "clips", None) is not None:
+            manifest["clips"] = prepared.clips
         _write_json(tmp / "report.json", prepared.report)
         _write_json(tmp / "manifest.json", manifest)
         old = None
@@ -242,11 +247,11 @@ def _load_shard_split(path: Path, manifest: dict, entry: dict, verify: bool):
 
 
 def load_store(path: str | Path, *, verify: bool = False):
-    """The store's splits as `ImageDataset`s (uint8 tensors over memory-mapped arrays):
-    returns (manifest, {split: ImageDataset or None when empty})."""
+    """The store's splits as `ImageDataset`s (uint8 tensors over memory-mapped arrays), or
+    `VideoDataset`s for a store of clips: returns (manifest, {split: dataset or None when empty})."""
     import torch
 
-    from difforge.data.dataset import ImageDataset
+    from difforge.data.dataset import ImageDataset, VideoDataset
 
     manifest = read_manifest(path)
     out = {}
@@ -255,7 +260,7 @@ def load_store(path: str | Path, *, verify: bool = False):
         if len(images) == 0:
             out[split] = None
             continue
-        out[split] = ImageDataset(
+        out[split] = (VideoDataset if "clips" in manifest else ImageDataset)(
             images=torch.from_numpy(images),
             labels=None if labels is None else torch.from_numpy(labels),
             class_names=manifest["class_names"] if labels is not None else None,

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from difforge.config import ConfigError, RunConfig, config_to_dict
+from difforge.config import ConfigError, RunConfig, check_clips, config_to_dict
 from difforge.data import load_dataset, to_model_input
 from difforge.data.batches import EpochBatches
 from difforge.models import build_model, size_multiple
@@ -89,6 +89,8 @@ class Trainer(FaultHandling):
         self.clip = self.load_clip(cfg.model.clip) if cfg.model.clip is not None else None  # unCLIP's decoder
         self.num_classes = self.train_set.num_classes if generate and not self.text and self.clip is None else None
         self.video = getattr(self.train_set, "frames", None) is not None  # clips (N, C, T, H, W)
+        if cfg.data.dataset == "prepared":  # a store of images or of clips: now known
+            check_clips(cfg, self.video, f"the store {cfg.data.path}")
         mult = size_multiple(cfg.model.preset, cfg.model.architecture)
         self.ae = self.ae_card = None  # latent diffusion: the frozen autoencoder
         if cfg.model.latent is not None:
