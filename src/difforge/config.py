@@ -43,8 +43,7 @@ class ModelConfig:
     label_dropout: float = 0.1  # per-sample probability of the null label, or null CLIP embedding (for CFG)
     task: str = "generate"  # generate | superres (SR3: conditioned on the upsampled low-res image)
     scale: int = 2  # superres: upscaling factor (low-res side = image side / scale)
-    text_encoder: str | None = None  # scratch | minilm: condition on the data's captions (text-to-image; with
-    # task superres, a text super-resolution model)
+    text_encoder: str | None = None  # scratch | minilm: condition on the data's captions (text-to-image, text SR)
     caption_dropout: float = 0.1  # per-sample probability of the empty prompt (for CFG on text)
     max_tokens: int = 64  # prompt length limit of the text encoder, in its tokens
     grad_checkpoint: bool = False  # recompute the UNet blocks' activations in backward: less memory, ~30% slower

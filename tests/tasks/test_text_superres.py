@@ -43,13 +43,19 @@ def _low(n: int, seed: int = 0) -> torch.Tensor:
     return (torch.rand(n, 3, 4, 4, generator=torch.Generator().manual_seed(seed)) - 0.5) * 0.6
 
 
-def test_the_conditioning_spec_round_trips_and_builds_a_text_sr_network():
+def test_the_conditioning_spec_round_trips_and_builds_a_text_sr_network(tmp_path):
     d = SR.to_dict()
     assert d == {"kind": "text-low-res-image", "scale": 2, "encoder": "scratch", "max_tokens": 16, "width": 32,
                  "layers": 1, "heads": 2}
     assert conditioning_from_dict(d) == SR and SR.task == "superres"
     assert SR != TextPrompts("scratch", 16, 32, 1, 2)  # a text generator is another kind
     assert SR.network_kwargs(3)["cond_channels"] == 3 and SR.network_kwargs(3)["context_dim"] == 32
+    minilm = TextLowResImage(4, "minilm", 64)  # a frozen encoder: the card keeps the choice (no weights needed)
+    card = tiny_card(size=16, channels=3, conditioning=minilm)
+    card.save(tmp_path / "config.json")
+    assert ModelCard.load(tmp_path / "config.json").conditioning == minilm
+    assert minilm.network_kwargs(3) == {"num_classes": None, "context_dim": 384, "pooled_dim": 384,
+                                        "text_encoder": None, "cond_channels": 3}
     with pytest.raises(ValueError, match="scale must be >= 2"):
         TextLowResImage(1, "scratch", 16)
     with pytest.raises(ValueError, match="unknown text encoder"):
