@@ -43,7 +43,7 @@ class ModelConfig:
     label_dropout: float = 0.1  # per-sample probability of the null label, or null CLIP embedding (for CFG)
     task: str = "generate"  # generate | superres (SR3: conditioned on the upsampled low-res image)
     scale: int = 2  # superres: upscaling factor (low-res side = image side / scale)
-    text_encoder: str | None = None  # scratch | minilm: condition on the data's captions (text-to-image)
+    text_encoder: str | None = None  # scratch | minilm: condition on the data's captions (text-to-image, text SR)
     caption_dropout: float = 0.1  # per-sample probability of the empty prompt (for CFG on text)
     max_tokens: int = 64  # prompt length limit of the text encoder, in its tokens
     grad_checkpoint: bool = False  # recompute the UNet blocks' activations in backward: less memory, ~30% slower
@@ -287,8 +287,6 @@ def validate(cfg: RunConfig) -> RunConfig:
     need(0 <= m.label_dropout < 1, f"model.label_dropout must be in [0, 1), got {m.label_dropout}")
     need(m.text_encoder in (None, *TEXT_ENCODERS), f"unknown text encoder {m.text_encoder!r}; expected one of "
          f"{list(TEXT_ENCODERS)}")
-    need(m.text_encoder is None or m.task == "generate", "a text encoder conditions generation (task generate), "
-         f"not {m.task!r}")
     need(not (d.hflip and m.text_encoder), "data.hflip mirrors images left-right, which contradicts captions that "
          "name a side (\"top left\"): a text model trains without it")
     need(m.latent is None or m.task == "generate", f"latent diffusion (model.latent) generates; task {m.task!r} "

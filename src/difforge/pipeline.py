@@ -32,6 +32,7 @@ from difforge.io.space import from_uint8
 from difforge.models.card import ModelCard, Source
 from difforge.models.conditioning import downsample
 from difforge.models.denoiser import Denoiser
+from difforge.models.text_image import TextImageCond
 from difforge.sampling import (
     CFGDenoiser,
     ClampDenoiser,
@@ -155,8 +156,9 @@ class Pipeline:
 
     @property
     def takes_text(self) -> bool:
-        """Whether this is a text-to-image model (`generate(prompts=...)`)."""
-        return self.card.conditioning.kind == "text"
+        """Whether this model takes prompts: a text-to-image model (`generate(prompts=...)`) or
+        a text super-resolution model (`upscale(prompts=...)`)."""
+        return self.card.conditioning.kind in ("text", "text-low-res-image")
 
     @property
     def takes_image_embeddings(self) -> bool:
@@ -566,34 +568,50 @@ class Pipeline:
     @torch.no_grad()
     def upscale(self, low: torch.Tensor, *, cfg: float | None = None, sampler: str = "ddpm", steps: int = 50,
                 seed: int = 0, clip: bool = True, callback: Callable[[dict], None] | None = None,
-                **options) -> torch.Tensor:
+                prompts: Sequence[str] | None = None, negative_prompt: str | None = None,
+                truncate_prompts: bool = False, **options) -> torch.Tensor:
         """SR3 (Saharia et al. 2022): upscale `low` (N, C, native/scale, native/scale) in
         [-1, 1] with this super-resolution model, which runs with the bicubic upsampling of
         `low` as its conditioning image. Image i uses seed + i. Returns float
-        (N, C, native, native) in [-1, 1]."""
+        (N, C, native, native) in [-1, 1]. A text super-resolution model also takes
+        `prompts` (one for all, or one per image) and `negative_prompt`, as `generate`;
+        guidance compares them with the same image. Without either it runs on the empty
+        prompt, unguided unless `cfg` is given (`difforge.models.text_image`)."""
         if self.card.task != "superres":
             raise ValueError("this is not a super-resolution model (train one with --task superres)")
+        if not self.takes_text and (prompts is not None or negative_prompt is not None):
+            raise ValueError("this super-resolution model is not a text-to-image model: it takes no prompt")
         up = self.card.conditioning.from_low(low, self.card.native_size)
         up = self.card.check_images(up, "low-resolution image")
         sample_fn = self._sampler(sampler, options)
         options = self.sampler_defaults(sampler, options)
-        den = self.denoiser(cfg, clip).to(self.device)
-        cond = self.card.to_model(up).to(self.device)
+        image = cond = self.card.to_model(up).to(self.device)
+        if self.takes_text:  # the prompts and the image; the unconditional branch keeps the image
+            _, text = self.condition(len(image), prompts=prompts, truncate=truncate_prompts)
+            null = broadcast_cond(self.encode_prompts([negative_prompt or ""]), len(image))
+            scale = (1.0 if prompts is None and negative_prompt is None else self.default_cfg) if cfg is None else cfg
+            cond, null = TextImageCond(text, image), TextImageCond(null, image)
+            den = CFGDenoiser(self.model, scale, null=null)
+            den = (ClampDenoiser(den) if clip else den).to(self.device)
+        else:
+            den = self.denoiser(cfg, clip).to(self.device)
         sigmas = self.sigmas(sampler, steps)
         gens = per_sample_generators(range(seed, seed + len(up)))
-        x = randn_like(cond, gens) * self.model.prior_std(float(sigmas[0]))
+        x = randn_like(image, gens) * self.model.prior_std(float(sigmas[0]))
         x = sample_fn(den, x, sigmas, generator=gens, callback=callback, cond=cond, **options)
         return self.card.from_model(x.float().cpu())
 
-    def save_upscale_grid(self, images: torch.Tensor, path: str | Path) -> Path:
+    def save_upscale_grid(self, images: torch.Tensor, path: str | Path, prompts: Sequence[str] | None = None
+                          ) -> Path:
         """A super-resolution model's preview: uint8 native-size `images` (first 10), their
-        low-resolution versions (nearest) and the model's upscaling, one row each."""
+        low-resolution versions (nearest) and the model's upscaling (a text model's with
+        `prompts`, one per image, when given), one row each."""
         from difforge.io import save_grid, to_uint8
 
         scale = self.card.conditioning.scale
         truth = from_uint8(images[:10])
         low = downsample(truth, scale)
-        out = self.upscale(low)
+        out = self.upscale(low, **({"prompts": list(prompts[:10]), "truncate_prompts": True} if prompts else {}))
         nearest = low.repeat_interleave(scale, -2).repeat_interleave(scale, -1)
         grid = to_uint8(torch.cat([truth, nearest, out]))
         return save_grid(grid, path, nrow=len(truth), scale=2 if self.card.native_size <= 32 else 1)

@@ -73,7 +73,8 @@ OPTIONS: dict[str, tuple[str, Any, str]] = {
     "--lora-alpha": ("model.lora_alpha", None, "LoRA scale: the update is multiplied by alpha / rank. "
                      "[default: the rank]"),
     "--task": ("model.task", click.Choice(["generate", "superres"]), "superres: an SR3 model conditioned on the "
-               "image downsampled by --scale (use it with `difforge upscale`). [default: generate]"),
+               "image downsampled by --scale (use it with `difforge upscale`); with --text-encoder, on the caption "
+               "too. [default: generate]"),
     "--scale": ("model.scale", None, "Upscaling factor for --task superres, e.g. 2 or 4. [default: 2]"),
     "--image-size": ("data.image_size", None, "Model input size. [default: native size rounded up to what the "
                      "model needs]"),

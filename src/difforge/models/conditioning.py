@@ -17,6 +17,9 @@ what label dropout trains), and `to_dict` / `from_dict`:
 - `TextPrompts`: a caption per image, as a `difforge.models.text.TextCond` made by the
   kind's conditioner (a byte tokenizer for a text encoder trained with the model, GLIDE;
   or a frozen pretrained encoder, Imagen / Stable Diffusion); the null is the empty prompt.
+- `TextLowResImage`: a text super-resolution model (Imagen's super-resolution stages):
+  `LowResImage`'s image channels and `TextPrompts`' caption, as a
+  `difforge.models.text_image.TextImageCond`; the null is the empty prompt, the image kept.
 
 - `VideoFrames`: a video model's clips of `frames` frames, conditioned on any observed
   frames and, with `num_classes`, a class label per clip (Flexible Diffusion Models,
@@ -40,6 +43,7 @@ import torch.nn.functional as F
 
 from difforge.models.frames import FrameCond, training_masks
 from difforge.models.text import ScratchConditioner, TextCond, TextConditioner
+from difforge.models.text_image import TextImageCond
 
 
 class Conditioning(Protocol):
@@ -186,6 +190,11 @@ class LowResImage:
             return F.pad(up, (top, size - native_size - top, top, size - native_size - top), value=-1.0)
         return up
 
+    def training_cond(self, x0: torch.Tensor, cond: Any, native_size: int) -> torch.Tensor:
+        """The conditioning of a training batch x0: its conditioning image (`from_clean`);
+        `cond` is None (an SR3 model has no other conditioning)."""
+        return self.from_clean(x0, native_size)
+
     def from_low(self, low: torch.Tensor, native_size: int) -> torch.Tensor:
         """A low-resolution batch (N, C, native/scale, native/scale) in [-1, 1], upsampled
         to the native size (float); a clear error for any other shape."""
@@ -285,6 +294,44 @@ class TextPrompts:
         defaults = {f.name: f.default for f in dataclasses.fields(cls) if f.default is not dataclasses.MISSING}
         return cls(str(d["encoder"]), int(d["max_tokens"]),
                    **{k: int(d.get(k, v)) for k, v in defaults.items()})
+
+
+# ---------------------------------------------------------------- text super-resolution
+
+
+@dataclass(frozen=True)
+class TextLowResImage(TextPrompts, LowResImage):
+    """A super-resolution model conditioned on text as well as on the low-resolution image
+    (Imagen's super-resolution stages, Saharia et al. 2022, Section 2.5): `LowResImage`'s
+    conditioning image at 1/`scale` of the data's size, upsampled back and read as extra
+    input channels, and `TextPrompts`' caption (any of its encoders), read by
+    cross-attention and the pooled vector. The value is a
+    `difforge.models.text_image.TextImageCond`. `null(n)` is the empty prompt (a
+    `TextCond`): guidance pairs it with the batch's own image, and caption dropout
+    (`drop`) trains it; the image is never dropped."""
+
+    kind: ClassVar[str] = "text-low-res-image"
+    task: ClassVar[str] = "superres"
+
+    def __post_init__(self) -> None:
+        LowResImage.__post_init__(self)
+        TextPrompts.__post_init__(self)
+
+    def network_kwargs(self, channels: int) -> dict[str, Any]:
+        return {**TextPrompts.network_kwargs(self, channels), "cond_channels": channels}
+
+    def training_cond(self, x0: torch.Tensor, cond: TextCond, native_size: int) -> TextImageCond:
+        """The conditioning of a training batch x0: its captions `cond` (after caption
+        dropout) with its conditioning image (`from_clean`)."""
+        return TextImageCond(cond, self.from_clean(x0, native_size))
+
+    def to_dict(self) -> dict[str, Any]:
+        return _plain(self)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> TextLowResImage:
+        text = TextPrompts.from_dict(d)
+        return cls(int(d["scale"]), **dataclasses.asdict(text))
 
 
 # ---------------------------------------------------------------- unCLIP
@@ -404,7 +451,7 @@ class VideoFrames:
 
 
 KINDS: dict[str, type] = {cls.kind: cls for cls in (Unconditional, ClassLabels, LowResImage, TextPrompts,
-                                                    CLIPImageEmbedding, VideoFrames)}
+                                                    TextLowResImage, CLIPImageEmbedding, VideoFrames)}
 
 
 def conditioning_from_dict(d: Mapping[str, Any]) -> Conditioning:

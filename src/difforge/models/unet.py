@@ -15,6 +15,7 @@ from torch.utils.checkpoint import checkpoint
 
 from difforge.models.layers import CrossAttention, ResBlock, SelfAttention, TimeLabelEmbedding, check_size, group_norm
 from difforge.models.text import ScratchTextEncoder, TextCond
+from difforge.models.text_image import TextImageCond
 
 
 class Downsample(nn.Module):
@@ -80,7 +81,9 @@ class UNet(nn.Module):
             the width of the text token embeddings. Every stage with self-attention (the
             `attention_levels` and the middle block) is followed by cross-attention to the
             tokens (GLIDE, Nichol et al. 2022; Imagen, Saharia et al. 2022; Stable
-            Diffusion, Rombach et al. 2022).
+            Diffusion, Rombach et al. 2022). With `cond_channels` too (a text
+            super-resolution model), `cond` is a `difforge.models.text_image.TextImageCond`:
+            the prompts and the conditioning image.
         pooled_dim: the width of the pooled text vector, which is layer-normalised,
             projected and added to the time embedding (Imagen, Section 2.3; GLIDE uses its
             text transformer's final token in place of the class embedding). None: no
@@ -145,8 +148,8 @@ class UNet(nn.Module):
         if pooled_dim and not context_dim:
             raise ValueError("a pooled text input (pooled_dim) needs the text tokens too (context_dim)")
         if context_dim:
-            if num_classes or cond_channels:
-                raise ValueError("a text-conditioned UNet (context_dim) takes no class labels or conditioning image")
+            if num_classes:
+                raise ValueError("a text-conditioned UNet (context_dim) takes no class labels")
             if not attention_levels and not mid_attention:
                 raise ValueError("a text-conditioned UNet needs attention (attention_levels or mid_attention) to "
                                  "cross-attend to the text")
@@ -210,8 +213,14 @@ class UNet(nn.Module):
             context, mask, pooled = self._image_embedding(cond, x.shape[0])
             cond = None
         elif self.context_dim:
+            image = None
+            if self.cond_channels:  # text super-resolution: the prompts and the conditioning image
+                if not isinstance(cond, TextImageCond):
+                    raise ValueError(f"this text super-resolution model needs a TextImageCond (prompts and "
+                                     f"conditioning images) as cond, got {type(cond).__name__}")
+                cond, image = cond.text, cond.image
             context, mask, pooled = self._text(cond, x.shape[0])
-            cond = None
+            cond = image
         if self.cond_channels:  # image conditioning by channel concatenation
             if cond is None or cond.shape[1] != self.cond_channels or cond.shape[-2:] != x.shape[-2:]:
                 got = None if cond is None else tuple(cond.shape)

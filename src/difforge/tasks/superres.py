@@ -1,8 +1,9 @@
 """Super-resolution: zero-shot with a generative model (ILVR, `difforge.tasks.ilvr`), or
 with an SR3-style model (Saharia et al. 2022, "Image super-resolution via iterative
 refinement") trained on pairs and conditioned on the upsampled low-resolution image by
-channel concatenation; and the cascade of a base model and an upscaler (the structure of
-Imagen and DALL-E 2)."""
+channel concatenation, and also on the caption for a text super-resolution model
+(Imagen's super-resolution stages); and the cascade of a base model and an upscaler (the
+structure of Imagen and DALL-E 2), where the prompts reach both stages of text models."""
 
 from __future__ import annotations
 
@@ -63,6 +64,7 @@ def sr3_upscale(
     labels: torch.Tensor | None = None,
     prompts=None,
     negative_prompt: str | None = None,
+    truncate_prompts: bool = False,
     cfg: float | None = None,
     sampler: str | None = None,
     steps: int | None = None,
@@ -73,7 +75,10 @@ def sr3_upscale(
     """Upscale `low` (N, C, size/scale, size/scale) in [-1, 1] with an SR3 model
     (`Pipeline.upscale`; its conditioning is `difforge.models.conditioning.LowResImage`):
     the sampler (default ddpm, 50 steps) runs the model with the bicubic upsampling of
-    `low` as its conditioning image. Image i uses seed + i."""
+    `low` as its conditioning image. Image i uses seed + i. A text super-resolution model
+    (`--task superres --text-encoder ...`; `difforge.models.conditioning.TextLowResImage`)
+    also takes `prompts` (one for all images, or one per image) and `negative_prompt`;
+    without them it runs on the empty prompt, unguided unless `cfg` is given."""
     if not is_superres_model(pipe):
         raise ValueError("this is not a super-resolution model (train one with --task superres)")
     want = pipe.card.conditioning.scale
@@ -81,8 +86,10 @@ def sr3_upscale(
         raise ValueError(f"this super-resolution model upscales x{want}, not x{scale}")
     if labels is not None:
         raise ValueError("a super-resolution model takes no class labels")
-    if prompts is not None or negative_prompt is not None:
+    if not pipe.takes_text and (prompts is not None or negative_prompt is not None):
         raise ValueError("this super-resolution model is not a text-to-image model: it takes no prompt")
+    if pipe.takes_text:
+        options.update(prompts=prompts, negative_prompt=negative_prompt, truncate_prompts=truncate_prompts)
     sampler, steps = sampler or "ddpm", steps or 50
     total = len(pipe.sigmas(sampler, steps)) - 1  # one callback per sampler step
     return pipe.upscale(low, cfg=cfg, sampler=sampler, steps=steps, seed=seed, callback=counted(callback, total),

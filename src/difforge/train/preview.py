@@ -16,7 +16,7 @@ def draw_previews(trainer, name: str, nets: tuple[tuple[str, nn.Module], ...],
 
     A class-conditional or unconditional model draws a grid (one row per class; a text
     model, one row per example prompt of its card); an SR3
-    model upscales held-out images (`Pipeline.save_upscale_grid`).
+    model upscales held-out images (`Pipeline.save_upscale_grid`; a text one with their captions).
     """
     for tag, net in nets:
         was_training = net.training
@@ -35,8 +35,9 @@ def draw_previews(trainer, name: str, nets: tuple[tuple[str, nn.Module], ...],
 
 def _upscale_preview(trainer, net: nn.Module, path: Path) -> Path:
     bundle = trainer.bundle
-    held_out = (bundle.val if bundle.val is not None and len(bundle.val) else trainer.train_set).images
-    return trainer.pipeline(net).save_upscale_grid(held_out, path)
+    held_out = bundle.val if bundle.val is not None and len(bundle.val) else trainer.train_set
+    prompts = held_out.captions if trainer.text else None  # a text model upscales each image with its caption
+    return trainer.pipeline(net).save_upscale_grid(held_out.images, path, prompts)
 
 
 VIDEO_PREVIEW_STEPS = 25  # DDIM steps of a video preview (a clip costs T images per step)

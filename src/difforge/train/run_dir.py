@@ -20,6 +20,7 @@ from difforge.models.conditioning import (
     ClassLabels,
     CLIPImageEmbedding,
     LowResImage,
+    TextLowResImage,
     TextPrompts,
     Unconditional,
     VideoFrames,
@@ -101,6 +102,9 @@ def model_card(cfg: RunConfig, bundle, image_size: int, num_classes: int | None,
     prompts = None
     if cfg.model.task == "superres":
         conditioning = LowResImage(cfg.model.scale)
+        if cfg.model.text_encoder is not None:  # Imagen's super-resolution stages: the caption too
+            conditioning = TextLowResImage(cfg.model.scale, cfg.model.text_encoder, cfg.model.max_tokens)
+            prompts = example_prompts(bundle.val if bundle.val is not None and len(bundle.val) else bundle.train)
         conditioning.check(bundle.native_size, image_size)
     elif clip is not None:  # (dim, fingerprint) of the CLIP whose image embeddings condition the model
         conditioning = CLIPImageEmbedding(clip[0], clip=clip[1])

@@ -172,9 +172,10 @@ class Trainer(FaultHandling):
                      "Diffusion's schedule (--schedule scaled_linear --set diffusion.beta_start=0.00085 --set "
                      "diffusion.beta_end=0.012) stops at 14.6; see docs/latent.md")
         self.captions = self.val_captions = None  # text: each split's captions, encoded once
-        self.cond_image = None  # superres: makes each batch's conditioning image from x0 (SR3)
+        self.cond_image = None  # superres: (x0, captions or None) -> the batch's conditioning (SR3; with text too)
         if self.card.task == "superres":
-            self.cond_image = functools.partial(self.card.conditioning.from_clean, native_size=self.card.native_size)
+            spec = self.card.conditioning
+            self.cond_image = functools.partial(spec.training_cond, native_size=self.card.native_size)
 
     def fine_tuning_card(self) -> ModelCard:
         """A fine-tuning run's card (train/finetune.py): on resume the run's own, which names
@@ -368,9 +369,9 @@ class Trainer(FaultHandling):
             cond = self.val_labels[i: i + chunk].to(self.device) if self.val_labels is not None else None
             if self.video:  # masks from the fixed generator: the same every time
                 cond = self.card.conditioning.training_cond(cond, len(x0), 0.0, g).observe(x0)
-            cond = self.cond_image(x0) if self.cond_image is not None else cond
             cond = self.val_captions.rows(slice(i, i + chunk)).to(self.device) if self.val_captions else cond
             cond = self.val_embeddings[i: i + chunk].to(self.device) if self.val_embeddings is not None else cond
+            cond = self.cond_image(x0, cond) if self.cond_image is not None else cond
             loss = self.card.denoiser(net).loss(x0, cond, generator=g, autocast=self.amp_dtype)
             total_loss += loss.item() * len(x0)
             count += len(x0)
@@ -434,7 +435,7 @@ class Trainer(FaultHandling):
         if self.video:
             cond = cond.observe(x0)
         if self.cond_image is not None:
-            cond = self.cond_image(x0)
+            cond = self.cond_image(x0, cond)
         return x0, cond, len(idx)
 
     def apply_gradients(self, loss: torch.Tensor | None) -> bool:
