@@ -215,7 +215,8 @@ def test_cli_store_trains_and_samples(source, tmp_path, capsys):
     assert type(splits["test"]).__name__ == "VideoDataset"
     assert run(["inspect", str(store), "--sheets", str(tmp_path / "sheets")]) == 0
     report = capsys.readouterr().out
-    assert "clips of 4 frames at 10 fps" in report and "b/short.gif: 1 frames, clips need 4" in report
+    # short.gif: 3 frames at 20 fps make ceil(3 * 10 / 20) = 2 at 10 fps
+    assert "clips of 4 frames at 10 fps" in report and "b/short.gif: 2 frames, clips need 4" in report
 
     assert run(["train", "--data", str(store), "--model", "tiny", "--out", str(tmp_path / "r0"),
                 "--max-steps", "1", "--no-progress"]) != 0
