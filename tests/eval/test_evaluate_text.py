@@ -6,13 +6,13 @@ import json
 
 import numpy as np
 import pytest
-from garment_squares import write_garment_squares
 
 from cli_runner import run
 from difforge.config import load_config
 from difforge.data import load_dataset
 from difforge.eval.classifier import ClassifierConfig, classifier_dir, dataset_key, train_classifier
 from difforge.eval.garment import garment_classifier_dir, load_or_train_garment_classifier
+from garment_squares import write_garment_squares
 
 ATTRIBUTE_KEYS = {"garment", "colour", "size", "position", "garment+colour", "all"}
 SETS = ["seen", "held-out pairs", "paraphrases"]

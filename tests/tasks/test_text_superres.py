@@ -11,14 +11,13 @@ guidance scale 1 against the conditional model sampled by hand."""
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 from torch import nn
 
+from captioned_squares import write_captioned_squares
 from cli_runner import run
 from difforge import tasks
 from difforge.diffusion import make_schedule
@@ -35,7 +34,6 @@ from model_cards import pipeline, tiny_card
 SR = TextLowResImage(2, "scratch", max_tokens=16, width=32, layers=1, heads=2)
 SHIFT = {"u": 0.2, "d": -0.2}  # a prompt's first letter -> the shift of its images from the conditioning image
 SD = 0.3
-COLOURS = {"red": (220, 30, 30), "blue": (30, 30, 220)}
 
 
 def _low(n: int, seed: int = 0) -> torch.Tensor:
@@ -212,16 +210,7 @@ def test_prompt_errors_are_one_line(sr_pipe, make_sr_pipe):
 @pytest.fixture(scope="module")
 def captioned(tmp_path_factory):
     """16 RGB 8x8 squares, each a colour and a caption naming it (metadata.jsonl)."""
-    root = tmp_path_factory.mktemp("captioned")
-    lines = []
-    for i in range(16):
-        name = list(COLOURS)[i % 2]
-        a = np.zeros((8, 8, 3), np.uint8)
-        a[2:6, 2:6] = COLOURS[name]
-        Image.fromarray(a).save(root / f"{i:02d}.png")
-        lines.append(json.dumps({"file_name": f"{i:02d}.png", "text": f"a {name} square"}))
-    (root / "metadata.jsonl").write_text("\n".join(lines) + "\n")
-    return root
+    return write_captioned_squares(tmp_path_factory.mktemp("captioned"))
 
 
 @pytest.fixture(scope="module")

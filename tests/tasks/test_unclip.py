@@ -6,7 +6,6 @@ import json
 import numpy as np
 import pytest
 import torch
-from garment_squares import write_garment_squares
 from PIL import Image
 
 from cli_runner import run
@@ -15,6 +14,7 @@ from difforge.models.card import ModelCard
 from difforge.models.conditioning import CLIPImageEmbedding, conditioning_from_dict
 from difforge.models.prior import PriorCard, load_prior
 from difforge.sampling.guidance import broadcast_cond, cat_cond
+from garment_squares import write_garment_squares
 
 
 def test_the_kind_null_dropout_batching_and_round_trip():

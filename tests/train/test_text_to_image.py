@@ -12,6 +12,7 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
+from captioned_squares import write_captioned_squares
 from cli_runner import run
 from difforge.config import ConfigError, DataConfig, ModelConfig, RunConfig, TrainConfig
 from difforge.models.card import ModelCard
@@ -19,22 +20,11 @@ from difforge.pipeline import load_pipeline
 from difforge.train.checkpoint import find_resumable
 from difforge.train.loop import train
 
-COLOURS = {"red": (220, 30, 30), "blue": (30, 30, 220)}
-
 
 @pytest.fixture(scope="module")
 def captioned(tmp_path_factory):
     """16 RGB 8x8 squares, each a colour and a caption naming it (metadata.jsonl)."""
-    root = tmp_path_factory.mktemp("captioned")
-    lines = []
-    for i in range(16):
-        name = list(COLOURS)[i % 2]
-        a = np.zeros((8, 8, 3), np.uint8)
-        a[2:6, 2:6] = COLOURS[name]
-        Image.fromarray(a).save(root / f"{i:02d}.png")
-        lines.append(json.dumps({"file_name": f"{i:02d}.png", "text": f"a {name} square"}))
-    (root / "metadata.jsonl").write_text("\n".join(lines) + "\n")
-    return root
+    return write_captioned_squares(tmp_path_factory.mktemp("captioned"))
 
 
 def _cfg(data, out, encoder="scratch", **train_kw):
