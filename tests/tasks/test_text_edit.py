@@ -21,7 +21,7 @@ from difforge.models.text import BYTE_OFFSET
 from difforge.sampling import per_sample_generators, randn_like
 from difforge.tasks.common import grid_from
 from difforge.tasks.restore import strength_sigma
-from model_cards import pipeline, tiny_card
+from model_cards import pipeline, random_tiny_net, tiny_card
 
 TEXT = TextPrompts("scratch", max_tokens=16, width=32, layers=1, heads=2)
 MEANS = {"u": 0.2, "d": -0.2}  # a prompt's first letter -> the mean of its images; else (the empty prompt) 0
@@ -52,16 +52,7 @@ def gaussian_text_pipe():
 
 
 def _text_net(seed: int = 0):
-    """A tiny text UNet whose zero-initialised layers are made random, so that the prompt
-    reaches the output."""
-    card = tiny_card(channels=3, conditioning=TEXT)
-    torch.manual_seed(seed)
-    net = card.build_network().eval()
-    with torch.no_grad():
-        for p in net.parameters():
-            if not p.any():
-                p.normal_(0, 0.05)
-    return net, card
+    return random_tiny_net(TEXT, seed=seed)
 
 
 @pytest.fixture(scope="module")

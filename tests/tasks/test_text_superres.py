@@ -29,7 +29,7 @@ from difforge.models.text import BYTE_OFFSET
 from difforge.models.text_image import TextImageCond
 from difforge.pipeline import export_model, load_pipeline
 from difforge.sampling import ClampDenoiser, get_sampler, per_sample_generators, randn_like
-from model_cards import pipeline, tiny_card
+from model_cards import pipeline, random_tiny_net, tiny_card
 
 SR = TextLowResImage(2, "scratch", max_tokens=16, width=32, layers=1, heads=2)
 SHIFT = {"u": 0.2, "d": -0.2}  # a prompt's first letter -> the shift of its images from the conditioning image
@@ -129,16 +129,7 @@ def test_guidance_compares_prompts_with_the_same_image_in_both_passes(prompts, n
 
 
 def _text_sr_net(seed: int = 0):
-    """A tiny text SR UNet whose zero-initialised layers are made random, so that the
-    prompt and the image reach the output."""
-    card = tiny_card(channels=3, conditioning=SR)
-    torch.manual_seed(seed)
-    net = card.build_network().eval()
-    with torch.no_grad():
-        for p in net.parameters():
-            if not p.any():
-                p.normal_(0, 0.05)
-    return net, card
+    return random_tiny_net(SR, seed=seed)
 
 
 @pytest.fixture(scope="module")
