@@ -139,7 +139,7 @@ def latent_frames_mean(error: torch.Tensor, cond) -> torch.Tensor:
     """The mean of `error` (B, ...) per sample, (B,); for clips (B, C, T, H, W) with observed
     frames (`cond` a `FrameCond` whose mask (B, T) is True where a frame is given), the
     mean over the latent frames only (a clip with none latent scores 0)."""
-    mask = getattr(cond, "mask", None) if isinstance(cond, FrameCond) else None
+    mask = cond.mask if isinstance(cond, FrameCond) else None
     if mask is None or error.ndim != 5 or not bool(mask.any()):
         return error.flatten(1).mean(1)
     latent = (~mask.to(error.device, torch.bool)).to(error.dtype)  # (B, T)
