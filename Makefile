@@ -5,15 +5,21 @@ BIN := $(VENV)/bin
 FMNIST := /usr/share/datasets/fashion-mnist
 RUN := runs/quickstart
 
-.PHONY: run test install data browser bench clean-venv
+.PHONY: run test install install-test data browser bench clean-venv
 
+# `make run` needs difforge alone; `make test` adds every extra the tests use (a minute more to install).
 install: $(VENV)/.installed
+install-test: $(VENV)/.installed-test
 
 # torch is installed first and pinned: an unpinned torch lets pip pick a multi-GB CUDA build.
 $(VENV)/.installed: pyproject.toml
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet torch==2.13.0
+	$(BIN)/pip install --quiet -e .
+	touch $@
+
+$(VENV)/.installed-test: $(VENV)/.installed
 	$(BIN)/pip install --quiet -e '.[test]'
 	touch $@
 
@@ -47,9 +53,9 @@ run: install data
 
 # Installs what the tests need (Fashion-MNIST, Chromium for the web page test), checks the code
 # with ruff (pyproject.toml's [tool.ruff]; a finding fails the target), then runs the tests.
-test: install data browser
+test: install-test data browser
 	$(BIN)/ruff check src tests benchmarks tools
 	$(BIN)/python -m pytest
 
-bench: install
+bench: install-test
 	$(BIN)/python benchmarks/train_throughput.py

@@ -76,6 +76,7 @@ class DiffusionConfig:
     min_snr_gamma: float | None = None  # min-SNR-gamma loss weighting (Hang et al. 2023), e.g. 5
     sigma_min: float | None = None  # ncsn, ve-sde, edm noise range; None: the framework's default
     sigma_max: float | None = None  # top of that range; None: the framework's default
+    sigma_data: float | None = None  # edm: the data's standard deviation; None: 0.5 (pixels), 1 with model.latent
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from cli_runner import run
-from difforge.config import ConfigError, DataConfig, ModelConfig, RunConfig, TrainConfig, validate
+from difforge.config import ConfigError, DataConfig, DiffusionConfig, ModelConfig, RunConfig, TrainConfig, validate
 from difforge.data import load_dataset
 from difforge.models.autoencoder import load_autoencoder
 from difforge.pipeline import load_pipeline
@@ -92,8 +92,8 @@ def test_cached_latents_equal_the_latents_encoded_per_batch(ae_dir, tmp_path):
     torch.testing.assert_close(again.mean, cached.mean, rtol=0, atol=0)
 
 
-def _cfg(ae_dir, out, **model):
-    return RunConfig(data=DataConfig(dataset="digits"), out=str(out),
+def _cfg(ae_dir, out, diffusion=DiffusionConfig(), **model):
+    return RunConfig(data=DataConfig(dataset="digits"), out=str(out), diffusion=diffusion,
                      model=ModelConfig(preset="tiny", latent=str(ae_dir), **model),
                      train=TrainConfig(max_steps=3, batch_size=16, checkpoint_every=0, sample_every=0, log_every=1,
                                        ema_warmup=1, device="cpu", final_grid=False))
@@ -120,6 +120,17 @@ def test_a_latent_model_trains_samples_and_exports_with_its_autoencoder(ae_dir, 
     (tmp_path / "m" / "autoencoder.safetensors").unlink()
     with pytest.raises(ValueError, match="without its autoencoder"):
         load_pipeline(tmp_path / "m")
+
+
+def test_an_edm_latent_model_takes_the_latents_unit_std_as_sigma_data(ae_dir, tmp_path):
+    train(_cfg(ae_dir, tmp_path / "edm", DiffusionConfig(framework="edm")), progress=False)
+    card = json.loads((tmp_path / "edm" / "model.json").read_text())
+    assert card["diffusion"]["sigma_data"] == 1.0  # latents are scaled to std 1; pixels in [-1, 1] keep 0.5
+    assert load_pipeline(tmp_path / "edm").process.sigma_data == 1.0
+    train(_cfg(ae_dir, tmp_path / "set", DiffusionConfig(framework="edm", sigma_data=0.8)), progress=False)
+    assert json.loads((tmp_path / "set" / "model.json").read_text())["diffusion"]["sigma_data"] == 0.8
+    with pytest.raises(ConfigError, match="not a setting of 'ddpm'"):
+        validate(_cfg(ae_dir, tmp_path / "bad", DiffusionConfig(sigma_data=1.0)))
 
 
 def test_latent_errors_are_one_line(ae_dir, tmp_path, capsys):

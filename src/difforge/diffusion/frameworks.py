@@ -20,8 +20,16 @@ from typing import Any
 
 import torch
 
-from difforge.diffusion.parameterization import PREDICTIONS, c_noise_edm_net, edm_precond, edm_sigmas
-from difforge.diffusion.process import GridProcess, NoiseProcess
+from difforge.diffusion.parameterization import (
+    P_MEAN,
+    PREDICTIONS,
+    SIGMA_DATA,
+    c_noise_edm_net,
+    edm_precond,
+    edm_sigmas,
+    skip_out,
+)
+from difforge.diffusion.process import GridProcess, NoiseProcess, Preconditioning
 from difforge.diffusion.schedules import DiscreteSchedule, make_schedule
 from difforge.diffusion.sde import VESDE, VPSDE, NCSNLevels, SubVPSDE
 
@@ -67,16 +75,35 @@ class EDMProcess(GridProcess):
     """Karras et al. (2022)'s process: x = x0 + sigma n with c_in = 1 / sqrt(sigma^2 + sd^2),
     c_noise = ln(sigma) / 4 (times 1000, `c_noise_edm_net`), training sigmas log-normal
     (P_mean = -1.2, P_std = 1.2), sampling between 0.002 and 80 (Table 1). Its
-    `timesteps` levels are log-uniform in that range (for the leading/trailing grids)."""
+    `timesteps` levels are log-uniform in that range (for the leading/trailing grids).
+
+    `sigma_data` (sd) is the data's standard deviation: 0.5 for images in [-1, 1] (Table 1),
+    1 for latents scaled to unit variance. The training levels move with it (P_mean + ln(sd /
+    0.5)), so that data scaled by k with sd scaled by k train alike: the preconditioning and
+    the loss at sigma equal those of the unscaled data at sigma / k."""
 
     name = "edm"
     predictions = ("edm",)
     default_sigma_range = (0.002, 80.0)
 
-    def __init__(self, sigma_min: float = 0.002, sigma_max: float = 80.0, timesteps: int = 1000):
+    def __init__(self, sigma_min: float = 0.002, sigma_max: float = 80.0, timesteps: int = 1000,
+                 sigma_data: float = SIGMA_DATA):
         if not 0 < sigma_min < sigma_max:
             raise ValueError(f"need 0 < sigma_min < sigma_max, got {sigma_min}, {sigma_max}")
+        if not sigma_data > 0:
+            raise ValueError(f"sigma_data must be > 0, got {sigma_data}")
         self.smin, self.smax, self.timesteps = float(sigma_min), float(sigma_max), int(timesteps)
+        self.sigma_data = float(sigma_data)
+
+    @classmethod
+    def from_spec(cls, spec: FrameworkSpec) -> EDMProcess:
+        lo, hi = cls.default_sigma_range
+        return cls(lo if spec.sigma_min is None else spec.sigma_min, hi if spec.sigma_max is None else spec.sigma_max,
+                   spec.timesteps, SIGMA_DATA if spec.sigma_data is None else spec.sigma_data)
+
+    def precondition(self, sigma, prediction: str) -> Preconditioning:
+        c_skip, c_out = skip_out(prediction, sigma, self.sigma_data)
+        return Preconditioning(c_skip, c_out, self.c_in(sigma), self.c_noise(sigma))
 
     def grid_times(self) -> torch.Tensor:
         return torch.linspace(0.0, 1.0, self.timesteps, dtype=torch.float64)
@@ -88,7 +115,7 @@ class EDMProcess(GridProcess):
         return torch.ones_like(torch.as_tensor(sigma, dtype=torch.float64))  # EDM, Table 1: s(t) = 1
 
     def c_in(self, sigma) -> torch.Tensor:
-        return edm_precond(sigma)[2]
+        return edm_precond(sigma, self.sigma_data)[2]
 
     def c_noise(self, sigma) -> torch.Tensor:
         return c_noise_edm_net(sigma)
@@ -97,7 +124,7 @@ class EDMProcess(GridProcess):
         return self.sigma_max if sigma is None else float(sigma)
 
     def sample_sigmas(self, batch: int, generator: torch.Generator | None = None) -> torch.Tensor:
-        return edm_sigmas(batch, generator)
+        return edm_sigmas(batch, generator, p_mean=P_MEAN + math.log(self.sigma_data / SIGMA_DATA))
 
 
 # ---------------------------------------------------------------- by name
@@ -108,7 +135,8 @@ class FrameworkSpec:
     """A framework and its parameters, as a model card records them. `timesteps` is also
     NCSN's number of levels and the SDEs' discretization; the VP / sub-VP SDEs take
     beta(t) from timesteps * beta_start to timesteps * beta_end; sigma_min / sigma_max set
-    the range of ncsn, ve-sde and edm (None: `DEFAULT_SIGMA_RANGE`)."""
+    the range of ncsn, ve-sde and edm (None: `DEFAULT_SIGMA_RANGE`); sigma_data is edm's
+    data standard deviation (None: 0.5, `EDMProcess`)."""
 
     framework: str = "ddpm"
     timesteps: int = 1000
@@ -118,6 +146,7 @@ class FrameworkSpec:
     min_snr_gamma: float | None = None
     sigma_min: float | None = None
     sigma_max: float | None = None
+    sigma_data: float | None = None
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> FrameworkSpec:
@@ -158,6 +187,8 @@ def make_process(spec: FrameworkSpec) -> NoiseProcess:
     cls = PROCESSES[_known(spec.framework)]
     if spec.min_snr_gamma is not None and not cls.allows_min_snr:
         raise ValueError(f"min-SNR weighting applies to {list(MIN_SNR_FRAMEWORKS)}, not to {spec.framework!r}")
+    if spec.sigma_data is not None and cls is not EDMProcess:
+        raise ValueError(f"sigma_data is edm's data standard deviation, not a setting of {spec.framework!r}")
     return cls.from_spec(spec)
 
 

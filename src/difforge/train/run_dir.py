@@ -118,8 +118,11 @@ def model_card(cfg: RunConfig, bundle, image_size: int, num_classes: int | None,
     else:
         conditioning = Unconditional()
     channels = autoencoder.latent_channels if autoencoder is not None else bundle.channels
+    diffusion = config_to_dict(cfg)["diffusion"]
+    if autoencoder is not None and diffusion["framework"] == "edm" and diffusion.get("sigma_data") is None:
+        diffusion["sigma_data"] = 1.0  # the latents are scaled to unit variance (the autoencoder's latent scale)
     return ModelCard(Architecture(cfg.model.preset, architecture_kwargs(cfg.model.preset, cfg.model.architecture)),
                      image_size, bundle.native_size, channels,
-                     FrameworkSpec.from_dict(config_to_dict(cfg)["diffusion"]), cfg.diffusion.prediction,
+                     FrameworkSpec.from_dict(diffusion), cfg.diffusion.prediction,
                      conditioning, bundle.class_names if num_classes else None, cfg.data.dataset, prompts=prompts,
                      autoencoder=autoencoder)
