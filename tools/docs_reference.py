@@ -103,7 +103,7 @@ def config_markdown() -> str:
 # (module, names): the public Python API, in the order the page shows it
 API = [
     ("difforge", ["load_pipeline", "Pipeline"]),
-    ("difforge.pipeline", ["export_model", "is_model_dir"]),
+    ("difforge.model_files", ["export_model", "is_model_dir"]),
     ("difforge.tasks", ["inpaint", "restore", "denoise", "upscale", "superres_ilvr", "interpolate", "invert",
                         "decode", "slerp", "make_mask", "mask_from_array"]),
     ("difforge.hub", ["resolve_model_dir", "push_model"]),

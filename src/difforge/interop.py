@@ -23,10 +23,11 @@ from typing import Any
 from difforge.diffusion.frameworks import FrameworkSpec
 from difforge.hub import model_readme, not_found, resolve_model_dir
 from difforge.io.outputs import check_output_dir
+from difforge.model_files import is_model_dir
 from difforge.models.card import Architecture, ModelCard
 from difforge.models.conditioning import ClassLabels, Unconditional
 from difforge.models.diffusers_unet import diffusers_missing, unet_kwargs
-from difforge.pipeline import is_model_dir, load_pipeline
+from difforge.pipeline import load_pipeline
 
 PRESET = "diffusers-unet"
 CARD_FILE = "difforge.json"  # the difforge card of a diffusers folder difforge exported

@@ -15,7 +15,8 @@ import pytest
 import torch
 
 from cli_runner import run
-from difforge.pipeline import ModelLoadError, export_model, load_pipeline
+from difforge.model_files import ModelLoadError, export_model
+from difforge.pipeline import load_pipeline
 
 hub = pytest.importorskip("huggingface_hub")
 hub_constants = pytest.importorskip("huggingface_hub.constants")

@@ -22,12 +22,13 @@ from cli_runner import run
 from difforge import tasks
 from difforge.diffusion import make_schedule
 from difforge.io.space import from_uint8
+from difforge.model_files import export_model
 from difforge.models import build_model
 from difforge.models.card import ModelCard
 from difforge.models.conditioning import TextLowResImage, TextPrompts, conditioning_from_dict
 from difforge.models.text import BYTE_OFFSET
 from difforge.models.text_image import TextImageCond
-from difforge.pipeline import export_model, load_pipeline
+from difforge.pipeline import load_pipeline
 from difforge.sampling import ClampDenoiser, get_sampler, per_sample_generators, randn_like
 from model_cards import pipeline, random_tiny_net, tiny_card
 

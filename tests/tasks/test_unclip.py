@@ -106,7 +106,8 @@ def _clip_and_prior(fm, clip_dir, prior_dir, dim):
 
 
 def test_train_sample_unclip_and_variations_end_to_end(trained, tmp_path, capsys):
-    from difforge.pipeline import export_model, load_pipeline
+    from difforge.model_files import export_model
+    from difforge.pipeline import load_pipeline
 
     card = json.loads((trained / "run" / "model.json").read_text())
     assert card["conditioning"]["kind"] == "clip-image-embedding" and card["conditioning"]["dim"] == 16

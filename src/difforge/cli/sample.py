@@ -246,7 +246,7 @@ def export(run_dir, out, fmt, ema, overwrite, lora) -> None:
 
             path = export_diffusers(run_dir, out, ema=ema, overwrite=overwrite)
         else:
-            from difforge.pipeline import export_model
+            from difforge.model_files import export_model
 
             path = export_model(run_dir, out, ema=ema, overwrite=overwrite, lora=lora)
     except (ValueError, FileNotFoundError, ImportError) as e:

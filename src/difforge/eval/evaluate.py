@@ -333,7 +333,8 @@ def _open_model(model_dir, cfg: EvalConfig, data: DataConfig | None, device):
     folder (a Hub id resolved to its cache folder) and the data to compare with."""
     pipe, given = None, model_dir
     if model_dir is not None:
-        from difforge.pipeline import load_pipeline, resolve_model_dir
+        from difforge.hub import resolve_model_dir
+        from difforge.pipeline import load_pipeline
 
         pipe = load_pipeline(model_dir, ema=cfg.ema, device=device)
         if pipe.takes_clips:

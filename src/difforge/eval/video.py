@@ -71,9 +71,10 @@ def evaluate_video(model_dir: str | Path, out: str | Path, cfg: VideoEvalConfig 
     from difforge.eval.classifier import load_or_train_classifier
     from difforge.eval.evaluate import _matched_indices, class_balanced_labels, data_config_for
     from difforge.eval.video_classifier import load_or_train_video_classifier
+    from difforge.hub import resolve_model_dir
     from difforge.io.outputs import check_output_dir
     from difforge.models.frames import parse_given
-    from difforge.pipeline import load_pipeline, resolve_model_dir
+    from difforge.pipeline import load_pipeline
 
     t0 = time.perf_counter()
     out = check_output_dir(out, holds="video evaluation report", is_ours=is_video_report_dir, overwrite=overwrite)

@@ -38,7 +38,7 @@ def _eval_metrics(path: Path) -> dict | None:
 
 def describe_model(path: str | Path, pipe) -> dict:
     """A JSON-able description of the loaded model and where it came from."""
-    from difforge.pipeline import resolve_model_dir
+    from difforge.hub import resolve_model_dir
 
     name = str(path) if not Path(path).exists() else Path(path).resolve().name  # a Hub id names itself
     path = resolve_model_dir(path)

@@ -25,7 +25,7 @@ from difforge.models.conditioning import ClassLabels, LowResImage, TextPrompts, 
 
 def load_source(path: str) -> tuple[ModelCard, Source]:
     """The source model's card and a `Source` naming its weights (EMA for a run) and hash."""
-    from difforge.pipeline import ModelLoadError, model_source
+    from difforge.model_files import ModelLoadError, model_source
 
     try:
         card, source = model_source(path)
@@ -106,7 +106,7 @@ def adopt(card: ModelCard, source_card: ModelCard, source: Source, cfg: RunConfi
 def init_network(card: ModelCard, say=print) -> nn.Module:
     """The run's network at step 0: the source's weights (a re-initialised label embedding
     where the class count differs) and, for a LoRA run, the adapters (B = 0) on them."""
-    from difforge.pipeline import ModelLoadError, base_network
+    from difforge.model_files import ModelLoadError, base_network
 
     try:
         net, kept = base_network(card)
