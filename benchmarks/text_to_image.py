@@ -11,7 +11,9 @@ Recipes (ROOT is --work):
   configs/text-latent.yaml` on it (the README's commands);
 - pixel-minilm: `train --config configs/text.yaml --text-encoder minilm` for
   --pixel-steps steps, chosen so that it takes about as long as latent-minilm;
-- latent-scratch: the latent recipe's model with the scratch text encoder (reuses ROOT/ae).
+- latent-scratch: the latent recipe's model with the scratch text encoder (reuses ROOT/ae);
+- latent-edm: the latent recipe with EDM's preconditioning and noise levels (sigma_data 1, the
+  latents' std) in place of DDPM (reuses ROOT/ae).
 
     OMP_NUM_THREADS=2 python benchmarks/text_to_image.py --work /tmp/t2i --recipes latent-minilm pixel-minilm \
         --out benchmarks/results/text_to_image.json --grid docs/text2image.png
@@ -43,6 +45,7 @@ def recipes(work: Path, latent_steps: int | None, pixel_steps: int) -> dict[str,
         "pixel-minilm": [["train", "--config", "configs/text.yaml", "--text-encoder", "minilm", "--max-steps",
                           str(pixel_steps), "--out", str(work / "pixel-minilm")]],
         "latent-scratch": [latent + ["--text-encoder", "scratch", "--out", str(work / "latent-scratch")]],
+        "latent-edm": [latent + ["--framework", "edm", "--out", str(work / "latent-edm")]],
     }
 
 
@@ -90,7 +93,7 @@ def main() -> None:
     data = DataConfig(dataset="fashion-colour")
     with open(args.work / "commands.log", "a") as log:
         for name in args.recipes:
-            if name == "latent-scratch" and not (args.work / "ae" / "autoencoder.json").is_file():
+            if name in ("latent-scratch", "latent-edm") and not (args.work / "ae" / "autoencoder.json").is_file():
                 book[name] = book["latent-minilm"][:1] + book[name]
             steps = [run_command(c, log) for c in book[name]]
             result["recipes"][name] = {"commands": steps, "train_seconds": round(sum(s["seconds"] for s in steps), 1)}
