@@ -69,7 +69,7 @@ from train_throughput import machine_record  # noqa: E402
 OUT = HERE / "results" / "peers.json"
 MD = HERE / "peers.md"
 MARKERS = ("<!-- results: written by benchmarks/peers.py -->", "<!-- /results -->")
-BATCH = 128  # configs/quickstart.yaml's batch, for both sides
+BATCH = 64  # configs/quickstart.yaml's batch, for both sides (peers.md's recorded run: 128, the quick start's then)
 
 # The UNet2DModel as a diffusers user would configure it, with the block layout and size
 # of difforge's `diffusers-unet` preset (checked against the preset in `check_peer_config`).
