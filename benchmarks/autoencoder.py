@@ -4,10 +4,17 @@ Trains one autoencoder per variant with `difforge.train.autoencoder.train_autoen
 (the code `difforge train-autoencoder` runs), each for the same number of steps, and
 records what its card measured (PSNR on 2000 held-out images, FD of the reconstructions in
 the domain classifier's features, the latent scale, training time and img/s) plus the
-encoder's and decoder's throughput. Variants: "NAME:factor=F,loss=L,base=B".
+encoder's and decoder's throughput, and the **garment accuracy of the reconstructions**: the
+garment classifier of `difforge evaluate`'s prompt sets (`difforge.eval.garment`) on 2000
+test images and on their reconstructions, small and large garments apart. A latent
+text-to-image model draws through the decoder, so the reconstructions' accuracy bounds the
+garment accuracy its samples can reach. Variants: "NAME:factor=F,loss=L,base=B,channels=C";
+`--existing NAME=DIR` measures an autoencoder already trained (`difforge train-autoencoder`).
+The JSON is written after each variant, so a stopped run keeps what it finished.
 
     python benchmarks/autoencoder.py --steps 800 --out benchmarks/results/autoencoder.json \
         f2-l2:factor=2,loss=l2 f2-l1:factor=2,loss=l1 f4-l2:factor=4,loss=l2
+    python benchmarks/autoencoder.py --existing ae=runs/ae --out benchmarks/results/autoencoder_runs.json
 """
 
 from __future__ import annotations
@@ -57,17 +64,60 @@ def _throughput(ae, images: torch.Tensor, size: int) -> dict:
     return {"encode_img_per_s": round(enc, 1), "decode_img_per_s": round(dec, 1)}
 
 
+@torch.no_grad()
+def garment_accuracy(ae, test, classifier, n: int = 2000) -> dict:
+    """Garment accuracy of `n` test images and of their reconstructions (posterior means),
+    over all and by size."""
+    from difforge.data.fashion_colour import SIZES
+    from difforge.eval.attributes import measure_attributes
+
+    images, truth = test.images[:n], test.attributes["garment"][:n]
+    small = test.attributes["size"][:n] == SIZES.index("small")
+    x = to_model_input(images, images.shape[-1])
+    recon = torch.cat([ae.decode(ae.encode(x[i:i + 250])[0]) for i in range(0, n, 250)])
+    recon = ((recon.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+    out = {"n": n}
+    for name, imgs in (("originals", images), ("reconstructions", recon)):
+        right = (measure_attributes(imgs, garment_classifier=classifier).garment == truth).double()
+        out[name] = {"all": round(float(right.mean()), 4), "small": round(float(right[small].mean()), 4),
+                     "large": round(float(right[~small].mean()), 4)}
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("variants", nargs="+")
+    ap.add_argument("variants", nargs="*")
+    ap.add_argument("--existing", nargs="*", default=[], metavar="NAME=DIR",
+                    help="autoencoders already trained: measured, not trained")
     ap.add_argument("--steps", type=int, default=800)
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args()
+    from difforge.eval.garment import load_or_train_garment_classifier
+
     data = DataConfig(dataset="fashion-colour")
-    images = load_dataset(data).val.images[:1000]
+    bundle = load_dataset(data)
+    images = bundle.val.images[:1000]
+    classifier = load_or_train_garment_classifier(data, bundle=bundle, log=print)
     result = {"dataset": "fashion-colour", "steps": args.steps, "batch_size": args.batch_size,
               "machine_before": machine_record(), "variants": {}}
+
+    def record(name: str, ae, card, settings: dict) -> None:
+        row = {"settings": settings, "latent": f"{card.latent_channels}x{card.latent_size}x{card.latent_size}",
+               "scale": round(card.scale, 4), **card.metrics, **_throughput(ae, images, card.image_size),
+               "garment_accuracy": garment_accuracy(ae, bundle.test, classifier),
+               "load_avg_after": [round(v, 2) for v in os.getloadavg()]}
+        result["variants"][name] = row
+        print(name, json.dumps(row), flush=True)
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps({**result, "machine_after": machine_record()}, indent=2) + "\n")
+
+    for text in args.existing:
+        name, _, folder = text.partition("=")
+        if not folder:
+            raise SystemExit(f"--existing takes NAME=DIR, got {text!r}")
+        ae, card = load_autoencoder(folder)
+        record(name, ae, card, {**card.training, "folder": folder, **card.kwargs})
     for text in args.variants:
         name, kw = _variant(text)
         cfg = AutoencoderConfig(data=data, factor=kw.get("factor", 2), loss=kw.get("loss", "l2"),
@@ -76,13 +126,8 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as tmp:
             card = train_autoencoder(cfg, Path(tmp) / "ae", device="cpu", progress=False)
             ae, _ = load_autoencoder(Path(tmp) / "ae")
-            row = {"settings": {**card.training, "factor": cfg.factor, "base_channels": cfg.base_channels,
-                                "latent_channels": cfg.latent_channels},
-                   "latent": f"{card.latent_channels}x{card.latent_size}x{card.latent_size}",
-                   "scale": round(card.scale, 4), **card.metrics, **_throughput(ae, images, card.image_size),
-                   "load_avg_after": [round(v, 2) for v in os.getloadavg()]}
-        result["variants"][name] = row
-        print(name, json.dumps(row), flush=True)
+            record(name, ae, card, {**card.training, "factor": cfg.factor, "base_channels": cfg.base_channels,
+                                    "latent_channels": cfg.latent_channels})
     result["machine_after"] = machine_record()
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
