@@ -16,6 +16,7 @@ from torch import nn
 
 from difforge.defaults import (  # noqa: F401 - re-exported
     DEFAULT_CFG,
+    DEFAULT_CFG_IMAGE_EMBEDDING,
     DEFAULT_CFG_INTERVAL,
     DEFAULT_CFG_TEXT,
     DEFAULT_GRID,
@@ -223,10 +224,12 @@ class Pipeline:
     @property
     def default_cfg(self) -> float | None:
         """The guidance scale when none is given: DEFAULT_CFG for class labels, DEFAULT_CFG_TEXT
-        for prompts and image embeddings, 1 (none) for a model without a learned null class,
-        None for an unconditional model."""
-        if self.takes_text or self.takes_image_embeddings:
+        for prompts, DEFAULT_CFG_IMAGE_EMBEDDING for image embeddings, 1 (none) for a model
+        without a learned null class, None for an unconditional model."""
+        if self.takes_text:
             return DEFAULT_CFG_TEXT
+        if self.takes_image_embeddings:
+            return DEFAULT_CFG_IMAGE_EMBEDDING
         if not self.num_classes:
             return None
         return DEFAULT_CFG if self.card.conditioning.has_null else 1.0

@@ -10,6 +10,7 @@ import pytest
 from cli_runner import run
 from difforge.config import load_config
 from difforge.data import load_dataset
+from difforge.defaults import DEFAULT_CFG_TEXT as CFG  # evaluate's guidance scale for prompts
 from difforge.eval.classifier import ClassifierConfig, classifier_dir, dataset_key, train_classifier
 from difforge.eval.garment import garment_classifier_dir, load_or_train_garment_classifier
 from garment_squares import write_garment_squares
@@ -47,17 +48,17 @@ def cache(setup, monkeypatch):
 def test_evaluate_a_text_model_reports_fd_and_the_prompt_sets(cache, tmp_path, capsys):
     out = tmp_path / "ev"
     assert run(["evaluate", str(cache / "run"), "--n", "6", "--steps", "2", "--prompts-per-set", "3",
-                "--cfg-sweep", "1,3", "--no-memorization", "--out", str(out), "--no-progress",
+                "--cfg-sweep", f"1,{CFG:g}", "--no-memorization", "--out", str(out), "--no-progress",
                 "--device", "cpu"]) == 0
     text = capsys.readouterr().out
-    assert "classifier: FD" in text and "prompt following at guidance 3" in text and "held-out pairs" in text
+    assert "classifier: FD" in text and f"prompt following at guidance {CFG:g}" in text and "held-out pairs" in text
     r = json.loads((out / "report.json").read_text())
-    assert r["n"] == 6 and r["floor_n"] == 6 and r["sampling"]["text"] and r["sampling"]["cfg"] == 3.0
+    assert r["n"] == 6 and r["floor_n"] == 6 and r["sampling"]["text"] and r["sampling"]["cfg"] == CFG
     assert r["sampling"]["prompts"] == "captions of training images"
     assert np.isfinite(r["metrics"]["classifier"]["fd"]) and np.isfinite(r["floor"]["classifier"]["fd"])
     assert sum(row["n"] for row in r["per_class"]) == 6  # the classes of the captions' images
     pf = r["prompt_following"]
-    assert pf["cfg"] == 3.0 and list(pf["sets"]) == SETS
+    assert pf["cfg"] == CFG and list(pf["sets"]) == SETS
     assert [s["prompts"] for s in pf["sets"].values()] == [3, 3, 3]
     assert pf["sets"]["held-out pairs"]["of"] == 48 and pf["sets"]["seen"]["of"] == 432
     for row in [*(s["accuracy"] for s in pf["sets"].values()), pf["ceiling"]["accuracy"]]:
@@ -71,8 +72,8 @@ def test_evaluate_a_text_model_reports_fd_and_the_prompt_sets(cache, tmp_path, c
     # stand-in garments are 18 px squares, so their size is not always measurable, but their hue is)
     assert pf["ceiling"]["n"] == 200 and pf["ceiling"]["accuracy"]["garment"] == pytest.approx(g["test_accuracy"])
     assert pf["ceiling"]["accuracy"]["colour"] == 1.0
-    assert [row["cfg"] for row in r["cfg_sweep"]] == [1.0, 3.0]
-    assert r["cfg_sweep"][1]["fd"] == pytest.approx(r["metrics"]["classifier"]["fd"])  # cfg 3 reuses the samples
+    assert [row["cfg"] for row in r["cfg_sweep"]] == [1.0, CFG]
+    assert r["cfg_sweep"][1]["fd"] == pytest.approx(r["metrics"]["classifier"]["fd"])  # the default reuses them
     assert r["cfg_sweep"][1]["prompt_sets"] == {k: s["accuracy"] for k, s in pf["sets"].items()}
     assert set(r["cfg_sweep"][0]["prompt_sets"]) == set(SETS)
     md = (out / "report.md").read_text()
@@ -106,22 +107,22 @@ def test_the_clip_score_evaluate_reports_is_clip_score_of_the_same_images(cache,
     train_clip(bundle, tiny).save(tmp_path / "clip")
     out = tmp_path / "ev"
     assert run(["evaluate", str(cache / "run"), "--n", "4", "--steps", "2", "--prompts-per-set", "3",
-                "--cfg-sweep", "1,3", "--no-memorization", "--clip", str(tmp_path / "clip"), "--out", str(out),
+                "--cfg-sweep", f"1,{CFG:g}", "--no-memorization", "--clip", str(tmp_path / "clip"), "--out", str(out),
                 "--no-progress", "--device", "cpu"]) == 0
     assert "CLIP score" in capsys.readouterr().out
     r = json.loads((out / "report.json").read_text())
     clip, pipe = load_clip(tmp_path / "clip"), load_pipeline(cache / "run")
     prompts = [p.text for p in spread(seen_prompts(), 3)]
-    images, _ = pipe.generate(prompts=prompts, cfg=3.0, steps=2, seed=0)  # evaluate's default sampler
+    images, _ = pipe.generate(prompts=prompts, cfg=CFG, steps=2, seed=0)  # evaluate's default sampler
     pf = r["prompt_following"]
     assert pf["sets"]["seen"]["clip_score"] == pytest.approx(clip_score(clip, images, prompts), abs=1e-9)
     assert pf["ceiling"]["clip_score"] == pytest.approx(clip_score(clip, bundle.test.images, bundle.test.captions))
     images_1, _ = pipe.generate(prompts=prompts, cfg=1.0, steps=2, seed=0)
     sweep = {row["cfg"]: row for row in r["cfg_sweep"]}
     assert sweep[1.0]["prompt_set_clip_scores"]["seen"] == pytest.approx(clip_score(clip, images_1, prompts))
-    assert sweep[3.0]["prompt_set_clip_scores"] == {name: s["clip_score"] for name, s in pf["sets"].items()}
+    assert sweep[CFG]["prompt_set_clip_scores"] == {name: s["clip_score"] for name, s in pf["sets"].items()}
     cs = r["clip_score"]
-    assert cs["n"] == 4 and 0 <= cs["samples"] <= 100 and 0 <= cs["floor"] <= 100 and sweep[3.0]["clip_score"] == \
+    assert cs["n"] == 4 and 0 <= cs["samples"] <= 100 and 0 <= cs["floor"] <= 100 and sweep[CFG]["clip_score"] == \
         pytest.approx(cs["samples"])
     assert "## CLIP score" in (out / "report.md").read_text()
 

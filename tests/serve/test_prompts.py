@@ -14,6 +14,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
+from difforge.defaults import DEFAULT_CFG_TEXT
+
 RED, BLUE = "a red square", "a blue square"
 CFG = 30  # the model trained two steps: its prompts change its images visibly at strong guidance only
 
@@ -33,7 +35,7 @@ def generate(client, **body) -> dict:
 def test_a_prompt_request_returns_the_pipelines_images(text_client, text_pipe):
     out = generate(text_client, prompt=RED, n=2, sampler="ddim", steps=4, seed=3)
     assert out["prompts"] == [RED, RED] and out["labels"] == [None, None] and out["seeds"] == [3, 4]
-    assert (out["channels"], out["cfg"]) == (3, 3.0)  # a text model guides by default
+    assert (out["channels"], out["cfg"]) == (3, DEFAULT_CFG_TEXT)  # a text model guides by default
     expected, _ = text_pipe.generate(prompts=[RED, RED], sampler="ddim", steps=4, seed=3)
     assert torch.equal(images_of(out), expected)  # an independent call of the library
 
@@ -165,7 +167,7 @@ def test_model_info_says_whether_the_model_takes_text(text_client, client):
     m = text_client.get("/v1/model").json()
     assert m["takes_text"] is True and sorted(m["prompts"]) == [BLUE, RED]  # the training captions
     assert m["text"] == {"encoder": "scratch", "max_tokens": 32}
-    assert m["num_classes"] is None and m["default_cfg"] == 3.0 and m["limits"]["max_prompt_chars"] == 200
+    assert m["num_classes"] is None and m["default_cfg"] == DEFAULT_CFG_TEXT and m["limits"]["max_prompt_chars"] == 200
     m = client.get("/v1/model").json()
     assert m["takes_text"] is False and m["prompts"] is None and m["text"] is None
 

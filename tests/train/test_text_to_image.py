@@ -15,6 +15,7 @@ from safetensors.torch import load_file
 from captioned_squares import write_captioned_squares
 from cli_runner import run
 from difforge.config import ConfigError, DataConfig, ModelConfig, RunConfig, TrainConfig
+from difforge.defaults import DEFAULT_CFG_TEXT
 from difforge.models.card import ModelCard
 from difforge.pipeline import load_pipeline
 from difforge.train.checkpoint import find_resumable
@@ -71,7 +72,7 @@ def test_prompts_sample_in_python_and_the_cli(captioned, tmp_path, capsys):
     run_dir = tmp_path / "run"
     train(_cfg(captioned, run_dir, max_steps=2), progress=False)
     pipe = load_pipeline(run_dir)
-    assert pipe.takes_text and pipe.default_cfg == 3.0
+    assert pipe.takes_text and pipe.default_cfg == DEFAULT_CFG_TEXT
     images, labels = pipe.generate(prompts=["a red square", "a blue square"], sampler="ddim", steps=3, seed=1)
     assert images.shape == (2, 3, 8, 8) and images.dtype == torch.uint8 and labels is None
     # image i depends on its own prompt and seed only: alone it is the same image

@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from difforge.cli.common import DATASET_NAMES, SAMPLER_NAMES, _fail, cli, data_config, no_progress_option
-from difforge.defaults import DEFAULT_CFG_TEXT
+from difforge.defaults import DEFAULT_CFG_IMAGE_EMBEDDING
 
 
 @cli.command("train-prior")
@@ -62,7 +62,7 @@ def train_prior(clip_dir, dataset, data_path, out, steps, batch_size, lr, width,
 def _decoder_options(f):
     for option in reversed([
         click.option("--cfg", type=float, help=f"The decoder's guidance scale (from the null embedding). "
-                     f"[default: {DEFAULT_CFG_TEXT:g}]"),
+                     f"[default: {DEFAULT_CFG_IMAGE_EMBEDDING:g}]"),
         click.option("--sampler", type=click.Choice(SAMPLER_NAMES), default="ddim", show_default=True),
         click.option("--steps", type=int, help="The decoder's sampler steps. [default: as for `sample`]"),
         click.option("--seed", type=int, default=0, show_default=True, help="Image i uses seed + i."),

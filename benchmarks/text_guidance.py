@@ -1,0 +1,95 @@
+"""Which sampler setting makes a fashion-colour text model draw what its prompts say?
+
+For one model, samples the prompt sets of `difforge.eval.prompts` at every setting given
+(sampler, steps, guidance scale, guidance interval) and measures each image's garment and
+colour from its pixels (`difforge.eval.attributes`, the garment classifier of
+`difforge.eval.garment`), with small and large garments apart: 5 in 6 seen prompts ask
+for a small (16 px) garment, which the classifier itself recognises less often. The
+ceiling is the same measurement on the real test images, by size. Every setting draws the
+same prompts with the same seeds, so the settings differ only in the sampler.
+
+    OMP_NUM_THREADS=1 python benchmarks/text_guidance.py runs/text-pixel \\
+        --settings '[["dpmpp-2m-sde", 10, 3, "all"], ["dpmpp-2m-sde", 10, 2, [0.3, 3]]]' \\
+        --out benchmarks/results/text_guidance.json
+
+A setting is [sampler, steps, cfg, interval]; interval "all" guides at every noise level.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+from train_throughput import machine_record  # noqa: E402
+
+SETS = ("seen", "held-out pairs", "paraphrases")
+
+
+def by_size(right: torch.Tensor, small: torch.Tensor) -> dict:
+    """Share right over all, small and large items (None where there are none)."""
+    def share(mask):
+        return round(float(right[mask].double().mean()), 4) if bool(mask.any()) else None
+
+    return {"all": share(torch.ones_like(small)), "small": share(small), "large": share(~small)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("model")
+    ap.add_argument("--settings", required=True, help="JSON list of [sampler, steps, cfg, interval]")
+    ap.add_argument("--sets", nargs="+", default=list(SETS), choices=SETS)
+    ap.add_argument("--per-set", type=int, default=0, help="prompts per set (0: every prompt of the set)")
+    ap.add_argument("--out", type=Path, required=True)
+    args = ap.parse_args()
+    from difforge.config import DataConfig
+    from difforge.data import load_dataset
+    from difforge.data.fashion_colour import SIZES, prompt_targets
+    from difforge.eval.attributes import measure_attributes
+    from difforge.eval.garment import load_or_train_garment_classifier
+    from difforge.eval.prompts import PROMPT_SETS, spread
+    from difforge.pipeline import load_pipeline
+
+    settings = json.loads(args.settings)
+    data = DataConfig(dataset="fashion-colour")
+    bundle = load_dataset(data)
+    classifier = load_or_train_garment_classifier(data, bundle=bundle, log=print)
+    test = bundle.test
+    real = measure_attributes(test.images, garment_classifier=classifier)
+    small = test.attributes["size"] == SIZES.index("small")
+    result = {"model": args.model, "machine_before": machine_record(), "garment_classifier": classifier.describe(),
+              "ceiling": {"n": len(test), "garment": by_size(real.garment == test.attributes["garment"], small)},
+              "settings": []}
+    print("ceiling", result["ceiling"], flush=True)
+    pipe = load_pipeline(args.model)
+    prompts = {name: PROMPT_SETS[name]() for name in args.sets}
+    if args.per_set:
+        prompts = {name: spread(p, args.per_set) for name, p in prompts.items()}
+    for sampler, steps, cfg, interval in settings:
+        row = {"sampler": sampler, "steps": steps, "cfg": cfg, "interval": interval, "sets": {}}
+        for name, chosen in prompts.items():
+            target = prompt_targets(chosen)
+            t0 = time.perf_counter()
+            images, _ = pipe.generate(prompts=[p.text for p in chosen], sampler=sampler, steps=steps, cfg=cfg,
+                                      cfg_interval=None if interval == "all" else tuple(interval), seed=0)
+            seconds = time.perf_counter() - t0
+            m = measure_attributes(images, garment_classifier=classifier)
+            garment, colour = m.garment == target["garment"], m.colour == target["colour"]
+            is_small = target["size"] == SIZES.index("small")
+            row["sets"][name] = {"prompts": len(chosen), "seconds": round(seconds, 1),
+                                 "garment": by_size(garment, is_small), "colour": by_size(colour, is_small),
+                                 "garment+colour": by_size(garment & colour, is_small)}
+        result["settings"].append(row)
+        print(json.dumps(row), flush=True)
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps({**result, "machine_after": machine_record()}, indent=2) + "\n")
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
