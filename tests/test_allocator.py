@@ -41,7 +41,8 @@ def test_tuned_malloc_reuses_freed_buffers_instead_of_faulting_them_in_again():
     assert flag == "True"
     pages = 64 * 32 * 28 * 28 * 4 // 4096  # one activation
     assert system > 20 * pages  # glibc hands the blocks back: each call faults its activations in again
-    assert tuned < 3 * pages  # the heap keeps them: they fault in once
+    # the heap keeps them: the two or three live at a time fault in once (measured 0.5-3 activations' pages)
+    assert tuned < 4 * pages
 
 
 def test_user_tuning_and_opt_out_are_left_alone():

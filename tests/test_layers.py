@@ -15,7 +15,7 @@ LAYERS = [
     {"sampling", "models"},  # samplers over D(x, sigma, cond); networks and the Denoiser
     {"config", "defaults"},  # typed configs; sampling defaults
     {"runs", "runtime", "hub", "allocator"},  # run directories, checkpoints (reading); device, precision, malloc; Hub
-    {"data"},  # datasets, prepare / inspect
+    {"data", "model_files"},  # datasets, prepare / inspect; model and run folders read into networks
     {"pipeline"},  # a loaded model that generates
     {"train", "eval", "tasks", "interop"},  # what is done with models (interop: diffusers folders)
     {"serve"},  # the HTTP service
@@ -114,5 +114,5 @@ def test_no_import_cycles():
 
 def test_the_checker_sees_function_level_imports():
     """The scan reads imports inside functions, not only at the top (a check that cannot fail is no check)."""
-    f = SRC / "pipeline.py"
-    assert any(t.startswith("difforge.runs") for t, _ in _imports(f))  # imported inside load_pipeline
+    f = SRC / "model_files.py"
+    assert any(t.startswith("difforge.runs") for t, _ in _imports(f))  # imported inside its functions only

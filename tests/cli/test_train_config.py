@@ -25,6 +25,7 @@ VALUES = {
     "diffusion.timesteps": 500, "diffusion.schedule": "cosine", "diffusion.beta_start": 0.0002,
     "diffusion.beta_end": 0.03, "diffusion.framework": "vp-sde", "diffusion.prediction": "v",
     "diffusion.min_snr_gamma": 5.0, "diffusion.sigma_min": 0.02, "diffusion.sigma_max": 50.0,
+    "diffusion.sigma_data": 1.0,
     "train.max_steps": 12, "train.epochs": 3, "train.batch_size": 32, "train.grad_accum": 2, "train.lr": 0.0005,
     "train.weight_decay": 0.01,
     "train.lr_schedule": "cosine", "train.warmup_steps": 50, "train.grad_clip": 0.5, "train.precision": "bf16",
@@ -35,6 +36,7 @@ VALUES = {
 }
 FIXTURE = VALUES["model.init_from"]
 NEEDS = {"diffusion.sigma_min": ["diffusion.framework=ve-sde"], "diffusion.sigma_max": ["diffusion.framework=ve-sde"],
+         "diffusion.sigma_data": ["diffusion.framework=edm"],
          "model.lora_rank": [f"model.init_from={FIXTURE}"],
          "model.lora_alpha": [f"model.init_from={FIXTURE}", "model.lora_rank=2"]}
 KEYS = [f"{name}.{f.name}" for name, cls in SECTIONS.items() for f in dataclasses.fields(cls)]
