@@ -30,6 +30,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
+from text_guidance import by_size  # noqa: E402
 from train_throughput import machine_record  # noqa: E402
 
 from difforge.config import DataConfig  # noqa: E402
@@ -78,9 +79,7 @@ def garment_accuracy(ae, test, classifier, n: int = 2000) -> dict:
     recon = ((recon.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
     out = {"n": n}
     for name, imgs in (("originals", images), ("reconstructions", recon)):
-        right = (measure_attributes(imgs, garment_classifier=classifier).garment == truth).double()
-        out[name] = {"all": round(float(right.mean()), 4), "small": round(float(right[small].mean()), 4),
-                     "large": round(float(right[~small].mean()), 4)}
+        out[name] = by_size(measure_attributes(imgs, garment_classifier=classifier).garment == truth, small)
     return out
 
 

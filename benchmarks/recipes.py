@@ -68,8 +68,7 @@ VARIANTS: dict[str, tuple[str, list[str]]] = {  # every variant names its framew
     "edm-w16-900": ("EDM, 16 base channels (0.30M parameters, 1.19M at 32) for 900 steps",
                     EDM + ["--set", "model.architecture={base_channels: 16}", "--steps", "900"]),
     "edm-w16-b64-1800": ("EDM, 16 base channels, batch 64 for 1800 steps (the images of 900 steps of 128)",
-                         EDM + ["--set", "model.architecture={base_channels: 16}", "--batch-size", "64",
-                                "--steps", "1800"]),
+                         EDM + W16B64),
     # the winner above (the quick start now) with one more change, at the same budget
     "edm-w16-b64-1800-lr4e-3": ("the quick start now, peak learning rate 4e-3", EDM + W16B64 + ["--lr", "0.004"]),
     "edm-w16-b64-1800-ema0.999": ("the quick start now, EMA decay 0.999 (a longer average)",
