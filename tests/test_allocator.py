@@ -18,10 +18,11 @@ torch.manual_seed(0)
 net = torch.nn.Sequential(torch.nn.Conv2d(8, 32, 3, padding=1), torch.nn.GroupNorm(8, 32), torch.nn.SiLU(),
                           torch.nn.Conv2d(32, 8, 3, padding=1))
 x = torch.randn(64, 8, 28, 28)
-with torch.no_grad():
-    net(x)
+with torch.no_grad():  # a sampler's loop: the same activations (6.4 MB each) allocated and freed per call
+    for _ in range(15):  # warm-up: the tuned heap grows to its peak here
+        x = net(x).tanh()
     f0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-    for _ in range(20):  # a sampler's loop: the same activations (6.4 MB each) allocated and freed per call
+    for _ in range(30):  # steady state
         x = net(x).tanh()
 print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0)
 """
@@ -40,9 +41,12 @@ def test_tuned_malloc_reuses_freed_buffers_instead_of_faulting_them_in_again():
     _, system = _faults("system")
     assert flag == "True"
     pages = 64 * 32 * 28 * 28 * 4 // 4096  # one activation
-    assert system > 20 * pages  # glibc hands the blocks back: each call faults its activations in again
-    # the heap keeps them: the two or three live at a time fault in once (measured 0.5-3 activations' pages)
-    assert tuned < 4 * pages
+    # In the steady state the tuned heap serves every block from pages it already holds (measured 0-1
+    # pages in 30 calls), while glibc's defaults keep handing blocks back and faulting them in again.
+    # How often they do depends on the kernel and glibc (measured 6 to 60 activations' pages in 20
+    # calls on different machines), so only a floor of two activations is asserted for them.
+    assert tuned < pages // 2
+    assert system > 2 * pages
 
 
 def test_user_tuning_and_opt_out_are_left_alone():
