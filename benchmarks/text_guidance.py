@@ -45,6 +45,9 @@ def main() -> None:
     ap.add_argument("--settings", required=True, help="JSON list of [sampler, steps, cfg, interval]")
     ap.add_argument("--sets", nargs="+", default=list(SETS), choices=SETS)
     ap.add_argument("--per-set", type=int, default=0, help="prompts per set (0: every prompt of the set)")
+    ap.add_argument("--repeat", type=int, default=1,
+                    help="images per prompt (each its own seed): K times the images, a sqrt(K) smaller standard error")
+    ap.add_argument("--raw", action="store_true", help="the raw weights, not the EMA ones")
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args()
     from difforge.config import DataConfig
@@ -55,6 +58,8 @@ def main() -> None:
     from difforge.eval.prompts import PROMPT_SETS, spread
     from difforge.pipeline import load_pipeline
 
+    if args.repeat < 1:
+        ap.error(f"--repeat must be >= 1, got {args.repeat}")
     settings = json.loads(args.settings)
     data = DataConfig(dataset="fashion-colour")
     bundle = load_dataset(data)
@@ -66,13 +71,16 @@ def main() -> None:
               "ceiling": {"n": len(test), "garment": by_size(real.garment == test.attributes["garment"], small)},
               "settings": []}
     print("ceiling", result["ceiling"], flush=True)
-    pipe = load_pipeline(args.model)
+    pipe = load_pipeline(args.model, ema=not args.raw)
+    result["weights"] = "raw" if args.raw else "ema"
     prompts = {name: PROMPT_SETS[name]() for name in args.sets}
     if args.per_set:
         prompts = {name: spread(p, args.per_set) for name, p in prompts.items()}
+    result["images_per_prompt"] = args.repeat
     for sampler, steps, cfg, interval in settings:
         row = {"sampler": sampler, "steps": steps, "cfg": cfg, "interval": interval, "sets": {}}
         for name, chosen in prompts.items():
+            chosen = list(chosen) * args.repeat  # image i is seeded 0 + i: the copies draw different noise
             target = prompt_targets(chosen)
             t0 = time.perf_counter()
             images, _ = pipe.generate(prompts=[p.text for p in chosen], sampler=sampler, steps=steps, cfg=cfg,
@@ -81,7 +89,7 @@ def main() -> None:
             m = measure_attributes(images, garment_classifier=classifier)
             garment, colour = m.garment == target["garment"], m.colour == target["colour"]
             is_small = target["size"] == SIZES.index("small")
-            row["sets"][name] = {"prompts": len(chosen), "seconds": round(seconds, 1),
+            row["sets"][name] = {"prompts": len(chosen) // args.repeat, "images": len(chosen), "seconds": round(seconds, 1),
                                  "garment": by_size(garment, is_small), "colour": by_size(colour, is_small),
                                  "garment+colour": by_size(garment & colour, is_small)}
         result["settings"].append(row)
