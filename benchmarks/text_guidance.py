@@ -12,7 +12,8 @@ same prompts with the same seeds, so the settings differ only in the sampler.
         --settings '[["dpmpp-2m-sde", 10, 3, "all"], ["dpmpp-2m-sde", 10, 2, [0.3, 3]]]' \\
         --out benchmarks/results/text_guidance.json
 
-A setting is [sampler, steps, cfg, interval]; interval "all" guides at every noise level.
+A setting is [sampler, steps, cfg, interval] and optionally a fifth item, options of
+`Pipeline.generate` such as {"cfg_rescale": 0.7}; interval "all" guides at every noise level.
 """
 
 from __future__ import annotations
@@ -77,19 +78,22 @@ def main() -> None:
     if args.per_set:
         prompts = {name: spread(p, args.per_set) for name, p in prompts.items()}
     result["images_per_prompt"] = args.repeat
-    for sampler, steps, cfg, interval in settings:
-        row = {"sampler": sampler, "steps": steps, "cfg": cfg, "interval": interval, "sets": {}}
+    for sampler, steps, cfg, interval, *more in settings:
+        options = more[0] if more else {}  # e.g. {"cfg_rescale": 0.7} or {"threshold": 0.995}: to generate
+        row = {"sampler": sampler, "steps": steps, "cfg": cfg, "interval": interval, **options, "sets": {}}
         for name, chosen in prompts.items():
             chosen = list(chosen) * args.repeat  # image i is seeded 0 + i: the copies draw different noise
             target = prompt_targets(chosen)
             t0 = time.perf_counter()
             images, _ = pipe.generate(prompts=[p.text for p in chosen], sampler=sampler, steps=steps, cfg=cfg,
-                                      cfg_interval=None if interval == "all" else tuple(interval), seed=0)
+                                      cfg_interval=None if interval == "all" else tuple(interval), seed=0,
+                                      **options)
             seconds = time.perf_counter() - t0
             m = measure_attributes(images, garment_classifier=classifier)
             garment, colour = m.garment == target["garment"], m.colour == target["colour"]
             is_small = target["size"] == SIZES.index("small")
-            row["sets"][name] = {"prompts": len(chosen) // args.repeat, "images": len(chosen), "seconds": round(seconds, 1),
+            row["sets"][name] = {"prompts": len(chosen) // args.repeat, "images": len(chosen),
+                                 "seconds": round(seconds, 1),
                                  "garment": by_size(garment, is_small), "colour": by_size(colour, is_small),
                                  "garment+colour": by_size(garment & colour, is_small)}
         result["settings"].append(row)
