@@ -40,6 +40,23 @@ def by_size(right: torch.Tensor, small: torch.Tensor) -> dict:
     return {"all": share(torch.ones_like(small)), "small": share(small), "large": share(~small)}
 
 
+def per_garment(predicted: torch.Tensor, target: torch.Tensor, small: torch.Tensor) -> dict:
+    """{garment name: share of its images classified as it, by size}."""
+    from difforge.data.fashion_colour import GARMENTS
+
+    out = {}
+    for g, name in enumerate(GARMENTS):
+        mask = target == g
+        out[name] = by_size((predicted == g)[mask], small[mask])
+    return out
+
+
+def confusion(predicted: torch.Tensor, target: torch.Tensor) -> list[list[int]]:
+    """Counts [asked garment][classified garment]."""
+    n = 10
+    return torch.bincount(target * n + predicted, minlength=n * n).view(n, n).tolist()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("model")
@@ -49,12 +66,18 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=1,
                     help="images per prompt (each its own seed): K times the images, a sqrt(K) smaller standard error")
     ap.add_argument("--raw", action="store_true", help="the raw weights, not the EMA ones")
+    ap.add_argument("--classifier", type=Path,
+                    help="a garment classifier directory (trained there first with the widths and epochs below when "
+                         "it holds none); default: the cached one that evaluate uses")
+    ap.add_argument("--classifier-widths", default="16,32,64", help="its three conv widths, when it is trained here")
+    ap.add_argument("--classifier-epochs", type=int, help="its epochs, when it is trained here (default: 5)")
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args()
     from difforge.config import DataConfig
     from difforge.data import load_dataset
-    from difforge.data.fashion_colour import SIZES, prompt_targets
+    from difforge.data.fashion_colour import GARMENTS, SIZES, prompt_targets
     from difforge.eval.attributes import measure_attributes
+    from difforge.eval.classifier import ClassifierConfig
     from difforge.eval.garment import load_or_train_garment_classifier
     from difforge.eval.prompts import PROMPT_SETS, spread
     from difforge.pipeline import load_pipeline
@@ -64,12 +87,17 @@ def main() -> None:
     settings = json.loads(args.settings)
     data = DataConfig(dataset="fashion-colour")
     bundle = load_dataset(data)
-    classifier = load_or_train_garment_classifier(data, bundle=bundle, log=print)
+    widths = tuple(int(w) for w in args.classifier_widths.split(","))
+    clf_cfg = ClassifierConfig(widths=widths, epochs=args.classifier_epochs)
+    classifier = load_or_train_garment_classifier(data, args.classifier, clf_cfg, bundle=bundle, log=print)
     test = bundle.test
     real = measure_attributes(test.images, garment_classifier=classifier)
     small = test.attributes["size"] == SIZES.index("small")
-    result = {"model": args.model, "machine_before": machine_record(), "garment_classifier": classifier.describe(),
-              "ceiling": {"n": len(test), "garment": by_size(real.garment == test.attributes["garment"], small)},
+    described = {**classifier.describe(args.classifier), "widths": classifier.meta["widths"]}
+    result = {"model": args.model, "machine_before": machine_record(), "garment_classifier": described,
+              "ceiling": {"n": len(test), "garment": by_size(real.garment == test.attributes["garment"], small),
+                          "per_garment": per_garment(real.garment, test.attributes["garment"], small)},
+              "garments": list(GARMENTS),
               "settings": []}
     print("ceiling", result["ceiling"], flush=True)
     pipe = load_pipeline(args.model, ema=not args.raw)
@@ -95,7 +123,9 @@ def main() -> None:
             row["sets"][name] = {"prompts": len(chosen) // args.repeat, "images": len(chosen),
                                  "seconds": round(seconds, 1),
                                  "garment": by_size(garment, is_small), "colour": by_size(colour, is_small),
-                                 "garment+colour": by_size(garment & colour, is_small)}
+                                 "garment+colour": by_size(garment & colour, is_small),
+                                 "per_garment": per_garment(m.garment, target["garment"], is_small),
+                                 "confusion": confusion(m.garment, target["garment"])}
         result["settings"].append(row)
         print(json.dumps(row), flush=True)
         args.out.parent.mkdir(parents=True, exist_ok=True)
