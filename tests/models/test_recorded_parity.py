@@ -29,11 +29,12 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from difforge import tasks
 from difforge.diffusion.frameworks import ALLOWED_PREDICTIONS, FRAMEWORKS, MIN_SNR_FRAMEWORKS
 from difforge.eval.bpd import test_set_bits_per_dim as bits_per_dim_of
-from difforge.models import build_model
+from difforge.models import build_model, layers
 from difforge.pipeline import Pipeline, load_pipeline
 from difforge.sampling import SAMPLERS, get_sampler, per_sample_generators, randn_like
 from model_cards import pipeline, tiny_card
@@ -156,7 +157,7 @@ def test_denoiser_and_samplers_as_recorded(framework, prediction):
 
 
 @pytest.mark.parametrize("framework, prediction", CASES)
-def test_training_loss_as_recorded(framework, prediction):
+def test_training_loss_as_recorded(framework, prediction, monkeypatch):
     rec = RECORDED[f"{framework}/{prediction}"]["loss"]
     x0 = torch.rand(4, 1, 8, 8, generator=torch.Generator().manual_seed(2)) * 2 - 1
     cond = torch.tensor([0, 1, 2, 3])
@@ -172,7 +173,14 @@ def test_training_loss_as_recorded(framework, prediction):
         assert loss() == pytest.approx(rec[tag], rel=1e-6)
         assert (loss(x0[1:3], cond[1:3], rows=slice(1, 3), global_batch=4)
                 == pytest.approx(rec[f"{tag}-rows"], rel=1e-6))
-        assert loss(autocast=torch.bfloat16) == pytest.approx(rec[f"{tag}-bf16"], rel=1e-5)
+        # Recorded when bf16 autocast ran the attention in bf16 too: with that path, as recorded;
+        # attention now runs in float32 when it trains on the CPU (models.layers.attention), which
+        # moves the loss by bf16 rounding (measured up to 4e-3 relative) and no more.
+        new = loss(autocast=torch.bfloat16)
+        with monkeypatch.context() as m:
+            m.setattr(layers, "attention", lambda q, k, v, mask=None: F.scaled_dot_product_attention(q, k, v, mask))
+            assert loss(autocast=torch.bfloat16) == pytest.approx(rec[f"{tag}-bf16"], rel=1e-5)
+        assert new == pytest.approx(rec[f"{tag}-bf16"], rel=1e-2)
     assert len(rec) == 3 * len(gammas)
 
 

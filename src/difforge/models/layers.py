@@ -82,13 +82,35 @@ class TimeLabelEmbedding(nn.Module):
         return emb + self.label(cond)
 
 
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attn_mask: torch.Tensor | None = None
+              ) -> torch.Tensor:
+    """`F.scaled_dot_product_attention(q, k, v, attn_mask)`; in float32 when training on the CPU.
+
+    Under bf16 autocast on the CPU, PyTorch's bf16 attention kernel runs forward + backward
+    1.25-7.4x slower than the float32 one (`benchmarks/attention_backend.py`: 6.3x at the 64
+    positions of an 8x8 map, 2.2x against a caption's 16 tokens); it was a third of a text
+    model's training step. So when autograd records (q requires grad) on the CPU in a lower
+    precision, q, k, v (and a float mask) are cast to float32, attention runs outside
+    autocast, and the result is cast back to q's dtype. Forward alone (sampling) the bf16
+    kernel is as fast or faster on long sequences, and CUDA has its own kernels: there it
+    is the plain call.
+    """
+    if q.device.type != "cpu" or q.dtype == torch.float32 or not q.requires_grad:
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
+    if attn_mask is not None and attn_mask.is_floating_point():
+        attn_mask = attn_mask.float()
+    with torch.autocast("cpu", enabled=False):
+        out = F.scaled_dot_product_attention(q.float(), k.float(), v.float(), attn_mask=attn_mask)
+    return out.to(q.dtype)
+
+
 class SelfAttention(nn.Module):
     """Pre-norm multi-head self-attention over the H*W positions, with a residual.
 
     norm="group" normalises the feature map with GroupNorm (DDPM/ADM style); norm="layer"
     normalises tokens with LayerNorm and, with mlp_ratio > 0, adds a pre-norm GELU
     feed-forward sub-block (Transformer style, as in the seed article's UNet).
-    Attention itself is `F.scaled_dot_product_attention` (flash/memory-efficient kernels).
+    Attention itself is `attention` (`F.scaled_dot_product_attention`'s fused kernels).
     """
 
     def __init__(self, channels: int, num_heads: int = 4, *, norm: str = "group", mlp_ratio: int = 0):
@@ -122,7 +144,7 @@ class SelfAttention(nn.Module):
             h = self.norm(tokens)
         qkv = self.qkv(h).view(B, H * W, 3, heads, C // heads)  # (B, HW, 3, h, d)
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # 3 x (B, h, HW, d)
-        a = F.scaled_dot_product_attention(q, k, v)  # (B, h, HW, d)
+        a = attention(q, k, v)  # (B, h, HW, d)
         a = a.transpose(1, 2).reshape(B, H * W, C)  # (B, HW, C)
         tokens = tokens + self.proj(a)
         if self.ff is not None:
@@ -144,7 +166,7 @@ def masked_attention(
     k = k.view(B, L, heads, C // heads).transpose(1, 2)  # (B, h, L, d)
     v = v.view(B, L, heads, C // heads).transpose(1, 2)  # (B, h, L, d)
     attn_mask = None if key_mask is None else key_mask.to(device=q.device, dtype=torch.bool)[:, None, None, :]
-    a = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)  # (B, h, N, d)
+    a = attention(q, k, v, attn_mask)  # (B, h, N, d)
     return a.transpose(1, 2).reshape(B, N, C)
 
 

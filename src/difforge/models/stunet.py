@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from difforge.models.frames import FrameCond
-from difforge.models.layers import ResBlock, SelfAttention, TimeLabelEmbedding, group_norm
+from difforge.models.layers import ResBlock, SelfAttention, TimeLabelEmbedding, attention, group_norm
 
 
 def fold(x: torch.Tensor) -> torch.Tensor:
@@ -124,7 +124,7 @@ class TemporalAttention(nn.Module):
         tokens = _along_time(unfold(self.norm(fold(x)), b)).transpose(1, 2)  # (B H W, T, C)
         n, d = tokens.shape[0], c // self.heads
         q, k, v = self.qkv(tokens).view(n, t, 3, self.heads, d).permute(2, 0, 3, 1, 4).unbind(0)  # (N, h, T, d)
-        a = F.scaled_dot_product_attention(q, k, v, attn_mask=self.bias(t).to(q.dtype)[None])
+        a = attention(q, k, v, self.bias(t).to(q.dtype)[None])
         out = self.proj(a.transpose(1, 2).reshape(n, t, c)).transpose(1, 2)  # (N, C, T)
         return x + _from_time(out, b, h, w)
 
