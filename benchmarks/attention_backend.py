@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 sys.path.insert(0, str(Path(__file__).parent))
-from train_throughput import machine_record  # noqa: E402
+from train_throughput import machine_record, write_record  # noqa: E402
 
 PATHS = ("bf16", "bf16 math", "fp32")
 SHAPES = [  # (queries, keys, head dim): self-attention at 8x8 / 16x16 / 32x32, cross-attention to 16 tokens
@@ -87,9 +87,7 @@ def main() -> None:
                                                          round(max(ratios), 2)]
             result["rows"].append(row)
             print(json.dumps(row), flush=True)
-    result["machine_after"] = machine_record()
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    write_record(args.out, result)
     print(f"wrote {args.out}")
 
 

@@ -31,7 +31,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 from text_guidance import by_size  # noqa: E402
-from train_throughput import machine_record  # noqa: E402
+from train_throughput import machine_record, write_record  # noqa: E402
 
 from difforge.config import DataConfig  # noqa: E402
 from difforge.data import load_dataset, to_model_input  # noqa: E402
@@ -108,8 +108,7 @@ def main() -> None:
                "load_avg_after": [round(v, 2) for v in os.getloadavg()]}
         result["variants"][name] = row
         print(name, json.dumps(row), flush=True)
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps({**result, "machine_after": machine_record()}, indent=2) + "\n")
+        write_record(args.out, result)
 
     for text in args.existing:
         name, _, folder = text.partition("=")
@@ -127,9 +126,7 @@ def main() -> None:
             ae, _ = load_autoencoder(Path(tmp) / "ae")
             record(name, ae, card, {**card.training, "factor": cfg.factor, "base_channels": cfg.base_channels,
                                     "latent_channels": cfg.latent_channels})
-    result["machine_after"] = machine_record()
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    write_record(args.out, result)
     print(f"wrote {args.out}")
 
 

@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from train_throughput import machine_record  # noqa: E402
+from train_throughput import machine_record, write_record  # noqa: E402
 
 SETS = ("seen", "held-out pairs", "paraphrases")
 
@@ -128,8 +128,7 @@ def main() -> None:
                                  "confusion": confusion(m.garment, target["garment"])}
         result["settings"].append(row)
         print(json.dumps(row), flush=True)
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps({**result, "machine_after": machine_record()}, indent=2) + "\n")
+        write_record(args.out, result)
     print(f"wrote {args.out}")
 
 

@@ -36,7 +36,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from train_throughput import machine_record  # noqa: E402
+from train_throughput import machine_record, write_record  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -123,10 +123,8 @@ def main() -> None:
         images, _ = pipe.generate(prompts=prompts, steps=args.steps, cfg=args.cfg, seed=0)
         pipe.save_grid(images, args.grid, per_row=10)
         result["grid"] = {"path": str(args.grid), "model": args.recipes[0], "rows": list(dict.fromkeys(prompts))}
-    result["machine_after"] = machine_record()
     result["torch_threads"] = torch.get_num_threads()
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    write_record(args.out, result)
     print(f"wrote {args.out}")
 
 

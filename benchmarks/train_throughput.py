@@ -49,6 +49,13 @@ def machine_record() -> dict:
             "load_avg_1_5_15": [round(v, 2) for v in os.getloadavg()]}
 
 
+def write_record(path: Path, result: dict) -> None:
+    """Write `result` and the machine as it is now ("machine_after") to `path` as JSON,
+    creating its folder: the closing step of every benchmark here."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({**result, "machine_after": machine_record()}, indent=2) + "\n")
+
+
 def one(preset: str, precision: str) -> dict:
     import math
 

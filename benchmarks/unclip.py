@@ -27,7 +27,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 from text_to_image import run_command as run_text_command  # noqa: E402
-from train_throughput import machine_record  # noqa: E402
+from train_throughput import machine_record, write_record  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -118,10 +118,8 @@ def main() -> None:
         result["recipes"][name]["prompt_sets"] = {
             k: {**{kk: vv for kk, vv in v.items() if kk != "accuracy"},
                 "accuracy": {m: round(float(x), 4) for m, x in v["accuracy"].items()}} for k, v in sets.items()}
-    result["machine_after"] = machine_record()
     result["torch_threads"] = torch.get_num_threads()
-    a.out.parent.mkdir(parents=True, exist_ok=True)
-    a.out.write_text(json.dumps(result, indent=2) + "\n")
+    write_record(a.out, result)
     print(f"wrote {a.out}")
 
 
