@@ -29,7 +29,8 @@ DEFAULT_CFG_INTERVAL = (0.3, 3.0)
 # ... of a text-to-image model: chosen by benchmarks/text_guidance.py on
 # configs/text-pixel.yaml's model (every fashion-colour prompt, dpmpp-2m-sde at 10 steps): garment and colour
 # right for 0.70 of 432 seen prompts at 2, 0.60 at 3 (colour itself slips at 3), 0.72 at 1.5
-# (benchmarks/results/text_guidance.json).
+# (benchmarks/results/text_guidance.json, 2400 steps); after 3600 steps 0.798 at 2, 0.785 at 1.5
+# (text_guidance_3600.json).
 DEFAULT_CFG_TEXT = 2.0
 # ... of an unCLIP decoder (guided from the null CLIP image embedding): the scale of its record
 # (benchmarks/unclip.py).
