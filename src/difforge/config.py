@@ -106,6 +106,9 @@ class TrainConfig:
     eval_every: int = 0  # steps between FD/KID evaluations of the EMA weights (eval/during_training.py); 0: off
     eval_samples: int = 500  # images generated per in-training evaluation
     final_grid: bool = True  # draw samples/final.png (10 per class, EMA weights) at the end
+    # video: the share of each batch's rows that are 16 unrelated frames of the training clips (of the row's class)
+    # instead of a clip; the temporal layers skip them (joint image-video training; stunet-space-down only)
+    joint_images: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -265,6 +268,16 @@ def check_clips(cfg: RunConfig, clips: bool, what: str) -> None:
             raise ConfigError("a video model generates clips of pixels: no --task superres, text encoder or latent")
         if t.eval_every:
             raise ConfigError("train.eval_every: the in-training FD measures images, not clips; set it to 0")
+        if t.joint_images:
+            from difforge.models.stunet import STUNet
+
+            kwargs = {**PRESETS[m.preset].kwargs, **(m.architecture or {})}
+            if PRESETS[m.preset].cls is not STUNet or kwargs.get("time_down", True):
+                raise ConfigError(f"train.joint_images: rows of unrelated frames pass a network's temporal layers "
+                                  f"untouched only without temporal down-sampling: use --model stunet-space-down "
+                                  f"(or time_down: false), not {m.preset!r}")
+    elif t.joint_images:
+        raise ConfigError("train.joint_images mixes frames into batches of clips: it applies to video data only")
     elif m.preset in video_presets:
         raise ConfigError(f"model {m.preset!r} works on clips; {what} is images (video datasets: "
                           f"{', '.join(VIDEO_DATASETS)}, or a store of `difforge prepare --clip-frames`)")
@@ -285,6 +298,8 @@ def validate(cfg: RunConfig) -> RunConfig:
     need(d.channels in (None, 1, 3), f"data.channels must be 1 or 3, got {d.channels}")
     need(d.image_size is None or d.image_size >= 4, f"data.image_size must be >= 4, got {d.image_size}")
     need(0 <= d.val_fraction < 1, f"data.val_fraction must be in [0, 1), got {d.val_fraction}")
+    need(0 <= t.joint_images < 1, f"train.joint_images must be in [0, 1) (some rows must be clips), "
+                                  f"got {t.joint_images}")
     need(0 <= m.label_dropout < 1, f"model.label_dropout must be in [0, 1), got {m.label_dropout}")
     need(m.text_encoder in (None, *TEXT_ENCODERS), f"unknown text encoder {m.text_encoder!r}; expected one of "
          f"{list(TEXT_ENCODERS)}")

@@ -399,15 +399,21 @@ class Pipeline:
         """Whether this is a video model (samples are clips (C, T, H, W); `generate_video`)."""
         return self.card.frames is not None
 
-    def video_denoiser(self, cfg: float | None = None, clip: bool = True) -> nn.Module:
+    def video_denoiser(self, cfg: float | None = None, clip: bool = True, per_frame: bool = False) -> nn.Module:
         """A video model's D(x, sigma, FrameCond): classifier-free guidance against the null
         (the null label, no frame observed; default scale DEFAULT_CFG with classes, else 1),
-        x0 clipped to [-1, 1], and the observed frames put back exactly (`KeepGivenDenoiser`)."""
+        x0 clipped to [-1, 1], and the observed frames put back exactly (`KeepGivenDenoiser`).
+        `per_frame`: the null's frames are independent too (`sample_video(per_frame=True)`)."""
+        from difforge.models.frames import FrameCond
+
         spec = self.card.conditioning
         scale = (DEFAULT_CFG if spec.num_classes else 1.0) if cfg is None else float(cfg)
         d: nn.Module = self.model
         if scale != 1.0:
-            d = CFGDenoiser(d, scale, null=spec.null(1, self.device))
+            null = spec.null(1, self.device)
+            if per_frame:
+                null = FrameCond(null.mask, None, null.labels, torch.ones(1, dtype=torch.bool, device=self.device))
+            d = CFGDenoiser(d, scale, null=null)
         return KeepGivenDenoiser(ClampDenoiser(d) if clip else d)
 
     def video_condition(self, n: int | None, labels=None, given: torch.Tensor | None = None,
@@ -477,23 +483,39 @@ class Pipeline:
         batch_size: int = 16,
         clip: bool = True,
         callback: Callable[[dict], None] | None = None,
+        per_frame: bool = False,
         **options,
     ) -> torch.Tensor:
         """Sample clips with any frames given: float (N, C, T, h, w) in [-1, 1] at the native
         size, the frames at `mask` equal to `given`'s (`video_condition` says what may be
         given). Clip i uses seed `seed + i` (or `seeds[i]`). The building block of
         prediction (the first frames given), interpolation (every other frame), infilling,
-        and of longer videos made window by window."""
+        and of longer videos made window by window.
+
+        `per_frame`: every frame sampled on its own through the spatial layers only (the
+        temporal layers skip the rows, as for the unrelated frames of joint image-video
+        training, `train.joint_images`): the model as an image model applied frame by frame,
+        to see what its temporal layers add. Only a `stunet` without temporal down-sampling,
+        and no frames given."""
         if not self.takes_clips:
             raise ValueError("this is not a video model: use generate")
+        if per_frame and (self.residual_video or getattr(self.model.net, "time_down", True)):
+            raise ValueError("per_frame samples frames through the spatial layers alone: it needs a stunet without "
+                             "temporal down-sampling (stunet-space-down)")
+        if per_frame and given is not None:
+            raise ValueError("per_frame makes every frame on its own: no frames can be given")
         sample_fn = self._sampler(sampler, options)
         options = self.sampler_defaults(sampler, options)
         if self.residual_video:
             return self._sample_rvd(n, labels, given, mask, cfg, sample_fn, self.sigmas(sampler, steps, grid), seed,
                                     seeds, batch_size, clip, callback, options)
         n, cond = self.video_condition(n, labels, given, mask)
+        if per_frame:
+            from difforge.models.frames import FrameCond
+
+            cond = FrameCond(cond.mask, cond.frames, cond.labels, torch.ones(n, dtype=torch.bool, device=cond.device))
         gens_of = _noise_source(n, seed, seeds, None)
-        den = self.video_denoiser(cfg, clip).to(self.device)
+        den = self.video_denoiser(cfg, clip, per_frame).to(self.device)
         sigmas = self.sigmas(sampler, steps, grid)
         size, c, t = self.card.image_size, self.card.channels, self.card.frames
         prior_std = self.model.prior_std(float(sigmas[0]))

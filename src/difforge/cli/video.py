@@ -39,11 +39,13 @@ SCHEMES = ("autoregressive", "hierarchical")  # difforge.tasks.long_video.SCHEME
 @click.option("--fps", type=int, default=8, show_default=True, help="Frames per second of the video.")
 @click.option("--frames-png", type=click.Path(dir_okay=False),
               help="Also write a PNG with one row of frames per clip.")
+@click.option("--per-frame", is_flag=True, help="Make every frame on its own through the spatial layers only "
+              "(stunet-space-down): the model as an image model applied frame by frame, to compare with its clips.")
 @click.option("--ema/--no-ema", default=True, show_default=True, help="Use the EMA weights of a run.")
 @click.option("--device", default="auto", show_default=True)
 @no_progress_option
 def sample_video(model_dir, out, frames, scheme, context, n, klass, given, given_frames, given_video, cfg, sampler,
-                 steps, grid, seed, fps, frames_png, ema, device, no_progress) -> None:
+                 steps, grid, seed, fps, frames_png, per_frame, ema, device, no_progress) -> None:
     """Generate clips from a video model (a run directory or an exported model).
 
     With --frames above the model's clip length T, or --scheme, the video is made window by
@@ -63,6 +65,9 @@ def sample_video(model_dir, out, frames, scheme, context, n, klass, given, given
             raise ValueError(f"--n must be >= 1, got {n}")
         if given_frames and given_video:
             raise ValueError("give --given-frames or --given-video, not both")
+        if per_frame and (given or given_frames or given_video or scheme or context or frames):
+            raise ValueError("--per-frame makes each frame of one clip on its own: no --given, --given-frames, "
+                             "--given-video, --frames, --scheme or --context")
         pipe = load_pipeline(model_dir, ema=ema, device=resolve_device(device))
         if not pipe.takes_clips:
             raise ValueError(f"{model_dir} is an image model: use `difforge sample`")
@@ -95,7 +100,8 @@ def sample_video(model_dir, out, frames, scheme, context, n, klass, given, given
             options = dict(cfg=cfg, sampler=sampler, steps=steps, grid=grid, seed=seed,
                            callback=lambda d: bar.update(1))
             if scheme is None:
-                out_clips, _ = pipe.generate_video(n, labels, given=clips, mask=mask, **options)
+                out_clips, _ = pipe.generate_video(n, labels, given=clips, mask=mask, per_frame=per_frame,
+                                                   **options)
             else:
                 from difforge.tasks.long_video import sample_long_video
 

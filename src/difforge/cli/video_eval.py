@@ -27,11 +27,13 @@ from difforge.cli.common import GRID_NAMES, SAMPLER_NAMES, _fail, cli, no_progre
 @click.option("--video-classifier", "video_classifier", type=click.Path(file_okay=False), help="The video "
               "classifier of the video FD. [default: $DIFFORGE_CACHE/classifiers/<dataset-key>-video, trained on "
               "first use]")
+@click.option("--per-frame", is_flag=True, help="Score clips whose frames are each made on its own through the "
+              "spatial layers only (stunet-space-down): what the temporal layers add.")
 @click.option("--device", default="auto", show_default=True)
 @click.option("--overwrite", is_flag=True, help="Replace a report already in --out.")
 @no_progress_option
 def evaluate_video(model_dir, out, n, given, cfg, sampler, steps, grid, seed, ema, classifier_path, video_classifier,
-                   device, overwrite, no_progress) -> None:
+                   per_frame, device, overwrite, no_progress) -> None:
     """Measure a video model: per-frame FD, identity consistency, motion, a video FD, each
     next to its real-vs-real floor; with --given, PSNR and SSIM of predicted frames.
 
@@ -43,7 +45,7 @@ def evaluate_video(model_dir, out, n, given, cfg, sampler, steps, grid, seed, em
 
         out = out or str(Path(model_dir) / "eval-video")
         ecfg = VideoEvalConfig(n=n, given=tuple(given), sampler=sampler, steps=steps, grid=grid, cfg=cfg, seed=seed,
-                               ema=ema)
+                               ema=ema, per_frame=per_frame)
         report = evaluate_video(model_dir, out, ecfg, classifier=classifier_path, video_classifier=video_classifier,
                                 device=resolve_device(device), progress=not no_progress, log=click.echo,
                                 overwrite=overwrite)

@@ -52,6 +52,7 @@ class VideoEvalConfig:
     ema: bool = True
     batch_size: int = 16
     k: int = 3  # neighbours for precision/recall
+    per_frame: bool = False  # every frame sampled on its own (`Pipeline.sample_video(per_frame=True)`)
 
 
 def is_video_report_dir(path: Path) -> bool:
@@ -84,6 +85,8 @@ def evaluate_video(model_dir: str | Path, out: str | Path, cfg: VideoEvalConfig 
     if not pipe.takes_clips:
         raise ValueError(f"{model_dir} is an image model: use `difforge evaluate`")
     t = pipe.card.frames
+    if cfg.per_frame and cfg.given:
+        raise ValueError("--per-frame makes every frame on its own: it scores no --given task")
     if cfg.given and getattr(pipe.card.conditioning, "kind", None) != "video-frames":
         raise ValueError(f"--given: {model_dir} is not conditioned on observed frames")
     masks = {spec: parse_given(spec, t) for spec in cfg.given}
@@ -127,7 +130,8 @@ def evaluate_video(model_dir: str | Path, out: str | Path, cfg: VideoEvalConfig 
                  "reference_clips": len(ref), "train_clips": len(bundle.train), "class_names": bundle.class_names},
         "sampling": {"sampler": cfg.sampler, "steps": len(pipe.sigmas(cfg.sampler, cfg.steps, cfg.grid)) - 1,
                      "grid": cfg.grid, "cfg": _scale(pipe, cfg), "seed": cfg.seed, "ema": cfg.ema,
-                     "conditional": bool(pipe.num_classes), "seconds": round(sample_seconds, 1)},
+                     "conditional": bool(pipe.num_classes), "per_frame": cfg.per_frame,
+                     "seconds": round(sample_seconds, 1)},
         "frame_classifier": {**{k: clf.meta.get(k) for k in ("dataset", "test_accuracy", "feature_dim")},
                              "dir": None if classifier is None else str(classifier),
                              "crop": f"{CROP_SIDE}x{CROP_SIDE} garment window resized to {CROP_SIZE}x{CROP_SIZE}",
@@ -155,9 +159,10 @@ def _generate(pipe, cfg: VideoEvalConfig, n: int, labels, progress: bool, what: 
 
     total = (len(pipe.sigmas(cfg.sampler, cfg.steps, cfg.grid)) - 1) * -(-n // cfg.batch_size)
     with tqdm(total=total, desc=f"sample {n} {what}", unit="step", disable=not progress, dynamic_ncols=True) as bar:
+        per_frame = {} if given else {"per_frame": cfg.per_frame}
         return pipe.generate_video(n, labels, cfg=cfg.cfg, sampler=cfg.sampler, steps=cfg.steps, grid=cfg.grid,
                                    seed=cfg.seed, batch_size=cfg.batch_size, callback=lambda d: bar.update(1),
-                                   **given)
+                                   **per_frame, **given)
 
 
 def _all_frames(clips: torch.Tensor) -> torch.Tensor:

@@ -7,6 +7,10 @@ travel as a `FrameCond` beside the clip's class label; the network reads the fra
 where unobserved) and the mask as extra input channels. `FrameCond` is a structured cond
 batch (`len`, rows by slice or integer / boolean tensor, `to`, a static `cat`), so
 samplers pass it through and classifier-free guidance batches it with its null.
+
+Joint image-video training (Ho et al. 2022) marks rows whose T frames are independent
+images rather than a clip (`independent`): the network's temporal layers leave those rows
+unchanged, so they train the per-frame (spatial) layers only, at T garments per row.
 """
 
 from __future__ import annotations
@@ -31,11 +35,14 @@ class FrameCond:
     `frames` (B, C, T, H, W) float in model space, the observed frames (zero elsewhere), or
     None when nothing is observed in any row (the null, which does not know the clip's
     shape); `labels` (B,) long class labels (the null label for none) or None for a model
-    without classes."""
+    without classes; `independent` (B,) bool or None (no row): rows whose frames are
+    independent images, not a clip (joint image-video training: the temporal layers skip
+    them)."""
 
     mask: torch.Tensor
     frames: torch.Tensor | None = None
     labels: torch.Tensor | None = None
+    independent: torch.Tensor | None = None
 
     def __post_init__(self) -> None:
         m = self.mask
@@ -48,6 +55,10 @@ class FrameCond:
                              f"got {tuple(f.shape)}")
         if self.labels is not None and tuple(self.labels.shape) != (m.shape[0],):
             raise ValueError(f"labels must be ({m.shape[0]},), got {tuple(self.labels.shape)}")
+        if self.independent is not None:
+            if tuple(self.independent.shape) != (m.shape[0],):
+                raise ValueError(f"independent must be ({m.shape[0]},), got {tuple(self.independent.shape)}")
+            object.__setattr__(self, "independent", self.independent.to(torch.bool))
 
     @classmethod
     def given(cls, frames: torch.Tensor, mask: torch.Tensor, labels: torch.Tensor | None = None) -> FrameCond:
@@ -57,8 +68,10 @@ class FrameCond:
         return cls(mask, torch.where(mask[:, None, :, None, None], frames, 0.0), labels)
 
     def observe(self, x0: torch.Tensor) -> FrameCond:
-        """These rows' masks and labels with their observed frames taken from clips `x0` (training)."""
-        return FrameCond.given(x0, self.mask.to(x0.device), self.labels)
+        """These rows' masks, labels and `independent` with their observed frames taken from
+        clips `x0` (training)."""
+        given = FrameCond.given(x0, self.mask.to(x0.device), self.labels)
+        return FrameCond(given.mask, given.frames, given.labels, self.independent)
 
     @property
     def num_frames(self) -> int:
@@ -72,8 +85,8 @@ class FrameCond:
         return self.mask.device
 
     def _map(self, fn) -> FrameCond:
-        return FrameCond(fn(self.mask), None if self.frames is None else fn(self.frames),
-                         None if self.labels is None else fn(self.labels))
+        return FrameCond(*(None if t is None else fn(t) for t in (self.mask, self.frames, self.labels,
+                                                                  self.independent)))
 
     def __getitem__(self, index) -> FrameCond:
         """Rows `index` (slice, int / bool tensor, or an int: one row as a batch of 1)."""
@@ -87,7 +100,8 @@ class FrameCond:
 
     @staticmethod
     def cat(items: Sequence[FrameCond]) -> FrameCond:
-        """One batch of `items` in order; rows without frames get zeros of the others' shape."""
+        """One batch of `items` in order; rows without frames get zeros of the others' shape,
+        rows without `independent` are clips."""
         items = list(items)
         if not items:
             raise ValueError("FrameCond.cat needs at least one batch")
@@ -102,7 +116,11 @@ class FrameCond:
             frames = torch.cat([c.frames.to(device) if c.frames is not None else
                                 shaped.new_zeros((len(c), *shaped.shape[1:])).to(device) for c in items])
         labels = None if items[0].labels is None else torch.cat([c.labels.to(device) for c in items])
-        return FrameCond(torch.cat([c.mask.to(device) for c in items]), frames, labels)
+        independent = None
+        if any(c.independent is not None for c in items):
+            independent = torch.cat([c.independent.to(device) if c.independent is not None else
+                                     torch.zeros(len(c), dtype=torch.bool, device=device) for c in items])
+        return FrameCond(torch.cat([c.mask.to(device) for c in items]), frames, labels, independent)
 
     def keep_given(self, x: torch.Tensor) -> torch.Tensor:
         """Clips `x` (B, C, T, H, W) with the observed frames put back exactly."""

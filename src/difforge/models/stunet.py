@@ -20,6 +20,12 @@ frames through every layer (the tests pin both). The network is conditioned on t
 level and a class label (`TimeLabelEmbedding`, as the image UNets) and, with
 `cond_channels`, on observed frames and their mask concatenated to the input
 (`difforge.models.frames.FrameCond`, Flexible Diffusion Models).
+
+Rows a `FrameCond` marks `independent` hold T unrelated images (joint image-video
+training, Video Diffusion Models): the temporal convolutions and attention add nothing to
+them (their residual branch is multiplied by 0), so such a row is T images through the
+spatial layers alone. Temporal down- and upsampling would mix them: a network with
+`time_down` refuses them.
 """
 
 from __future__ import annotations
@@ -53,6 +59,11 @@ def _along_time(x: torch.Tensor) -> torch.Tensor:
 def _from_time(y: torch.Tensor, b: int, h: int, w: int) -> torch.Tensor:
     bhw, c, t = y.shape
     return y.view(b, h, w, c, t).permute(0, 3, 4, 1, 2).contiguous()
+
+
+def _temporal_residual(y: torch.Tensor, keep: torch.Tensor | None) -> torch.Tensor:
+    """A temporal layer's residual branch y (B, C, T, H, W), zero in rows where `keep` is 0."""
+    return y if keep is None else y * keep.to(y.dtype).view(-1, 1, 1, 1, 1)
 
 
 class SpatialResBlock(nn.Module):
@@ -90,11 +101,12 @@ class TemporalConv(nn.Module):
         self.pad = kernel // 2
         self.conv = nn.Conv1d(channels, channels, kernel)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, keep: torch.Tensor | None = None) -> torch.Tensor:
+        """`keep` (B,) float: 1 for a clip, 0 for a row of independent frames (unchanged)."""
         b, _, _, h, w = x.shape
         y = _along_time(unfold(F.silu(self.norm(fold(x))), b))
         y = self.conv(F.pad(y, (self.pad, self.pad), mode="replicate"))
-        return x + _from_time(y, b, h, w)
+        return x + _temporal_residual(_from_time(y, b, h, w), keep)
 
 
 class TemporalAttention(nn.Module):
@@ -119,14 +131,15 @@ class TemporalAttention(nn.Module):
         offset = torch.arange(t, device=self.rel.device)
         return self.rel[:, offset[None, :] - offset[:, None] + self.max_frames - 1]
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, keep: torch.Tensor | None = None) -> torch.Tensor:
+        """`keep` as `TemporalConv`'s."""
         b, c, t, h, w = x.shape
         tokens = _along_time(unfold(self.norm(fold(x)), b)).transpose(1, 2)  # (B H W, T, C)
         n, d = tokens.shape[0], c // self.heads
         q, k, v = self.qkv(tokens).view(n, t, 3, self.heads, d).permute(2, 0, 3, 1, 4).unbind(0)  # (N, h, T, d)
         a = attention(q, k, v, self.bias(t).to(q.dtype)[None])
         out = self.proj(a.transpose(1, 2).reshape(n, t, c)).transpose(1, 2)  # (N, C, T)
-        return x + _from_time(out, b, h, w)
+        return x + _temporal_residual(_from_time(out, b, h, w), keep)
 
 
 class Downsample3D(nn.Module):
@@ -177,10 +190,10 @@ class _Stage(nn.Module):
         self.sattn = SpatialAttention(out_ch, heads) if heads else None
         self.tattn = TemporalAttention(out_ch, heads, max_frames) if heads else None
 
-    def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
-        x = self.tconv(self.res(x, emb))
+    def forward(self, x: torch.Tensor, emb: torch.Tensor, keep: torch.Tensor | None = None) -> torch.Tensor:
+        x = self.tconv(self.res(x, emb), keep)
         if self.sattn is not None:
-            x = self.tattn(self.sattn(x))
+            x = self.tattn(self.sattn(x), keep)
         return x
 
 
@@ -272,6 +285,16 @@ class STUNet(nn.Module):
             raise ValueError(f"{t} frames: this model takes clips of at most {self.max_frames} frames, a multiple "
                              f"of {self.frame_multiple}")
 
+    def _keep(self, cond) -> torch.Tensor | None:
+        """(B,) 0 for the rows `cond` marks independent, 1 for clips; None when every row is a clip."""
+        independent = cond.independent if isinstance(cond, FrameCond) else None
+        if independent is None or not independent.any():
+            return None
+        if self.time_down:
+            raise ValueError("rows of independent frames (joint image-video training) need a network without "
+                             "temporal down-sampling (time_down false, e.g. stunet-space-down)")
+        return (~independent).float()
+
     def _inputs(self, x: torch.Tensor, cond) -> tuple[torch.Tensor, torch.Tensor | None]:
         """The network input (the clip and, with cond_channels, the observed frames and mask)
         and the labels."""
@@ -301,22 +324,24 @@ class STUNet(nn.Module):
     def forward(self, x: torch.Tensor, c_noise: torch.Tensor, cond=None) -> torch.Tensor:
         self.check_clip(x)
         b = x.shape[0]
+        keep = self._keep(cond)
+        keep = None if keep is None else keep.to(x.device)
         x, labels = self._inputs(x, cond)
         emb = self.embed(c_noise, None if labels is None else labels.to(x.device))
         h = unfold(self.in_conv(fold(x)), b)
         skips, lengths = [h], []
         for block in self.down:
             if isinstance(block, _Stage):
-                h = block(h, emb)
+                h = block(h, emb, keep)
             else:
                 lengths.append(h.shape[2])
                 h = block(h)
             skips.append(h)
         for block in self.mid:
-            h = block(h, emb)
+            h = block(h, emb, keep)
         for block in self.up:
             if isinstance(block, _Stage):
-                h = block(torch.cat([h, skips.pop()], dim=1), emb)
+                h = block(torch.cat([h, skips.pop()], dim=1), emb, keep)
             else:
                 h = block(h, lengths.pop())
         return unfold(self.out_conv(F.silu(self.out_norm(fold(h)))), b)

@@ -24,9 +24,10 @@ import torch
 
 from difforge.config import ConfigError, RunConfig, check_clips, config_to_dict
 from difforge.data import load_dataset, to_model_input
-from difforge.data.batches import EpochBatches
+from difforge.data.batches import EpochBatches, IndependentFrames
 from difforge.models import build_model, size_multiple
 from difforge.models.card import ModelCard
+from difforge.models.frames import FrameCond
 from difforge.train import distributed
 from difforge.train.accumulate import accumulate_gradients
 from difforge.train.checkpoint import (
@@ -208,6 +209,10 @@ class Trainer(FaultHandling):
             torch.manual_seed(t.seed + 7919 * world.rank)
         self.objective = self.card.denoiser(self.net)  # the loss runs through `net` (DDP's wrapper, if any)
         self.batches = EpochBatches(len(self.train_set), t.batch_size, seed=t.seed)
+        self.joint = None  # joint image-video training: rows of unrelated frames of the row's class
+        if self.video and t.joint_images:
+            self.joint = IndependentFrames(self.train_set.labels if self.num_classes else None, len(self.train_set),
+                                           self.train_set.frames)
         self.total = t.max_steps or (t.epochs or 1) * self.batches.steps_per_epoch
         self.optimizer = build_optimizer(self.model, t)
         self.scheduler = build_scheduler(self.optimizer, t, self.total)
@@ -412,9 +417,14 @@ class Trainer(FaultHandling):
         the training generator, then sliced."""
         idx = self.batches.batch(self.step)  # the global batch: the same on every rank
         cond = None
+        joint = None
         if self.video:  # labels dropped, then observed-frame masks, for the global batch; frames added below
             labels = self.train_set.labels[idx] if self.num_classes else None
             cond = self.card.conditioning.training_cond(labels, len(idx), self.cfg.model.label_dropout, self.gen)
+            if self.joint is not None:  # the first rows (a random sample) become unrelated frames of their class
+                k = round(self.cfg.train.joint_images * len(idx))
+                joint = (torch.arange(len(idx)) < k, *self.joint.draw(labels, len(idx), self.gen))
+                cond = FrameCond(cond.mask & ~joint[0][:, None], None, cond.labels, joint[0])
             cond = cond[self.rows].to(self.device)
         elif self.num_classes:  # labels dropped per sample of the global batch, then sliced
             labels = self.card.conditioning.drop(self.train_set.labels[idx], self.cfg.model.label_dropout, self.gen)
@@ -428,6 +438,9 @@ class Trainer(FaultHandling):
         if self.latents is not None:  # latent diffusion (no flips: config.validate refuses them)
             return self.latents.x0(idx, self.rows, self.gen), cond, len(idx)
         images = self.train_set.images[idx[self.rows]]
+        if joint is not None:
+            rows, clip, frame = (v[self.rows] for v in joint)
+            images[rows] = IndependentFrames.gather(self.train_set.images, clip[rows], frame[rows])
         if self.cfg.data.hflip:  # at the native size, before any padding
             flip = (torch.rand(len(idx), generator=self.gen) < 0.5)[self.rows].view(-1, *(1,) * (images.ndim - 1))
             images = torch.where(flip, images.flip(-1), images)
