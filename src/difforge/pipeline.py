@@ -499,9 +499,8 @@ class Pipeline:
         and no frames given."""
         if not self.takes_clips:
             raise ValueError("this is not a video model: use generate")
-        if per_frame and (self.residual_video or getattr(self.model.net, "time_down", True)):
-            raise ValueError("per_frame samples frames through the spatial layers alone: it needs a stunet without "
-                             "temporal down-sampling (stunet-space-down)")
+        if per_frame:
+            self.check_per_frame()
         if per_frame and given is not None:
             raise ValueError("per_frame makes every frame on its own: no frames can be given")
         sample_fn = self._sampler(sampler, options)
@@ -528,6 +527,12 @@ class Pipeline:
             x = sample_fn(den, x, sigmas, generator=gens, callback=callback, cond=part, **options)
             out.append(self.card.from_model(part.keep_given(x).float()).cpu())
         return torch.cat(out)
+
+    def check_per_frame(self) -> None:
+        """A one-line error unless this model can make frames on their own (`sample_video(per_frame=True)`)."""
+        if not self.takes_clips or self.residual_video or getattr(self.model.net, "time_down", True):
+            raise ValueError("per_frame samples frames through the spatial layers alone: it needs a stunet without "
+                             "temporal down-sampling (stunet-space-down)")
 
     @property
     def residual_video(self) -> bool:

@@ -1,6 +1,8 @@
 """Residual video diffusion: the residual parameterisation, the predictor, the rollout, and a
 tiny model trained, checkpointed and sampled through the CLI."""
 
+import json
+
 import pytest
 import torch
 
@@ -196,3 +198,27 @@ def test_a_context_as_long_as_the_clips_is_refused(tmp_path, capsys):
     err = capsys.readouterr().err
     assert code != 0 and "needs clips longer than 16 frames; these have 16" in err
     assert not (tmp_path / "r").exists()  # refused before the run directory is written
+
+
+def test_evaluate_video_scores_an_rvd_model_on_its_given_tasks(rvd_run, tmp_path, capsys):
+    from difforge.config import DataConfig
+    from difforge.data import load_dataset
+    from difforge.eval.classifier import ClassifierConfig, train_classifier
+    from difforge.eval.video_classifier import VideoClassifierConfig, train_video_classifier
+
+    out, root = rvd_run
+    train_classifier(load_dataset(DataConfig(dataset="fashion-mnist", path=str(root))),
+                     ClassifierConfig(epochs=1, batch_size=16)).save(tmp_path / "clf")
+    train_video_classifier(load_dataset(DataConfig(dataset="moving-fashion-mnist", path=str(root))),
+                           VideoClassifierConfig(steps=2, batch_size=4)).save(tmp_path / "vclf")
+    args = ["evaluate-video", str(out), "--n", "3", "--steps", "2", "--classifier", str(tmp_path / "clf"),
+            "--video-classifier", str(tmp_path / "vclf"), "--no-progress"]
+    assert run([*args, "--out", str(tmp_path / "a")]) != 0
+    assert "continues given frames: score it with --given first:K (K >= 2)" in capsys.readouterr().err
+    assert run([*args, "--out", str(tmp_path / "b"), "--given", "first:2"]) == 0
+    r = json.loads((tmp_path / "b" / "report.json").read_text())
+    assert r["frame_fd"] is None and r["motion"] is None and r["sampling"]["cfg"] == 1.0
+    task = r["given"]["first:2"]
+    assert task["clips"] == 3 and task["model"]["frame_fd"] >= 0 and 0 <= task["model"]["ssim"] <= 1
+    assert "only its prediction tasks are scored" in (tmp_path / "b" / "report.md").read_text()
+    assert not (tmp_path / "b" / "samples.png").exists()

@@ -214,6 +214,10 @@ def test_evaluate_video_writes_the_report(tiny_video, tmp_path, monkeypatch):
         assert task["mask"] == given and task["clips"] == 3
         assert 0 < task["model"]["psnr"] < 100 and -1 <= task["model"]["ssim"] <= 1
         assert all((v is None) == (f in given) for f, v in enumerate(task["model"]["psnr_by_frame"]))
+        for name in ("model", "nearest_given_frame"):
+            m = task[name]
+            assert m["frame_fd"] >= 0 and 0 <= m["class_match"] <= 1 and m["speed_w1"] >= 0
+        assert 0 <= task["true_class_match"] <= 1
         assert (dest / f"given-{spec.replace(':', '-')}.png").is_file()
     assert "## Motion" in (dest / "report.md").read_text() and (dest / "samples.png").is_file()
     assert not (tmp_path / "cache").exists()  # both classifiers were given: nothing trained or cached
@@ -226,6 +230,8 @@ def test_evaluate_video_writes_the_report(tiny_video, tmp_path, monkeypatch):
     (["--n", "1"], "at least 2 clips"),
     (["--given", "first:16"], "K must be in 1..15"),
     (["--given", "first:2", "--n", "17"], "more than the 16 there"),
+    (["--per-frame"], "needs a stunet without temporal down-sampling"),
+    (["--per-frame", "--given", "first:2"], "scores no --given task"),
 ])
 def test_evaluate_video_refuses_bad_options(tiny_video, tmp_path, capsys, extra, message):
     run_dir, tmp = tiny_video
@@ -252,3 +258,31 @@ def test_given_needs_a_frame_conditioned_model(monkeypatch, tmp_path):
     monkeypatch.setattr(difforge.pipeline, "load_pipeline", lambda *a, **k: stub)
     with pytest.raises(ValueError, match="not conditioned on observed frames"):
         evaluate_video("some-model", tmp_path / "r", VideoEvalConfig(n=4, given=("first:4",)))
+
+
+def test_a_perfect_predictor_scores_the_closed_forms(tiny_video, tmp_path):
+    """A stub that returns the true clips: no pixel error (SSIM 1), a frame FD of 0, every
+    garment the classifier sees kept as in the true frames, and the true motion (W1 0). The
+    nearest-given-frame baseline stands still over the made frames."""
+    from difforge.config import DataConfig
+    from difforge.data import load_dataset
+    from difforge.eval.classifier import load_classifier
+    from difforge.eval.video import VideoEvalConfig, _given_task
+    from difforge.models.frames import parse_given
+
+    _, tmp = tiny_video
+    clips = load_dataset(DataConfig(dataset="moving-fashion-mnist", path=str(tmp / "fm"))).test.subset(np.arange(6))
+    pipe = SimpleNamespace(num_classes=10, card=SimpleNamespace(channels=1), sigmas=lambda *a: [2.0, 1.0, 0.0],
+                           generate_video=lambda n, labels, **kw: (clips.images.clone(), labels))
+    mask = parse_given("first:4", 16)
+    task = _given_task(pipe, VideoEvalConfig(n=6), clips, mask, "first:4", tmp_path, False,
+                       load_classifier(tmp / "clf"))
+    m, b = task["model"], task["nearest_given_frame"]
+    assert m["psnr"] is None and m["ssim"] == pytest.approx(1.0)  # identical frames: infinite PSNR
+    assert m["frame_fd"] == pytest.approx(0.0, abs=1e-6)
+    assert m["class_match"] == task["true_class_match"]
+    assert m["speed_w1"] == 0 and m["acceleration_w1"] == 0
+    true_speeds = V.speeds(V.centroids(clips.images))
+    frozen = np.concatenate([true_speeds[:, :3], np.zeros((6, 12))], axis=1)  # frames 4..15 copy frame 3
+    assert b["speed_w1"] == pytest.approx(V.wasserstein_1d(frozen, true_speeds))
+    assert b["speed_w1"] > 0.5  # the garments move 1 to 3 pixels per frame

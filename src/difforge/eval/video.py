@@ -106,23 +106,28 @@ def evaluate_video(model_dir: str | Path, out: str | Path, cfg: VideoEvalConfig 
     vclf.check(ref.images[:1], "the data's clips")
 
     t_sample = time.perf_counter()
-    labels = class_balanced_labels(cfg.n, pipe.num_classes) if pipe.num_classes else None
-    clips, _ = _generate(pipe, cfg, cfg.n, labels, progress, "clips")
+    clips = frames = motion = video_fd = None
+    crop_accuracy = _crop_accuracy(clf, ref)
+    if not pipe.residual_video:  # an RVD model only continues given frames: its --given tasks are scored
+        labels = class_balanced_labels(cfg.n, pipe.num_classes) if pipe.num_classes else None
+        clips, _ = _generate(pipe, cfg, cfg.n, labels, progress, "clips")
+        rng = np.random.default_rng(cfg.seed)
+        floor = bundle.train.subset(_matched_indices(bundle.train.labels, len(bundle.train), labels, cfg.n, rng))
+        sets = {"generated": clips, "floor": floor.images, "reference": ref.images}
+        if log:
+            log("scoring frames, identity and motion")
+        frames = _frame_scores(clf, sets, labels, floor.labels, cfg, rng, ref)
+        motion = _motion_scores(sets, ref)
+        video_fd = _video_fd(vclf, sets, labels, floor.labels)
+    elif not masks:
+        raise ValueError(f"{model_dir} is an RVD model, which continues given frames: score it with --given first:K "
+                         f"(K >= {pipe.model.core.context})")
     sample_seconds = time.perf_counter() - t_sample
-    rng = np.random.default_rng(cfg.seed)
-    floor = bundle.train.subset(_matched_indices(bundle.train.labels, len(bundle.train), labels, cfg.n, rng))
-    sets = {"generated": clips, "floor": floor.images, "reference": ref.images}
-
-    if log:
-        log("scoring frames, identity and motion")
-    frames = _frame_scores(clf, sets, labels, floor.labels, cfg, rng, ref)
-    motion = _motion_scores(sets, ref)
-    video_fd = _video_fd(vclf, sets, labels, floor.labels)
     tasks = {}
     for spec, mask in masks.items():
         if log:
             log(f"given {spec}: the first {cfg.n} held-out clips")
-        tasks[spec] = _given_task(pipe, cfg, ref.subset(np.arange(cfg.n)), mask, spec, out, progress)
+        tasks[spec] = _given_task(pipe, cfg, ref.subset(np.arange(cfg.n)), mask, spec, out, progress, clf)
 
     report = {
         "format": REPORT_FORMAT, "version": 1, "model": str(model_dir), "n": cfg.n, "frames": t,
@@ -135,11 +140,12 @@ def evaluate_video(model_dir: str | Path, out: str | Path, cfg: VideoEvalConfig 
         "frame_classifier": {**{k: clf.meta.get(k) for k in ("dataset", "test_accuracy", "feature_dim")},
                              "dir": None if classifier is None else str(classifier),
                              "crop": f"{CROP_SIDE}x{CROP_SIDE} garment window resized to {CROP_SIZE}x{CROP_SIZE}",
-                             "crop_accuracy": frames.pop("crop_accuracy")},
+                             "crop_accuracy": crop_accuracy},
         "video_classifier": {**{k: vclf.meta.get(k) for k in ("dataset", "test_accuracy", "first_step_accuracy",
                                                               "feature_dim", "steps", "train_seconds")},
                              "dir": None if video_classifier is None else str(video_classifier)},
-        "frame_fd": frames["fd"], "identity": frames["identity"], "motion": motion, "video_fd": video_fd,
+        "frame_fd": frames and frames["fd"], "identity": frames and frames["identity"], "motion": motion,
+        "video_fd": video_fd,
         "given": tasks, "seconds": None,
     }
     report["seconds"] = round(time.perf_counter() - t0, 1)
@@ -151,7 +157,9 @@ def _scale(pipe, cfg: VideoEvalConfig) -> float:
     """The guidance scale sampling uses (`Pipeline.video_denoiser`'s default when not given)."""
     from difforge.defaults import DEFAULT_CFG
 
-    return float(cfg.cfg) if cfg.cfg is not None else (DEFAULT_CFG if pipe.num_classes else 1.0)
+    if cfg.cfg is not None:
+        return float(cfg.cfg)
+    return DEFAULT_CFG if pipe.num_classes and not pipe.residual_video else 1.0
 
 
 def _generate(pipe, cfg: VideoEvalConfig, n: int, labels, progress: bool, what: str, **given):
@@ -195,11 +203,18 @@ def _frame_scores(clf, sets: dict, labels, floor_labels, cfg: VideoEvalConfig, r
         asked = {"generated": labels, "floor": floor_labels}.get(name)
         if asked is not None:
             identity[name]["class_match"] = float((classes == asked.numpy()[:, None]).mean())
-    classes = V.frame_classes(ref_z, n_ref, t)
-    one = _one_garment(ref)  # the crops' accuracy: frames of one-garment test clips in their clip's class
-    crop_accuracy = None if ref.labels is None or not one.any() else \
-        float((classes[one] == ref.labels.numpy()[one][:, None]).mean())
-    return {"fd": fd, "identity": identity, "crop_accuracy": crop_accuracy}
+    return {"fd": fd, "identity": identity}
+
+
+def _crop_accuracy(clf, ref) -> float | None:
+    """The share of the frames of one-garment test clips whose garment window the classifier
+    puts in their clip's class."""
+    one = _one_garment(ref)
+    if ref.labels is None or not one.any():
+        return None
+    clips = ref.images[torch.as_tensor(one)]
+    classes = V.frame_classes(frame_features(clf, clips)[1], len(clips), clips.shape[2])
+    return float((classes == ref.labels.numpy()[one][:, None]).mean())
 
 
 def _one_garment(ref) -> np.ndarray:
@@ -249,8 +264,12 @@ def _nearest_given(truth: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 
 def _given_task(pipe, cfg: VideoEvalConfig, truth_set, mask: torch.Tensor, spec: str, out: Path,
-                progress: bool) -> dict:
-    """PSNR and SSIM of the frames made from `mask`'s frames of the true clips, per frame index too."""
+                progress: bool, clf) -> dict:
+    """Of the frames made from `mask`'s frames of the true clips, against the true frames:
+    PSNR and SSIM (per frame index too), and, as pixel errors flatter a blurry or static
+    guess, the per-frame FD of the made frames against the true ones, the share of made
+    frames in the clip's class (the garment kept), and the speed and |acceleration|
+    distances of the whole clips' tracks to the true clips' (motion kept)."""
     from difforge.io.video import save_frames_grid
 
     truth = truth_set.images
@@ -260,6 +279,11 @@ def _given_task(pipe, cfg: VideoEvalConfig, truth_set, mask: torch.Tensor, spec:
         given = given.expand(-1, pipe.card.channels, -1, -1, -1)
     made, _ = _generate(pipe, cfg, len(truth), labels, progress, f"clips given {spec}", given=given, mask=mask)
     scores = {"mask": mask.nonzero().flatten().tolist(), "clips": len(truth)}
+    true_feats, true_logits = frame_features(clf, truth[:, :, ~mask])
+    true_tracks = V.centroids(truth)
+    if truth_set.labels is not None:  # the classifier on the true frames: the ceiling of class_match
+        classes = V.frame_classes(true_logits, len(truth), int((~mask).sum()))
+        scores["true_class_match"] = float((classes == truth_set.labels.numpy()[:, None]).mean())
     for name, clips in (("model", made), ("nearest_given_frame", _nearest_given(truth, mask))):
         latent = ~mask
         a, b = clips[:, :, latent], truth[:, :, latent]  # (N, C, L, H, W)
@@ -271,6 +295,12 @@ def _given_task(pipe, cfg: VideoEvalConfig, truth_set, mask: torch.Tensor, spec:
             by_frame_p[f], by_frame_s[f] = _finite(p[:, j].mean()), float(s[:, j].mean())
         scores[name] = {"psnr": _finite(p.mean()), "ssim": float(s.mean()), "psnr_by_frame": by_frame_p,
                         "ssim_by_frame": by_frame_s}
+        feats, logits = frame_features(clf, a)
+        scores[name]["frame_fd"] = M.frechet_distance_features(true_feats, feats)
+        if truth_set.labels is not None:
+            classes = V.frame_classes(logits, len(truth), int(latent.sum()))
+            scores[name]["class_match"] = float((classes == truth_set.labels.numpy()[:, None]).mean())
+        scores[name].update(V.motion_distances(V.centroids(clips), true_tracks))
     rows = torch.stack([truth[:5], made[:5]], dim=1).flatten(0, 1)  # true clip, then the model's, per clip
     save_frames_grid(rows, out / f"given-{_safe(spec)}.png", scale=2 if truth.shape[-1] <= 32 else 1)
     return scores
@@ -296,9 +326,12 @@ def video_markdown(r: dict) -> str:
     """report.md: the tables of report.json with what they mean."""
     s, d = r["sampling"], r["data"]
     fc, vc = r["frame_classifier"], r["video_classifier"]
+    free = r["frame_fd"] is not None  # None: an RVD model, scored on its given tasks only
     lines = [f"# Video evaluation of `{r['model']}`", "",
-             f"**N = {r['n']}** generated clips of {r['frames']} frames ({s['sampler']}, {s['steps']} steps"
+             f"**N = {r['n']}** {'generated' if free else 'predicted'} clips of {r['frames']} frames "
+             f"({s['sampler']}, {s['steps']} steps"
              + (f", guidance {s['cfg']:g}" if s["cfg"] != 1 else ", no guidance")
+             + (", every frame made on its own: --per-frame" if s.get("per_frame") else "")
              + f", seed {s['seed']}, {'EMA' if s['ema'] else 'raw'} weights, {s['seconds']:g} s), against the "
              f"{d['reference_clips']} real **{d['reference_split']}** clips of {d['dataset']}. The **floor** is "
              f"{r['n']} real training clips of the same classes, scored exactly like the generated ones: only "
@@ -308,9 +341,35 @@ def video_markdown(r: dict) -> str:
              f"clip's garment {_pct(fc['crop_accuracy'])} of the time. Video classifier: "
              f"{_pct(vc['test_accuracy'])} class accuracy on the held-out clips"
              + (f", {_pct(vc['first_step_accuracy'])} first-step accuracy" if vc.get("first_step_accuracy") else "")
-             + f", {vc['feature_dim']}-d features.", "",
-             "## Distributions", "",
-             "| metric | model | real-vs-real floor |", "|---|---:|---:|"]
+             + f", {vc['feature_dim']}-d features.", ""]
+    if free:
+        lines += _free_markdown(r)
+    else:
+        lines += ["An RVD model continues given frames: only its prediction tasks are scored.", ""]
+    if r["given"]:
+        lines += ["## Prediction and interpolation", "",
+                  "The first N test clips with the frames named given (and their class); every frame the model "
+                  "made against the true frame: PSNR (dB) and SSIM, averaged; the per-frame FD of the made frames "
+                  "against the true ones; the share of made frames whose garment the classifier puts in the "
+                  "clip's class (the true frames' share in brackets); the speed and |acceleration| W1 of the "
+                  "clips' tracks to the true clips'. The baseline copies the nearest given frame: good pixels "
+                  "and garments, no motion.", "",
+                  "| given | | PSNR | SSIM | frame FD | class kept | speed W1 | acceleration W1 |",
+                  "|---|---|---:|---:|---:|---:|---:|---:|"]
+        for spec, v in r["given"].items():
+            for name in ("model", "nearest_given_frame"):
+                m = v[name]
+                kept = _f(m.get("class_match")) + (f" ({_f(v.get('true_class_match'))})" if name == "model" else "")
+                lines.append(f"| {spec} | {name.replace('_', ' ')} | {_f(m['psnr'])} | {_f(m['ssim'])} | "
+                             f"{_f(m.get('frame_fd'))} | {kept} | {_f(m.get('speed_w1'))} | "
+                             f"{_f(m.get('acceleration_w1'))} |")
+    lines += ["", f"Took {r['seconds']:g} s. Every number is in report.json."]
+    return "\n".join(lines) + "\n"
+
+
+def _free_markdown(r: dict) -> list[str]:
+    """The tables of freely generated clips: distributions, identity, motion."""
+    lines = ["## Distributions", "", "| metric | model | real-vs-real floor |", "|---|---:|---:|"]
     ff, vf = r["frame_fd"], r["video_fd"]
     rows = [("per-frame FD (lower is better)", ff["generated"]["fd"], ff["floor"]["fd"]),
             ("per-frame precision (higher is better)", ff["generated"]["precision"], ff["floor"]["precision"]),
@@ -344,17 +403,7 @@ def video_markdown(r: dict) -> str:
         tc = mo["tracker_check"]
         lines += ["", f"Tracker check: on {tc['clips']} one-garment test clips the centroid's velocity differs from "
                       f"the true one by at most {_f(tc['max_velocity_error'])} pixels per frame."]
-    if r["given"]:
-        lines += ["", "## Prediction and interpolation", "",
-                  "The first N test clips with the frames named given (and their class): PSNR (dB) and SSIM "
-                  "of every frame the model made against the true frame, averaged; the baseline copies the "
-                  "nearest given frame.", "",
-                  "| given | model PSNR | model SSIM | baseline PSNR | baseline SSIM |", "|---|---:|---:|---:|---:|"]
-        for spec, v in r["given"].items():
-            m, b = v["model"], v["nearest_given_frame"]
-            lines.append(f"| {spec} | {_f(m['psnr'])} | {_f(m['ssim'])} | {_f(b['psnr'])} | {_f(b['ssim'])} |")
-    lines += ["", f"Took {r['seconds']:g} s. Every number is in report.json."]
-    return "\n".join(lines) + "\n"
+    return lines + [""]
 
 
 def _pct(v) -> str:
@@ -365,7 +414,8 @@ def _write(report: dict, out: Path, clips: torch.Tensor) -> None:
     from difforge.io.video import save_frames_grid
 
     out.mkdir(parents=True, exist_ok=True)
-    save_frames_grid(clips[:10], out / "samples.png", scale=2 if clips.shape[-1] <= 32 else 1)
+    if clips is not None:
+        save_frames_grid(clips[:10], out / "samples.png", scale=2 if clips.shape[-1] <= 32 else 1)
     (out / "report.md").write_text(video_markdown(report))
     (out / "report.json").write_text(json.dumps(report, indent=2, allow_nan=False))
 
@@ -373,7 +423,7 @@ def _write(report: dict, out: Path, clips: torch.Tensor) -> None:
 def summary_lines(r: dict) -> list[str]:
     """What the command prints: one line per measure, model vs floor."""
     ff, vf, idn, mo = r["frame_fd"], r["video_fd"], r["identity"], r["motion"]
-    lines = [f"per-frame FD {ff['generated']['fd']:.4g} (floor {ff['floor']['fd']:.4g}); "
+    lines = [] if ff is None else [f"per-frame FD {ff['generated']['fd']:.4g} (floor {ff['floor']['fd']:.4g}); "
              f"video FD {vf['generated']['fd']:.4g} (floor {vf['floor']['fd']:.4g})",
              f"identity: constant class in {idn['generated']['constant']:.1%} of clips "
              f"(floor {idn['floor']['constant']:.1%})",
@@ -383,6 +433,8 @@ def summary_lines(r: dict) -> list[str]:
              f"(floor {mo['floor']['speed_w1']:.3g})"]
     for spec, v in r["given"].items():
         m, b = v["model"], v["nearest_given_frame"]
-        lines.append(f"given {spec}: PSNR {_f(m['psnr'])} dB, SSIM {_f(m['ssim'])} "
-                     f"(nearest given frame: {_f(b['psnr'])} dB, {_f(b['ssim'])})")
+        lines.append(f"given {spec}: PSNR {_f(m['psnr'])} dB, SSIM {_f(m['ssim'])}, frame FD {_f(m['frame_fd'])}, "
+                     f"class kept {_f(m.get('class_match'))}, speed W1 {_f(m['speed_w1'])} (nearest given frame: "
+                     f"{_f(b['psnr'])} dB, {_f(b['ssim'])}, {_f(b['frame_fd'])}, {_f(b.get('class_match'))}, "
+                     f"{_f(b['speed_w1'])})")
     return lines

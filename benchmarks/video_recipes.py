@@ -1,0 +1,118 @@
+"""Video recipes on moving-fashion-mnist at a CPU budget, trained and scored side by side.
+
+Each recipe is one `difforge train` command (timed: wall clock and CPU seconds of the
+process, with the machine, its threads and load recorded), then `difforge evaluate-video`
+on its EMA weights (per-frame FD, identity consistency, motion, the video FD, each beside
+its real-vs-real floor; with --given, PSNR / SSIM / FD of predicted frames). Recipes:
+
+- joint: configs/video.yaml as it is (stunet-space-down, EDM, joint image-video training);
+  also scored with --per-frame: the same weights making every frame on its own, an image
+  model applied frame by frame (what the temporal layers add);
+- space-down: the same without joint training (train.joint_images 0);
+- time-down: `stunet` (temporal down- and upsampling, Lumiere) without joint training;
+- rvd: configs/video-rvd.yaml (residual video diffusion), scored on prediction only.
+
+Steps per recipe are options, so that the recipes can be given about the same CPU time;
+the record says what each one took. `--smoke` runs every step with tiny settings (to check
+the script, not to measure: its record says "smoke": true).
+
+    OMP_NUM_THREADS=1 python benchmarks/video_recipes.py --recipes joint --work /tmp/vr \\
+        --out benchmarks/results/video_recipes_joint.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+from text_to_image import run_command  # noqa: E402
+from train_throughput import machine_record, write_record  # noqa: E402
+
+EDM = ["--framework", "edm", "--set", "diffusion.prediction=edm"]
+
+
+def recipes(work: Path, a) -> dict[str, list[str]]:
+    video = ["train", "--config", "configs/video.yaml"]
+    return {
+        "joint": [*video, "--out", str(work / "joint"), "--max-steps", str(a.joint_steps)],
+        "space-down": [*video, "--out", str(work / "space-down"), "--max-steps", str(a.space_down_steps),
+                       "--set", "train.joint_images=0"],
+        "time-down": [*video, "--out", str(work / "time-down"), "--max-steps", str(a.time_down_steps),
+                      "--model", "stunet", "--set", "train.joint_images=0"],
+        "rvd": ["train", "--config", "configs/video-rvd.yaml", "--out", str(work / "rvd"), "--max-steps",
+                str(a.rvd_steps)],
+    }
+
+
+def scores(report: dict) -> dict:
+    """The numbers of an evaluate-video report that the comparison reads."""
+    out: dict = {}
+    if report.get("frame_fd"):
+        out["frame_fd"] = {k: report["frame_fd"][k]["fd"] for k in ("generated", "floor")}
+        out["identity"] = {k: report["identity"][k] for k in ("generated", "floor")}
+        out["motion"] = {k: {m: report["motion"][k].get(m) for m in ("mean_speed", "mean_abs_acceleration", "static",
+                                                                    "speed_w1", "acceleration_w1")}
+                         for k in ("generated", "floor")}
+        out["video_fd"] = {k: report["video_fd"][k] for k in ("generated", "floor")}
+    out["given"] = report.get("given", {})
+    out["sampling"] = report["sampling"]
+    return out
+
+
+def evaluate(run: Path, out: Path, a, log, *extra: str) -> dict:
+    cmd = ["evaluate-video", str(run), "--out", str(out), "--n", str(a.n), "--steps", str(a.steps), *extra]
+    timing = run_command(cmd, log)
+    return {**timing, **scores(json.loads((out / "report.json").read_text()))}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--work", type=Path, required=True, help="a new folder for the runs")
+    ap.add_argument("--recipes", nargs="+", default=["joint", "space-down", "time-down", "rvd"])
+    ap.add_argument("--joint-steps", type=int, default=1000)
+    ap.add_argument("--space-down-steps", type=int, default=1000)
+    ap.add_argument("--time-down-steps", type=int, default=1150)
+    ap.add_argument("--rvd-steps", type=int, default=1000)
+    ap.add_argument("--n", type=int, default=100, help="clips per evaluation")
+    ap.add_argument("--steps", type=int, default=25, help="sampler steps when evaluating")
+    ap.add_argument("--given", default="first:4", help="the prediction task scored for every recipe")
+    ap.add_argument("--smoke", action="store_true")
+    ap.add_argument("--out", type=Path, required=True)
+    a = ap.parse_args()
+    a.work.mkdir(parents=True, exist_ok=True)
+    book = recipes(a.work, a)
+    unknown = [r for r in a.recipes if r not in book]
+    if unknown:
+        raise SystemExit(f"unknown recipes {unknown}; expected some of {list(book)}")
+    tiny = ["--set", "model.architecture={base_channels: 8, channel_mults: [1, 2], attention_levels: [1]}",
+            "--set", "train.sample_every=0", "--set", "train.final_grid=false"] if a.smoke else []
+    result = {"machine_before": machine_record(), "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
+              "smoke": a.smoke, "n": a.n, "sampler_steps": a.steps, "given": a.given, "recipes": {}}
+    with open(a.work / "log.txt", "a") as log:
+        for name in a.recipes:
+            cmd = book[name] + (tiny if name != "rvd" or not a.smoke else
+                                ["--model", "rvd-tiny", "--set", "train.sample_every=0", "--set",
+                                 "train.final_grid=false"])
+            run = a.work / name
+            entry = {"train": run_command(cmd, log)}
+            metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+            val = [m for m in metrics if "val_loss_ema" in m]
+            entry["final_val_loss_ema"] = val[-1]["val_loss_ema"] if val else None
+            entry["steps"] = max(m.get("step", 0) for m in metrics)
+            if name == "rvd":  # an RVD model continues given frames: prediction only
+                entry["eval"] = evaluate(run, run / "eval-given", a, log, "--given", a.given, "--n", str(a.n))
+            else:
+                entry["eval"] = evaluate(run, run / "eval-video", a, log, "--given", a.given)
+                if name == "joint":
+                    entry["eval_per_frame"] = evaluate(run, run / "eval-per-frame", a, log, "--per-frame")
+            result["recipes"][name] = entry
+            write_record(a.out, result)  # after every recipe: a long run keeps what it has
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
