@@ -85,10 +85,10 @@ def evaluate_video(model_dir: str | Path, out: str | Path, cfg: VideoEvalConfig 
     if not pipe.takes_clips:
         raise ValueError(f"{model_dir} is an image model: use `difforge evaluate`")
     t = pipe.card.frames
-    if cfg.per_frame:
-        pipe.check_per_frame()
     if cfg.per_frame and cfg.given:
         raise ValueError("--per-frame makes every frame on its own: it scores no --given task")
+    if cfg.per_frame:
+        pipe.check_per_frame()
     if cfg.given and getattr(pipe.card.conditioning, "kind", None) != "video-frames":
         raise ValueError(f"--given: {model_dir} is not conditioned on observed frames")
     masks = {spec: parse_given(spec, t) for spec in cfg.given}
