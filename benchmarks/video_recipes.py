@@ -14,7 +14,8 @@ its real-vs-real floor; with --given, PSNR / SSIM / FD of predicted frames). Rec
 
 Steps per recipe are options, so that the recipes can be given about the same CPU time;
 the record says what each one took. `--smoke` runs every step with tiny settings (to check
-the script, not to measure: its record says "smoke": true).
+the script, not to measure: its record says "smoke": true). `--table FILE...` prints the
+recorded results as docs/video.md's table.
 
     OMP_NUM_THREADS=1 python benchmarks/video_recipes.py --recipes joint --work /tmp/vr \\
         --out benchmarks/results/video_recipes_joint.json
@@ -69,13 +70,46 @@ def evaluate(run: Path, out: Path, a, log, *extra: str) -> dict:
     return {**timing, **scores(json.loads((out / "report.json").read_text()))}
 
 
+def table(paths: list[Path]) -> str:
+    """A markdown table of the recipes in result files `paths` (docs/video.md's)."""
+    def f(v, d=3):
+        return "-" if v is None else f"{v:.{d}g}"
+
+    lines = ["| recipe | CPU-min | steps | frame FD | video FD | class | constant | accel. | first:4 PSNR | SSIM | "
+             "frame FD | kept | speed W1 |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for path in paths:
+        for name, r in json.loads(Path(path).read_text())["recipes"].items():
+            for tag, ev in (("", r["eval"]), (" (--per-frame)", r.get("eval_per_frame"))):
+                if ev is None:
+                    continue
+                g = next(iter(ev["given"].values()), {}).get("model", {})
+                free = "frame_fd" in ev
+                gen = (lambda k: ev[k]["generated"]) if free else (lambda k: {})
+                lines.append(
+                    f"| {name}{tag} | {f(r['train']['cpu_seconds'] / 60)} | {r['steps']} | "
+                    f"{f(gen('frame_fd') if free else None)} | {f(gen('video_fd').get('fd'))} | "
+                    f"{f(gen('identity').get('class_match'), 2)} | {f(gen('identity').get('constant'), 2)} | "
+                    f"{f(gen('motion').get('mean_abs_acceleration'))} | {f(g.get('psnr'))} | {f(g.get('ssim'), 2)} | "
+                    f"{f(g.get('frame_fd'))} | {f(g.get('class_match'), 2)} | {f(g.get('speed_w1'))} |")
+    first = json.loads(Path(paths[0]).read_text())["recipes"]
+    base = next(iter(next(iter(first.values()))["eval"]["given"].values()), {}).get("nearest_given_frame")
+    if base:
+        lines.append(f"| copy the last given frame | - | - | - | - | - | - | - | {f(base.get('psnr'))} | "
+                     f"{f(base.get('ssim'), 2)} | {f(base.get('frame_fd'))} | {f(base.get('class_match'), 2)} | "
+                     f"{f(base.get('speed_w1'))} |")
+    return "\n".join(lines)
+
+
 def main() -> None:
+    if sys.argv[1:2] == ["--table"]:  # print the table of recorded results: --table FILE...
+        print(table([Path(p) for p in sys.argv[2:]]))
+        return
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--work", type=Path, required=True, help="a new folder for the runs")
     ap.add_argument("--recipes", nargs="+", default=["joint", "space-down", "time-down", "rvd"])
     ap.add_argument("--joint-steps", type=int, default=800)
     ap.add_argument("--space-down-steps", type=int, default=800)
-    ap.add_argument("--time-down-steps", type=int, default=900)
+    ap.add_argument("--time-down-steps", type=int, default=1400)
     ap.add_argument("--rvd-steps", type=int, default=1800)
     ap.add_argument("--n", type=int, default=100, help="clips per evaluation")
     ap.add_argument("--steps", type=int, default=25, help="sampler steps when evaluating")
