@@ -32,10 +32,11 @@ VALUES = {
     "train.ema_decay": 0.999, "train.ema_warmup": 10, "train.log_every": 5, "train.sample_every": 0,
     "train.checkpoint_every": 200, "train.keep_checkpoints": 1, "train.seed": 3, "train.device": "cpu",
     "train.wandb": True, "train.tensorboard": True, "train.eval_every": 100, "train.eval_samples": 64,
-    "train.final_grid": False,
+    "train.final_grid": False, "train.joint_images": 0.5,
 }
 FIXTURE = VALUES["model.init_from"]
-NEEDS = {"diffusion.sigma_min": ["diffusion.framework=ve-sde"], "diffusion.sigma_max": ["diffusion.framework=ve-sde"],
+NEEDS = {"train.joint_images": ["data.dataset=moving-fashion-mnist", "model.preset=stunet-space-down"],
+         "diffusion.sigma_min": ["diffusion.framework=ve-sde"], "diffusion.sigma_max": ["diffusion.framework=ve-sde"],
          "diffusion.sigma_data": ["diffusion.framework=edm"],
          "model.lora_rank": [f"model.init_from={FIXTURE}"],
          "model.lora_alpha": [f"model.init_from={FIXTURE}", "model.lora_rank=2"]}
