@@ -404,16 +404,12 @@ class Pipeline:
         (the null label, no frame observed; default scale DEFAULT_CFG with classes, else 1),
         x0 clipped to [-1, 1], and the observed frames put back exactly (`KeepGivenDenoiser`).
         `per_frame`: the null's frames are independent too (`sample_video(per_frame=True)`)."""
-        from difforge.models.frames import FrameCond
-
         spec = self.card.conditioning
         scale = (DEFAULT_CFG if spec.num_classes else 1.0) if cfg is None else float(cfg)
         d: nn.Module = self.model
         if scale != 1.0:
             null = spec.null(1, self.device)
-            if per_frame:
-                null = FrameCond(null.mask, None, null.labels, torch.ones(1, dtype=torch.bool, device=self.device))
-            d = CFGDenoiser(d, scale, null=null)
+            d = CFGDenoiser(d, scale, null=null.independent_rows() if per_frame else null)
         return KeepGivenDenoiser(ClampDenoiser(d) if clip else d)
 
     def video_condition(self, n: int | None, labels=None, given: torch.Tensor | None = None,
@@ -510,9 +506,7 @@ class Pipeline:
                                     seeds, batch_size, clip, callback, options)
         n, cond = self.video_condition(n, labels, given, mask)
         if per_frame:
-            from difforge.models.frames import FrameCond
-
-            cond = FrameCond(cond.mask, cond.frames, cond.labels, torch.ones(n, dtype=torch.bool, device=cond.device))
+            cond = cond.independent_rows()
         gens_of = _noise_source(n, seed, seeds, None)
         den = self.video_denoiser(cfg, clip, per_frame).to(self.device)
         sigmas = self.sigmas(sampler, steps, grid)

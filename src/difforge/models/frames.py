@@ -73,6 +73,11 @@ class FrameCond:
         given = FrameCond.given(x0, self.mask.to(x0.device), self.labels)
         return FrameCond(given.mask, given.frames, given.labels, self.independent)
 
+    def independent_rows(self) -> FrameCond:
+        """These rows with every row marked `independent` (frames made one by one)."""
+        return FrameCond(self.mask, self.frames, self.labels, torch.ones(len(self), dtype=torch.bool,
+                                                                          device=self.device))
+
     @property
     def num_frames(self) -> int:
         return self.mask.shape[1]
