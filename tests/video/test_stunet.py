@@ -16,13 +16,18 @@ from difforge.models.stunet import (
     TemporalAttention,
     TemporalConv,
     Upsample3D,
+    patchify,
+    unpatchify,
 )
 from difforge.sampling import SAMPLERS, CFGDenoiser, KeepGivenDenoiser
 
 
-def _net(preset="stunet-tiny", classes=3, cond=2, **kw):
+def _net(preset="stunet-tiny", classes=3, cond=2, patch_size=1):
     torch.manual_seed(0)
-    net = build_model(preset, in_channels=1, num_classes=classes, cond_channels=cond, **kw)
+    from difforge.models.registry import architecture_kwargs
+
+    net = build_model(preset, in_channels=1, num_classes=classes, cond_channels=cond,
+                      kwargs=architecture_kwargs(preset, {"patch_size": patch_size}))
     for p in net.parameters():  # the output conv starts at zero and the position biases too: make them act
         if p.abs().sum() == 0:
             torch.nn.init.normal_(p, std=0.3)
@@ -51,8 +56,9 @@ def test_bad_clip_shapes_are_refused():
         net(torch.randn(1, 1, 18, 16, 16), torch.rand(1))
 
 
-def test_identical_frames_give_identical_frames():
-    net = _net()
+@pytest.mark.parametrize("patch_size", [1, 2])
+def test_identical_frames_give_identical_frames(patch_size):
+    net = _net(patch_size=patch_size)
     frame = torch.randn(2, 1, 1, 16, 16)
     x = frame.expand(2, 1, 8, 16, 16).contiguous()
     cond = FrameCond.given(x, torch.zeros(2, 8, dtype=torch.bool), torch.tensor([1, 2]))
@@ -60,6 +66,33 @@ def test_identical_frames_give_identical_frames():
         out = net(x, torch.tensor([3.0, 50.0]), cond)
     assert out.abs().mean() > 1e-3
     torch.testing.assert_close(out, out[:, :, :1].expand_as(out), atol=1e-5, rtol=1e-5)
+
+
+def test_patches_fold_pixels_into_channels_and_back():
+    x = torch.randn(2, 3, 5, 8, 12)
+    p = patchify(x, 2)
+    assert p.shape == (2, 12, 5, 4, 6)
+    c, i, j, y, w = 1, 1, 0, 3, 4  # channel c p^2 + i p + j at (y, w) is pixel (y p + i, w p + j) of channel c
+    torch.testing.assert_close(p[:, c * 4 + i * 2 + j, :, y, w], x[:, c, :, y * 2 + i, w * 2 + j])
+    torch.testing.assert_close(unpatchify(p, 2), x)
+    assert patchify(x, 1) is x and unpatchify(x, 1) is x
+
+
+def test_patch_size_shrinks_every_level_and_keeps_the_clip_shape():
+    net, plain = _net(patch_size=2), _net()
+    seen = {}
+    net.mid[0].register_forward_hook(lambda m, i, o: seen.update(patch=tuple(o.shape)))
+    plain.mid[0].register_forward_hook(lambda m, i, o: seen.update(plain=tuple(o.shape)))
+    x = torch.randn(2, 1, 8, 16, 16)
+    with torch.no_grad():
+        assert net(x, torch.rand(2), torch.tensor([0, 2])).shape == x.shape
+        plain(x, torch.rand(2), torch.tensor([0, 2]))
+    assert seen["patch"][-2:] == (4, 4) and seen["plain"][-2:] == (8, 8)
+    assert net.size_multiple == 2 * plain.size_multiple
+    with pytest.raises(ValueError, match="divisible by 4"):
+        net(torch.randn(1, 1, 8, 18, 18), torch.rand(1))
+    with pytest.raises(ValueError, match="patch_size must be >= 1"):
+        _net(patch_size=0)
 
 
 def _permuted(layer, x, perm):

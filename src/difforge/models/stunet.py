@@ -21,6 +21,12 @@ level and a class label (`TimeLabelEmbedding`, as the image UNets) and, with
 `cond_channels`, on observed frames and their mask concatenated to the input
 (`difforge.models.frames.FrameCond`, Flexible Diffusion Models).
 
+With `patch_size` p > 1 every frame enters as p x p patches folded into channels (pixel
+unshuffle: H x W x C becomes H/p x W/p x p^2 C, as the patches of U-ViT and DiT and the
+shallow input of simple diffusion) and leaves through the inverse fold: every level works on
+p^2 fewer positions, which buys width and training steps at the same cost per clip
+(docs/video.md).
+
 Rows a `FrameCond` marks `independent` hold T unrelated images (joint image-video
 training, Video Diffusion Models): the temporal convolutions and attention add nothing to
 them (their residual branch is multiplied by 0), so such a row is T images through the
@@ -48,6 +54,21 @@ def unfold(y: torch.Tensor, b: int) -> torch.Tensor:
     """(B T, C, H, W) -> (B, C, T, H, W), the inverse of `fold`."""
     bt, c, h, w = y.shape
     return y.view(b, bt // b, c, h, w).transpose(1, 2).contiguous()
+
+
+def patchify(x: torch.Tensor, p: int) -> torch.Tensor:
+    """(B, C, T, H, W) -> (B, C p^2, T, H/p, W/p): every frame's p x p patches folded into
+    channels; output channel c p^2 + i p + j at (y, x) is x[c, y p + i, x p + j]."""
+    if p == 1:
+        return x
+    return unfold(F.pixel_unshuffle(fold(x), p), x.shape[0])
+
+
+def unpatchify(y: torch.Tensor, p: int) -> torch.Tensor:
+    """The inverse of `patchify`."""
+    if p == 1:
+        return y
+    return unfold(F.pixel_shuffle(fold(y), p), y.shape[0])
 
 
 def _along_time(x: torch.Tensor) -> torch.Tensor:
@@ -208,6 +229,9 @@ class STUNet(nn.Module):
         max_frames: the longest clip the temporal attention's relative positions cover.
         cond_channels: extra input channels for observed frames: the frames (C) and the mask
             (1) of a `FrameCond` (Flexible Diffusion Models). 0: the network takes none.
+        patch_size: p: every frame is folded into p x p patches (p^2 times the channels at
+            1/p the height and width) before the first convolution and unfolded after the
+            last; 1: none.
 
     `cond` is a `FrameCond` (its labels, frames and mask), a (B,) long tensor of labels
     (nothing observed), or None (the null label, nothing observed).
@@ -231,20 +255,24 @@ class STUNet(nn.Module):
         time_down: bool = True,
         max_frames: int = 16,
         cond_channels: int = 0,
+        patch_size: int = 1,
     ):
         super().__init__()
+        if patch_size < 1:
+            raise ValueError(f"patch_size must be >= 1, got {patch_size}")
         if not channel_mults:
             raise ValueError("channel_mults must name at least one level")
         bad = [lvl for lvl in attention_levels if not 0 <= lvl < len(channel_mults)]
         if bad:
             raise ValueError(f"attention_levels {bad} out of range for {len(channel_mults)} levels")
         self.num_classes, self.cond_channels, self.in_channels = num_classes, cond_channels, in_channels
-        self.size_multiple = 2 ** (len(channel_mults) - 1)
+        self.patch_size = patch_size
+        self.size_multiple = patch_size * 2 ** (len(channel_mults) - 1)
         self.frame_multiple = self.size_multiple if time_down else 1
         self.time_down, self.max_frames = time_down, max_frames
         time_dim = time_dim or 4 * base_channels
         self.embed = TimeLabelEmbedding(time_dim, num_classes, freq_dim=base_channels)
-        self.in_conv = nn.Conv2d(in_channels + cond_channels, base_channels, 3, padding=1)
+        self.in_conv = nn.Conv2d((in_channels + cond_channels) * patch_size ** 2, base_channels, 3, padding=1)
 
         self.down = nn.ModuleList()
         skips, ch = [base_channels], base_channels
@@ -269,7 +297,7 @@ class STUNet(nn.Module):
                 self.up.append(Upsample3D(ch, time_down))
         assert not skips, "every skip activation must be consumed"
         self.out_norm = group_norm(ch)
-        self.out_conv = nn.Conv2d(ch, out_channels, 3, padding=1)
+        self.out_conv = nn.Conv2d(ch, out_channels * patch_size ** 2, 3, padding=1)
         nn.init.zeros_(self.out_conv.weight)
         nn.init.zeros_(self.out_conv.bias)
 
@@ -328,7 +356,7 @@ class STUNet(nn.Module):
         keep = None if keep is None else keep.to(x.device)
         x, labels = self._inputs(x, cond)
         emb = self.embed(c_noise, None if labels is None else labels.to(x.device))
-        h = unfold(self.in_conv(fold(x)), b)
+        h = unfold(self.in_conv(fold(patchify(x, self.patch_size))), b)
         skips, lengths = [h], []
         for block in self.down:
             if isinstance(block, _Stage):
@@ -344,4 +372,4 @@ class STUNet(nn.Module):
                 h = block(torch.cat([h, skips.pop()], dim=1), emb, keep)
             else:
                 h = block(h, lengths.pop())
-        return unfold(self.out_conv(F.silu(self.out_norm(fold(h)))), b)
+        return unpatchify(unfold(self.out_conv(F.silu(self.out_norm(fold(h)))), b), self.patch_size)
