@@ -10,7 +10,9 @@ its real-vs-real floor; with --given, PSNR / SSIM / FD of predicted frames). Rec
   model applied frame by frame (what the temporal layers add);
 - space-down: the same without joint training (train.joint_images 0);
 - time-down: `stunet` (temporal down- and upsampling, Lumiere) without joint training;
-- rvd: configs/video-rvd.yaml (residual video diffusion), scored on prediction only.
+- rvd: configs/video-rvd.yaml (residual video diffusion), scored on prediction only;
+- patch-v, patch-edm: `stunet` (temporal down-sampling) on 2 x 2 patches (model.architecture
+  patch_size 2) at 24 base channels, with v-prediction on the cosine schedule or with EDM.
 
 Steps per recipe are options, so that the recipes can be given about the same CPU time;
 the record says what each one took. `--smoke` runs every step with tiny settings (to check
@@ -34,6 +36,9 @@ from text_to_image import run_command  # noqa: E402
 from train_throughput import machine_record, write_record  # noqa: E402
 
 EDM = ["--framework", "edm", "--set", "diffusion.prediction=edm"]
+PATCH = ["--model", "stunet", "--set", "train.joint_images=0", "--set",
+         "model.architecture={base_channels: 24, channel_mults: [1, 2, 4], patch_size: 2}",
+         "--set", "train.sample_every=1200", "--set", "train.checkpoint_every=600"]
 
 
 def recipes(work: Path, a) -> dict[str, list[str]]:
@@ -46,6 +51,9 @@ def recipes(work: Path, a) -> dict[str, list[str]]:
                       "--model", "stunet", "--set", "train.joint_images=0"],
         "rvd": ["train", "--config", "configs/video-rvd.yaml", "--out", str(work / "rvd"), "--max-steps",
                 str(a.rvd_steps)],
+        "patch-v": [*video, "--out", str(work / "patch-v"), "--max-steps", str(a.patch_steps), *PATCH,
+                    "--framework", "ddpm", "--prediction", "v", "--schedule", "cosine"],
+        "patch-edm": [*video, "--out", str(work / "patch-edm"), "--max-steps", str(a.patch_steps), *PATCH, *EDM],
     }
 
 
@@ -111,6 +119,7 @@ def main() -> None:
     ap.add_argument("--space-down-steps", type=int, default=800)
     ap.add_argument("--time-down-steps", type=int, default=1400)
     ap.add_argument("--rvd-steps", type=int, default=1800)
+    ap.add_argument("--patch-steps", type=int, default=2400)
     ap.add_argument("--n", type=int, default=100, help="clips per evaluation")
     ap.add_argument("--steps", type=int, default=25, help="sampler steps when evaluating")
     ap.add_argument("--given", default="first:4", help="the prediction task scored for every recipe")
