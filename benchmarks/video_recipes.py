@@ -12,7 +12,9 @@ its real-vs-real floor; with --given, PSNR / SSIM / FD of predicted frames). Rec
 - time-down: `stunet` (temporal down- and upsampling, Lumiere) without joint training;
 - rvd: configs/video-rvd.yaml (residual video diffusion), scored on prediction only;
 - patch-v, patch-edm: `stunet` (temporal down-sampling) on 2 x 2 patches (model.architecture
-  patch_size 2) at 24 base channels, with v-prediction on the cosine schedule or with EDM.
+  patch_size 2) at 24 base channels, with v-prediction on the cosine schedule or with EDM;
+  patch-v-head: patch-v with a full-size head (head_channels 8); patch-v-head-min-snr: that
+  with Min-SNR-5 loss weights.
 
 Steps per recipe are options, so that the recipes can be given about the same CPU time;
 the record says what each one took. `--smoke` runs every step with tiny settings (to check
@@ -36,9 +38,15 @@ from text_to_image import run_command  # noqa: E402
 from train_throughput import machine_record, write_record  # noqa: E402
 
 EDM = ["--framework", "edm", "--set", "diffusion.prediction=edm"]
-PATCH = ["--model", "stunet", "--set", "train.joint_images=0", "--set",
-         "model.architecture={base_channels: 24, channel_mults: [1, 2, 4], patch_size: 2}",
-         "--set", "train.sample_every=1200", "--set", "train.checkpoint_every=600"]
+V = ["--framework", "ddpm", "--prediction", "v", "--schedule", "cosine"]
+
+
+def patch(head: int = 0) -> list[str]:
+    """stunet on 2 x 2 patches at 24 base channels (with a full-size head of `head` channels)."""
+    arch = "{base_channels: 24, channel_mults: [1, 2, 4], patch_size: 2" + (f", head_channels: {head}}}" if head
+                                                                           else "}")
+    return ["--model", "stunet", "--set", "train.joint_images=0", "--set", f"model.architecture={arch}",
+            "--set", "train.sample_every=1200", "--set", "train.checkpoint_every=600"]
 
 
 def recipes(work: Path, a) -> dict[str, list[str]]:
@@ -51,9 +59,12 @@ def recipes(work: Path, a) -> dict[str, list[str]]:
                       "--model", "stunet", "--set", "train.joint_images=0"],
         "rvd": ["train", "--config", "configs/video-rvd.yaml", "--out", str(work / "rvd"), "--max-steps",
                 str(a.rvd_steps)],
-        "patch-v": [*video, "--out", str(work / "patch-v"), "--max-steps", str(a.patch_steps), *PATCH,
-                    "--framework", "ddpm", "--prediction", "v", "--schedule", "cosine"],
-        "patch-edm": [*video, "--out", str(work / "patch-edm"), "--max-steps", str(a.patch_steps), *PATCH, *EDM],
+        "patch-v": [*video, "--out", str(work / "patch-v"), "--max-steps", str(a.patch_steps), *patch(), *V],
+        "patch-edm": [*video, "--out", str(work / "patch-edm"), "--max-steps", str(a.patch_steps), *patch(), *EDM],
+        "patch-v-head": [*video, "--out", str(work / "patch-v-head"), "--max-steps", str(a.patch_steps),
+                         *patch(head=8), *V],
+        "patch-v-head-min-snr": [*video, "--out", str(work / "patch-v-head-min-snr"), "--max-steps",
+                                 str(a.patch_steps), *patch(head=8), *V, "--set", "diffusion.min_snr_gamma=5"],
     }
 
 

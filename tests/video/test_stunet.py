@@ -22,12 +22,12 @@ from difforge.models.stunet import (
 from difforge.sampling import SAMPLERS, CFGDenoiser, KeepGivenDenoiser
 
 
-def _net(preset="stunet-tiny", classes=3, cond=2, patch_size=1):
+def _net(preset="stunet-tiny", classes=3, cond=2, patch_size=1, head_channels=0):
     torch.manual_seed(0)
     from difforge.models.registry import architecture_kwargs
 
     net = build_model(preset, in_channels=1, num_classes=classes, cond_channels=cond,
-                      kwargs=architecture_kwargs(preset, {"patch_size": patch_size}))
+                      kwargs=architecture_kwargs(preset, {"patch_size": patch_size, "head_channels": head_channels}))
     for p in net.parameters():  # the output conv starts at zero and the position biases too: make them act
         if p.abs().sum() == 0:
             torch.nn.init.normal_(p, std=0.3)
@@ -56,9 +56,9 @@ def test_bad_clip_shapes_are_refused():
         net(torch.randn(1, 1, 18, 16, 16), torch.rand(1))
 
 
-@pytest.mark.parametrize("patch_size", [1, 2])
-def test_identical_frames_give_identical_frames(patch_size):
-    net = _net(patch_size=patch_size)
+@pytest.mark.parametrize("patch_size, head", [(1, 0), (2, 0), (2, 4)])
+def test_identical_frames_give_identical_frames(patch_size, head):
+    net = _net(patch_size=patch_size, head_channels=head)
     frame = torch.randn(2, 1, 1, 16, 16)
     x = frame.expand(2, 1, 8, 16, 16).contiguous()
     cond = FrameCond.given(x, torch.zeros(2, 8, dtype=torch.bool), torch.tensor([1, 2]))
@@ -93,6 +93,23 @@ def test_patch_size_shrinks_every_level_and_keeps_the_clip_shape():
         net(torch.randn(1, 1, 8, 18, 18), torch.rand(1))
     with pytest.raises(ValueError, match="patch_size must be >= 1"):
         _net(patch_size=0)
+    with pytest.raises(ValueError, match="head_channels .* needs patch_size > 1"):
+        _net(head_channels=4)
+
+
+def test_a_full_size_head_convolves_the_unfolded_features():
+    net = _net(patch_size=2, head_channels=4)
+    seen = []
+    net.out_conv.register_forward_hook(lambda m, i, o: seen.append(o))
+    x = torch.randn(2, 1, 8, 16, 16)
+    with torch.no_grad():
+        out = net(x, torch.rand(2), torch.tensor([0, 1]))
+        feats = seen[0]  # (B T, 4 p^2, 8, 8): every frame's head input, folded
+        assert feats.shape == (16, 16, 8, 8)
+        full = torch.nn.functional.pixel_shuffle(feats, 2)  # (B T, 4, 16, 16)
+        expected = torch.nn.functional.conv2d(torch.nn.functional.silu(full), net.head.weight, net.head.bias,
+                                              padding=1)
+    torch.testing.assert_close(out, expected.view(2, 8, 1, 16, 16).transpose(1, 2))
 
 
 def _permuted(layer, x, perm):

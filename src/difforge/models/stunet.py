@@ -232,6 +232,10 @@ class STUNet(nn.Module):
         patch_size: p: every frame is folded into p x p patches (p^2 times the channels at
             1/p the height and width) before the first convolution and unfolded after the
             last; 1: none.
+        head_channels: with patch_size > 1, the last convolution unfolds to this many
+            channels at full size, and a 3x3 convolution per frame at full size makes the
+            output, so neighbouring pixels of different patches are made together; 0: the
+            output is the unfolded last convolution.
 
     `cond` is a `FrameCond` (its labels, frames and mask), a (B,) long tensor of labels
     (nothing observed), or None (the null label, nothing observed).
@@ -256,10 +260,13 @@ class STUNet(nn.Module):
         max_frames: int = 16,
         cond_channels: int = 0,
         patch_size: int = 1,
+        head_channels: int = 0,
     ):
         super().__init__()
         if patch_size < 1:
             raise ValueError(f"patch_size must be >= 1, got {patch_size}")
+        if head_channels < 0 or (head_channels and patch_size == 1):
+            raise ValueError(f"head_channels ({head_channels}) needs patch_size > 1 and must be >= 0")
         if not channel_mults:
             raise ValueError("channel_mults must name at least one level")
         bad = [lvl for lvl in attention_levels if not 0 <= lvl < len(channel_mults)]
@@ -297,9 +304,11 @@ class STUNet(nn.Module):
                 self.up.append(Upsample3D(ch, time_down))
         assert not skips, "every skip activation must be consumed"
         self.out_norm = group_norm(ch)
-        self.out_conv = nn.Conv2d(ch, out_channels * patch_size ** 2, 3, padding=1)
-        nn.init.zeros_(self.out_conv.weight)
-        nn.init.zeros_(self.out_conv.bias)
+        self.out_conv = nn.Conv2d(ch, (head_channels or out_channels) * patch_size ** 2, 3, padding=1)
+        self.head = nn.Conv2d(head_channels, out_channels, 3, padding=1) if head_channels else None
+        last = self.head or self.out_conv
+        nn.init.zeros_(last.weight)
+        nn.init.zeros_(last.bias)
 
     def check_clip(self, x: torch.Tensor) -> None:
         """A clear error unless x is (B, C, T, H, W) with sizes this network divides."""
@@ -372,4 +381,7 @@ class STUNet(nn.Module):
                 h = block(torch.cat([h, skips.pop()], dim=1), emb, keep)
             else:
                 h = block(h, lengths.pop())
-        return unpatchify(unfold(self.out_conv(F.silu(self.out_norm(fold(h)))), b), self.patch_size)
+        out = unpatchify(unfold(self.out_conv(F.silu(self.out_norm(fold(h)))), b), self.patch_size)
+        if self.head is None:
+            return out
+        return unfold(self.head(F.silu(fold(out))), b)
