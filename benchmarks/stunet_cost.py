@@ -27,6 +27,8 @@ NETWORKS = {
                                               patch_size=2),
     "time-down, patch 2, 24 ch, 1-2-4": dict(base_channels=24, channel_mults=(1, 2, 4), time_down=True,
                                              patch_size=2),
+    "time-down, patch 2, 24 ch, 1-2-4, head 8": dict(base_channels=24, channel_mults=(1, 2, 4), time_down=True,
+                                                     patch_size=2, head_channels=8),
 }
 
 

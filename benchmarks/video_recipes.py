@@ -5,7 +5,8 @@ process, with the machine, its threads and load recorded), then `difforge evalua
 on its EMA weights (per-frame FD, identity consistency, motion, the video FD, each beside
 its real-vs-real floor; with --given, PSNR / SSIM / FD of predicted frames). Recipes:
 
-- joint: configs/video.yaml as it is (stunet-space-down, EDM, joint image-video training);
+- joint: stunet-space-down at 16 base channels, EDM, joint image-video training (the
+  configs/video.yaml of the records before patches);
   also scored with --per-frame: the same weights making every frame on its own, an image
   model applied frame by frame (what the temporal layers add);
 - space-down: the same without joint training (train.joint_images 0);
@@ -51,11 +52,15 @@ def patch(head: int = 0) -> list[str]:
 
 def recipes(work: Path, a) -> dict[str, list[str]]:
     video = ["train", "--config", "configs/video.yaml"]
+    # configs/video.yaml before patches: stunet-space-down at 16 channels, EDM, joint training
+    full = [*video, "--model", "stunet-space-down", "--set",
+            "model.architecture={base_channels: 16, channel_mults: [1, 2, 4]}", *EDM, "--set",
+            "train.joint_images=0.5", "--set", "train.sample_every=400", "--set", "train.checkpoint_every=400"]
     return {
-        "joint": [*video, "--out", str(work / "joint"), "--max-steps", str(a.joint_steps)],
-        "space-down": [*video, "--out", str(work / "space-down"), "--max-steps", str(a.space_down_steps),
+        "joint": [*full, "--out", str(work / "joint"), "--max-steps", str(a.joint_steps)],
+        "space-down": [*full, "--out", str(work / "space-down"), "--max-steps", str(a.space_down_steps),
                        "--set", "train.joint_images=0"],
-        "time-down": [*video, "--out", str(work / "time-down"), "--max-steps", str(a.time_down_steps),
+        "time-down": [*full, "--out", str(work / "time-down"), "--max-steps", str(a.time_down_steps),
                       "--model", "stunet", "--set", "train.joint_images=0"],
         "rvd": ["train", "--config", "configs/video-rvd.yaml", "--out", str(work / "rvd"), "--max-steps",
                 str(a.rvd_steps)],
