@@ -99,10 +99,13 @@ def table(paths: list[Path]) -> str:
     def f(v, d=3):
         return "-" if v is None else f"{v:.{d}g}"
 
-    lines = ["| recipe | CPU-min | steps | frame FD | video FD | class | constant | accel. | first:4 PSNR | SSIM | "
-             "frame FD | kept | speed W1 |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = ["| recipe | CPU-min | steps | frame FD | video FD | clip class | class | constant | accel. | first:4 PSNR | "
+             "SSIM | frame FD | kept | speed W1 |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for path in paths:
+        stem = Path(path).stem.removeprefix("video_recipes_")
         for name, r in json.loads(Path(path).read_text())["recipes"].items():
+            if stem != name.replace("-", "_"):  # e.g. an earlier variant's record of the same recipe
+                name = f"{name} ({stem})"
             for tag, ev in (("", r["eval"]), (" (--per-frame)", r.get("eval_per_frame"))):
                 if ev is None:
                     continue
@@ -112,13 +115,14 @@ def table(paths: list[Path]) -> str:
                 lines.append(
                     f"| {name}{tag} | {f(r['train']['cpu_seconds'] / 60)} | {r['steps']} | "
                     f"{f(gen('frame_fd') if free else None)} | {f(gen('video_fd').get('fd'))} | "
+                    f"{f(gen('video_fd').get('class_accuracy'), 2)} | "
                     f"{f(gen('identity').get('class_match'), 2)} | {f(gen('identity').get('constant'), 2)} | "
                     f"{f(gen('motion').get('mean_abs_acceleration'))} | {f(g.get('psnr'))} | {f(g.get('ssim'), 2)} | "
                     f"{f(g.get('frame_fd'))} | {f(g.get('class_match'), 2)} | {f(g.get('speed_w1'))} |")
     first = json.loads(Path(paths[0]).read_text())["recipes"]
     base = next(iter(next(iter(first.values()))["eval"]["given"].values()), {}).get("nearest_given_frame")
     if base:
-        lines.append(f"| copy the last given frame | - | - | - | - | - | - | - | {f(base.get('psnr'))} | "
+        lines.append(f"| copy the last given frame | - | - | - | - | - | - | - | - | {f(base.get('psnr'))} | "
                      f"{f(base.get('ssim'), 2)} | {f(base.get('frame_fd'))} | {f(base.get('class_match'), 2)} | "
                      f"{f(base.get('speed_w1'))} |")
     return "\n".join(lines)
