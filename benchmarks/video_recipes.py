@@ -99,8 +99,8 @@ def table(paths: list[Path]) -> str:
     def f(v, d=3):
         return "-" if v is None else f"{v:.{d}g}"
 
-    lines = ["| recipe | CPU-min | steps | frame FD | video FD | clip class | class | constant | accel. | first:4 PSNR | "
-             "SSIM | frame FD | kept | speed W1 |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = ["| recipe | CPU-min | steps | frame FD | video FD | clip class | class | constant | accel. | "
+             "first:4 PSNR | SSIM | frame FD | kept | speed W1 |", "|---|" + "---:|" * 13]
     for path in paths:
         stem = Path(path).stem.removeprefix("video_recipes_")
         for name, r in json.loads(Path(path).read_text())["recipes"].items():
