@@ -89,6 +89,9 @@ def test_patch_size_shrinks_every_level_and_keeps_the_clip_shape():
         plain(x, torch.rand(2), torch.tensor([0, 2]))
     assert seen["patch"][-2:] == (4, 4) and seen["plain"][-2:] == (8, 8)
     assert net.size_multiple == 2 * plain.size_multiple
+    assert net.frame_multiple == plain.frame_multiple == 2  # patches are in space: 6 frames still go
+    with torch.no_grad():
+        assert net(torch.randn(1, 1, 6, 16, 16), torch.rand(1)).shape == (1, 1, 6, 16, 16)
     with pytest.raises(ValueError, match="divisible by 4"):
         net(torch.randn(1, 1, 8, 18, 18), torch.rand(1))
     with pytest.raises(ValueError, match="patch_size must be >= 1"):

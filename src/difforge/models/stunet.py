@@ -275,7 +275,7 @@ class STUNet(nn.Module):
         self.num_classes, self.cond_channels, self.in_channels = num_classes, cond_channels, in_channels
         self.patch_size = patch_size
         self.size_multiple = patch_size * 2 ** (len(channel_mults) - 1)
-        self.frame_multiple = self.size_multiple if time_down else 1
+        self.frame_multiple = 2 ** (len(channel_mults) - 1) if time_down else 1  # patches are in space only
         self.time_down, self.max_frames = time_down, max_frames
         time_dim = time_dim or 4 * base_channels
         self.embed = TimeLabelEmbedding(time_dim, num_classes, freq_dim=base_channels)
@@ -306,7 +306,7 @@ class STUNet(nn.Module):
         self.out_norm = group_norm(ch)
         self.out_conv = nn.Conv2d(ch, (head_channels or out_channels) * patch_size ** 2, 3, padding=1)
         self.head = nn.Conv2d(head_channels, out_channels, 3, padding=1) if head_channels else None
-        last = self.head or self.out_conv
+        last = self.out_conv if self.head is None else self.head
         nn.init.zeros_(last.weight)
         nn.init.zeros_(last.bias)
 
