@@ -15,7 +15,8 @@ its real-vs-real floor; with --given, PSNR / SSIM / FD of predicted frames). Rec
 - patch-v, patch-edm: `stunet` (temporal down-sampling) on 2 x 2 patches (model.architecture
   patch_size 2) at 24 base channels, with v-prediction on the cosine schedule or with EDM;
   patch-v-head: patch-v with a full-size head (head_channels 8); patch-v-head-min-snr: that
-  with Min-SNR-5 loss weights.
+  with Min-SNR-5 loss weights; patch-joint: patch-v-head's network without temporal
+  down-sampling (stunet-space-down), trained jointly on clips and rows of unrelated frames.
 
 Steps per recipe are options, so that the recipes can be given about the same CPU time;
 the record says what each one took. `--smoke` runs every step with tiny settings (to check
@@ -68,6 +69,8 @@ def recipes(work: Path, a) -> dict[str, list[str]]:
         "patch-edm": [*video, "--out", str(work / "patch-edm"), "--max-steps", str(a.patch_steps), *patch(), *EDM],
         "patch-v-head": [*video, "--out", str(work / "patch-v-head"), "--max-steps", str(a.patch_steps),
                          *patch(head=8), *V],
+        "patch-joint": [*video, "--out", str(work / "patch-joint"), "--max-steps", str(a.patch_joint_steps),
+                        *patch(head=8), "--model", "stunet-space-down", "--set", "train.joint_images=0.5", *V],
         "patch-v-head-min-snr": [*video, "--out", str(work / "patch-v-head-min-snr"), "--max-steps",
                                  str(a.patch_steps), *patch(head=8), *V, "--set", "diffusion.min_snr_gamma=5"],
     }
@@ -140,6 +143,7 @@ def main() -> None:
     ap.add_argument("--time-down-steps", type=int, default=1400)
     ap.add_argument("--rvd-steps", type=int, default=1800)
     ap.add_argument("--patch-steps", type=int, default=2400)
+    ap.add_argument("--patch-joint-steps", type=int, default=1600)
     ap.add_argument("--n", type=int, default=100, help="clips per evaluation")
     ap.add_argument("--steps", type=int, default=25, help="sampler steps when evaluating")
     ap.add_argument("--given", default="first:4", help="the prediction task scored for every recipe")
