@@ -43,11 +43,11 @@ EDM = ["--framework", "edm", "--set", "diffusion.prediction=edm"]
 V = ["--framework", "ddpm", "--prediction", "v", "--schedule", "cosine"]
 
 
-def patch(head: int = 0) -> list[str]:
-    """stunet on 2 x 2 patches at 24 base channels (with a full-size head of `head` channels)."""
-    arch = "{base_channels: 24, channel_mults: [1, 2, 4], patch_size: 2" + (f", head_channels: {head}}}" if head
-                                                                           else "}")
-    return ["--model", "stunet", "--set", "train.joint_images=0", "--set", f"model.architecture={arch}",
+def patch(head: int = 0, model: str = "stunet", joint: float = 0) -> list[str]:
+    """`model` on 2 x 2 patches at 24 base channels (with a full-size head of `head` channels),
+    `joint` of each batch's rows unrelated frames."""
+    arch = "base_channels: 24, channel_mults: [1, 2, 4], patch_size: 2" + (f", head_channels: {head}" if head else "")
+    return ["--model", model, "--set", f"train.joint_images={joint}", "--set", f"model.architecture={{{arch}}}",
             "--set", "train.sample_every=1200", "--set", "train.checkpoint_every=600"]
 
 
@@ -70,7 +70,7 @@ def recipes(work: Path, a) -> dict[str, list[str]]:
         "patch-v-head": [*video, "--out", str(work / "patch-v-head"), "--max-steps", str(a.patch_steps),
                          *patch(head=8), *V],
         "patch-joint": [*video, "--out", str(work / "patch-joint"), "--max-steps", str(a.patch_joint_steps),
-                        *patch(head=8), "--model", "stunet-space-down", "--set", "train.joint_images=0.5", *V],
+                        *patch(head=8, model="stunet-space-down", joint=0.5), *V],
         "patch-v-head-min-snr": [*video, "--out", str(work / "patch-v-head-min-snr"), "--max-steps",
                                  str(a.patch_steps), *patch(head=8), *V, "--set", "diffusion.min_snr_gamma=5"],
     }

@@ -56,19 +56,15 @@ def unfold(y: torch.Tensor, b: int) -> torch.Tensor:
     return y.view(b, bt // b, c, h, w).transpose(1, 2).contiguous()
 
 
-def patchify(x: torch.Tensor, p: int) -> torch.Tensor:
-    """(B, C, T, H, W) -> (B, C p^2, T, H/p, W/p): every frame's p x p patches folded into
-    channels; output channel c p^2 + i p + j at (y, x) is x[c, y p + i, x p + j]."""
-    if p == 1:
-        return x
-    return unfold(F.pixel_unshuffle(fold(x), p), x.shape[0])
+def patchify(frames: torch.Tensor, p: int) -> torch.Tensor:
+    """Frames (N, C, H, W) -> (N, C p^2, H/p, W/p): p x p patches folded into channels;
+    output channel c p^2 + i p + j at (y, x) is frames[c, y p + i, x p + j]."""
+    return frames if p == 1 else F.pixel_unshuffle(frames, p)
 
 
-def unpatchify(y: torch.Tensor, p: int) -> torch.Tensor:
+def unpatchify(frames: torch.Tensor, p: int) -> torch.Tensor:
     """The inverse of `patchify`."""
-    if p == 1:
-        return y
-    return unfold(F.pixel_shuffle(fold(y), p), y.shape[0])
+    return frames if p == 1 else F.pixel_shuffle(frames, p)
 
 
 def _along_time(x: torch.Tensor) -> torch.Tensor:
@@ -365,7 +361,7 @@ class STUNet(nn.Module):
         keep = None if keep is None else keep.to(x.device)
         x, labels = self._inputs(x, cond)
         emb = self.embed(c_noise, None if labels is None else labels.to(x.device))
-        h = unfold(self.in_conv(fold(patchify(x, self.patch_size))), b)
+        h = unfold(self.in_conv(patchify(fold(x), self.patch_size)), b)
         skips, lengths = [h], []
         for block in self.down:
             if isinstance(block, _Stage):
@@ -381,7 +377,5 @@ class STUNet(nn.Module):
                 h = block(torch.cat([h, skips.pop()], dim=1), emb, keep)
             else:
                 h = block(h, lengths.pop())
-        out = unpatchify(unfold(self.out_conv(F.silu(self.out_norm(fold(h)))), b), self.patch_size)
-        if self.head is None:
-            return out
-        return unfold(self.head(F.silu(fold(out))), b)
+        out = unpatchify(self.out_conv(F.silu(self.out_norm(fold(h)))), self.patch_size)  # frames, full size
+        return unfold(out if self.head is None else self.head(F.silu(out)), b)
